@@ -1,0 +1,1 @@
+"""Wiring: broker, middleware, schedule, archiver and the command line."""

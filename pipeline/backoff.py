@@ -1,0 +1,176 @@
+"""Retries on the shop's schedule, replacing Dramatiq's ``Retries`` middleware.
+
+Differences from ``Retries``, each a promise of the issue tracker:
+
+* exact delays, no jitter: ``retry_delay * 2**retries_made``, capped by
+  ``max_retry_delay`` (1, 2, 4, 8, 16 … minutes);
+* ``PermanentError`` (and the actor's ``throws``) are never retried;
+* ``RateLimited`` waits for the provider's ``retry-after`` and spends no retry;
+* the retry count can come from the database (see ``counting``), so attempts made
+  by workers that died mid-way still count;
+* the item's row is told (``ItemHooks``), and the final error is recorded for the
+  archiver before the message is nacked into its dead-letter queue;
+* delays longer than the broker may hold a message travel in hops (``long_delays``).
+
+Options resolve message → actor → middleware default, as Dramatiq's do.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any, Optional
+
+from dramatiq import Broker, Message, Middleware
+from dramatiq.logging import get_logger
+from sqlalchemy.orm import Session, sessionmaker
+
+from pipeline.errors import PermanentError, RateLimited, describe
+from pipeline.lifecycle import ItemHooks
+from pipeline.long_delays import DEFAULT_MAX_HOLD_MS, send_later
+from storage import dead_letters
+
+#: Retries after the first attempt, unless the message or actor says otherwise.
+DEFAULT_MAX_RETRIES = 3
+#: The first retry's delay (ms); each further retry doubles it.
+DEFAULT_RETRY_DELAY_MS = 60_000
+#: No retry waits longer than this (ms).
+DEFAULT_MAX_RETRY_DELAY_MS = 60 * 60_000
+#: A 429 without a usable retry-after waits this long (ms).
+DEFAULT_RATE_LIMIT_DELAY_MS = 1_000
+
+
+@contextmanager
+def counting(retries_made: int) -> Iterator[None]:
+    """Tell the middleware how many retries the database says were made.
+
+    Wrap the part of an actor that may fail after it counted its attempt::
+
+        with counting(attempt.retry_count):
+            provider.send(...)
+    """
+    try:
+        yield
+    except Exception as exc:
+        exc.retries_made = retries_made  # type: ignore[attr-defined]
+        raise
+
+
+def retry_delay_ms(retries_made: int, *, base_ms: int, cap_ms: int) -> int:
+    """The wait before retry number ``retries_made + 1``."""
+    return int(min(base_ms * (2**retries_made), cap_ms))
+
+
+class Backoff(Middleware):
+    """Retry failed messages on an exact exponential schedule, or give them up."""
+
+    actor_options = {"max_retries", "retry_delay", "max_retry_delay", "throws", "item_hooks"}
+
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        *,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        retry_delay_ms: int = DEFAULT_RETRY_DELAY_MS,
+        max_retry_delay_ms: int = DEFAULT_MAX_RETRY_DELAY_MS,
+        max_hold_ms: int = DEFAULT_MAX_HOLD_MS,
+    ) -> None:
+        self.logger = get_logger(__name__, type(self))
+        self.session_factory = session_factory
+        self.defaults = {
+            "max_retries": max_retries,
+            "retry_delay": retry_delay_ms,
+            "max_retry_delay": max_retry_delay_ms,
+        }
+        self.max_hold_ms = max_hold_ms
+
+    def after_process_message(
+        self, broker: Broker, message: Message, *, result: Any = None, exception: Optional[BaseException] = None
+    ) -> None:
+        if exception is None:
+            return
+        actor_options = broker.get_actor(message.actor_name).options
+        hooks: Optional[ItemHooks] = actor_options.get("item_hooks")
+        error = describe(exception)
+        if isinstance(exception, RateLimited):
+            delay_ms = max(int(exception.retry_after * 1000), DEFAULT_RATE_LIMIT_DELAY_MS)
+            self._retry(broker, message, hooks, error=error, delay_ms=delay_ms, refund=True)
+            return
+        throws = message.options.get("throws") or actor_options.get("throws") or ()
+        if isinstance(exception, (PermanentError, *_as_tuple(throws))):
+            self._give_up(message, hooks, error=error, retries=self._retries_made(message, exception))
+            return
+        retries = self._retries_made(message, exception)
+        if retries >= self._option(message, actor_options, "max_retries"):
+            self.logger.warning("Retries exhausted for message %s: %s", message.message_id, error)
+            self._give_up(message, hooks, error=error, retries=retries)
+            return
+        delay_ms = retry_delay_ms(
+            retries,
+            base_ms=self._option(message, actor_options, "retry_delay"),
+            cap_ms=self._option(message, actor_options, "max_retry_delay"),
+        )
+        message.options["retries"] = retries + 1
+        message.options["traceback"] = traceback.format_exc(limit=30)
+        self._retry(broker, message, hooks, error=error, delay_ms=delay_ms, refund=False)
+
+    def _option(self, message: Message, actor_options: dict[str, Any], name: str) -> int:
+        value = message.options.get(name, actor_options.get(name, self.defaults[name]))
+        return int(value)
+
+    @staticmethod
+    def _retries_made(message: Message, exception: BaseException) -> int:
+        counted = getattr(exception, "retries_made", None)
+        return int(counted if counted is not None else message.options.get("retries", 0))
+
+    def _retry(
+        self,
+        broker: Broker,
+        message: Message,
+        hooks: Optional[ItemHooks],
+        *,
+        error: str,
+        delay_ms: int,
+        refund: bool,
+    ) -> None:
+        self.logger.info("Retrying message %s in %d ms (%s).", message.message_id, delay_ms, error)
+        if hooks is not None:
+            delay = timedelta(milliseconds=delay_ms)
+            self._in_transaction(lambda s: hooks.retrying(s, message, error=error, delay=delay, refund=refund))
+        send_later(broker, message, delay_ms, self.max_hold_ms)
+
+    def _give_up(self, message: Message, hooks: Optional[ItemHooks], *, error: str, retries: int) -> None:
+        """Record the final error and mark the item failed, then let the worker nack."""
+        final_traceback = traceback.format_exc(limit=30)
+
+        def record(session: Session) -> None:
+            dead_letters.record_final_error(
+                session,
+                message_id=message.message_id,
+                error=error,
+                traceback=final_traceback,
+                retries=retries,
+            )
+            if hooks is not None:
+                hooks.given_up(session, message, error=error)
+
+        self._in_transaction(record)
+        message.fail()
+
+    def _in_transaction(self, work: Any) -> None:
+        """Run ``work(session)`` in its own transaction; a failure is logged, never raised.
+
+        The message must move on (retried or dead-lettered) even when the database
+        is down; the item's lease then hands it back to a fan-out later.
+        """
+        try:
+            with self.session_factory.begin() as session:
+                work(session)
+        except Exception:
+            self.logger.exception("Could not record the outcome of a message in the database.")
+
+
+def _as_tuple(throws: Any) -> tuple[type[BaseException], ...]:
+    return throws if isinstance(throws, tuple) else (throws,)

@@ -1,0 +1,51 @@
+"""The exceptions of the pipeline, and which of them are worth retrying.
+
+Provider and driver errors are converted into these at the boundary (see
+``pipeline.mailer``), so the backoff middleware classifies by class alone.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+class WorkerError(Exception):
+    """Base of every error minalesh-workers raises on purpose."""
+
+
+class ConfigError(WorkerError):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+class TransientError(WorkerError):
+    """Worth retrying later on the backoff schedule (provider down, 5xx, timeout)."""
+
+
+class PermanentError(WorkerError):
+    """Retrying cannot help (the provider refused the request as such): give up now."""
+
+
+class RetriesExhausted(PermanentError):
+    """More attempts were started than allowed, some by workers that died mid-way."""
+
+
+class RateLimited(WorkerError):
+    """The provider asked us to slow down; retry after ``retry_after`` seconds.
+
+    Not the item's fault, so the attempt is given back rather than spent.
+    """
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class EnqueueFailed(WorkerError):
+    """RabbitMQ did not confirm a message; it may not have been queued."""
+
+
+def describe(exception: BaseException) -> str:
+    """A one-line ``Type: message`` for logs and the ``last_error`` columns."""
+    text = str(exception).strip().splitlines()
+    first: Optional[str] = text[0] if text else None
+    return f"{type(exception).__name__}: {first}" if first else type(exception).__name__

@@ -1,0 +1,27 @@
+"""What the pipeline tells an actor's item (an email, a webhook event) about its fate.
+
+The backoff middleware decides *whether* and *when* a message is retried; the item's
+row must then say so too (``retrying`` with its next time, or ``failed``), so the
+database stays the truth an operator and the monitoring queries read. An actor
+declares how with the ``item_hooks`` option.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Protocol
+
+from dramatiq import Message
+from sqlalchemy.orm import Session
+
+
+class ItemHooks(Protocol):
+    """Per-actor bookkeeping, called inside a transaction the pipeline owns."""
+
+    def retrying(
+        self, session: Session, message: Message, *, error: str, delay: timedelta, refund: bool
+    ) -> None:
+        """The attempt failed; the next is due after ``delay`` (``refund``: it did not count)."""
+
+    def given_up(self, session: Session, message: Message, *, error: str) -> None:
+        """No more attempts: mark the item failed. Must be idempotent (the archiver repeats it)."""

@@ -1,0 +1,183 @@
+"""Every setting of the workers, read from the environment in one place.
+
+A bad value fails at start-up with a message that names the variable, rather
+than at the first email an hour later. Durations are minutes and accept
+fractions (0.01 = 0.6 s) so tests can run the real schedule quickly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Optional, TypeVar
+
+from periodiq import cron
+
+from pipeline.errors import ConfigError
+from storage.database import DEFAULT_DATABASE_URL, normalize_url
+from storage.errors import InvalidDatabaseUrl
+
+T = TypeVar("T")
+
+#: RabbitMQ of docker-compose.yml and of a development machine.
+DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+#: Resend's documented base URL; RESEND_API_URL is the SDK's own override.
+DEFAULT_RESEND_API_URL = "https://api.resend.com"
+#: Resend's default team limit is 2 requests a second.
+DEFAULT_EMAIL_RATE_LIMIT = 2.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    broker_url: str = DEFAULT_BROKER_URL
+    resend_api_key: Optional[str] = field(default=None, repr=False)
+    resend_api_url: str = DEFAULT_RESEND_API_URL
+    email_from: str = "Minalesh <no-reply@minalesh.local>"
+    email_max_retries: int = 3
+    email_retry_delay_minutes: float = 1.0
+    email_max_retry_delay_minutes: float = 60.0
+    email_schedule: str = "*/2 * * * *"
+    email_batch_size: int = 500
+    email_lease_minutes: float = 15.0
+    email_rate_limit_per_second: float = DEFAULT_EMAIL_RATE_LIMIT
+    email_outbox_dir: str = "outbox"
+    broker_max_hold_minutes: float = 10.0
+    log_level: str = "INFO"
+
+    @property
+    def email_max_attempts(self) -> int:
+        """The first attempt plus the retries."""
+        return self.email_max_retries + 1
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
+        """Read and check every variable; raise ConfigError naming the first bad one."""
+        read = _Reader(environ)
+        defaults = cls()
+        settings = cls(
+            database_url=read("DATABASE_URL", _database_url, defaults.database_url),
+            broker_url=read("BROKER_URL", _amqp_url, defaults.broker_url),
+            resend_api_key=read("RESEND_API_KEY", str, None),
+            resend_api_url=read("RESEND_API_URL", _http_url, defaults.resend_api_url),
+            email_from=read("EMAIL_FROM", _sender, defaults.email_from),
+            email_max_retries=read("EMAIL_MAX_RETRIES", _count, defaults.email_max_retries),
+            email_retry_delay_minutes=read(
+                "EMAIL_RETRY_DELAY_MINUTES", _positive_minutes, defaults.email_retry_delay_minutes
+            ),
+            email_max_retry_delay_minutes=read(
+                "EMAIL_MAX_RETRY_DELAY_MINUTES", _positive_minutes, defaults.email_max_retry_delay_minutes
+            ),
+            email_schedule=read("EMAIL_SCHEDULE", _cron, defaults.email_schedule),
+            email_batch_size=read("EMAIL_BATCH_SIZE", _positive_count, defaults.email_batch_size),
+            email_lease_minutes=read("EMAIL_LEASE_MINUTES", _positive_minutes, defaults.email_lease_minutes),
+            email_rate_limit_per_second=read(
+                "EMAIL_RATE_LIMIT_PER_SECOND", _positive_float, defaults.email_rate_limit_per_second
+            ),
+            email_outbox_dir=read("EMAIL_OUTBOX_DIR", str, defaults.email_outbox_dir),
+            broker_max_hold_minutes=read(
+                "BROKER_MAX_HOLD_MINUTES", _positive_minutes, defaults.broker_max_hold_minutes
+            ),
+            log_level=read("LOG_LEVEL", _log_level, defaults.log_level),
+        )
+        if settings.email_max_retry_delay_minutes < settings.email_retry_delay_minutes:
+            raise ConfigError(
+                "EMAIL_MAX_RETRY_DELAY_MINUTES must not be below EMAIL_RETRY_DELAY_MINUTES "
+                f"({settings.email_max_retry_delay_minutes} < {settings.email_retry_delay_minutes})"
+            )
+        return settings
+
+
+class _Reader:
+    """Reads one variable, applying its parser and naming it in any error."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+
+    def __call__(self, name: str, parse: Callable[[str], T], default: T) -> T:
+        raw = self.environ.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            return parse(raw)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{name}={raw!r} is invalid: {exc}") from None
+
+
+def _database_url(raw: str) -> str:
+    try:
+        normalize_url(raw)
+    except InvalidDatabaseUrl as exc:
+        raise ValueError(str(exc)) from None
+    return raw
+
+
+def _amqp_url(raw: str) -> str:
+    if not raw.startswith(("amqp://", "amqps://")):
+        raise ValueError("expected an amqp:// or amqps:// URL")
+    return raw
+
+
+def _http_url(raw: str) -> str:
+    if not raw.startswith(("http://", "https://")):
+        raise ValueError("expected an http:// or https:// URL")
+    return raw.rstrip("/")
+
+
+def _sender(raw: str) -> str:
+    if "@" not in raw:
+        raise ValueError("expected an address such as 'Shop <no-reply@example.com>'")
+    return raw
+
+
+def _count(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
+def _positive_count(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError("must be 1 or more")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _positive_minutes(raw: str) -> float:
+    try:
+        return _positive_float(raw)
+    except ValueError:
+        raise ValueError("must be a positive number of minutes (fractions allowed)") from None
+
+
+#: (low, high) of each cron field, in order; periodiq accepts out-of-range values silently.
+_CRON_BOUNDS = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
+
+
+def _cron(raw: str) -> str:
+    if not raw.startswith("@") and len(raw.split()) != 5:
+        raise ValueError("a cron expression has five fields: minute hour day month weekday")
+    try:
+        spec = cron(raw)
+    except (IndexError, KeyError, ValueError) as exc:
+        raise ValueError(f"not a cron expression ({exc})") from None
+    for values, (low, high) in zip(spec.astuple(), _CRON_BOUNDS):
+        if not values or values[0] < low or values[-1] > high:
+            raise ValueError(f"a field is outside {low}-{high}")
+    return raw
+
+
+def _log_level(raw: str) -> str:
+    level = raw.upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return level

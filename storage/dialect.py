@@ -1,0 +1,17 @@
+"""The few statements whose spelling differs between PostgreSQL and SQLite."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+
+def insert_ignoring_conflicts(session: Session, table: Table, values: dict[str, Any], key: str) -> bool:
+    """INSERT a row unless one with the same ``key`` exists; True when it was inserted."""
+    dialect = session.get_bind().dialect.name
+    module = postgresql if dialect == "postgresql" else sqlite
+    statement = module.insert(table).values(**values).on_conflict_do_nothing(index_elements=[key])
+    return session.execute(statement).rowcount == 1

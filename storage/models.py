@@ -1,0 +1,156 @@
+"""The tables the workers own or touch, as typed SQLAlchemy 2.0 models.
+
+Every change here goes with an Alembic migration in ``storage/migrations``; the
+models are what the code reads, the migrations are what the database gets.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any, Optional
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    Text,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+#: Stable constraint names, so Alembic migrations can name what they alter.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+#: 64-bit ids on PostgreSQL; SQLite only auto-increments a plain INTEGER key.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+#: JSONB on PostgreSQL (indexable, what the shop's other tables use); JSON elsewhere.
+JsonDocument = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class EmailStatus(str, enum.Enum):
+    """Where an email is in its life; ``sent`` and ``failed`` are final."""
+
+    #: Written by the host; waits for its ``scheduled_at`` and the next fan-out.
+    PENDING = "pending"
+    #: Claimed by a fan-out: a send message is on its way to a worker.
+    QUEUED = "queued"
+    #: A worker is calling the provider right now.
+    SENDING = "sending"
+    #: The last attempt failed; the next one is due at ``next_attempt_at``.
+    RETRYING = "retrying"
+    #: The provider accepted it (``provider_message_id``, ``sent_at``).
+    SENT = "sent"
+    #: Given up: permanent error or retries exhausted; see ``dead_letters``.
+    FAILED = "failed"
+
+
+class EmailQueue(Base):
+    """One transactional email, written by the host, sent by the workers."""
+
+    __tablename__ = "email_queue"
+    __table_args__ = (
+        CheckConstraint(
+            "html IS NOT NULL OR text IS NOT NULL OR template IS NOT NULL",
+            name="has_body",
+        ),
+        CheckConstraint(
+            "status IN ('pending', 'queued', 'sending', 'retrying', 'sent', 'failed')",
+            name="status_known",
+        ),
+        Index("ix_email_queue_due", "status", "scheduled_at"),
+        Index("ix_email_queue_lease", "status", "locked_until"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    recipient: Mapped[str] = mapped_column(Text)
+    subject: Mapped[str] = mapped_column(Text)
+    html: Mapped[Optional[str]] = mapped_column(Text)
+    text: Mapped[Optional[str]] = mapped_column(Text)
+    template: Mapped[Optional[str]] = mapped_column(Text)
+    template_data: Mapped[Optional[dict[str, Any]]] = mapped_column(JsonDocument)
+    scheduled_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(Text, server_default=EmailStatus.PENDING.value)
+    #: Retries made so far (attempts after the first), as the shop's dashboards expect.
+    retry_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    #: Attempts started and not refunded (a 429 refunds its attempt); bounds the work
+    #: even when a worker dies mid-send and RabbitMQ redelivers behind Dramatiq's back.
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    last_error: Mapped[Optional[str]] = mapped_column(Text)
+    provider_message_id: Mapped[Optional[str]] = mapped_column(Text)
+    sent_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    #: When the next attempt may start (set while ``retrying``).
+    next_attempt_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    #: Until when a claim holds; past it, a fan-out claims the email again.
+    locked_until: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+
+
+class DeadLetter(Base):
+    """A message that exhausted its retries or could not be processed at all."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    #: Dramatiq's message id; a message is archived once however often it is seen.
+    message_id: Mapped[str] = mapped_column(Text, unique=True)
+    queue: Mapped[str] = mapped_column(Text)
+    actor: Mapped[Optional[str]] = mapped_column(Text)
+    args: Mapped[Optional[list[Any]]] = mapped_column(JsonDocument)
+    kwargs: Mapped[Optional[dict[str, Any]]] = mapped_column(JsonDocument)
+    options: Mapped[Optional[dict[str, Any]]] = mapped_column(JsonDocument)
+    #: The body as received when it could not be decoded (poison message).
+    raw_body: Mapped[Optional[str]] = mapped_column(Text)
+    error: Mapped[str] = mapped_column(Text)
+    traceback: Mapped[Optional[str]] = mapped_column(Text)
+    retries: Mapped[int] = mapped_column(Integer, server_default="0")
+    dead_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    archived_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    replayed_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+
+
+class FinalError(Base):
+    """The error a message finally died of, recorded before it is nacked.
+
+    RabbitMQ dead-letters the bytes it delivered, which carry the traceback of the
+    attempt *before* the last; the archiver takes the final one from here.
+    """
+
+    __tablename__ = "final_errors"
+
+    message_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    error: Mapped[str] = mapped_column(Text)
+    traceback: Mapped[Optional[str]] = mapped_column(Text)
+    retries: Mapped[int] = mapped_column(Integer, server_default="0")
+    failed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class RateLimitSlot(Base):
+    """The next free request slot at a provider, shared by every worker host.
+
+    Seconds since the epoch as a float: the one-statement reservation in
+    ``storage.rate_limits`` then needs no interval arithmetic, which SQLite lacks.
+    """
+
+    __tablename__ = "rate_limit_slots"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    next_slot: Mapped[float] = mapped_column(Float)

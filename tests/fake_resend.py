@@ -1,0 +1,685 @@
+"""A fake Resend HTTP API served on loopback for integration tests.
+
+Why: the email actors talk to Resend through the real ``resend`` SDK, and the
+failure modes that matter (rate limits, idempotent retries, a provider that
+rejects one recipient, a slow provider) can only be exercised honestly over
+real HTTP.  This server speaks the parts of the Resend API the workers use,
+answers with the same status codes, error names and headers, records every
+request so tests can assert on what was really sent, and can be scripted
+while it runs.  It uses the standard library only so it adds no dependency.
+
+Typical use::
+
+    with FakeResend() as fake:
+        resend.api_url = fake.url
+        resend.api_key = fake.api_key
+        ...
+        fake.wait_for(lambda: fake.delivery_count() == 1)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Callable
+
+MAX_IDEMPOTENCY_KEY_LENGTH = 256
+POLL_INTERVAL_SECONDS = 0.02
+RATE_WINDOW_SECONDS = 1.0
+DEFAULT_RATE_LIMIT = 2
+
+MISSING_API_KEY_MESSAGE = (
+    "Missing API key in the authorization header. Include the following "
+    "header Authorization: Bearer YOUR_API_KEY in the request."
+)
+INVALID_TO_MESSAGE = (
+    "Invalid `to` field. The email address needs to follow the "
+    "`email@example.com` or `Name <email@example.com>` format."
+)
+RATE_LIMIT_MESSAGE = (
+    "Too many requests. You can only make 2 requests per second. See rate "
+    "limit response headers for more information. Or contact support to "
+    "increase rate limit."
+)
+
+_EMAIL_PATH = re.compile(r"/emails/(?P<id>[^/]+)")
+_ANGLE_ADDRESS = re.compile(r"<([^<>]+)>")
+
+
+def normalize_address(value: str) -> str:
+    """Reduce ``"Name <A@x.org>"`` to ``"a@x.org"`` so matching ignores display names and case."""
+    match = _ANGLE_ADDRESS.search(value)
+    address = match.group(1) if match else value
+    return address.strip().lower()
+
+
+def recipients_of(body: Any) -> list[str]:
+    """The ``to`` addresses of a parsed body, tolerant of bad input because it also serves the recordings."""
+    if not isinstance(body, dict):
+        return []
+    to = body.get("to")
+    if isinstance(to, str):
+        return [to]
+    if isinstance(to, list):
+        return [item for item in to if isinstance(item, str)]
+    return []
+
+
+class ApiError(Exception):
+    """A non-success answer; raised by the checks so each one stays a short function."""
+
+    def __init__(
+        self,
+        status: int,
+        name: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(f"{status} {name}: {message}")
+        self.status = status
+        self.name = name
+        self.message = message
+        self.headers = headers or {}
+
+    def answer(self) -> _Answer:
+        """Render as Resend does: exactly statusCode, name and message."""
+        body = {"statusCode": self.status, "name": self.name, "message": self.message}
+        return _Answer(self.status, body, dict(self.headers))
+
+
+@dataclass
+class RecordedRequest:
+    """One HTTP request as the fake saw it, kept so tests can assert on real traffic."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+    """Parsed JSON when the body was JSON, otherwise the raw body decoded as text."""
+    is_json: bool
+    arrived_at: float
+    """``time.monotonic()`` when the request arrived."""
+    status: int | None = None
+    """The status answered; None while the request is still being handled."""
+
+    @property
+    def to(self) -> list[str]:
+        """The recipients named in the body, if any."""
+        return recipients_of(self.body)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """An accepted, non-replayed send: what a real provider would have delivered."""
+
+    id: str
+    to: list[str]
+    from_: str
+    subject: str
+    html: str | None
+    text: str | None
+    idempotency_key: str | None
+    created_at: str
+
+    def as_resource(self) -> dict[str, Any]:
+        """The JSON shape of ``GET /emails/{id}``."""
+        return {
+            "object": "email",
+            "id": self.id,
+            "to": list(self.to),
+            "from": self.from_,
+            "subject": self.subject,
+            "html": self.html,
+            "text": self.text,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass
+class _Answer:
+    """Status, JSON body and extra headers of one response."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Failure:
+    """A scripted error for one recipient; ``remaining`` None means forever."""
+
+    status: int
+    name: str
+    message: str
+    remaining: int | None
+
+
+@dataclass
+class _IdempotencyEntry:
+    """A claimed key; ``response`` stays None while the first request is in flight."""
+
+    fingerprint: str
+    response: dict[str, Any] | None = None
+
+
+@dataclass
+class _Outcome:
+    """What was decided before the (optional) delay; completed after it.
+
+    Why: the decision claims the idempotency key, and the key must stay
+    claimed during ``delay_seconds`` so concurrent retries can be observed.
+    """
+
+    ready: _Answer | None = None
+    error: ApiError | None = None
+    send: dict[str, Any] | None = None
+    key: str | None = None
+
+
+class FakeResend:
+    """Loopback fake of the Resend API with scripting and recording.
+
+    All state is guarded by one lock so tests may script and inspect it while
+    worker threads or processes are sending.
+    """
+
+    def __init__(
+        self,
+        api_key: str = "re_test_key",
+        *,
+        max_requests_per_second: float | None = None,
+        delay_seconds: float = 0.0,
+    ) -> None:
+        self.api_key = api_key
+        self.max_requests_per_second = max_requests_per_second
+        self.delay_seconds = delay_seconds
+        self._lock = threading.Lock()
+        self._requests: list[RecordedRequest] = []
+        self._deliveries: list[Delivery] = []
+        self._failures: dict[str, _Failure] = {}
+        self._forced_rate_limits: deque[int] = deque()
+        self._window: deque[float] = deque()
+        self._idempotency: dict[str, _IdempotencyEntry] = {}
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------
+
+    def start(self) -> FakeResend:
+        """Bind 127.0.0.1 on a free port and serve in a daemon thread."""
+        if self._server is not None:
+            raise RuntimeError("FakeResend is already running")
+        self._server = _Server(("127.0.0.1", 0), _Handler, self)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="fake-resend",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the listening socket; safe to call twice."""
+        server, thread = self._server, self._thread
+        self._server, self._thread = None, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> FakeResend:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """Base URL to put in ``resend.api_url``, e.g. ``http://127.0.0.1:54321``."""
+        if self._server is None:
+            raise RuntimeError("FakeResend is not running")
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    # -- scripting -------------------------------------------------------
+
+    def fail_recipient(
+        self,
+        address: str,
+        status: int = 422,
+        name: str = "validation_error",
+        message: str = "The recipient was rejected by the fake provider.",
+        times: int | None = None,
+    ) -> None:
+        """Answer requests whose ``to`` contains ``address`` with this error.
+
+        ``times=None`` fails forever; an int fails only the next N such
+        requests, after which sends to the address succeed again.
+        """
+        if times is not None and times <= 0:
+            self.clear_failures(address)
+            return
+        with self._lock:
+            self._failures[normalize_address(address)] = _Failure(status, name, message, times)
+
+    def clear_failures(self, address: str | None = None) -> None:
+        """Forget the scripted failure of one address, or of all when None."""
+        with self._lock:
+            if address is None:
+                self._failures.clear()
+            else:
+                self._failures.pop(normalize_address(address), None)
+
+    def rate_limit_next(self, n: int, retry_after: int = 1) -> None:
+        """Answer the next ``n`` sends (any recipient) with 429 ``rate_limit_exceeded``."""
+        with self._lock:
+            self._forced_rate_limits.extend([retry_after] * n)
+
+    # -- recordings ------------------------------------------------------
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Snapshot of every request, in the order their handling began."""
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def deliveries(self) -> list[Delivery]:
+        """Snapshot of accepted, non-replayed sends."""
+        with self._lock:
+            return list(self._deliveries)
+
+    def deliveries_to(self, address: str) -> list[Delivery]:
+        """Accepted sends whose ``to`` contains ``address``."""
+        wanted = normalize_address(address)
+        return [d for d in self.deliveries if wanted in map(normalize_address, d.to)]
+
+    def delivery_count(self) -> int:
+        """Number of accepted, non-replayed sends."""
+        with self._lock:
+            return len(self._deliveries)
+
+    def attempts_for(self, address: str) -> int:
+        """POSTs whose ``to`` contains ``address``, whatever they were answered."""
+        wanted = normalize_address(address)
+        return sum(
+            1
+            for r in self.requests
+            if r.method == "POST" and wanted in map(normalize_address, r.to)
+        )
+
+    def wait_for(
+        self,
+        predicate: Callable[[], object],
+        timeout: float = 10.0,
+        description: str | None = None,
+    ) -> None:
+        """Poll ``predicate`` until it is true; raise AssertionError at the deadline.
+
+        Why: tests synchronise on observable effects instead of fixed sleeps,
+        which are both slow and flaky.
+        """
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() >= deadline:
+                raise AssertionError(self._timeout_message(predicate, timeout, description))
+            time.sleep(POLL_INTERVAL_SECONDS)
+
+    def _timeout_message(
+        self, predicate: Callable[[], object], timeout: float, description: str | None
+    ) -> str:
+        """Say what was awaited and what the fake saw, to make a timeout diagnosable."""
+        what = description or getattr(predicate, "__qualname__", repr(predicate))
+        statuses = [r.status for r in self.requests]
+        return (
+            f"FakeResend.wait_for timed out after {timeout:.2f}s waiting for {what}; "
+            f"{self.delivery_count()} deliveries, {len(statuses)} requests "
+            f"answered {statuses}"
+        )
+
+    # -- request handling (called from server threads) -------------------
+
+    def _respond_to(self, record: RecordedRequest) -> _Answer:
+        """Decide, wait ``delay_seconds``, then complete; the key stays claimed meanwhile."""
+        try:
+            outcome = self._decide(record)
+        finally:
+            with self._lock:
+                self._requests.append(record)
+        try:
+            if self.delay_seconds > 0:
+                time.sleep(self.delay_seconds)
+        finally:
+            answer = self._complete(outcome)
+            with self._lock:
+                record.status = answer.status
+        return answer
+
+    def _decide(self, record: RecordedRequest) -> _Outcome:
+        """Route the request to its endpoint."""
+        path = record.path.split("?", 1)[0]
+        match = _EMAIL_PATH.fullmatch(path)
+        if path == "/emails":
+            if record.method != "POST":
+                return _Outcome(error=_method_not_allowed())
+            return self._decide_send(record)
+        if match is not None:
+            if record.method != "GET":
+                return _Outcome(error=_method_not_allowed())
+            return self._decide_get(record, match["id"])
+        return _Outcome(error=ApiError(404, "not_found", "The requested endpoint does not exist."))
+
+    def _decide_get(self, record: RecordedRequest, email_id: str) -> _Outcome:
+        """``GET /emails/{id}``: the stored delivery or 404."""
+        try:
+            self._authorize(record.headers)
+        except ApiError as error:
+            return _Outcome(error=error)
+        with self._lock:
+            found = next((d for d in self._deliveries if d.id == email_id), None)
+        if found is None:
+            return _Outcome(error=ApiError(404, "not_found", "Email not found"))
+        return _Outcome(ready=_Answer(200, found.as_resource()))
+
+    def _decide_send(self, record: RecordedRequest) -> _Outcome:
+        """``POST /emails``: auth, validation, idempotency, then scripted errors."""
+        try:
+            self._authorize(record.headers)
+            key = _idempotency_key(record.headers)
+            send = _validated_send(record)
+        except ApiError as error:
+            return _Outcome(error=error)
+        with self._lock:
+            try:
+                replay = self._claim_key(key, record.body)
+            except ApiError as error:
+                return _Outcome(error=error)
+            if replay is not None:
+                return _Outcome(ready=replay)
+            return _Outcome(send=send, key=key, error=self._scripted_error(send["to"]))
+
+    def _authorize(self, headers: dict[str, str]) -> None:
+        """401 without a bearer token, 403 with the wrong one, like Resend."""
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(401, "missing_api_key", MISSING_API_KEY_MESSAGE)
+        if token != self.api_key:
+            raise ApiError(403, "invalid_api_key", "API key is invalid")
+
+    def _claim_key(self, key: str | None, body: Any) -> _Answer | None:
+        """Claim ``key`` for this request, or return the stored answer to replay (lock held)."""
+        if key is None:
+            return None
+        fingerprint = json.dumps(body, sort_keys=True)
+        entry = self._idempotency.get(key)
+        if entry is None:
+            self._idempotency[key] = _IdempotencyEntry(fingerprint)
+            return None
+        if entry.response is None:
+            raise ApiError(
+                409,
+                "concurrent_idempotent_requests",
+                "Same idempotency key used while original request is still in "
+                "progress. Try the request again later.",
+            )
+        if entry.fingerprint != fingerprint:
+            raise ApiError(
+                409,
+                "invalid_idempotent_request",
+                "Same idempotency key used with a different request payload. "
+                "Change your idempotency key or payload.",
+            )
+        return _Answer(200, dict(entry.response))
+
+    def _scripted_error(self, to: list[str]) -> ApiError | None:
+        """Forced 429s, then the per-second window, then recipient failures (lock held)."""
+        return self._forced_rate_limit() or self._window_rate_limit() or self._recipient_failure(to)
+
+    def _forced_rate_limit(self) -> ApiError | None:
+        """Consume one ``rate_limit_next`` slot if any is left."""
+        if not self._forced_rate_limits:
+            return None
+        return self._rate_limit_error(self._forced_rate_limits.popleft())
+
+    def _window_rate_limit(self) -> ApiError | None:
+        """Sliding one-second window; only requests let through occupy it."""
+        limit = self.max_requests_per_second
+        if limit is None:
+            return None
+        now = time.monotonic()
+        while self._window and self._window[0] <= now - RATE_WINDOW_SECONDS:
+            self._window.popleft()
+        if len(self._window) >= limit:
+            return self._rate_limit_error(1)
+        self._window.append(now)
+        return None
+
+    def _rate_limit_error(self, retry_after: int) -> ApiError:
+        """429 with the headers Resend sends, so client back-off code can read them."""
+        limit = self.max_requests_per_second or DEFAULT_RATE_LIMIT
+        headers = {
+            "retry-after": str(int(retry_after)),
+            "ratelimit-limit": f"{limit:g}",
+            "ratelimit-remaining": "0",
+            "ratelimit-reset": str(int(retry_after)),
+        }
+        return ApiError(429, "rate_limit_exceeded", RATE_LIMIT_MESSAGE, headers)
+
+    def _recipient_failure(self, to: list[str]) -> ApiError | None:
+        """The scripted error of the first failing recipient, counting down ``times``."""
+        for address in map(normalize_address, to):
+            failure = self._failures.get(address)
+            if failure is None:
+                continue
+            if failure.remaining is not None:
+                failure.remaining -= 1
+                if failure.remaining <= 0:
+                    del self._failures[address]
+            return ApiError(failure.status, failure.name, failure.message)
+        return None
+
+    def _complete(self, outcome: _Outcome) -> _Answer:
+        """Turn a decision into the answer: release a failed key or store the delivery."""
+        if outcome.ready is not None:
+            return outcome.ready
+        if outcome.error is not None:
+            self._release_key(outcome.key)
+            return outcome.error.answer()
+        assert outcome.send is not None
+        return self._accept(outcome.send, outcome.key)
+
+    def _release_key(self, key: str | None) -> None:
+        """Free a key whose request failed, so a retry with it is processed afresh."""
+        if key is None:
+            return
+        with self._lock:
+            entry = self._idempotency.get(key)
+            if entry is not None and entry.response is None:
+                del self._idempotency[key]
+
+    def _accept(self, send: dict[str, Any], key: str | None) -> _Answer:
+        """Record the delivery and remember the response for idempotent replays."""
+        delivery = Delivery(
+            id=str(uuid.uuid4()),
+            to=list(send["to"]),
+            from_=send["from"],
+            subject=send["subject"],
+            html=send.get("html"),
+            text=send.get("text"),
+            idempotency_key=key,
+            created_at=datetime.now(timezone.utc).isoformat(),
+        )
+        response = {"id": delivery.id}
+        with self._lock:
+            self._deliveries.append(delivery)
+            if key is not None and key in self._idempotency:
+                self._idempotency[key].response = response
+        return _Answer(200, dict(response))
+
+
+def _method_not_allowed() -> ApiError:
+    """405 for a known path with the wrong verb."""
+    return ApiError(405, "method_not_allowed", "Method is not allowed for the requested path.")
+
+
+def _idempotency_key(headers: dict[str, str]) -> str | None:
+    """The ``Idempotency-Key`` header, validated as Resend does (1-256 characters)."""
+    key = headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise ApiError(
+            400,
+            "validation_error",
+            f"Idempotency key must be between 1-{MAX_IDEMPOTENCY_KEY_LENGTH} characters.",
+        )
+    return key
+
+
+def _validated_send(record: RecordedRequest) -> dict[str, Any]:
+    """Check the send body; return it with ``to`` normalised to a list."""
+    body = record.body
+    if not record.is_json or not isinstance(body, dict):
+        raise ApiError(400, "validation_error", "Invalid JSON body: expected a JSON object.")
+    for name in ("from", "to", "subject"):
+        if _blank(body.get(name)):
+            raise _missing(f"`{name}`")
+    if _blank(body.get("html")) and _blank(body.get("text")):
+        raise _missing("`html` or `text`")
+    for name in ("from", "subject"):
+        _require_string(body, name)
+    for name in ("html", "text"):
+        if body.get(name) is not None:
+            _require_string(body, name)
+    return {**body, "to": _validated_to(body["to"])}
+
+
+def _validated_to(value: Any) -> list[str]:
+    """``to`` is one address or a list of them, each containing "@"."""
+    to = [value] if isinstance(value, str) else value
+    if not isinstance(to, list) or not all(isinstance(a, str) and "@" in a for a in to):
+        raise ApiError(422, "validation_error", INVALID_TO_MESSAGE)
+    return list(to)
+
+
+def _require_string(body: dict[str, Any], name: str) -> None:
+    """422 ``validation_error`` when a field has the wrong type."""
+    if not isinstance(body[name], str):
+        raise ApiError(422, "validation_error", f"Invalid `{name}` field: expected a string.")
+
+
+def _blank(value: Any) -> bool:
+    """Absent, null, empty string and empty list all count as missing."""
+    return value is None or value == "" or value == []
+
+
+def _missing(what: str) -> ApiError:
+    """422 ``missing_required_field`` with Resend's wording."""
+    return ApiError(422, "missing_required_field", f"Missing {what} field.")
+
+
+class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer that knows its FakeResend, so handlers can reach the state."""
+
+    daemon_threads = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        fake: FakeResend,
+    ) -> None:
+        super().__init__(address, handler)
+        self.fake = fake
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Thin HTTP adapter: read, delegate to FakeResend, write JSON."""
+
+    server: _Server
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+        self._serve()
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._serve()
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._serve()
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        self._serve()
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._serve()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        """Silent, so pytest output shows only what the tests print."""
+
+    def _serve(self) -> None:
+        """Record the request, let the fake answer it, write the answer."""
+        answer = self.server.fake._respond_to(self._record())
+        self._write(answer)
+
+    def _record(self) -> RecordedRequest:
+        """Capture the request before anything else, stamping its arrival time."""
+        arrived_at = time.monotonic()
+        raw = self._read_body()
+        body, is_json = _parse_body(raw)
+        return RecordedRequest(
+            method=self.command,
+            path=self.path,
+            headers={k.lower(): v for k, v in self.headers.items()},
+            body=body,
+            is_json=is_json,
+            arrived_at=arrived_at,
+        )
+
+    def _read_body(self) -> bytes:
+        """Read exactly Content-Length bytes (the SDK always sends it)."""
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = 0
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _write(self, answer: _Answer) -> None:
+        """Send JSON; a client that already hung up (timeout) is not an error here."""
+        payload = json.dumps(answer.body).encode()
+        try:
+            self.send_response(answer.status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            for name, value in answer.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+
+def _parse_body(raw: bytes) -> tuple[Any, bool]:
+    """Parsed JSON and True, or the body as text and False when it is not JSON."""
+    if not raw:
+        return None, False
+    try:
+        return json.loads(raw), True
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return raw.decode("utf-8", errors="replace"), False

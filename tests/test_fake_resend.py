@@ -1,0 +1,282 @@
+"""Tests of the fake Resend server, through the real SDK and raw HTTP.
+
+Why: integration tests of the email actors trust this fake to behave like
+Resend; these tests pin that behaviour so a regression in the fake cannot
+silently make those tests meaningless.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+import resend
+from resend.exceptions import (
+    InvalidApiKeyError,
+    MissingRequiredFieldsError,
+    RateLimitError,
+    ResendError,
+)
+
+from tests.fake_resend import FakeResend
+
+SENDER = "Minalesh <orders@minalesh.test>"
+CUSTOMER = "customer@example.com"
+
+
+def params(to: str | list[str] = CUSTOMER, subject: str = "Your order") -> dict[str, Any]:
+    """A valid send body."""
+    return {"from": SENDER, "to": to, "subject": subject, "html": "<p>Thanks</p>"}
+
+
+def post(fake: FakeResend, body: Any, headers: dict[str, str] | None = None) -> requests.Response:
+    """POST /emails with the right key unless headers say otherwise."""
+    sent = {"Authorization": f"Bearer {fake.api_key}", **(headers or {})}
+    return requests.post(f"{fake.url}/emails", json=body, headers=sent, timeout=5)
+
+
+def assert_error(response: requests.Response, status: int, name: str) -> None:
+    """Resend error bodies are exactly statusCode, name and message, as JSON."""
+    assert response.status_code == status
+    assert response.headers["Content-Type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"statusCode", "name", "message"}
+    assert body["statusCode"] == status
+    assert body["name"] == name
+    assert isinstance(body["message"], str) and body["message"]
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeResend]:
+    with FakeResend() as server:
+        yield server
+
+
+@pytest.fixture
+def sdk(fake: FakeResend, monkeypatch: pytest.MonkeyPatch) -> FakeResend:
+    """Point the SDK at the fake; module attributes because RESEND_API_URL is read at import."""
+    monkeypatch.setattr(resend, "api_url", fake.url)
+    monkeypatch.setattr(resend, "api_key", fake.api_key)
+    return fake
+
+
+def test_sdk_send_returns_id_and_records_one_delivery(sdk: FakeResend) -> None:
+    response = resend.Emails.send(params(), options={"idempotency_key": "k1"})
+
+    assert uuid.UUID(response["id"]).version == 4
+    assert sdk.delivery_count() == 1
+    delivery = sdk.deliveries[0]
+    assert delivery.id == response["id"]
+    assert delivery.to == [CUSTOMER]
+    assert delivery.from_ == SENDER
+    assert delivery.idempotency_key == "k1"
+    [request] = sdk.requests
+    assert (request.method, request.path, request.status) == ("POST", "/emails", 200)
+    assert request.headers["idempotency-key"] == "k1"
+    assert request.body["subject"] == "Your order"
+
+
+def test_replay_with_same_key_returns_same_id_without_new_delivery(sdk: FakeResend) -> None:
+    first = resend.Emails.send(params(), options={"idempotency_key": "k1"})
+    second = resend.Emails.send(params(), options={"idempotency_key": "k1"})
+
+    assert second["id"] == first["id"]
+    assert sdk.delivery_count() == 1
+    assert [r.status for r in sdk.requests] == [200, 200]
+    assert sdk.attempts_for(CUSTOMER) == 2
+
+
+def test_same_key_with_different_body_is_409(sdk: FakeResend) -> None:
+    resend.Emails.send(params(), options={"idempotency_key": "k1"})
+
+    with pytest.raises(ResendError) as caught:
+        resend.Emails.send(params(subject="Other"), options={"idempotency_key": "k1"})
+
+    assert caught.value.code == 409
+    assert caught.value.error_type == "invalid_idempotent_request"
+    assert sdk.delivery_count() == 1
+
+
+def test_second_request_while_first_in_flight_is_409_concurrent(fake: FakeResend) -> None:
+    fake.delay_seconds = 0.5
+    answers: list[int] = []
+    first = threading.Thread(
+        target=lambda: answers.append(post(fake, params(), {"Idempotency-Key": "k1"}).status_code)
+    )
+    first.start()
+    fake.wait_for(lambda: len(fake.requests) == 1, description="first request to arrive")
+
+    second = post(fake, params(), {"Idempotency-Key": "k1"})
+    first.join(timeout=5)
+
+    assert_error(second, 409, "concurrent_idempotent_requests")
+    assert answers == [200]
+    assert fake.delivery_count() == 1
+
+
+def test_missing_field_is_422_through_sdk(sdk: FakeResend) -> None:
+    body = params()
+    del body["subject"]
+
+    with pytest.raises(ResendError) as caught:
+        resend.Emails.send(body)  # type: ignore[arg-type]
+
+    assert isinstance(caught.value, MissingRequiredFieldsError)
+    assert caught.value.code == 422
+    assert "subject" in caught.value.message
+    assert sdk.delivery_count() == 0
+    assert sdk.requests[0].status == 422
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "name"),
+    [
+        ({"from": SENDER, "to": CUSTOMER, "subject": "s"}, 422, "missing_required_field"),
+        ({"from": SENDER, "to": [], "subject": "s", "text": "t"}, 422, "missing_required_field"),
+        ({"from": SENDER, "to": "not-an-address", "subject": "s", "text": "t"}, 422, "validation_error"),
+        (["not", "an", "object"], 400, "validation_error"),
+    ],
+)
+def test_invalid_bodies_are_rejected(fake: FakeResend, body: Any, status: int, name: str) -> None:
+    assert_error(post(fake, body), status, name)
+    assert fake.delivery_count() == 0
+
+
+def test_body_that_is_not_json_is_400(fake: FakeResend) -> None:
+    response = requests.post(
+        f"{fake.url}/emails",
+        data=b"{not json",
+        headers={"Authorization": f"Bearer {fake.api_key}"},
+        timeout=5,
+    )
+
+    assert_error(response, 400, "validation_error")
+    assert fake.requests[0].is_json is False
+
+
+def test_missing_authorization_is_401_with_resend_body(fake: FakeResend) -> None:
+    response = requests.post(f"{fake.url}/emails", json=params(), timeout=5)
+
+    assert_error(response, 401, "missing_api_key")
+    assert response.json()["message"] == (
+        "Missing API key in the authorization header. Include the following "
+        "header Authorization: Bearer YOUR_API_KEY in the request."
+    )
+    assert fake.delivery_count() == 0
+
+
+def test_wrong_key_is_403_through_sdk(sdk: FakeResend, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(resend, "api_key", "re_wrong")
+
+    with pytest.raises(InvalidApiKeyError) as caught:
+        resend.Emails.send(params())
+
+    assert caught.value.code == 403
+    assert sdk.requests[0].status == 403
+    assert sdk.delivery_count() == 0
+
+
+def test_idempotency_key_longer_than_256_is_400(fake: FakeResend) -> None:
+    response = post(fake, params(), {"Idempotency-Key": "k" * 257})
+
+    assert_error(response, 400, "validation_error")
+    assert post(fake, params(), {"Idempotency-Key": "k" * 256}).status_code == 200
+
+
+def test_fail_recipient_times_two_then_success_with_same_key(sdk: FakeResend) -> None:
+    sdk.fail_recipient(CUSTOMER, status=500, name="application_error", message="boom", times=2)
+    codes: list[int | str] = []
+
+    for _ in range(2):
+        with pytest.raises(ResendError) as caught:
+            resend.Emails.send(params(), options={"idempotency_key": "order-1"})
+        codes.append(caught.value.code)
+    response = resend.Emails.send(params(), options={"idempotency_key": "order-1"})
+
+    assert codes == [500, 500]
+    assert sdk.attempts_for(CUSTOMER) == 3
+    assert [d.id for d in sdk.deliveries_to(CUSTOMER)] == [response["id"]]
+    assert [r.status for r in sdk.requests] == [500, 500, 200]
+
+
+def test_fail_recipient_forever_only_hits_that_address(fake: FakeResend) -> None:
+    fake.fail_recipient("bounce@example.com")
+
+    for _ in range(3):
+        assert_error(post(fake, params(to=["Bob <Bounce@Example.com>"])), 422, "validation_error")
+    assert post(fake, params()).status_code == 200
+
+    assert fake.attempts_for("bounce@example.com") == 3
+    assert fake.deliveries_to("bounce@example.com") == []
+    assert fake.delivery_count() == 1
+
+
+def test_rate_limit_next_gives_429_with_retry_after(sdk: FakeResend) -> None:
+    sdk.rate_limit_next(1, retry_after=3)
+
+    with pytest.raises(RateLimitError) as caught:
+        resend.Emails.send(params())
+    response = resend.Emails.send(params())
+
+    assert caught.value.code == 429
+    assert caught.value.error_type == "rate_limit_exceeded"
+    assert caught.value.headers["retry-after"] == "3"
+    assert caught.value.headers["ratelimit-remaining"] == "0"
+    assert {"ratelimit-limit", "ratelimit-reset"} <= set(caught.value.headers)
+    assert sdk.deliveries[0].id == response["id"]
+    assert sdk.delivery_count() == 1
+
+
+def test_max_requests_per_second_rejects_third_immediate_request() -> None:
+    with FakeResend(max_requests_per_second=2) as fake:
+        responses = [post(fake, params()) for _ in range(3)]
+
+        assert [r.status_code for r in responses] == [200, 200, 429]
+        assert_error(responses[2], 429, "rate_limit_exceeded")
+        assert responses[2].headers["retry-after"] == "1"
+        assert fake.delivery_count() == 2
+        assert fake.requests[2].arrived_at - fake.requests[0].arrived_at < 1.0
+
+
+def test_get_email_returns_stored_delivery_or_404(sdk: FakeResend) -> None:
+    sent = resend.Emails.send(params(to=[CUSTOMER, "other@example.com"]))
+
+    email = resend.Emails.get(sent["id"])
+    with pytest.raises(ResendError) as caught:
+        resend.Emails.get(str(uuid.uuid4()))
+
+    assert email["object"] == "email"
+    assert email["id"] == sent["id"]
+    assert email["to"] == [CUSTOMER, "other@example.com"]
+    assert email["from"] == SENDER
+    assert caught.value.code == 404
+    assert caught.value.error_type == "not_found"
+
+
+def test_wait_for_returns_once_predicate_holds(fake: FakeResend) -> None:
+    sender = threading.Thread(target=lambda: post(fake, params()))
+    sender.start()
+
+    fake.wait_for(lambda: fake.delivery_count() == 1, timeout=5)
+    sender.join(timeout=5)
+
+    assert fake.delivery_count() == 1
+
+
+def test_wait_for_raises_assertion_error_on_timeout(fake: FakeResend) -> None:
+    with pytest.raises(AssertionError, match="timed out after 0.10s waiting for a delivery"):
+        fake.wait_for(lambda: fake.delivery_count() > 0, timeout=0.1, description="a delivery")
+
+
+def test_stop_closes_the_port() -> None:
+    fake = FakeResend().start()
+    url = fake.url
+    fake.stop()
+    fake.stop()
+
+    with pytest.raises(requests.ConnectionError):
+        requests.post(f"{url}/emails", json=params(), timeout=2)
