@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Optional
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from storage.clock import utcnow
@@ -84,3 +84,8 @@ def get_by_message_id(session: Session, message_id: str) -> Optional[DeadLetter]
 def list_all(session: Session) -> list[DeadLetter]:
     """Every dead letter, oldest first."""
     return list(session.scalars(select(DeadLetter).order_by(DeadLetter.id)))
+
+
+def count(session: Session) -> int:
+    """How many dead letters the archive holds."""
+    return int(session.scalar(select(func.count()).select_from(DeadLetter)) or 0)

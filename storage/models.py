@@ -16,6 +16,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     Float,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
@@ -154,3 +155,67 @@ class RateLimitSlot(Base):
 
     name: Mapped[str] = mapped_column(Text, primary_key=True)
     next_slot: Mapped[float] = mapped_column(Float)
+
+
+class Product(Base):
+    """A product the shop sells, with its on-hand stock.
+
+    ``stock`` counts the units physically on hand, sold or not yet; what a buyer
+    can still reserve is ``stock`` minus the active reservations (see
+    ``storage.inventory``), so restocking is a plain ``UPDATE`` of ``stock``.
+    """
+
+    __tablename__ = "products"
+    __table_args__ = (CheckConstraint("stock >= 0", name="stock_not_negative"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    sku: Mapped[str] = mapped_column(Text, unique=True)
+    name: Mapped[str] = mapped_column(Text)
+    stock: Mapped[int] = mapped_column(Integer, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ReservationStatus(str, enum.Enum):
+    """Where a reservation is in its life; every status but ``active`` is final."""
+
+    #: Holds its quantity out of the available stock until ``expires_at``.
+    ACTIVE = "active"
+    #: The order was paid: the quantity left ``products.stock`` for good.
+    COMMITTED = "committed"
+    #: Given back before it expired (checkout abandoned, payment failed).
+    RELEASED = "released"
+    #: Given back by the cleanup because ``expires_at`` passed while still active.
+    EXPIRED = "expired"
+
+
+class InventoryReservation(Base):
+    """Stock held for one checkout for a while, so two buyers cannot buy the last unit.
+
+    Written by ``storage.inventory`` or by the host in plain SQL (the documented
+    statement there); ``order_id`` has no foreign key because the orders table
+    belongs to the host.
+    """
+
+    __tablename__ = "inventory_reservations"
+    __table_args__ = (
+        CheckConstraint("quantity > 0", name="quantity_positive"),
+        CheckConstraint(
+            "status IN ('active', 'committed', 'released', 'expired')",
+            name="status_known",
+        ),
+        Index("ix_inventory_reservations_due", "status", "expires_at"),
+        Index("ix_inventory_reservations_order_id", "order_id"),
+        Index("ix_inventory_reservations_product_status", "product_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    product_id: Mapped[int] = mapped_column(BigId, ForeignKey("products.id"))
+    order_id: Mapped[Optional[str]] = mapped_column(Text)
+    quantity: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(Text, server_default=ReservationStatus.ACTIVE.value)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    #: When the quantity was given back, by ``release`` or by the cleanup.
+    released_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    committed_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))

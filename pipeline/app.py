@@ -1,0 +1,108 @@
+"""Bootstrap: broker, middleware, actors and runtime, in the order Dramatiq needs.
+
+Actors bind to the broker that is global when their module is imported, and their
+options are checked against that broker's middleware, so the broker comes first.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+from typing import Optional
+
+import dramatiq
+from dramatiq import Broker
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import ShutdownNotifications, TimeLimit
+from periodiq import PeriodiqMiddleware, cron
+
+from pipeline import runtime
+from pipeline.backoff import Backoff
+from pipeline.long_delays import LongDelays
+from pipeline.mailer import Mailer, OutboxMailer, ResendMailer
+from pipeline.runtime import Runtime
+from pipeline.settings import Settings
+from storage.database import get_sessionmaker
+
+#: Modules whose actors make up the system; each is imported once the broker is set.
+ACTOR_MODULES = ("actors.emails",)
+
+#: A periodic tick older than this when a worker gets to it is skipped (the next comes).
+TICK_SKIP_SECONDS = 60
+
+
+def _minutes_ms(minutes: float) -> int:
+    return max(int(minutes * 60_000), 1)
+
+
+def build_broker(settings: Settings, *, embedded: bool = False) -> Broker:
+    """RabbitMQ with publisher confirms, or Dramatiq's in-memory broker for ``dev``."""
+    broker: Broker
+    if embedded:
+        broker = StubBroker(middleware=[])
+    else:
+        broker = RabbitmqBroker(url=settings.broker_url, confirm_delivery=True, middleware=[])
+    sessions = get_sessionmaker(settings.database_url)
+    max_hold_ms = _minutes_ms(settings.broker_max_hold_minutes)
+    for middleware in (
+        LongDelays(max_hold_ms=max_hold_ms),
+        TimeLimit(),
+        ShutdownNotifications(),
+        PeriodiqMiddleware(skip_delay=TICK_SKIP_SECONDS),
+        Backoff(sessions, max_hold_ms=max_hold_ms),
+    ):
+        broker.add_middleware(middleware)
+    return broker
+
+
+def default_mailer(settings: Settings) -> Mailer:
+    """Resend when an API key is set; otherwise the local outbox folder."""
+    if settings.resend_api_key:
+        return ResendMailer(api_key=settings.resend_api_key, api_url=settings.resend_api_url)
+    logging.getLogger(__name__).warning(
+        "RESEND_API_KEY is not set: emails go to %s instead of Resend.", settings.email_outbox_dir
+    )
+    return OutboxMailer(Path(settings.email_outbox_dir))
+
+
+def bootstrap(
+    settings: Settings, *, embedded: bool = False, mailer: Optional[Mailer] = None
+) -> Runtime:
+    """Wire this process: set the broker, import the actors, apply the settings to them."""
+    broker = build_broker(settings, embedded=embedded)
+    dramatiq.set_broker(broker)
+    for name in ACTOR_MODULES:
+        module = importlib.import_module(name)
+        for actor in _actors_of(module):
+            actor.broker = broker
+            broker.declare_actor(actor)
+    _apply_settings(broker, settings)
+    installed = Runtime(
+        settings=settings,
+        broker=broker,
+        sessions=get_sessionmaker(settings.database_url),
+        mailer=mailer or default_mailer(settings),
+    )
+    runtime.install(installed)
+    return installed
+
+
+def _actors_of(module: object) -> list[dramatiq.Actor]:  # type: ignore[type-arg]
+    return [value for value in vars(module).values() if isinstance(value, dramatiq.Actor)]
+
+
+def _apply_settings(broker: Broker, settings: Settings) -> None:
+    """Schedules and retry policies come from the environment, not from the code."""
+    fan_out = broker.get_actor("fan_out_emails")
+    fan_out.options["periodic"] = cron(settings.email_schedule)
+    send = broker.get_actor("send_email")
+    send.options["max_retries"] = settings.email_max_retries
+    send.options["retry_delay"] = _minutes_ms(settings.email_retry_delay_minutes)
+    send.options["max_retry_delay"] = _minutes_ms(settings.email_max_retry_delay_minutes)
+
+
+def periodic_actors(broker: Broker) -> list[dramatiq.Actor]:  # type: ignore[type-arg]
+    """The actors the ticker emits."""
+    return [actor for actor in broker.actors.values() if "periodic" in actor.options]

@@ -1,0 +1,187 @@
+"""The archiver: empties the dead-letter queues into ``dead_letters``.
+
+Dramatiq nacks a given-up message into ``<queue>.XQ``, where RabbitMQ keeps it for
+seven days and then drops it. The archiver consumes every XQ, writes each message
+once (keyed by message id, so redeliveries are harmless), marks its item failed,
+and only then acks: a crash or a database outage loses nothing, the message is
+delivered again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Optional
+
+import pika
+import pika.exceptions
+from dramatiq import Broker, Message
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.common import xq_name
+from dramatiq.errors import ActorNotFound, DecodeError
+from sqlalchemy.orm import Session, sessionmaker
+
+from pipeline.lifecycle import ItemHooks
+from storage import dead_letters
+from storage.dead_letters import DeadMessage
+
+logger = logging.getLogger(__name__)
+
+#: Messages the archiver may hold unacked at once.
+PREFETCH = 100
+#: Longest pause between tries while RabbitMQ or PostgreSQL is unreachable (seconds).
+MAX_PAUSE_SECONDS = 30.0
+
+
+def decode_dead_message(queue: str, body: bytes) -> tuple[DeadMessage, Optional[Message]]:
+    """What the archive should say of ``body``; a body that does not decode is kept raw."""
+    try:
+        message = Message.decode(body)
+    except DecodeError as exc:
+        digest = hashlib.sha256(body).hexdigest()[:32]
+        raw = body.decode("utf-8", errors="replace")
+        return DeadMessage(message_id=f"raw-{digest}", queue=queue, raw_body=raw, fallback_error=f"DecodeError: {exc}"), None
+    options = dict(message.options)
+    return (
+        DeadMessage(
+            message_id=message.message_id,
+            queue=queue,
+            actor=message.actor_name,
+            args=list(message.args),
+            kwargs=dict(message.kwargs),
+            options=options,
+            fallback_error=_last_line(options.get("traceback")) or "unknown error",
+            fallback_traceback=options.get("traceback"),
+            retries=int(options.get("retries", 0)),
+        ),
+        message,
+    )
+
+
+def _last_line(text: Optional[str]) -> Optional[str]:
+    lines = [line for line in (text or "").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else None
+
+
+def archive_body(sessions: sessionmaker[Session], broker: Broker, queue: str, body: bytes) -> bool:
+    """Archive one dead message and mark its item failed, in one transaction."""
+    dead, message = decode_dead_message(queue, body)
+    hooks = _hooks_for(broker, message)
+    if message is not None and hooks is None and message.actor_name not in broker.actors:
+        dead = replace(dead, fallback_error=f"ActorNotFound: no actor named {message.actor_name!r}")
+    with sessions.begin() as session:
+        written = dead_letters.archive(session, dead)
+        if hooks is not None and message is not None:
+            _mark_item_failed(session, hooks, message, dead.message_id)
+    if written:
+        logger.warning("Archived dead message %s from %s (%s).", dead.message_id, queue, dead.actor or "raw body")
+    return written
+
+
+def _hooks_for(broker: Broker, message: Optional[Message]) -> Optional[ItemHooks]:
+    if message is None:
+        return None
+    try:
+        return broker.get_actor(message.actor_name).options.get("item_hooks")
+    except ActorNotFound:
+        return None
+
+
+def _mark_item_failed(session: Session, hooks: ItemHooks, message: Message, message_id: str) -> None:
+    """The item is failed already unless the pipeline could not say so; bad args must not block."""
+    stored = dead_letters.get_by_message_id(session, message_id)
+    error = stored.error if stored is not None else "dead-lettered"
+    try:
+        with session.begin_nested():
+            hooks.given_up(session, message, error=error)
+    except Exception:
+        logger.exception("Could not mark the item of dead message %s failed.", message_id)
+
+
+def dead_letter_queues(broker: Broker) -> list[str]:
+    """The XQ of every queue an actor of ``broker`` uses."""
+    return sorted({xq_name(actor.queue_name) for actor in broker.actors.values()})
+
+
+class RabbitmqArchiver:
+    """Consumes every XQ over its own connection until ``stop`` is set."""
+
+    def __init__(self, broker: RabbitmqBroker, sessions: sessionmaker[Session]) -> None:
+        self.broker = broker
+        self.sessions = sessions
+
+    def run(self, stop: threading.Event) -> None:
+        pause = 1.0
+        while not stop.is_set():
+            try:
+                self._consume(stop)
+                pause = 1.0
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                logger.warning("Archiver lost RabbitMQ (%s); retrying in %.0fs.", exc, pause)
+                stop.wait(pause)
+                pause = min(pause * 2, MAX_PAUSE_SECONDS)
+
+    def _consume(self, stop: threading.Event) -> None:
+        for actor in self.broker.actors.values():
+            self.broker.declare_queue(actor.queue_name, ensure=True)
+        connection = pika.BlockingConnection(self.broker.parameters)
+        try:
+            channel = connection.channel()
+            channel.basic_qos(prefetch_count=PREFETCH)
+            for queue in dead_letter_queues(self.broker):
+                channel.basic_consume(queue, self._callback(connection, queue))
+            logger.info("Archiver consuming %s.", ", ".join(dead_letter_queues(self.broker)))
+            while not stop.is_set():
+                connection.process_data_events(time_limit=0.5)
+        finally:
+            if connection.is_open:
+                connection.close()
+
+    def _callback(self, connection: pika.BlockingConnection, queue: str) -> Callable[..., None]:
+        def on_message(channel: object, method: object, _properties: object, body: bytes) -> None:
+            tag = method.delivery_tag  # type: ignore[attr-defined]
+            pause = 1.0
+            while True:
+                try:
+                    archive_body(self.sessions, self.broker, queue, body)
+                    channel.basic_ack(tag)  # type: ignore[attr-defined]
+                    return
+                except Exception:
+                    logger.exception("Could not archive a message from %s; retrying in %.0fs.", queue, pause)
+                    connection.sleep(pause)
+                    pause = min(pause * 2, MAX_PAUSE_SECONDS)
+
+        return on_message
+
+
+class StubArchiver:
+    """The ``dev`` mode's archiver: drains the in-memory broker's dead letters."""
+
+    def __init__(self, broker: StubBroker, sessions: sessionmaker[Session], *, interval: float = 0.5) -> None:
+        self.broker = broker
+        self.sessions = sessions
+        self.interval = interval
+
+    def drain(self) -> int:
+        """Archive every dead letter now; return how many were new."""
+        written = 0
+        for queue, messages in self.broker.dead_letters_by_queue.items():
+            while messages:
+                proxy = messages[0]
+                written += archive_body(self.sessions, self.broker, xq_name(queue), proxy._message.encode())
+                messages.pop(0)
+        return written
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.drain()
+            except Exception:
+                logger.exception("Dev archiver failed; retrying.")
+                time.sleep(self.interval)
+            stop.wait(self.interval)

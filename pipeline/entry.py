@@ -1,0 +1,11 @@
+"""The module ``dramatiq`` imports in each worker process: it bootstraps from the environment."""
+
+from __future__ import annotations
+
+from pipeline.app import bootstrap
+from pipeline.logs import configure_logging
+from pipeline.settings import Settings
+
+settings = Settings.from_env()
+configure_logging(settings.log_level)
+broker = bootstrap(settings).broker

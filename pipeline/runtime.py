@@ -1,0 +1,43 @@
+"""What the actors of this process share: settings, database sessions, the mailer.
+
+Set once per process by ``pipeline.app.bootstrap``; actors read it with ``current()``.
+Like Dramatiq's global broker, it is the process's wiring, not state that changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from dramatiq import Broker
+from sqlalchemy.orm import Session, sessionmaker
+
+from pipeline.mailer import Mailer
+from pipeline.settings import Settings
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    broker: Broker
+    sessions: sessionmaker[Session]
+    mailer: Mailer
+
+
+_current: Optional[Runtime] = None
+
+
+def install(runtime: Runtime) -> None:
+    global _current
+    _current = runtime
+
+
+def current() -> Runtime:
+    """The runtime of this process; bootstrap first."""
+    if _current is None:
+        raise RuntimeError("minalesh-workers is not bootstrapped: call pipeline.app.bootstrap() first")
+    return _current
+
+
+def is_installed() -> bool:
+    return _current is not None

@@ -1,0 +1,17 @@
+"""The figures of ``minalesh-workers stats``, one section per kind of work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage import dead_letters, emails
+
+
+def collect(sessions: sessionmaker[Session]) -> dict[str, Any]:
+    with sessions() as session:
+        return {
+            "emails": emails.count_by_status(session),
+            "dead_letters": dead_letters.count(session),
+        }

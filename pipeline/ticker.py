@@ -1,0 +1,39 @@
+"""The ticker: periodiq's scheduler emitting our periodic actors.
+
+periodiq has no leader election; two tickers both emit. That is safe by design:
+every periodic actor claims its work in the database (``FOR UPDATE SKIP LOCKED``),
+so a doubled tick finds nothing left to do.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from dramatiq import Actor, Broker
+from periodiq import Scheduler
+
+from pipeline.app import periodic_actors
+
+logger = logging.getLogger(__name__)
+
+
+class ResilientScheduler(Scheduler):
+    """A scheduler that outlives a broker outage: a tick that cannot be sent is logged and skipped."""
+
+    def send_actors(self, actors: list[Actor], now: object) -> None:  # type: ignore[type-arg]
+        for actor in actors:
+            try:
+                actor.send_with_options(scheduled_at=str(now))
+                logger.info("Tick: %s at %s.", actor.actor_name, now)
+            except Exception:
+                logger.exception("Could not emit %s at %s; the next tick will cover it.", actor.actor_name, now)
+
+
+def run_ticker(broker: Broker) -> None:
+    """Emit every periodic actor on its schedule until the process is stopped (main thread only)."""
+    actors = periodic_actors(broker)
+    for actor in actors:
+        logger.info("Scheduling %s on '%s'.", actor.actor_name, actor.options["periodic"])
+    scheduler = ResilientScheduler(actors=actors)
+    scheduler.schedule()
+    scheduler.loop()
