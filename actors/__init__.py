@@ -1,4 +1,9 @@
 """The Dramatiq actors: thin functions that take ids, call ``storage`` and the provider.
 
-Import them through ``pipeline.app.bootstrap``, which sets the broker they bind to.
+``pipeline.app.bootstrap`` binds them to the process's broker; importing them
+earlier declares them on a placeholder, so tests and hosts may import freely.
 """
+
+from pipeline.app import prepare_declarations
+
+prepare_declarations()

@@ -89,6 +89,22 @@ def bootstrap(
     return installed
 
 
+def prepare_declarations() -> None:
+    """Let the actor modules be imported before ``bootstrap`` (by tests, or a host).
+
+    Until a process bootstraps, actors are declared on a stub broker with the real
+    middleware stack, so their options are checked; ``bootstrap`` rebinds them.
+    """
+    global _declaring_on_placeholder
+    if runtime.is_installed() or _declaring_on_placeholder:
+        return
+    dramatiq.set_broker(build_broker(Settings(), embedded=True))
+    _declaring_on_placeholder = True
+
+
+_declaring_on_placeholder = False
+
+
 def _actors_of(module: object) -> list[dramatiq.Actor]:  # type: ignore[type-arg]
     return [value for value in vars(module).values() if isinstance(value, dramatiq.Actor)]
 

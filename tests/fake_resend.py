@@ -154,12 +154,17 @@ class _Answer:
 
 @dataclass
 class _Failure:
-    """A scripted error for one recipient; ``remaining`` None means forever."""
+    """A scripted error for one recipient; ``remaining`` None means forever.
+
+    ``{attempt}`` in the message becomes the count of errors answered so far, so a
+    test can tell the final error from the earlier ones.
+    """
 
     status: int
     name: str
     message: str
     remaining: int | None
+    answered: int = 0
 
 
 @dataclass
@@ -492,7 +497,9 @@ class FakeResend:
                 failure.remaining -= 1
                 if failure.remaining <= 0:
                     del self._failures[address]
-            return ApiError(failure.status, failure.name, failure.message)
+            failure.answered += 1
+            message = failure.message.replace("{attempt}", str(failure.answered))
+            return ApiError(failure.status, failure.name, message)
         return None
 
     def _complete(self, outcome: _Outcome) -> _Answer:

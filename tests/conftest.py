@@ -1,0 +1,100 @@
+"""Shared fixtures: this run's database and vhost, the fake Resend, an in-process worker."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+
+import pytest
+from dramatiq import Worker
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from sqlalchemy.orm import Session, sessionmaker
+
+from pipeline.app import bootstrap
+from pipeline.archiver import RabbitmqArchiver
+from pipeline.mailer import ResendMailer
+from pipeline.runtime import Runtime
+from pipeline.settings import Settings
+from storage import migrate
+from storage.database import get_engine
+from tests import services
+from tests.fake_resend import FakeResend
+
+#: Fast schedule for tests: retries after 0.3 s, 0.6 s, 1.2 s (the last in two hops of 0.6 s).
+TEST_ENVIRONMENT = {
+    "RESEND_API_KEY": "re_test_key",
+    "EMAIL_FROM": "Minalesh Tests <tests@minalesh.test>",
+    "EMAIL_MAX_RETRIES": "3",
+    "EMAIL_RETRY_DELAY_MINUTES": "0.005",
+    "EMAIL_MAX_RETRY_DELAY_MINUTES": "0.05",
+    "EMAIL_LEASE_MINUTES": "0.5",
+    "EMAIL_RATE_LIMIT_PER_SECOND": "500",
+    "BROKER_MAX_HOLD_MINUTES": "0.01",
+    "LOG_LEVEL": "WARNING",
+}
+
+
+@pytest.fixture(scope="session")
+def test_services() -> Iterator[services.TestServices]:
+    created = services.create()
+    migrate.upgrade(created.database_url)
+    yield created
+    get_engine(created.database_url).dispose()
+    services.destroy(created)
+
+
+@pytest.fixture(scope="session")
+def fake_resend() -> Iterator[FakeResend]:
+    with FakeResend(api_key="re_test_key") as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def environment(test_services: services.TestServices, fake_resend: FakeResend) -> dict[str, str]:
+    """The variables a worker of this run needs; subprocesses get them too."""
+    return {
+        **os.environ,
+        **TEST_ENVIRONMENT,
+        "DATABASE_URL": test_services.database_url,
+        "BROKER_URL": test_services.broker_url,
+        "RESEND_API_URL": fake_resend.url,
+    }
+
+
+@pytest.fixture(scope="session")
+def settings(environment: dict[str, str]) -> Settings:
+    return Settings.from_env(environment)
+
+
+@pytest.fixture(scope="session")
+def runtime(settings: Settings) -> Iterator[Runtime]:
+    """This process bootstrapped on the run's RabbitMQ vhost, with a worker and an archiver."""
+    mailer = ResendMailer(api_key=settings.resend_api_key or "", api_url=settings.resend_api_url)
+    current = bootstrap(settings, mailer=mailer)
+    for actor in current.broker.actors.values():
+        current.broker.declare_queue(actor.queue_name, ensure=True)
+    worker = Worker(current.broker, worker_threads=8)
+    worker.start()
+    stop = threading.Event()
+    assert isinstance(current.broker, RabbitmqBroker)
+    archiver = threading.Thread(target=RabbitmqArchiver(current.broker, current.sessions).run, args=(stop,))
+    archiver.start()
+    yield current
+    stop.set()
+    archiver.join(timeout=10)
+    worker.stop()
+    current.broker.close()
+
+
+@pytest.fixture
+def sessions(runtime: Runtime) -> sessionmaker[Session]:
+    return runtime.sessions
+
+
+@pytest.fixture(autouse=True)
+def _fresh_provider_script(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Scripted provider failures never leak into the next test."""
+    yield
+    if "fake_resend" in request.fixturenames:
+        request.getfixturevalue("fake_resend").clear_failures()

@@ -1,0 +1,88 @@
+"""A database and a RabbitMQ vhost of their own for each test run.
+
+Runs on one machine (a developer's, CI's) never see each other's rows or messages.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass
+
+import pika
+import psycopg2
+import pytest
+
+POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+RABBITMQ_HOST = os.environ.get("TEST_RABBITMQ_HOST", "127.0.0.1")
+
+
+@dataclass(frozen=True)
+class TestServices:
+    database: str
+    vhost: str
+
+    @property
+    def database_url(self) -> str:
+        return POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + self.database
+
+    @property
+    def broker_url(self) -> str:
+        return f"amqp://guest:guest@{RABBITMQ_HOST}:5672/{self.vhost}"
+
+
+def unavailable(reason: str) -> None:
+    """A missing service skips the tests on a laptop, and fails them in CI."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI must start it: see .ci/run)", pytrace=False)
+    pytest.skip(reason)
+
+
+def _admin_sql(statement: str) -> None:
+    connection = psycopg2.connect(POSTGRES_ADMIN_URL)
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(statement)
+    finally:
+        connection.close()
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+
+
+def create() -> TestServices:
+    name = f"mw_test_{uuid.uuid4().hex[:10]}"
+    try:
+        _admin_sql(f'CREATE DATABASE "{name}"')
+    except psycopg2.OperationalError as exc:
+        unavailable(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}: {exc}")
+    if shutil.which("rabbitmqctl") is None:
+        unavailable("rabbitmqctl is not installed: cannot create a RabbitMQ vhost for this run")
+    try:
+        _rabbitmqctl("add_vhost", name)
+        _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        pika.BlockingConnection(pika.URLParameters(TestServices(name, name).broker_url)).close()
+    except (subprocess.CalledProcessError, pika.exceptions.AMQPError) as exc:
+        unavailable(f"RabbitMQ is not usable: {exc}")
+    return TestServices(database=name, vhost=name)
+
+
+def destroy(services: TestServices) -> None:
+    _admin_sql(f'DROP DATABASE IF EXISTS "{services.database}" WITH (FORCE)')
+    _rabbitmqctl("delete_vhost", services.vhost)
+
+
+def reject_publishes(services: TestServices, queue: str) -> None:
+    """Make RabbitMQ refuse every publish to ``queue`` (a publisher-confirm nack)."""
+    _rabbitmqctl(
+        "set_policy", "-p", services.vhost, "--apply-to", "queues", f"reject-{queue}", f"^{queue}$",
+        '{"max-length": 0, "overflow": "reject-publish"}',
+    )
+
+
+def accept_publishes(services: TestServices, queue: str) -> None:
+    _rabbitmqctl("clear_policy", "-p", services.vhost, f"reject-{queue}")

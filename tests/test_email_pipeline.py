@@ -1,0 +1,183 @@
+"""The email pipeline on the real RabbitMQ and PostgreSQL, against the fake Resend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
+from actors.emails import enqueue_due_emails, idempotency_key, send_email
+from pipeline.runtime import Runtime
+from storage.models import DeadLetter, EmailQueue
+from tests.fake_resend import FakeResend
+from tests.helpers import insert_email, unique_address, wait_until
+
+pytestmark = pytest.mark.usefixtures("runtime")
+
+
+def email_row(sessions: sessionmaker[Session], email_id: int) -> EmailQueue:
+    with sessions() as session:
+        row = session.get(EmailQueue, email_id)
+        assert row is not None
+        return row
+
+
+def dead_letters_for(sessions: sessionmaker[Session], email_id: int) -> list[DeadLetter]:
+    with sessions() as session:
+        rows = session.query(DeadLetter).filter(DeadLetter.actor == "send_email").all()
+        return [row for row in rows if row.args == [email_id]]
+
+
+def wait_for_status(sessions: sessionmaker[Session], email_id: int, status: str, timeout: float = 20.0) -> EmailQueue:
+    return wait_until(
+        lambda: (row if (row := email_row(sessions, email_id)).status == status else None),
+        timeout=timeout,
+        what=f"email {email_id} to be {status}",
+    )
+
+
+def add_email(sessions: sessionmaker[Session], recipient: str, **columns: Any) -> int:
+    with sessions.begin() as session:
+        return insert_email(session, recipient, **columns)
+
+
+def test_email_inserted_by_sql_is_sent_once_with_its_idempotency_key(
+    sessions: sessionmaker[Session], fake_resend: FakeResend
+) -> None:
+    address = unique_address("plain")
+    email_id = add_email(sessions, address, text="plain text too")
+
+    assert enqueue_due_emails() >= 1
+    row = wait_for_status(sessions, email_id, "sent")
+
+    deliveries = fake_resend.deliveries_to(address)
+    assert len(deliveries) == 1
+    assert deliveries[0].idempotency_key == idempotency_key(email_id)
+    assert deliveries[0].html == "<p>hi</p>" and deliveries[0].text == "plain text too"
+    assert deliveries[0].from_ == "Minalesh Tests <tests@minalesh.test>"
+    assert row.provider_message_id == deliveries[0].id
+    assert row.sent_at is not None and row.retry_count == 0 and row.attempts == 1
+
+
+def test_template_is_rendered_with_its_data(sessions: sessionmaker[Session], fake_resend: FakeResend) -> None:
+    address = unique_address("templated")
+    email_id = add_email(
+        sessions,
+        address,
+        subject="Order {{ order_id }} confirmed",
+        html=None,
+        template="order_confirmation",
+        template_data='{"order_id": "MN-77", "total": "99.50", "currency": "ETB"}',
+    )
+    send_email.send(email_id)
+    wait_for_status(sessions, email_id, "sent")
+
+    (delivery,) = fake_resend.deliveries_to(address)
+    assert delivery.subject == "Order MN-77 confirmed"
+    assert "MN-77" in (delivery.html or "") and "99.50 ETB" in (delivery.text or "")
+
+
+def test_permanent_error_fails_after_one_attempt_into_dead_letters(
+    sessions: sessionmaker[Session], fake_resend: FakeResend
+) -> None:
+    address = unique_address("refused")
+    fake_resend.fail_recipient(address, status=422, name="validation_error", message="Invalid `to` field.")
+    email_id = add_email(sessions, address)
+
+    send_email.send(email_id)
+    row = wait_for_status(sessions, email_id, "failed")
+    (dead,) = wait_until(lambda: dead_letters_for(sessions, email_id), what="the dead letter")
+
+    assert fake_resend.attempts_for(address) == 1
+    assert row.retry_count == 0
+    assert "Resend 422 validation_error: Invalid `to` field." in (row.last_error or "")
+    assert dead.queue == "emails.XQ" and dead.error == row.last_error
+    assert "PermanentError" in (dead.traceback or "")
+
+
+def test_transient_errors_retry_on_schedule_then_dead_letter_with_final_error(
+    sessions: sessionmaker[Session], fake_resend: FakeResend
+) -> None:
+    address = unique_address("flaky")
+    fake_resend.fail_recipient(address, status=500, name="application_error", message="outage, answer {attempt}")
+    email_id = add_email(sessions, address)
+
+    send_email.send(email_id)
+    row = wait_for_status(sessions, email_id, "failed")
+    (dead,) = wait_until(lambda: dead_letters_for(sessions, email_id), what="the dead letter")
+
+    attempts = [r for r in fake_resend.requests if address in r.to]
+    assert len(attempts) == 4  # the first attempt and EMAIL_MAX_RETRIES=3 retries
+    gaps = [later.arrived_at - earlier.arrived_at for earlier, later in zip(attempts, attempts[1:])]
+    for gap, expected in zip(gaps, (0.3, 0.6, 1.2)):
+        assert expected - 0.05 <= gap <= expected + 1.0, gaps
+    assert row.retry_count == 3 and row.attempts == 4
+    assert dead.error.endswith("outage, answer 4"), dead.error
+    assert "outage, answer 4" in (dead.traceback or "")
+    assert dead.retries == 3
+
+
+def test_rate_limit_waits_for_retry_after_and_spends_no_retry(
+    sessions: sessionmaker[Session], fake_resend: FakeResend, runtime: Runtime
+) -> None:
+    address = unique_address("limited")
+    email_id = add_email(sessions, address)
+    fake_resend.rate_limit_next(2, retry_after=1)
+
+    send_email.send(email_id)
+    row = wait_for_status(sessions, email_id, "sent")
+
+    requests = [r for r in fake_resend.requests if address in r.to]
+    assert [r.status for r in requests] == [429, 429, 200]
+    assert requests[1].arrived_at - requests[0].arrived_at >= 0.95
+    assert row.retry_count == 0 and row.attempts == 1
+
+
+def test_redelivered_message_never_sends_twice(sessions: sessionmaker[Session], fake_resend: FakeResend) -> None:
+    address = unique_address("twice")
+    email_id = add_email(sessions, address)
+
+    for _ in range(5):
+        send_email.send(email_id)
+    wait_for_status(sessions, email_id, "sent")
+    enqueue_due_emails()
+
+    assert len(fake_resend.deliveries_to(address)) == 1
+    assert email_row(sessions, email_id).attempts == 1
+
+
+def test_attempts_started_by_dead_workers_still_count(
+    sessions: sessionmaker[Session], fake_resend: FakeResend
+) -> None:
+    """Four attempts were started by workers that died mid-send: the fifth is refused."""
+    address = unique_address("killer")
+    email_id = add_email(sessions, address)
+    with sessions.begin() as session:
+        session.execute(
+            text("UPDATE email_queue SET status = 'sending', attempts = 4, locked_until = now() WHERE id = :id"),
+            {"id": email_id},
+        )
+
+    send_email.send(email_id)
+    row = wait_for_status(sessions, email_id, "failed")
+    (dead,) = wait_until(lambda: dead_letters_for(sessions, email_id), what="the dead letter")
+
+    assert fake_resend.attempts_for(address) == 0
+    assert "RetriesExhausted" in dead.error and row.retry_count == 3
+
+
+def test_scheduled_email_waits_for_its_time(sessions: sessionmaker[Session], fake_resend: FakeResend) -> None:
+    address = unique_address("later")
+    email_id = add_email(sessions, address)
+    with sessions.begin() as session:
+        session.execute(
+            text("UPDATE email_queue SET scheduled_at = now() + interval '1 hour' WHERE id = :id"), {"id": email_id}
+        )
+
+    enqueue_due_emails()
+    send_email.fn(email_id)  # a stray message must not send it early either
+
+    assert email_row(sessions, email_id).status == "pending"
+    assert fake_resend.attempts_for(address) == 0
