@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from actors.rendering import render
 from pipeline import runtime
 from pipeline.backoff import counting
-from pipeline.errors import RateLimited, RetriesExhausted
+from pipeline.errors import PermanentError, RateLimited, RetriesExhausted
 from pipeline.mailer import OutgoingEmail
 from storage import emails, rate_limits
 from storage.clock import minutes
@@ -93,7 +93,7 @@ def send_claimed(email_ids: list[int]) -> None:
             raise
 
 
-@dramatiq.actor(queue_name=EMAIL_QUEUE, item_hooks=EmailHooks())
+@dramatiq.actor(queue_name=EMAIL_QUEUE, item_hooks=EmailHooks(), throws=(PermanentError,))
 def send_email(email_id: int) -> None:
     """Send one email through the provider, at most once whatever is redelivered."""
     current = runtime.current()

@@ -71,8 +71,10 @@ def bootstrap(
     settings: Settings, *, embedded: bool = False, mailer: Optional[Mailer] = None
 ) -> Runtime:
     """Wire this process: set the broker, import the actors, apply the settings to them."""
+    global _broker_set
     broker = build_broker(settings, embedded=embedded)
     dramatiq.set_broker(broker)
+    _broker_set = True
     for name in ACTOR_MODULES:
         module = importlib.import_module(name)
         for actor in _actors_of(module):
@@ -95,14 +97,15 @@ def prepare_declarations() -> None:
     Until a process bootstraps, actors are declared on a stub broker with the real
     middleware stack, so their options are checked; ``bootstrap`` rebinds them.
     """
-    global _declaring_on_placeholder
-    if runtime.is_installed() or _declaring_on_placeholder:
+    global _broker_set
+    if _broker_set:
         return
     dramatiq.set_broker(build_broker(Settings(), embedded=True))
-    _declaring_on_placeholder = True
+    _broker_set = True
 
 
-_declaring_on_placeholder = False
+#: Whether this process has a broker the actors may be declared on.
+_broker_set = False
 
 
 def _actors_of(module: object) -> list[dramatiq.Actor]:  # type: ignore[type-arg]

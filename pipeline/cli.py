@@ -64,7 +64,7 @@ def db_current() -> None:
 def worker(processes: int | None, threads: int | None, dramatiq_args: tuple[str, ...]) -> None:
     """Run the Dramatiq workers; other options are passed to `dramatiq`."""
     _settings()
-    command = [sys.executable, "-m", "dramatiq", "pipeline.entry"]
+    command = [sys.executable, "-m", "dramatiq", "pipeline.entry:broker"]
     if processes:
         command += ["--processes", str(processes)]
     if threads:

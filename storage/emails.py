@@ -143,7 +143,9 @@ def claim_due(session: Session, *, lease: timedelta, limit: int) -> list[int]:
 
     ``FOR UPDATE SKIP LOCKED`` makes concurrent claimers (two tickers, a tick and a
     manual tick) take disjoint sets; the lease keeps a claimed email from being
-    claimed again until its message had every chance to arrive.
+    claimed again until its message had every chance to arrive. The locking select
+    is a MATERIALIZED CTE: as ``WHERE id IN (subquery)`` PostgreSQL may run the
+    subquery once per row and claim more than ``limit``.
     """
     now = utcnow()
     due = (
@@ -152,10 +154,12 @@ def claim_due(session: Session, *, lease: timedelta, limit: int) -> list[int]:
         .order_by(EmailQueue.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
+        .cte("due")
+        .prefix_with("MATERIALIZED")
     )
     statement = (
         update(EmailQueue)
-        .where(EmailQueue.id.in_(due.scalar_subquery()), _due_condition(now))
+        .where(EmailQueue.id == due.c.id)
         .values(status=EmailStatus.QUEUED.value, locked_until=now + lease, updated_at=now)
         .returning(EmailQueue.id)
         .execution_options(synchronize_session=False)

@@ -99,9 +99,7 @@ class InsufficientStock(StorageError):
     """Not enough stock is available for the quantity asked for."""
 
     def __init__(self, product_id: int, requested: int, available: int) -> None:
-        super().__init__(
-            f"product {product_id}: {requested} requested but only {available} available"
-        )
+        super().__init__(f"product {product_id}: {requested} requested but only {available} available")
         self.product_id = product_id
         self.requested = requested
         self.available = available
@@ -150,7 +148,8 @@ def reserve(
     """Hold ``quantity`` units of ``product_id`` for ``ttl_minutes``; return the reservation id.
 
     Raises ``InsufficientStock`` when ``available`` does not cover it. Without a
-    session it commits its own transaction on DATABASE_URL.
+    session it commits its own transaction on DATABASE_URL; with one, the product
+    row stays locked until the caller's transaction ends, so commit promptly.
     """
     _positive_int(product_id, "product_id")
     _positive_int(quantity, "quantity")
@@ -218,7 +217,9 @@ def commit(reservation_id: int, *, session: Optional[Session] = None) -> bool:
     """The order was paid: the reservation's units leave ``products.stock`` for good.
 
     False when it is no longer active (committed already, released or expired),
-    so a redelivered payment event changes nothing.
+    so a redelivered payment event changes nothing. ``InsufficientStock`` here
+    means stock was lowered below what is reserved, outside this module; the
+    transaction must then be rolled back, as after any error.
     """
     _positive_int(reservation_id, "reservation_id")
     return _run(session, lambda s: _commit_one(s, reservation_id))
@@ -311,35 +312,37 @@ def _require_reservation(session: Session, reservation_id: int) -> None:
 def expire_due(session: Session, *, batch_size: int) -> list[ExpiredReservation]:
     """Expire up to ``batch_size`` active reservations past ``expires_at``; return them.
 
-    ``FOR UPDATE SKIP LOCKED`` gives concurrent cleanups disjoint batches and
-    passes over a reservation a ``commit`` is finishing right now; the
-    ``status = 'active'`` guard settles whoever comes second.
+    Two statements, not ``UPDATE ... WHERE id IN (SELECT ... LIMIT ... SKIP LOCKED)``:
+    PostgreSQL may rescan such a subquery and then update more than the limit.
+    ``FOR UPDATE SKIP LOCKED`` gives concurrent cleanups disjoint batches and passes
+    over a reservation a ``commit`` is finishing; the ``status = 'active'`` guard
+    settles whoever comes second.
     """
     _positive_int(batch_size, "batch_size")
     now = utcnow()
-    due = (
+    due = InventoryReservation.status == _ACTIVE, InventoryReservation.expires_at < now
+    claim = (
         select(InventoryReservation.id)
-        .where(InventoryReservation.status == _ACTIVE, InventoryReservation.expires_at < now)
+        .where(*due)
         .order_by(InventoryReservation.expires_at, InventoryReservation.id)
         .limit(batch_size)
         .with_for_update(skip_locked=True)
     )
+    ids = list(session.scalars(claim))
+    if not ids:
+        return []
     statement = (
         update(InventoryReservation)
-        .where(
-            InventoryReservation.id.in_(due.scalar_subquery()),
-            InventoryReservation.status == _ACTIVE,
-            InventoryReservation.expires_at < now,
-        )
+        .where(InventoryReservation.id.in_(ids), *due)
         .values(status=ReservationStatus.EXPIRED.value, released_at=now, updated_at=now)
         .returning(InventoryReservation.id, InventoryReservation.product_id, InventoryReservation.quantity)
         .execution_options(synchronize_session=False)
     )
     rows = session.execute(statement).all()
-    return sorted(
-        (ExpiredReservation(id=row.id, product_id=row.product_id, quantity=row.quantity) for row in rows),
-        key=lambda expired: expired.id,
+    expired = (
+        ExpiredReservation(id=row.id, product_id=row.product_id, quantity=row.quantity) for row in rows
     )
+    return sorted(expired, key=lambda reservation: reservation.id)
 
 
 def expire_all_due(
@@ -377,9 +380,9 @@ def reservation_stats(session: Session) -> dict[str, int]:
         select(
             func.count().filter(active).label("active"),
             func.count().filter(active, InventoryReservation.expires_at < now).label("expired_not_released"),
-            func.count().filter(InventoryReservation.released_at >= now - timedelta(hours=1)).label(
-                "released_last_hour"
-            ),
+            func.count()
+            .filter(InventoryReservation.released_at >= now - timedelta(hours=1))
+            .label("released_last_hour"),
         )
     ).one()
     return {key: int(value) for key, value in row._mapping.items()}

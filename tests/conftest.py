@@ -36,7 +36,7 @@ TEST_ENVIRONMENT = {
 
 
 @pytest.fixture(scope="session")
-def test_services() -> Iterator[services.TestServices]:
+def test_services() -> Iterator[services.RunServices]:
     created = services.create()
     migrate.upgrade(created.database_url)
     yield created
@@ -51,7 +51,7 @@ def fake_resend() -> Iterator[FakeResend]:
 
 
 @pytest.fixture(scope="session")
-def environment(test_services: services.TestServices, fake_resend: FakeResend) -> dict[str, str]:
+def environment(test_services: services.RunServices, fake_resend: FakeResend) -> dict[str, str]:
     """The variables a worker of this run needs; subprocesses get them too."""
     return {
         **os.environ,

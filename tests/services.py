@@ -20,7 +20,7 @@ RABBITMQ_HOST = os.environ.get("TEST_RABBITMQ_HOST", "127.0.0.1")
 
 
 @dataclass(frozen=True)
-class TestServices:
+class RunServices:
     database: str
     vhost: str
 
@@ -54,7 +54,7 @@ def _rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
 
 
-def create() -> TestServices:
+def create() -> RunServices:
     name = f"mw_test_{uuid.uuid4().hex[:10]}"
     try:
         _admin_sql(f'CREATE DATABASE "{name}"')
@@ -65,18 +65,18 @@ def create() -> TestServices:
     try:
         _rabbitmqctl("add_vhost", name)
         _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-        pika.BlockingConnection(pika.URLParameters(TestServices(name, name).broker_url)).close()
+        pika.BlockingConnection(pika.URLParameters(RunServices(name, name).broker_url)).close()
     except (subprocess.CalledProcessError, pika.exceptions.AMQPError) as exc:
         unavailable(f"RabbitMQ is not usable: {exc}")
-    return TestServices(database=name, vhost=name)
+    return RunServices(database=name, vhost=name)
 
 
-def destroy(services: TestServices) -> None:
+def destroy(services: RunServices) -> None:
     _admin_sql(f'DROP DATABASE IF EXISTS "{services.database}" WITH (FORCE)')
     _rabbitmqctl("delete_vhost", services.vhost)
 
 
-def reject_publishes(services: TestServices, queue: str) -> None:
+def reject_publishes(services: RunServices, queue: str) -> None:
     """Make RabbitMQ refuse every publish to ``queue`` (a publisher-confirm nack)."""
     _rabbitmqctl(
         "set_policy", "-p", services.vhost, "--apply-to", "queues", f"reject-{queue}", f"^{queue}$",
@@ -84,5 +84,5 @@ def reject_publishes(services: TestServices, queue: str) -> None:
     )
 
 
-def accept_publishes(services: TestServices, queue: str) -> None:
+def accept_publishes(services: RunServices, queue: str) -> None:
     _rabbitmqctl("clear_policy", "-p", services.vhost, f"reject-{queue}")

@@ -51,9 +51,7 @@ def upgrade() -> None:
         _timestamp("released_at"),
         _timestamp("committed_at"),
         sa.CheckConstraint("quantity > 0", name="quantity_positive"),
-        sa.CheckConstraint(
-            "status IN ('active', 'committed', 'released', 'expired')", name="status_known"
-        ),
+        sa.CheckConstraint("status IN ('active', 'committed', 'released', 'expired')", name="status_known"),
     )
     op.create_index("ix_inventory_reservations_due", "inventory_reservations", ["status", "expires_at"])
     op.create_index("ix_inventory_reservations_order_id", "inventory_reservations", ["order_id"])

@@ -1,0 +1,147 @@
+"""Acceptance: the real commands, as an operator runs them, on their own database and vhost."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage.database import get_engine, get_sessionmaker
+from tests import services
+from tests.fake_resend import FakeResend
+from tests.helpers import insert_email, wait_until
+from tests.processes import run_cli, running, stop
+
+pytestmark = pytest.mark.slow
+
+GOOD = 200
+REJECTED = 5
+FAILING = 5
+
+
+@pytest.fixture(scope="module")
+def own_services() -> Iterator[services.RunServices]:
+    """Apart from the in-process worker of the other tests, which would steal messages."""
+    created = services.create()
+    yield created
+    get_engine(created.database_url).dispose()
+    services.destroy(created)
+
+
+@pytest.fixture
+def env(environment: dict[str, str], own_services: services.RunServices) -> dict[str, str]:
+    return {
+        **environment,
+        "DATABASE_URL": own_services.database_url,
+        "BROKER_URL": own_services.broker_url,
+        "EMAIL_LEASE_MINUTES": "0.05",
+        "LOG_LEVEL": "INFO",
+    }
+
+
+@pytest.fixture
+def sessions(env: dict[str, str], tmp_path: Path) -> sessionmaker[Session]:
+    for _ in range(2):  # from a directory that is not the checkout, and twice: idempotent
+        upgraded = run_cli("db", "upgrade", env=env, cwd=tmp_path)
+        assert upgraded.returncode == 0, upgraded.stderr
+        assert "Database at revision" in upgraded.stdout
+    return get_sessionmaker(env["DATABASE_URL"])
+
+
+def status_counts(sessions: sessionmaker[Session]) -> dict[str, int]:
+    with sessions() as session:
+        return dict(session.execute(text("SELECT status, COUNT(*) FROM email_queue GROUP BY status")).all())
+
+
+def test_done_when_200_good_emails_and_failing_ones(
+    env: dict[str, str], sessions: sessionmaker[Session], fake_resend: FakeResend, tmp_path: Path
+) -> None:
+    run = f"{time.time_ns()}"
+    good = [f"good{i}-{run}@example.com" for i in range(GOOD)]
+    rejected = [f"rejected{i}-{run}@example.com" for i in range(REJECTED)]
+    failing = [f"failing{i}-{run}@example.com" for i in range(FAILING)]
+    for address in rejected:
+        fake_resend.fail_recipient(address, status=422, name="validation_error", message="Invalid `to` field.")
+    for address in failing:
+        fake_resend.fail_recipient(address, status=500, name="application_error", message="down, answer {attempt}")
+    with sessions.begin() as session:
+        for address in good + rejected + failing:
+            insert_email(session, address)
+
+    with running("worker", "-p", "1", "-t", "8", env=env, cwd=tmp_path, log=tmp_path / "worker.log"), running(
+        "archiver", env=env, cwd=tmp_path, log=tmp_path / "archiver.log"
+    ):
+        started = time.monotonic()
+        tick = run_cli("tick", "emails", env=env, cwd=tmp_path)
+        assert tick.stdout.strip() == f"Enqueued {GOOD + REJECTED + FAILING} emails.", tick.stderr
+        wait_until(lambda: status_counts(sessions).get("sent") == GOOD, timeout=60, what="200 sent")
+        sent_after = time.monotonic() - started
+        wait_until(
+            lambda: status_counts(sessions) == {"sent": GOOD, "failed": REJECTED + FAILING}, timeout=60, what="all final"
+        )
+        with sessions() as session:
+            wait_until(
+                lambda: session.scalar(text("SELECT COUNT(*) FROM dead_letters")) == REJECTED + FAILING,
+                timeout=30,
+                what="10 dead letters",
+            )
+            dead = {
+                args[0]: error
+                for args, error in session.execute(text("SELECT args, error FROM dead_letters")).all()
+            }
+            recipients = dict(session.execute(text("SELECT id, recipient FROM email_queue")).all())
+        finished_after = time.monotonic() - started
+
+    attempts = Counter(address for request in fake_resend.requests for address in request.to)
+    assert all(len(fake_resend.deliveries_to(address)) == 1 for address in good)
+    assert all(attempts[address] == 1 for address in rejected)
+    assert all(attempts[address] == 4 for address in failing)
+    dead_by_recipient = {recipients[email_id]: error for email_id, error in dead.items()}
+    assert all("Resend 422" in dead_by_recipient[address] for address in rejected)
+    assert all(dead_by_recipient[address].endswith("down, answer 4") for address in failing)
+    print(f"\n[figures] {GOOD} sent in {sent_after:.2f}s; all {GOOD + REJECTED + FAILING} final in {finished_after:.2f}s")
+
+
+def test_worker_killed_mid_send_still_sends_once(
+    env: dict[str, str], sessions: sessionmaker[Session], fake_resend: FakeResend, tmp_path: Path
+) -> None:
+    address = f"killed-{time.time_ns()}@example.com"
+    with sessions.begin() as session:
+        email_id = insert_email(session, address)
+    fake_resend.delay_seconds = 1.5
+    try:
+        with running("worker", "-p", "1", "-t", "2", env=env, cwd=tmp_path, log=tmp_path / "w1.log") as worker:
+            run_cli("tick", "emails", env=env, cwd=tmp_path)
+            wait_until(lambda: fake_resend.attempts_for(address) == 1, what="the send in flight")
+            stop(worker, kill=True)
+    finally:
+        fake_resend.delay_seconds = 0
+    with running("worker", "-p", "1", "-t", "2", env=env, cwd=tmp_path, log=tmp_path / "w2.log"):
+        wait_until(lambda: lease_ran_out(sessions, email_id), timeout=20, what="the dead worker's lease to run out")
+        run_cli("tick", "emails", env=env, cwd=tmp_path)
+        wait_until(lambda: status_counts_of(sessions, email_id) == "sent", what="the email sent")
+
+    assert len(fake_resend.deliveries_to(address)) == 1
+    assert fake_resend.attempts_for(address) == 2  # the second was answered by Idempotency-Key replay
+
+
+def lease_ran_out(sessions: sessionmaker[Session], email_id: int) -> bool:
+    with sessions() as session:
+        query = text("SELECT locked_until < now() FROM email_queue WHERE id = :id")
+        return bool(session.scalar(query, {"id": email_id}))
+
+
+def status_counts_of(sessions: sessionmaker[Session], email_id: int) -> str:
+    with sessions() as session:
+        return str(session.scalar(text("SELECT status FROM email_queue WHERE id = :id"), {"id": email_id}))
+
+
+def test_invalid_setting_stops_the_worker_with_a_clear_message(env: dict[str, str], tmp_path: Path) -> None:
+    result = run_cli("worker", env={**env, "EMAIL_MAX_RETRIES": "lots"}, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "EMAIL_MAX_RETRIES='lots' is invalid" in result.stderr

@@ -1,0 +1,140 @@
+"""email_queue statements on real PostgreSQL: claims, leases, attempts, host inserts."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage import emails
+from storage.database import get_sessionmaker
+from storage.emails import AttemptOutcome, InvalidEmail
+from tests.helpers import insert_email, unique_address
+from tests.services import RunServices
+
+LEASE = timedelta(minutes=5)
+
+
+@pytest.fixture
+def sessions(test_services: RunServices) -> sessionmaker[Session]:
+    """Storage tests need no broker: a plain session factory, and an empty queue."""
+    factory = get_sessionmaker(test_services.database_url)
+    with factory.begin() as session:
+        session.execute(text("UPDATE email_queue SET status = 'sent' WHERE status <> 'sent'"))
+    return factory
+
+
+def test_host_insert_with_three_columns_gets_the_defaults(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        email_id = insert_email(session, unique_address("host"))
+        row = emails.get(session, email_id)
+        assert row is not None
+        assert (row.status, row.retry_count, row.attempts, row.scheduled_at) == ("pending", 0, 0, None)
+        counts = dict(session.execute(text("SELECT status, COUNT(*) FROM email_queue GROUP BY status")).all())
+        assert counts["pending"] == 1
+
+
+def test_insert_without_any_body_is_refused_by_the_database(sessions: sessionmaker[Session]) -> None:
+    with pytest.raises(IntegrityError, match="ck_email_queue_has_body"):
+        with sessions.begin() as session:
+            insert_email(session, unique_address("empty"), html=None)
+
+
+def test_python_enqueue_validates_its_input(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        with pytest.raises(InvalidEmail, match="not an email address"):
+            emails.enqueue(session, recipient="nobody", subject="s", text="t")
+        with pytest.raises(InvalidEmail, match="needs html, text or a template"):
+            emails.enqueue(session, recipient="a@example.com", subject="s")
+
+
+def test_concurrent_claims_take_disjoint_sets(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        ids = {insert_email(session, unique_address("race")) for _ in range(300)}
+    claimed: list[list[int]] = []
+    barrier = threading.Barrier(4)
+
+    def claim() -> None:
+        barrier.wait()
+        for _ in range(10):
+            with sessions.begin() as session:
+                claimed.append(emails.claim_due(session, lease=LEASE, limit=40))
+
+    threads = [threading.Thread(target=claim) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    every_claim = [email_id for batch in claimed for email_id in batch]
+    assert len(every_claim) == len(set(every_claim)) == 300
+    assert set(every_claim) == ids
+
+
+def test_expired_lease_is_claimed_again_and_live_one_is_not(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        held = insert_email(session, unique_address("held"))
+        assert emails.claim_due(session, lease=LEASE, limit=1) == [held]
+        lost = insert_email(session, unique_address("lost"))
+        assert emails.claim_due(session, lease=timedelta(seconds=-1), limit=1) == [lost]
+    with sessions.begin() as session:
+        assert emails.claim_due(session, lease=LEASE, limit=10) == [lost]
+
+
+def test_released_claims_are_due_again(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        email_id = insert_email(session, unique_address("released"))
+        assert emails.claim_due(session, lease=LEASE, limit=10) == [email_id]
+        assert emails.release_claims(session, [email_id]) == 1
+        assert emails.claim_due(session, lease=LEASE, limit=10) == [email_id]
+
+
+def test_attempts_are_counted_and_bounded(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        email_id = insert_email(session, unique_address("bounded"))
+    outcomes = []
+    for _ in range(3):
+        with sessions.begin() as session:
+            attempt = emails.start_attempt(session, email_id, lease=timedelta(seconds=-1), max_attempts=2)
+            outcomes.append((attempt.outcome, attempt.email.retry_count if attempt.email else None))
+    assert outcomes == [(AttemptOutcome.GO, 0), (AttemptOutcome.GO, 1), (AttemptOutcome.EXHAUSTED, 1)]
+
+
+def test_attempt_in_flight_is_not_started_twice(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        email_id = insert_email(session, unique_address("inflight"))
+        first = emails.start_attempt(session, email_id, lease=LEASE, max_attempts=4)
+        second = emails.start_attempt(session, email_id, lease=LEASE, max_attempts=4)
+    assert (first.outcome, second.outcome) == (AttemptOutcome.GO, AttemptOutcome.SKIP)
+
+
+def test_rate_limit_refund_gives_the_attempt_back(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        email_id = insert_email(session, unique_address("refund"))
+        emails.start_attempt(session, email_id, lease=LEASE, max_attempts=4)
+        emails.schedule_retry(session, email_id, error="429", delay=timedelta(0), lease=LEASE, refund=True)
+        row = emails.get(session, email_id)
+        assert row is not None and (row.status, row.attempts, row.retry_count) == ("retrying", 0, 0)
+
+
+def test_sent_email_is_never_marked_failed(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        email_id = insert_email(session, unique_address("final"))
+        emails.start_attempt(session, email_id, lease=LEASE, max_attempts=4)
+        assert emails.mark_sent(session, email_id, "re_1")
+        assert not emails.mark_failed(session, email_id, error="late failure")
+        assert emails.start_attempt(session, email_id, lease=LEASE, max_attempts=4).outcome is AttemptOutcome.SKIP
+
+
+def test_claim_never_takes_more_than_its_limit(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        for _ in range(7):
+            insert_email(session, unique_address("limit"))
+    with sessions.begin() as session:
+        session.execute(text("ANALYZE email_queue"))
+        assert len(emails.claim_due(session, lease=LEASE, limit=3)) == 3
+        assert len(emails.claim_due(session, lease=LEASE, limit=100)) == 4
