@@ -90,12 +90,12 @@ def enqueue(
     """Insert an email and return its id.
 
     With ``claim_for`` the row starts ``queued`` under a lease of that length: the
-    caller is about to send its message itself, and the lease hands it to the next
-    fan-out should that message never be sent.
+    caller is about to send its message itself (so the email must be due), and the
+    lease hands it to the next fan-out should that message never be sent.
     """
     _validate(recipient, subject, html, text, template)
     now = utcnow()
-    claimed = claim_for is not None and (scheduled_at is None or scheduled_at <= now)
+    claimed = claim_for is not None
     row = EmailQueue(
         recipient=recipient.strip(),
         subject=subject,
@@ -105,7 +105,7 @@ def enqueue(
         template_data=template_data,
         scheduled_at=scheduled_at,
         status=(EmailStatus.QUEUED if claimed else EmailStatus.PENDING).value,
-        locked_until=now + claim_for if claimed and claim_for is not None else None,
+        locked_until=now + claim_for if claim_for is not None else None,
         updated_at=now,
     )
     session.add(row)

@@ -1,0 +1,81 @@
+"""The Python API for host applications written in Python.
+
+``queue_email`` writes the row like the SQL path does and, once the row is
+committed, sends its message at once so the email does not wait for the next
+tick. If that send fails (RabbitMQ unreachable), the email is safe in the table:
+its short claim runs out and the next fan-out sends it.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any, Optional
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from pipeline import runtime
+from pipeline.app import bootstrap
+from pipeline.settings import Settings
+from storage import emails
+from storage.clock import minutes, utcnow
+
+logger = logging.getLogger(__name__)
+
+
+def queue_email(
+    recipient: str,
+    subject: str,
+    *,
+    html: Optional[str] = None,
+    text: Optional[str] = None,
+    template: Optional[str] = None,
+    template_data: Optional[dict[str, Any]] = None,
+    scheduled_at: Optional[datetime] = None,
+    session: Optional[Session] = None,
+) -> int:
+    """Queue one email and return its id.
+
+    With ``session`` the row joins the caller's transaction (an order and its
+    confirmation commit together) and the message goes out after that commit;
+    a rollback sends nothing. Without, the email is committed here.
+    """
+    current = _runtime()
+    due_now = scheduled_at is None or scheduled_at <= utcnow()
+    fields: dict[str, Any] = {
+        "recipient": recipient,
+        "subject": subject,
+        "html": html,
+        "text": text,
+        "template": template,
+        "template_data": template_data,
+        "scheduled_at": scheduled_at,
+        "claim_for": minutes(current.settings.email_lease_minutes) if due_now else None,
+    }
+    if session is not None:
+        email_id = emails.enqueue(session, **fields)
+        event.listen(session, "after_commit", lambda _session: _send_now(email_id, due_now), once=True)
+        return email_id
+    with current.sessions.begin() as own:
+        email_id = emails.enqueue(own, **fields)
+    _send_now(email_id, due_now)
+    return email_id
+
+
+def _runtime() -> runtime.Runtime:
+    """The host process's runtime, bootstrapped from its environment on first use."""
+    if not runtime.is_installed():
+        bootstrap(Settings.from_env())
+    return runtime.current()
+
+
+def _send_now(email_id: int, due_now: bool) -> None:
+    if not due_now:
+        return
+    from actors.emails import send_email
+
+    try:
+        send_email.send(email_id)
+    except Exception:
+        logger.warning("Email %s is queued; its message could not be sent now, a fan-out will.", email_id, exc_info=True)
