@@ -27,7 +27,7 @@ from pipeline.settings import Settings
 from storage.database import get_sessionmaker
 
 #: Modules whose actors make up the system; each is imported once the broker is set.
-ACTOR_MODULES = ("actors.emails",)
+ACTOR_MODULES = ("actors.emails", "actors.inventory")
 
 #: A periodic tick older than this when a worker gets to it is skipped (the next comes).
 TICK_SKIP_SECONDS = 60
@@ -120,6 +120,7 @@ def _apply_settings(broker: Broker, settings: Settings) -> None:
     send.options["max_retries"] = settings.email_max_retries
     send.options["retry_delay"] = _minutes_ms(settings.email_retry_delay_minutes)
     send.options["max_retry_delay"] = _minutes_ms(settings.email_max_retry_delay_minutes)
+    broker.get_actor("cleanup_reservations").options["periodic"] = cron(settings.reservation_schedule)
 
 
 def periodic_actors(broker: Broker) -> list[dramatiq.Actor]:  # type: ignore[type-arg]

@@ -110,6 +110,20 @@ def tick_emails() -> None:
     click.echo(f"Enqueued {enqueue_due_emails()} emails.")
 
 
+@tick.command("reservations")
+def tick_reservations() -> None:
+    """Expire every active reservation past its expires_at, giving its stock back."""
+    from actors.inventory import release_expired_reservations
+
+    _runtime()
+    expired = release_expired_reservations()
+    for reservation in expired:
+        click.echo(
+            f"released reservation {reservation.id}: product {reservation.product_id}, {reservation.quantity} units"
+        )
+    click.echo(f"Expired {len(expired)} reservations, {sum(r.quantity for r in expired)} units back in stock.")
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def stats(as_json: bool) -> None:

@@ -26,6 +26,8 @@ DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DEFAULT_RESEND_API_URL = "https://api.resend.com"
 #: Resend's default team limit is 2 requests a second.
 DEFAULT_EMAIL_RATE_LIMIT = 2.0
+#: The payment providers that may call the webhook intake; each may have ``{NAME}_WEBHOOK_SECRET``.
+PAYMENT_PROVIDERS = ("telebirr", "cbe", "awash", "generic")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,12 +46,36 @@ class Settings:
     email_rate_limit_per_second: float = DEFAULT_EMAIL_RATE_LIMIT
     email_outbox_dir: str = "outbox"
     broker_max_hold_minutes: float = 10.0
+    reservation_timeout_minutes: float = 15.0
+    reservation_schedule: str = "*/5 * * * *"
+    reservation_batch_size: int = 500
     log_level: str = "INFO"
+    webhook_initial_retry_delay_minutes: float = 1.0
+    webhook_max_retry_delay_minutes: float = 60.0
+    webhook_max_retries: int = 5
+    webhook_schedule: str = "*/10 * * * *"
+    webhook_batch_size: int = 10
+    #: How long a stored event is left to whoever holds it (a message on its way, a worker
+    #: on it, a retry waiting past its due time) before ``retry_webhooks`` re-enqueues it.
+    webhook_lease_minutes: float = 5.0
+    #: PAYMENT_WEBHOOK_SECRET: the key of every provider without a secret of its own.
+    payment_webhook_secret: Optional[str] = field(default=None, repr=False)
+    #: (provider, secret) pairs from ``{PROVIDER}_WEBHOOK_SECRET``; a tuple keeps Settings hashable.
+    provider_webhook_secrets: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     @property
     def email_max_attempts(self) -> int:
         """The first attempt plus the retries."""
         return self.email_max_retries + 1
+
+    @property
+    def webhook_max_attempts(self) -> int:
+        """The first attempt at processing an event plus its retries."""
+        return self.webhook_max_retries + 1
+
+    def webhook_secret(self, provider: str) -> Optional[str]:
+        """``{PROVIDER}_WEBHOOK_SECRET``, or else PAYMENT_WEBHOOK_SECRET, or None."""
+        return dict(self.provider_webhook_secrets).get(provider, self.payment_webhook_secret)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -79,12 +105,44 @@ class Settings:
             broker_max_hold_minutes=read(
                 "BROKER_MAX_HOLD_MINUTES", _positive_minutes, defaults.broker_max_hold_minutes
             ),
+            reservation_timeout_minutes=read(
+                "RESERVATION_TIMEOUT_MINUTES", _positive_minutes, defaults.reservation_timeout_minutes
+            ),
+            reservation_schedule=read("RESERVATION_SCHEDULE", _cron, defaults.reservation_schedule),
+            reservation_batch_size=read(
+                "RESERVATION_BATCH_SIZE", _positive_count, defaults.reservation_batch_size
+            ),
             log_level=read("LOG_LEVEL", _log_level, defaults.log_level),
+            webhook_initial_retry_delay_minutes=read(
+                "WEBHOOK_INITIAL_RETRY_DELAY_MINUTES",
+                _positive_minutes,
+                defaults.webhook_initial_retry_delay_minutes,
+            ),
+            webhook_max_retry_delay_minutes=read(
+                "WEBHOOK_MAX_RETRY_DELAY_MINUTES", _positive_minutes, defaults.webhook_max_retry_delay_minutes
+            ),
+            webhook_max_retries=read("WEBHOOK_MAX_RETRIES", _count, defaults.webhook_max_retries),
+            webhook_schedule=read("WEBHOOK_SCHEDULE", _cron, defaults.webhook_schedule),
+            webhook_batch_size=read("WEBHOOK_BATCH_SIZE", _positive_count, defaults.webhook_batch_size),
+            webhook_lease_minutes=read(
+                "WEBHOOK_LEASE_MINUTES", _positive_minutes, defaults.webhook_lease_minutes
+            ),
+            payment_webhook_secret=read("PAYMENT_WEBHOOK_SECRET", str, None),
+            provider_webhook_secrets=tuple(
+                (provider, secret)
+                for provider in PAYMENT_PROVIDERS
+                if (secret := read(f"{provider.upper()}_WEBHOOK_SECRET", str, None)) is not None
+            ),
         )
         if settings.email_max_retry_delay_minutes < settings.email_retry_delay_minutes:
             raise ConfigError(
                 "EMAIL_MAX_RETRY_DELAY_MINUTES must not be below EMAIL_RETRY_DELAY_MINUTES "
                 f"({settings.email_max_retry_delay_minutes} < {settings.email_retry_delay_minutes})"
+            )
+        if settings.webhook_max_retry_delay_minutes < settings.webhook_initial_retry_delay_minutes:
+            raise ConfigError(
+                "WEBHOOK_MAX_RETRY_DELAY_MINUTES must not be below WEBHOOK_INITIAL_RETRY_DELAY_MINUTES "
+                f"({settings.webhook_max_retry_delay_minutes} < {settings.webhook_initial_retry_delay_minutes})"
             )
         return settings
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage import dead_letters, emails
+from storage import dead_letters, emails, inventory
 
 
 def collect(sessions: sessionmaker[Session]) -> dict[str, Any]:
@@ -14,4 +14,5 @@ def collect(sessions: sessionmaker[Session]) -> dict[str, Any]:
         return {
             "emails": emails.count_by_status(session),
             "dead_letters": dead_letters.count(session),
+            "reservations": inventory.reservation_stats(session),
         }

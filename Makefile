@@ -1,0 +1,23 @@
+# The two commands of a fresh machine: `make dev` and `make test`.
+# Each creates the virtual environment and installs the project first.
+
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: dev test bench
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+dev: $(STAMP)
+	$(VENV)/bin/minalesh-workers dev --demo
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+bench: $(STAMP)
+	$(VENV)/bin/python bench/email_throughput.py
