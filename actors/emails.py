@@ -22,7 +22,7 @@ from pipeline.errors import PermanentError, RateLimited, RetriesExhausted
 from pipeline.mailer import OutgoingEmail
 from storage import emails, rate_limits
 from storage.clock import minutes
-from storage.emails import AttemptOutcome
+from storage.emails import AttemptOutcome, EmailMessage
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +38,15 @@ RESEND_SLOT = "resend"
 MAX_SLOT_WAIT_SECONDS = 5.0
 
 
-def idempotency_key(email_id: int) -> str:
-    """The provider-side key of an email: a redelivered message never sends twice."""
-    return f"minalesh-email-{email_id}"
+def idempotency_key(email: EmailMessage) -> str:
+    """The provider-side key of an email: a redelivered message never sends twice.
+
+    The id alone is not enough: staging and production (or a restored database)
+    reuse ids within Resend's 24-hour key window, and a reused key with another
+    body is refused with a 409. The row's creation time, to the microsecond, makes
+    the key unique across databases while staying stable across retries.
+    """
+    return f"minalesh-email-{email.id}-{int(email.created_at.timestamp() * 1_000_000)}"
 
 
 class EmailHooks:
@@ -125,7 +131,7 @@ def send_email(email_id: int) -> None:
                 subject=body.subject,
                 html=body.html,
                 text=body.text,
-                idempotency_key=idempotency_key(email_id),
+                idempotency_key=idempotency_key(email),
             )
         )
     with current.sessions.begin() as session:

@@ -42,6 +42,7 @@ class EmailMessage:
     template_data: Optional[dict[str, Any]]
     retry_count: int
     attempts: int
+    created_at: datetime
 
     @classmethod
     def from_row(cls, row: EmailQueue) -> EmailMessage:
@@ -55,6 +56,7 @@ class EmailMessage:
             template_data=row.template_data,
             retry_count=row.retry_count,
             attempts=row.attempts,
+            created_at=row.created_at,
         )
 
 

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from actors.emails import enqueue_due_emails, idempotency_key, send_email
+from actors.emails import enqueue_due_emails, send_email
 from pipeline.runtime import Runtime
 from storage.models import DeadLetter, EmailQueue
 from tests.fake_resend import FakeResend
@@ -54,7 +54,8 @@ def test_email_inserted_by_sql_is_sent_once_with_its_idempotency_key(
 
     deliveries = fake_resend.deliveries_to(address)
     assert len(deliveries) == 1
-    assert deliveries[0].idempotency_key == idempotency_key(email_id)
+    created = int(row.created_at.timestamp() * 1_000_000)
+    assert deliveries[0].idempotency_key == f"minalesh-email-{email_id}-{created}"
     assert deliveries[0].html == "<p>hi</p>" and deliveries[0].text == "plain text too"
     assert deliveries[0].from_ == "Minalesh Tests <tests@minalesh.test>"
     assert row.provider_message_id == deliveries[0].id
