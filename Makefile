@@ -20,4 +20,4 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
 bench: $(STAMP)
-	$(VENV)/bin/python bench/email_throughput.py
+	$(VENV)/bin/python -m bench.email_throughput
