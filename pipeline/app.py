@@ -15,7 +15,7 @@ import dramatiq
 from dramatiq import Broker
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import ShutdownNotifications, TimeLimit
+from dramatiq.middleware import TimeLimit
 from periodiq import PeriodiqMiddleware, cron
 
 from pipeline import runtime
@@ -27,7 +27,7 @@ from pipeline.settings import Settings
 from storage.database import get_sessionmaker
 
 #: Modules whose actors make up the system; each is imported once the broker is set.
-ACTOR_MODULES = ("actors.emails", "actors.inventory")
+ACTOR_MODULES = ("actors.emails", "actors.inventory", "actors.webhooks")
 
 #: A periodic tick older than this when a worker gets to it is skipped (the next comes).
 TICK_SKIP_SECONDS = 60
@@ -49,7 +49,6 @@ def build_broker(settings: Settings, *, embedded: bool = False) -> Broker:
     for middleware in (
         LongDelays(max_hold_ms=max_hold_ms),
         TimeLimit(),
-        ShutdownNotifications(),
         PeriodiqMiddleware(skip_delay=TICK_SKIP_SECONDS),
         Backoff(sessions, max_hold_ms=max_hold_ms),
     ):
@@ -121,6 +120,11 @@ def _apply_settings(broker: Broker, settings: Settings) -> None:
     send.options["retry_delay"] = _minutes_ms(settings.email_retry_delay_minutes)
     send.options["max_retry_delay"] = _minutes_ms(settings.email_max_retry_delay_minutes)
     broker.get_actor("cleanup_reservations").options["periodic"] = cron(settings.reservation_schedule)
+    broker.get_actor("retry_webhooks").options["periodic"] = cron(settings.webhook_schedule)
+    process = broker.get_actor("process_webhook_event")
+    process.options["max_retries"] = settings.webhook_max_retries
+    process.options["retry_delay"] = _minutes_ms(settings.webhook_initial_retry_delay_minutes)
+    process.options["max_retry_delay"] = _minutes_ms(settings.webhook_max_retry_delay_minutes)
 
 
 def periodic_actors(broker: Broker) -> list[dramatiq.Actor]:  # type: ignore[type-arg]

@@ -110,6 +110,15 @@ def tick_emails() -> None:
     click.echo(f"Enqueued {enqueue_due_emails()} emails.")
 
 
+@tick.command("webhooks")
+def tick_webhooks() -> None:
+    """Re-enqueue payment webhook events whose message was lost (at most WEBHOOK_BATCH_SIZE)."""
+    from actors.webhooks import enqueue_due_webhooks
+
+    _runtime()
+    click.echo(f"Enqueued {enqueue_due_webhooks()} webhook events.")
+
+
 @tick.command("reservations")
 def tick_reservations() -> None:
     """Expire every active reservation past its expires_at, giving its stock back."""
@@ -122,6 +131,16 @@ def tick_reservations() -> None:
             f"released reservation {reservation.id}: product {reservation.product_id}, {reservation.quantity} units"
         )
     click.echo(f"Expired {len(expired)} reservations, {sum(r.quantity for r in expired)} units back in stock.")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0: all).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="TCP port.")
+def serve(host: str, port: int) -> None:
+    """Answer payment provider webhooks: POST /api/payments/webhook/{provider}."""
+    from pipeline.webhook_server import serve as run_server
+
+    run_server(_runtime(), host=host, port=port)
 
 
 @main.command()

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage import dead_letters, emails, inventory
+from storage import dead_letters, emails, inventory, webhooks
 
 
 def collect(sessions: sessionmaker[Session]) -> dict[str, Any]:
@@ -15,4 +15,5 @@ def collect(sessions: sessionmaker[Session]) -> dict[str, Any]:
             "emails": emails.count_by_status(session),
             "dead_letters": dead_letters.count(session),
             "reservations": inventory.reservation_stats(session),
+            "webhooks": webhooks.stats(session),
         }

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Optional
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Float,
@@ -20,7 +22,10 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Numeric,
     Text,
+    UniqueConstraint,
+    false,
     func,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -219,3 +224,85 @@ class InventoryReservation(Base):
     #: When the quantity was given back, by ``release`` or by the cleanup.
     released_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
     committed_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+
+
+class Order(Base):
+    """The part of the shop's order the workers touch; the host owns the rest.
+
+    The host inserts a row at checkout with only what it knows::
+
+        INSERT INTO orders (id, total, currency) VALUES ('MN-1001', 1250.00, 'ETB');
+
+    (``customer_email`` too when it has it: payment emails go there unless the
+    provider's event names an address.) The workers move ``payment_status`` from
+    ``pending`` to ``paid`` or ``failed`` and ``status`` along with it while the
+    order is still ``pending``/``failed``; any other ``status`` is the host's own.
+    """
+
+    __tablename__ = "orders"
+
+    #: The shop's order id, as the payment providers echo it back.
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    status: Mapped[str] = mapped_column(Text, server_default="pending")
+    payment_status: Mapped[str] = mapped_column(Text, server_default="pending")
+    total: Mapped[Decimal] = mapped_column(Numeric(12, 2))
+    currency: Mapped[str] = mapped_column(Text, server_default="ETB")
+    customer_email: Mapped[Optional[str]] = mapped_column(Text)
+    paid_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookStatus(str, enum.Enum):
+    """Where a payment webhook event is; ``archived`` says whether ``failed`` is final."""
+
+    #: Stored by the intake; its first attempt is queued (or lost, and re-enqueued by the ticker).
+    PENDING = "pending"
+    #: Applied to its order; final.
+    PROCESSED = "processed"
+    #: The last attempt failed: retried at ``next_retry_at`` while ``archived`` is false,
+    #: given up (and in ``dead_letters``) once it is true.
+    FAILED = "failed"
+
+
+class WebhookEvent(Base):
+    """One call of a payment provider, stored once per (provider, event_id) and applied once.
+
+    Monitoring reads it as the shop always did::
+
+        SELECT status, COUNT(*), AVG(retry_count) FROM webhook_events
+         WHERE archived = false GROUP BY status
+    """
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (
+        UniqueConstraint("provider", "event_id", name="uq_webhook_events_provider_event_id"),
+        CheckConstraint("status IN ('pending', 'processed', 'failed')", name="status_known"),
+        Index("ix_webhook_events_due", "archived", "status", "next_retry_at"),
+        Index("ix_webhook_events_lease", "archived", "locked_until"),
+        Index("ix_webhook_events_order_id", "order_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    provider: Mapped[str] = mapped_column(Text)
+    #: The provider's id of the event; a provider sending it again changes nothing.
+    event_id: Mapped[str] = mapped_column(Text)
+    type: Mapped[str] = mapped_column(Text)
+    #: From the payload, for looking events up by order; no foreign key, the event may come first.
+    order_id: Mapped[Optional[str]] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
+    status: Mapped[str] = mapped_column(Text, server_default=WebhookStatus.PENDING.value)
+    #: Retries made (attempts after the first): 0 while only the first attempt has failed.
+    retry_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    #: Attempts started, counted before the work, so attempts of workers that died count too.
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    next_retry_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[Optional[str]] = mapped_column(Text)
+    archived: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    #: Until when whoever holds the event (message, worker, waiting retry) is trusted with it.
+    locked_until: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    #: Set while an attempt runs; a set value with an expired lease means the worker died.
+    attempt_started_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    processed_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))

@@ -32,6 +32,12 @@ TEST_ENVIRONMENT = {
     "EMAIL_RATE_LIMIT_PER_SECOND": "500",
     "BROKER_MAX_HOLD_MINUTES": "0.01",
     "LOG_LEVEL": "WARNING",
+    # Webhook retries after 0.12, 0.24, 0.48, then 0.72 s twice (capped; each in two hops).
+    "WEBHOOK_INITIAL_RETRY_DELAY_MINUTES": "0.002",
+    "WEBHOOK_MAX_RETRY_DELAY_MINUTES": "0.012",
+    "WEBHOOK_MAX_RETRIES": "5",
+    "PAYMENT_WEBHOOK_SECRET": "whsec_test_shared",
+    "TELEBIRR_WEBHOOK_SECRET": "whsec_test_telebirr",
 }
 
 

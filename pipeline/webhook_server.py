@@ -1,0 +1,363 @@
+"""``minalesh-workers serve``: the signed intake of payment provider webhooks.
+
+``POST /api/payments/webhook/{provider}`` checks, in this order, each answer
+final: an unknown provider is 404; a body over 1 MiB is 413, refused while it is
+being read (a declared Content-Length over the limit is refused before reading);
+a bad, missing or stale signature is 401; a body that is not an event is 400.
+A good event is stored once per (provider, event_id) and answered 200 — a
+repeat too, without storing or processing it again.
+
+The signature is the provider's HMAC-SHA256 of ``"{timestamp}.{raw body}"`` in
+``X-Webhook-Signature: v1=<hex>`` (several ``v1=`` values, comma-separated, while
+a provider rotates its secret), with the unix seconds in ``X-Webhook-Timestamp``;
+a timestamp more than 300 s from this host's clock is a replay. The key is
+``{PROVIDER}_WEBHOOK_SECRET``, or else PAYMENT_WEBHOOK_SECRET; a provider with
+neither is refused (401) rather than accepted unsigned.
+
+Providers time out after a few seconds, so the answer waits only for the row:
+the event's message is sent to RabbitMQ after the response (a background task).
+If that send fails, the event stays ``pending`` under its lease and the ticker's
+``retry_webhooks`` enqueues it once the lease has run out.
+
+Starlette serves the app and uvicorn runs it: both are maintained by the
+encode team, uvicorn is the usual production ASGI server (h11 here, httptools
+when installed). The database work runs in Starlette's thread pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any, Optional
+
+import uvicorn
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from actors.webhooks import EVENT_TYPES, process_webhook_event
+from pipeline.errors import WorkerError
+from pipeline.runtime import Runtime
+from pipeline.settings import PAYMENT_PROVIDERS
+from storage import webhooks
+from storage.clock import minutes
+
+logger = logging.getLogger(__name__)
+
+#: The intake's path; ``{provider}`` is one of ``PAYMENT_PROVIDERS``.
+WEBHOOK_PATH = "/api/payments/webhook/{provider}"
+#: Larger bodies are refused with 413 (1 MiB).
+MAX_BODY_BYTES = 1024 * 1024
+#: A signature timestamp further than this from now (either way) is refused as a replay.
+TIMESTAMP_TOLERANCE_SECONDS = 300
+#: The headers a provider signs with.
+TIMESTAMP_HEADER = "X-Webhook-Timestamp"
+SIGNATURE_HEADER = "X-Webhook-Signature"
+#: The only signature scheme accepted; other schemes in the header are ignored.
+SIGNATURE_SCHEME = "v1"
+#: The fields every event must carry.
+REQUIRED_FIELDS = ("event_id", "type", "order_id", "amount", "currency")
+#: Default address of ``serve``; put it behind the TLS-terminating proxy (``--host 0.0.0.0`` in a container).
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+
+
+class SignatureRejected(WorkerError):
+    """The request is not signed by the provider (the reason is safe to log and to answer)."""
+
+
+class InvalidEvent(WorkerError):
+    """The body is not a payment event; the message names what is wrong."""
+
+
+class BodyTooLarge(WorkerError):
+    """The body is larger than ``MAX_BODY_BYTES``."""
+
+
+# --- signatures: pure functions ------------------------------------------------------
+
+
+def compute_signature(secret: str, timestamp: str, body: bytes) -> str:
+    """The hex HMAC-SHA256 of ``"{timestamp}.{body}"`` under ``secret``."""
+    signed = timestamp.encode("ascii") + b"." + body
+    return hmac.new(secret.encode("utf-8"), signed, hashlib.sha256).hexdigest()
+
+
+def signature_header(secrets: list[str], timestamp: str, body: bytes) -> str:
+    """The ``X-Webhook-Signature`` value a provider sends, one ``v1=`` per secret."""
+    return ",".join(f"{SIGNATURE_SCHEME}={compute_signature(s, timestamp, body)}" for s in secrets)
+
+
+def parse_signatures(header: str) -> list[str]:
+    """The ``v1`` values of a signature header, lower-cased; other schemes are dropped."""
+    values = []
+    for item in header.split(","):
+        scheme, separator, value = item.strip().partition("=")
+        if separator and scheme.strip() == SIGNATURE_SCHEME and value.strip():
+            values.append(value.strip().lower())
+    return values
+
+
+def verify_signature(
+    *,
+    secret: Optional[str],
+    timestamp: Optional[str],
+    signature: Optional[str],
+    body: bytes,
+    now: float,
+    tolerance: int = TIMESTAMP_TOLERANCE_SECONDS,
+) -> None:
+    """Return if ``signature`` signs ``timestamp`` and ``body`` under ``secret``; else raise.
+
+    Every candidate is compared with ``hmac.compare_digest`` (constant time), and
+    all of them are compared, so the answer's timing tells nothing of which was close.
+    """
+    if not secret:
+        raise SignatureRejected("no webhook secret is configured for this provider")
+    if not timestamp or not signature:
+        raise SignatureRejected(f"{TIMESTAMP_HEADER} and {SIGNATURE_HEADER} are required")
+    stamp = timestamp.strip()
+    if not stamp.isascii() or not stamp.isdigit() or len(stamp) > 12:
+        raise SignatureRejected(f"{TIMESTAMP_HEADER} must be unix seconds")
+    if abs(now - int(stamp)) > tolerance:
+        raise SignatureRejected(f"{TIMESTAMP_HEADER} is more than {tolerance}s away from now")
+    candidates = parse_signatures(signature)
+    if not candidates:
+        raise SignatureRejected(f"{SIGNATURE_HEADER} has no {SIGNATURE_SCHEME}= value")
+    expected = compute_signature(secret, stamp, body).encode("ascii")
+    matched = False
+    for candidate in candidates:
+        matched |= hmac.compare_digest(expected, candidate.encode("utf-8"))
+    if not matched:
+        raise SignatureRejected("signature does not match")
+
+
+# --- the event ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class IncomingEvent:
+    """A verified body, checked field by field; ``payload`` is the whole JSON object, kept as is."""
+
+    event_id: str
+    type: str
+    order_id: str
+    payload: dict[str, Any]
+
+
+def parse_event(body: bytes) -> IncomingEvent:
+    """The event in ``body``, or ``InvalidEvent`` naming the first thing wrong with it."""
+    try:
+        payload = json.loads(body, parse_constant=_no_constants)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidEvent(f"body is not JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise InvalidEvent("body must be a JSON object")
+    missing = [name for name in REQUIRED_FIELDS if payload.get(name) in (None, "")]
+    if missing:
+        raise InvalidEvent(f"missing fields: {', '.join(missing)}")
+    event_id = _identifier(payload, "event_id")
+    order_id = _identifier(payload, "order_id")
+    if payload["type"] not in EVENT_TYPES:
+        raise InvalidEvent(f"type must be one of {', '.join(EVENT_TYPES)}")
+    _amount(payload["amount"])
+    if not isinstance(payload["currency"], str) or not payload["currency"].strip():
+        raise InvalidEvent("currency must be a string such as 'ETB'")
+    email = payload.get("customer_email")
+    if email is not None and not isinstance(email, str):
+        raise InvalidEvent("customer_email must be a string")
+    return IncomingEvent(event_id=event_id, type=payload["type"], order_id=order_id, payload=payload)
+
+
+def _no_constants(name: str) -> None:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _identifier(payload: dict[str, Any], name: str) -> str:
+    """A string id, or an integer one taken as its decimal text."""
+    value = payload[name]
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InvalidEvent(f"{name} must be a string")
+    text = str(value).strip()
+    if not text or len(text) > 200:
+        raise InvalidEvent(f"{name} must be 1 to 200 characters")
+    return text
+
+
+def _amount(value: Any) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise InvalidEvent("amount must be a number")
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise InvalidEvent("amount must be a number") from None
+    if not amount.is_finite() or amount < 0 or (isinstance(value, float) and not math.isfinite(value)):
+        raise InvalidEvent("amount must be a finite number, 0 or more")
+    return amount
+
+
+# --- the app --------------------------------------------------------------------------
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The body, refused as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"body of {declared} bytes is over {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge(f"body is over {limit} bytes")
+    return bytes(body)
+
+
+class WebhookIntake:
+    """The endpoint: verify, store once, answer, then enqueue."""
+
+    def __init__(
+        self,
+        *,
+        secrets: Mapping[str, Optional[str]],
+        sessions: sessionmaker[Session],
+        enqueue: Callable[[int], Any],
+        lease_minutes: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.secrets = dict(secrets)
+        self.sessions = sessions
+        self.enqueue = enqueue
+        self.lease = minutes(lease_minutes)
+        self.clock = clock
+
+    async def handle(self, request: Request) -> JSONResponse:
+        provider = str(request.path_params["provider"]).lower()
+        if provider not in PAYMENT_PROVIDERS:
+            return _error(404, f"unknown provider; known: {', '.join(PAYMENT_PROVIDERS)}")
+        try:
+            body = await read_body(request)
+        except BodyTooLarge as exc:
+            return _error(413, str(exc))
+        try:
+            verify_signature(
+                secret=self.secrets.get(provider),
+                timestamp=request.headers.get(TIMESTAMP_HEADER),
+                signature=request.headers.get(SIGNATURE_HEADER),
+                body=body,
+                now=self.clock(),
+            )
+        except SignatureRejected as exc:
+            level = logging.ERROR if self.secrets.get(provider) is None else logging.WARNING
+            logger.log(level, "Refused a %s webhook from %s: %s.", provider, _client(request), exc)
+            return _error(401, f"invalid signature: {exc}")
+        try:
+            event = parse_event(body)
+        except InvalidEvent as exc:
+            return _error(400, str(exc))
+        try:
+            stored = await run_in_threadpool(self._store, provider, event)
+        except Exception:
+            logger.exception("Could not store %s webhook event %s.", provider, event.event_id)
+            return _error(503, "could not store the event now; send it again later")
+        answer = {"received": True, "id": stored.id, "duplicate": not stored.created}
+        if not stored.created:
+            logger.info(
+                "Duplicate %s webhook event %s (row %s): answered, not processed again.",
+                provider,
+                event.event_id,
+                stored.id,
+            )
+            return JSONResponse(answer)
+        return JSONResponse(answer, background=BackgroundTask(self._enqueue, stored.id))
+
+    def _store(self, provider: str, event: IncomingEvent) -> webhooks.Stored:
+        with self.sessions.begin() as session:
+            return webhooks.store(
+                session,
+                provider=provider,
+                event_id=event.event_id,
+                event_type=event.type,
+                payload=event.payload,
+                order_id=event.order_id,
+                lease=self.lease,
+            )
+
+    def _enqueue(self, row_id: int) -> None:
+        """Runs after the answer; a failure is left to ``retry_webhooks``."""
+        try:
+            self.enqueue(row_id)
+        except Exception:
+            logger.exception("Could not enqueue webhook event %s; retry_webhooks will once its lease ends.", row_id)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown client"
+
+
+async def _health(_request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+def create_app(intake: WebhookIntake) -> Starlette:
+    """The ASGI app: the intake, and ``GET /healthz`` for load balancers."""
+    return Starlette(
+        routes=[
+            Route(WEBHOOK_PATH, intake.handle, methods=["POST"]),
+            Route("/healthz", _health, methods=["GET"]),
+        ]
+    )
+
+
+def app_for(current: Runtime) -> Starlette:
+    """The app of a bootstrapped process: its settings' secrets, database and broker."""
+    settings = current.settings
+    secrets = {provider: settings.webhook_secret(provider) for provider in PAYMENT_PROVIDERS}
+    intake = WebhookIntake(
+        secrets=secrets,
+        sessions=current.sessions,
+        enqueue=process_webhook_event.send,
+        lease_minutes=settings.webhook_lease_minutes,
+    )
+    return create_app(intake)
+
+
+def server_config(current: Runtime, *, host: str, port: int) -> uvicorn.Config:
+    """uvicorn's configuration for ``app_for(current)``; tests build their server from it."""
+    return uvicorn.Config(
+        app_for(current),
+        host=host,
+        port=port,
+        http="auto",
+        ws="none",
+        lifespan="off",
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )
+
+
+def serve(current: Runtime, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
+    """Run the intake until SIGINT or SIGTERM; in-flight requests finish first."""
+    for provider in PAYMENT_PROVIDERS:
+        if current.settings.webhook_secret(provider) is None:
+            logger.warning(
+                "No %s_WEBHOOK_SECRET nor PAYMENT_WEBHOOK_SECRET: %s webhooks will be refused (401).",
+                provider.upper(),
+                provider,
+            )
+    logger.info("Serving payment webhooks on http://%s:%d%s.", host, port, WEBHOOK_PATH)
+    uvicorn.Server(server_config(current, host=host, port=port)).run()

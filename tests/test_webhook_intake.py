@@ -1,0 +1,296 @@
+"""The webhook intake over real HTTP: signatures, refusals, duplicates, and what a good event does.
+
+A real uvicorn server on 127.0.0.1 runs the intake app in a thread of this
+process; the session's in-process worker processes what it enqueues, on the
+run's PostgreSQL database and RabbitMQ vhost.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
+from actors.webhooks import process_webhook_event
+from pipeline.runtime import Runtime
+from pipeline.webhook_server import MAX_BODY_BYTES, signature_header
+from storage import inventory
+from storage.clock import utcnow
+from tests import services
+from tests.fake_resend import FakeResend
+from tests.helpers import unique_address, wait_until
+from tests.webhook_support import (
+    SHARED_SECRET,
+    TELEBIRR_SECRET,
+    add_order,
+    count_events,
+    drain_tick,
+    emails_for,
+    event_row,
+    order,
+    payment,
+    post,
+    reservation_statuses,
+    reserve_for,
+    running_intake,
+    stock,
+    wait_for_event,
+)
+
+
+@pytest.fixture(scope="module")
+def intake(runtime: Runtime) -> Iterator[str]:
+    with running_intake(runtime) as url:
+        yield url
+
+
+# --- intake: the happy path -----------------------------------------------------------
+
+
+def test_signed_success_marks_the_order_paid_commits_stock_and_sends_one_confirmation(
+    intake: str, sessions: sessionmaker[Session], fake_resend: FakeResend
+) -> None:
+    address = unique_address("paid")
+    order_id = add_order(sessions, total="1250.00", email=address)
+    product = reserve_for(sessions, order_id, quantity=3)
+    body = payment(order_id, amount=1250, customer_name="Abebe")
+
+    answer = post(intake, body, provider="telebirr", secret=TELEBIRR_SECRET)
+
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["duplicate"] is False
+    row = wait_for_event(sessions, "telebirr", body["event_id"], lambda r: r.status == "processed", what="processed")
+    assert (row.retry_count, row.attempts, row.archived, row.last_error) == (0, 1, False, None)
+    assert row.processed_at is not None and row.order_id == order_id and row.payload == body
+    paid = order(sessions, order_id)
+    assert (paid["status"], paid["payment_status"]) == ("paid", "paid") and paid["paid_at"] is not None
+    assert reservation_statuses(sessions, order_id) == ["committed"]
+    assert stock(sessions, product) == 7
+    (email,) = emails_for(sessions, address)
+    assert email.template == "order_confirmation"
+    assert email.template_data == {
+        "order_id": order_id,
+        "total": "1,250.00",
+        "currency": "ETB",
+        "customer_name": "Abebe",
+    }
+    wait_until(lambda: len(fake_resend.deliveries_to(address)) == 1, what="the confirmation to be sent")
+    assert fake_resend.deliveries_to(address)[0].subject == f"Order {order_id} confirmed"
+
+
+def test_payment_failed_releases_stock_and_emails_the_event_address(
+    intake: str, sessions: sessionmaker[Session]
+) -> None:
+    on_file, in_event = unique_address("on-file"), unique_address("in-event")
+    order_id = add_order(sessions, email=on_file)
+    product = reserve_for(sessions, order_id)
+    body = payment(order_id, "payment.failed", customer_email=in_event, reason="card declined")
+
+    assert post(intake, body, provider="cbe").status_code == 200  # CBE has no secret of its own: the shared one
+
+    wait_for_event(sessions, "cbe", body["event_id"], lambda r: r.status == "processed", what="processed")
+    failed = order(sessions, order_id)
+    assert (failed["status"], failed["payment_status"], failed["paid_at"]) == ("failed", "failed", None)
+    assert reservation_statuses(sessions, order_id) == ["released"]
+    with sessions() as session:
+        assert inventory.available(session, product) == 10
+    assert emails_for(sessions, on_file) == []
+    (email,) = emails_for(sessions, in_event)
+    assert email.template == "payment_failed" and (email.template_data or {}).get("reason") == "card declined"
+
+
+def test_a_late_failure_does_not_unpay_and_an_order_without_address_gets_no_email(
+    intake: str, sessions: sessionmaker[Session]
+) -> None:
+    order_id = add_order(sessions)
+    success, failure = payment(order_id), payment(order_id, "payment.failed")
+    assert post(intake, success).status_code == 200
+    wait_for_event(sessions, "generic", success["event_id"], lambda r: r.status == "processed", what="success")
+    assert post(intake, failure).status_code == 200
+    wait_for_event(sessions, "generic", failure["event_id"], lambda r: r.status == "processed", what="failure")
+
+    assert order(sessions, order_id)["payment_status"] == "paid"
+    with sessions() as session:
+        count = session.execute(
+            text("SELECT COUNT(*) FROM email_queue WHERE template_data->>'order_id' = :id"), {"id": order_id}
+        ).scalar_one()
+    assert count == 0
+
+
+def test_wrong_amount_is_archived_at_once_without_touching_the_order(
+    intake: str, sessions: sessionmaker[Session]
+) -> None:
+    order_id = add_order(sessions, total="99.00")
+    body = payment(order_id, amount="9.90")
+    assert post(intake, body).status_code == 200
+
+    row = wait_for_event(sessions, "generic", body["event_id"], lambda r: r.archived, what="archived")
+    assert row.status == "failed" and row.attempts == 1 and row.retry_count == 0
+    assert "PaymentMismatch" in (row.last_error or "") and "paid 9.90 ETB" in (row.last_error or "")
+    assert order(sessions, order_id)["payment_status"] == "pending"
+
+
+def test_intake_answers_quickly(intake: str, sessions: sessionmaker[Session]) -> None:
+    order_ids = [add_order(sessions) for _ in range(20)]
+    durations = []
+    for order_id in order_ids:
+        started = time.perf_counter()
+        answer = post(intake, payment(order_id))
+        durations.append(time.perf_counter() - started)
+        assert answer.status_code == 200
+    median = statistics.median(durations)
+    print(f"\nintake: median {median * 1000:.1f} ms, max {max(durations) * 1000:.1f} ms over 20 requests")
+    assert median < 0.25 and max(durations) < 2.0, durations
+
+
+# --- intake: refusals -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "wrong_secret",
+        "shared_secret_for_a_provider_with_its_own",
+        "stale_timestamp",
+        "future_timestamp",
+        "tampered_body",
+        "missing_signature",
+        "missing_timestamp",
+        "not_v1",
+    ],
+)
+def test_bad_signatures_get_401_and_store_nothing(intake: str, sessions: sessionmaker[Session], case: str) -> None:
+    body = payment(add_order(sessions))
+    raw = json.dumps(body).encode()
+    now = int(time.time())
+    cases: dict[str, dict[str, Any]] = {
+        "wrong_secret": {"secret": "not the secret"},
+        "shared_secret_for_a_provider_with_its_own": {"provider": "telebirr", "secret": SHARED_SECRET},
+        "stale_timestamp": {"timestamp": now - 301},
+        "future_timestamp": {"timestamp": now + 301},
+        "tampered_body": {"sign": raw.replace(b"250.00", b"2.50")},
+        "missing_signature": {"headers": {"X-Webhook-Signature": ""}},
+        "missing_timestamp": {"headers": {"X-Webhook-Timestamp": ""}},
+        "not_v1": {"headers": {"X-Webhook-Signature": "v2=" + "0" * 64}},
+    }
+    arguments = cases[case]
+
+    answer = post(intake, raw, **arguments)
+
+    assert answer.status_code == 401, answer.text
+    assert "invalid signature" in answer.json()["error"]
+    assert count_events(sessions, body["event_id"]) == 0
+
+
+def test_a_timestamp_299_seconds_old_is_still_accepted(intake: str, sessions: sessionmaker[Session]) -> None:
+    body = payment(add_order(sessions))
+    assert post(intake, body, timestamp=int(time.time()) - 299).status_code == 200
+    assert count_events(sessions, body["event_id"]) == 1
+
+
+def test_unknown_provider_is_404(intake: str, sessions: sessionmaker[Session]) -> None:
+    body = payment(add_order(sessions))
+    answer = post(intake, body, provider="paypal")
+    assert answer.status_code == 404 and "telebirr" in answer.json()["error"]
+    assert count_events(sessions, body["event_id"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"{not json", "not JSON"),
+        (b"[]", "JSON object"),
+        (json.dumps({"type": "payment.succeeded", "order_id": "x"}).encode(), "fields: event_id, amount, currency"),
+        (
+            json.dumps({"event_id": "e-bad-type", "type": "refund", "order_id": "x", "amount": 1, "currency": "ETB"}),
+            "type must be one of",
+        ),
+    ],
+)
+def test_signed_malformed_bodies_are_400(
+    intake: str, sessions: sessionmaker[Session], raw: bytes | str, message: str
+) -> None:
+    answer = post(intake, raw if isinstance(raw, bytes) else raw.encode())
+    assert answer.status_code == 400 and message in answer.json()["error"]
+    assert count_events(sessions, "e-bad-type") == 0
+
+
+def test_bodies_over_one_mib_are_413_whether_declared_or_streamed(intake: str, sessions: sessionmaker[Session]) -> None:
+    body = payment(add_order(sessions), padding="x" * MAX_BODY_BYTES)
+    raw = json.dumps(body).encode()
+    assert post(intake, raw).status_code == 413
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(raw), 64 * 1024):
+            yield raw[start : start + 64 * 1024]
+
+    stamp = str(int(time.time()))
+    streamed = requests.post(
+        f"{intake}/api/payments/webhook/generic",
+        data=chunks(),
+        headers={"X-Webhook-Timestamp": stamp, "X-Webhook-Signature": signature_header([SHARED_SECRET], stamp, raw)},
+        timeout=10,
+    )
+    assert streamed.status_code == 413
+    assert count_events(sessions, body["event_id"]) == 0
+    exactly = payment(add_order(sessions))
+    exactly_raw = json.dumps(exactly).encode()
+    exactly_raw += b" " * (MAX_BODY_BYTES - len(exactly_raw))
+    assert len(exactly_raw) == MAX_BODY_BYTES and post(intake, exactly_raw).status_code == 200
+
+
+# --- at most once -----------------------------------------------------------------------
+
+
+def test_a_repeated_event_is_answered_200_stored_and_applied_once(intake: str, sessions: sessionmaker[Session]) -> None:
+    address = unique_address("dupe")
+    order_id = add_order(sessions, email=address)
+    body = payment(order_id)
+
+    answers = [post(intake, body) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert [a.json()["duplicate"] for a in answers] == [False, True, True]
+    row = wait_for_event(sessions, "generic", body["event_id"], lambda r: r.status == "processed", what="processed")
+    for _ in range(3):  # stray redeliveries of its message, too
+        process_webhook_event.send(row.id)
+    process_webhook_event.fn(row.id)
+    wait_until(lambda: len(emails_for(sessions, address)) == 1, what="the one email")
+
+    assert count_events(sessions, body["event_id"]) == 1
+    assert event_row(sessions, "generic", body["event_id"]).attempts == 1  # type: ignore[union-attr]
+    assert len(emails_for(sessions, address)) == 1
+    assert post(intake, body, provider="awash").json()["duplicate"] is False  # unique per provider
+
+
+def test_intake_answers_200_when_rabbitmq_refuses_and_the_tick_enqueues_it_later(
+    intake: str,
+    sessions: sessionmaker[Session],
+    test_services: services.RunServices,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    body = payment(add_order(sessions))
+    services.reject_publishes(test_services, "webhooks")
+    try:
+        answer = post(intake, body)
+        wait_until(lambda: "Could not enqueue webhook event" in caplog.text, what="the refused enqueue")
+    finally:
+        services.accept_publishes(test_services, "webhooks")
+    assert answer.status_code == 200
+    row = event_row(sessions, "generic", body["event_id"])
+    assert row is not None and row.status == "pending" and row.attempts == 0
+    assert row.locked_until is not None and row.locked_until > utcnow()  # in its grace: not the tick's yet
+
+    with sessions.begin() as session:  # the grace period passes
+        session.execute(
+            text("UPDATE webhook_events SET locked_until = now() - interval '1 second' WHERE id = :id"), {"id": row.id}
+        )
+    drain_tick()
+
+    wait_for_event(sessions, "generic", body["event_id"], lambda r: r.status == "processed", what="processed")

@@ -1,0 +1,215 @@
+"""Unit: webhook signatures, event parsing and the webhook settings; no services needed."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from typing import Any
+
+import pytest
+
+from pipeline.backoff import retry_delay_ms
+from pipeline.errors import ConfigError
+from pipeline.settings import Settings
+from pipeline.webhook_server import (
+    InvalidEvent,
+    SignatureRejected,
+    compute_signature,
+    parse_event,
+    parse_signatures,
+    signature_header,
+    verify_signature,
+)
+
+SECRET = "whsec_unit"
+NOW = 1_800_000_000
+BODY = json.dumps(
+    {"event_id": "evt_1", "type": "payment.succeeded", "order_id": "MN-1", "amount": 10, "currency": "ETB"}
+).encode()
+
+
+def verify(**overrides: Any) -> None:
+    arguments: dict[str, Any] = {
+        "secret": SECRET,
+        "timestamp": str(NOW),
+        "signature": signature_header([SECRET], str(NOW), BODY),
+        "body": BODY,
+        "now": float(NOW),
+    }
+    arguments.update(overrides)
+    verify_signature(**arguments)
+
+
+def test_signature_is_hmac_sha256_of_timestamp_dot_body() -> None:
+    expected = hmac.new(SECRET.encode(), f"{NOW}.".encode() + BODY, hashlib.sha256).hexdigest()
+    assert compute_signature(SECRET, str(NOW), BODY) == expected
+    assert signature_header([SECRET], str(NOW), BODY) == f"v1={expected}"
+
+
+def test_good_signature_is_accepted() -> None:
+    verify()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"signature": signature_header(["another secret"], str(NOW), BODY)}, "does not match"),
+        ({"body": BODY.replace(b"10", b"11")}, "does not match"),
+        ({"body": BODY + b" "}, "does not match"),
+        ({"timestamp": str(NOW + 1)}, "does not match"),
+        ({"signature": None}, "are required"),
+        ({"timestamp": None}, "are required"),
+        ({"signature": ""}, "are required"),
+        ({"signature": "v0=" + compute_signature(SECRET, str(NOW), BODY)}, "no v1= value"),
+        ({"signature": "garbage"}, "no v1= value"),
+        ({"signature": "v1=ünïcode"}, "does not match"),
+        ({"timestamp": "soon"}, "unix seconds"),
+        ({"timestamp": "-5"}, "unix seconds"),
+        ({"timestamp": "1e9"}, "unix seconds"),
+        ({"secret": None}, "no webhook secret"),
+        ({"secret": ""}, "no webhook secret"),
+    ],
+)
+def test_bad_signatures_are_rejected(overrides: dict[str, Any], reason: str) -> None:
+    with pytest.raises(SignatureRejected, match=reason):
+        verify(**overrides)
+
+
+@pytest.mark.parametrize(("age", "accepted"), [(0, True), (300, True), (-300, True), (301, False), (-301, False)])
+def test_timestamps_more_than_300_seconds_away_are_replays(age: int, accepted: bool) -> None:
+    stamp = str(NOW - age)
+    signed = {"timestamp": stamp, "signature": signature_header([SECRET], stamp, BODY)}
+    if accepted:
+        verify(**signed)
+    else:
+        with pytest.raises(SignatureRejected, match="300s"):
+            verify(**signed)
+
+
+def test_any_v1_value_may_match_during_a_rotation() -> None:
+    rotating = signature_header(["old secret", SECRET], str(NOW), BODY)
+    assert rotating.count("v1=") == 2
+    verify(signature=rotating)
+    verify(signature=" v1=" + "0" * 64 + " , v0=abc, v1=" + compute_signature(SECRET, str(NOW), BODY).upper())
+    with pytest.raises(SignatureRejected):
+        verify(signature=signature_header(["old secret", "older secret"], str(NOW), BODY))
+
+
+def test_parse_signatures_keeps_only_v1_values() -> None:
+    assert parse_signatures("v1=AB, v0=cd,v1=ef ,t=1, v1=") == ["ab", "ef"]
+
+
+def test_every_candidate_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def recording(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", recording)  # the module webhook_server calls through
+    good = compute_signature(SECRET, str(NOW), BODY)
+    verify(signature=f"v1={good},v1={'0' * 64}")
+    assert len(calls) == 2  # the match did not stop the loop early
+
+
+def event(**fields: Any) -> bytes:
+    payload: dict[str, Any] = {
+        "event_id": "evt_1",
+        "type": "payment.failed",
+        "order_id": "MN-1",
+        "amount": "10.50",
+        "currency": "ETB",
+    }
+    payload.update(fields)
+    return json.dumps({k: v for k, v in payload.items() if v is not ...}).encode()
+
+
+def test_parse_event_keeps_the_whole_payload() -> None:
+    parsed = parse_event(event(customer_email="a@example.com", extra={"nested": [1, 2]}))
+    assert parsed.event_id == "evt_1" and parsed.type == "payment.failed" and parsed.order_id == "MN-1"
+    assert parsed.payload["extra"] == {"nested": [1, 2]}
+    assert parse_event(event(event_id=12345, order_id=77)).event_id == "12345"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", "not JSON"),
+        (b"\xff\xfe", "not JSON"),
+        (b"[1, 2]", "JSON object"),
+        (b'"text"', "JSON object"),
+        (event(event_id=...), "missing fields: event_id"),
+        (event(type=...), "missing fields: type"),
+        (event(order_id=""), "missing fields: order_id"),
+        (event(amount=None), "missing fields: amount"),
+        (event(currency=..., amount=...), "missing fields: amount, currency"),
+        (event(type="payment.refunded"), "type must be one of"),
+        (event(amount="ten"), "amount must be a number"),
+        (event(amount=True), "amount must be a number"),
+        (event(amount=-1), "0 or more"),
+        (b'{"event_id": "e", "type": "payment.failed", "order_id": "o", "amount": NaN, "currency": "ETB"}', "not JSON"),
+        (event(event_id={"id": 1}), "event_id must be a string"),
+        (event(currency=5), "currency must be a string"),
+        (event(customer_email=["a@b"]), "customer_email must be a string"),
+    ],
+)
+def test_malformed_events_are_rejected_naming_the_problem(body: bytes, message: str) -> None:
+    with pytest.raises(InvalidEvent, match=message):
+        parse_event(body)
+
+
+def test_webhook_settings_defaults_are_the_contract() -> None:
+    settings = Settings.from_env({})
+    assert settings.webhook_initial_retry_delay_minutes == 1
+    assert settings.webhook_max_retry_delay_minutes == 60
+    assert settings.webhook_max_retries == 5 and settings.webhook_max_attempts == 6
+    assert settings.webhook_schedule == "*/10 * * * *"
+    assert settings.webhook_batch_size == 10
+    assert settings.webhook_secret("telebirr") is None
+
+
+def test_provider_secret_wins_over_the_shared_one_and_is_never_printed() -> None:
+    settings = Settings.from_env({"CBE_WEBHOOK_SECRET": "cbe-secret", "PAYMENT_WEBHOOK_SECRET": "shared-secret"})
+    assert settings.webhook_secret("cbe") == "cbe-secret"
+    assert settings.webhook_secret("awash") == "shared-secret"
+    assert settings.webhook_secret("generic") == "shared-secret"
+    assert "secret" not in repr(settings).replace("webhook_secret", "")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("WEBHOOK_INITIAL_RETRY_DELAY_MINUTES", "0"),
+        ("WEBHOOK_MAX_RETRY_DELAY_MINUTES", "never"),
+        ("WEBHOOK_MAX_RETRIES", "-1"),
+        ("WEBHOOK_SCHEDULE", "every ten minutes"),
+        ("WEBHOOK_BATCH_SIZE", "0"),
+        ("WEBHOOK_LEASE_MINUTES", "-2"),
+    ],
+)
+def test_invalid_webhook_setting_names_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{name}="):
+        Settings.from_env({name: value})
+
+
+def test_max_delay_below_the_initial_one_is_refused() -> None:
+    with pytest.raises(ConfigError, match="WEBHOOK_MAX_RETRY_DELAY_MINUTES must not be below"):
+        Settings.from_env({"WEBHOOK_INITIAL_RETRY_DELAY_MINUTES": "5", "WEBHOOK_MAX_RETRY_DELAY_MINUTES": "2"})
+
+
+def test_the_schedule_is_1_2_4_8_16_minutes_capped_at_60() -> None:
+    base, cap = 60_000, 60 * 60_000
+    assert [retry_delay_ms(n, base_ms=base, cap_ms=cap) / 60_000 for n in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
+
+
+def test_fractional_minutes_give_the_test_schedule() -> None:
+    from pipeline.app import _minutes_ms
+
+    settings = Settings.from_env(
+        {"WEBHOOK_INITIAL_RETRY_DELAY_MINUTES": "0.002", "WEBHOOK_MAX_RETRY_DELAY_MINUTES": "0.012"}
+    )
+    base = _minutes_ms(settings.webhook_initial_retry_delay_minutes)
+    cap = _minutes_ms(settings.webhook_max_retry_delay_minutes)
+    assert [retry_delay_ms(n, base_ms=base, cap_ms=cap) for n in range(5)] == [120, 240, 480, 720, 720]
