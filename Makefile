@@ -17,6 +17,7 @@ dev: $(STAMP)
 	$(VENV)/bin/minalesh-workers dev --demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check actors pipeline storage tests bench
 	$(VENV)/bin/python -m pytest -q
 
 bench: $(STAMP)

@@ -11,9 +11,17 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Optional
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, TemplateError, TemplateNotFound, select_autoescape
+from jinja2 import (
+    Environment,
+    PackageLoader,
+    StrictUndefined,
+    TemplateError,
+    TemplateNotFound,
+    select_autoescape,
+)
 
 from pipeline.errors import PermanentError
+
 
 class TemplateFailed(PermanentError):
     """The template is unknown or its data does not fit it."""

@@ -78,4 +78,6 @@ def _send_now(email_id: int, due_now: bool) -> None:
     try:
         send_email.send(email_id)
     except Exception:
-        logger.warning("Email %s is queued; its message could not be sent now, a fan-out will.", email_id, exc_info=True)
+        logger.warning(
+            "Email %s is queued; its message could not be sent now, a fan-out will.", email_id, exc_info=True
+        )

@@ -45,7 +45,8 @@ def decode_dead_message(queue: str, body: bytes) -> tuple[DeadMessage, Optional[
     except DecodeError as exc:
         digest = hashlib.sha256(body).hexdigest()[:32]
         raw = body.decode("utf-8", errors="replace")
-        return DeadMessage(message_id=f"raw-{digest}", queue=queue, raw_body=raw, fallback_error=f"DecodeError: {exc}"), None
+        dead = DeadMessage(message_id=f"raw-{digest}", queue=queue, raw_body=raw, fallback_error=f"DecodeError: {exc}")
+        return dead, None
     options = dict(message.options)
     return (
         DeadMessage(

@@ -68,7 +68,10 @@ def seed_demo(settings: Settings) -> None:
     with get_sessionmaker(settings.database_url).begin() as session:
         for number in range(1, 6):
             emails.enqueue(
-                session, recipient=f"customer{number}@example.com", subject=f"Hello #{number}", html=f"<p>Hello {number}</p>"
+                session,
+                recipient=f"customer{number}@example.com",
+                subject=f"Hello #{number}",
+                html=f"<p>Hello {number}</p>",
             )
         emails.enqueue(
             session,

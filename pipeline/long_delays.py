@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from dramatiq import Broker, Message, Middleware
 from dramatiq.common import current_millis
-from dramatiq.middleware import SkipMessage
-
 from dramatiq.logging import get_logger
+from dramatiq.middleware import SkipMessage
 
 #: Hold a delayed message at most this long (ms); well below the 30-minute default.
 DEFAULT_MAX_HOLD_MS = 10 * 60 * 1000

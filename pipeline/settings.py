@@ -229,7 +229,7 @@ def _cron(raw: str) -> str:
         spec = cron(raw)
     except (IndexError, KeyError, ValueError) as exc:
         raise ValueError(f"not a cron expression ({exc})") from None
-    for values, (low, high) in zip(spec.astuple(), _CRON_BOUNDS):
+    for values, (low, high) in zip(spec.astuple(), _CRON_BOUNDS, strict=True):
         if not values or values[0] < low or values[-1] > high:
             raise ValueError(f"a field is outside {low}-{high}")
     return raw

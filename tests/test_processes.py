@@ -82,7 +82,9 @@ def test_done_when_200_good_emails_and_failing_ones(
         wait_until(lambda: status_counts(sessions).get("sent") == GOOD, timeout=60, what="200 sent")
         sent_after = time.monotonic() - started
         wait_until(
-            lambda: status_counts(sessions) == {"sent": GOOD, "failed": REJECTED + FAILING}, timeout=60, what="all final"
+            lambda: status_counts(sessions) == {"sent": GOOD, "failed": REJECTED + FAILING},
+            timeout=60,
+            what="all final",
         )
         with sessions() as session:
             wait_until(
@@ -104,7 +106,8 @@ def test_done_when_200_good_emails_and_failing_ones(
     dead_by_recipient = {recipients[email_id]: error for email_id, error in dead.items()}
     assert all("Resend 422" in dead_by_recipient[address] for address in rejected)
     assert all(dead_by_recipient[address].endswith("down, answer 4") for address in failing)
-    print(f"\n[figures] {GOOD} sent in {sent_after:.2f}s; all {GOOD + REJECTED + FAILING} final in {finished_after:.2f}s")
+    total = GOOD + REJECTED + FAILING
+    print(f"\n[figures] {GOOD} sent in {sent_after:.2f}s; all {total} final in {finished_after:.2f}s")
 
 
 def test_worker_killed_mid_send_still_sends_once(
@@ -122,7 +125,7 @@ def test_worker_killed_mid_send_still_sends_once(
     finally:
         fake_resend.delay_seconds = 0
     with running("worker", "-p", "1", "-t", "2", env=env, cwd=tmp_path, log=tmp_path / "w2.log"):
-        wait_until(lambda: lease_ran_out(sessions, email_id), timeout=20, what="the dead worker's lease to run out")
+        wait_until(lambda: lease_ran_out(sessions, email_id), timeout=20, what="the dead worker's lease expiry")
         run_cli("tick", "emails", env=env, cwd=tmp_path)
         wait_until(lambda: status_counts_of(sessions, email_id) == "sent", what="the email sent")
 

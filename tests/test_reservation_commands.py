@@ -52,7 +52,10 @@ def seed(sessions: sessionmaker[Session]) -> tuple[list[int], dict[int, int]]:
 def expired_quantities(sessions: sessionmaker[Session], ids: list[int]) -> dict[int, int]:
     with sessions() as session:
         rows = session.execute(
-            text("SELECT product_id, SUM(quantity) FROM inventory_reservations WHERE id = ANY(:ids) GROUP BY product_id"),
+            text(
+                "SELECT product_id, SUM(quantity) FROM inventory_reservations "
+                "WHERE id = ANY(:ids) GROUP BY product_id"
+            ),
             {"ids": ids},
         ).all()
         return {int(product): int(total) for product, total in rows}
@@ -95,7 +98,9 @@ def test_two_concurrent_ticks_restore_stock_once(
     expired, before = seed(sessions)
 
     ticks = [
-        subprocess.Popen([CLI, "tick", "reservations"], env=environment, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [CLI, "tick", "reservations"], env=environment, cwd=tmp_path, stdout=subprocess.PIPE, text=True
+        )
         for _ in range(2)
     ]
     outputs = [tick.communicate(timeout=120)[0] for tick in ticks]
