@@ -61,6 +61,28 @@ class EmailHooks:
     def given_up(self, session: Session, message: Message, *, error: str) -> None:
         emails.mark_failed(session, _email_id(message), error=error)
 
+    def revive(self, session: Session, message: Message) -> bool:
+        """Back to ``queued`` with a fresh budget, leased: the fan-out sends it if the replay is lost."""
+        lease = minutes(runtime.current().settings.email_lease_minutes)
+        return emails.revive(session, _email_id(message), lease=lease)
+
+    def describe(self, session: Session, message: Message) -> dict[str, object] | None:
+        row = emails.get(session, _email_id(message))
+        if row is None:
+            return None
+        return {
+            "kind": "email",
+            "id": row.id,
+            "status": row.status,
+            "recipient": row.recipient,
+            "subject": row.subject,
+            "attempts": row.attempts,
+            "retry_count": row.retry_count,
+            "last_error": row.last_error,
+            "sent_at": row.sent_at,
+            "updated_at": row.updated_at,
+        }
+
 
 def _email_id(message: Message) -> int:
     return int(message.args[0])

@@ -74,6 +74,30 @@ class WebhookHooks:
     def given_up(self, session: Session, message: Message, *, error: str) -> None:
         webhooks.archive(session, _row_id(message), error=error)
 
+    def revive(self, session: Session, message: Message) -> bool:
+        """Out of the archive, due now, leased: the retry tick sends it if the replay is lost."""
+        lease = minutes(runtime.current().settings.webhook_lease_minutes)
+        return webhooks.revive(session, _row_id(message), lease=lease)
+
+    def describe(self, session: Session, message: Message) -> dict[str, object] | None:
+        row = webhooks.get(session, _row_id(message))
+        if row is None:
+            return None
+        return {
+            "kind": "webhook event",
+            "id": row.id,
+            "status": f"{row.status}, archived" if row.archived else row.status,
+            "provider": row.provider,
+            "event_id": row.event_id,
+            "type": row.type,
+            "order_id": row.order_id,
+            "attempts": row.attempts,
+            "retry_count": row.retry_count,
+            "last_error": row.last_error,
+            "processed_at": row.processed_at,
+            "updated_at": row.updated_at,
+        }
+
 
 def _row_id(message: Message) -> int:
     return int(message.args[0])

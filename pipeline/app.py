@@ -22,12 +22,13 @@ from pipeline import runtime
 from pipeline.backoff import Backoff
 from pipeline.long_delays import LongDelays
 from pipeline.mailer import Mailer, OutboxMailer, ResendMailer
+from pipeline.poison import RejectPoison
 from pipeline.runtime import Runtime
 from pipeline.settings import Settings
 from storage.database import get_sessionmaker
 
 #: Modules whose actors make up the system; each is imported once the broker is set.
-ACTOR_MODULES = ("actors.emails", "actors.inventory", "actors.webhooks")
+ACTOR_MODULES = ("actors.emails", "actors.inventory", "actors.webhooks", "actors.maintenance")
 
 #: A periodic tick older than this when a worker gets to it is skipped (the next comes).
 TICK_SKIP_SECONDS = 60
@@ -48,6 +49,7 @@ def build_broker(settings: Settings, *, embedded: bool = False) -> Broker:
     max_hold_ms = _minutes_ms(settings.broker_max_hold_minutes)
     for middleware in (
         LongDelays(max_hold_ms=max_hold_ms),
+        RejectPoison(sessions),  # before periodiq's and the others' lookups of an unknown actor
         TimeLimit(),
         PeriodiqMiddleware(skip_delay=TICK_SKIP_SECONDS),
         Backoff(sessions, max_hold_ms=max_hold_ms),
@@ -125,6 +127,7 @@ def _apply_settings(broker: Broker, settings: Settings) -> None:
     process.options["max_retries"] = settings.webhook_max_retries
     process.options["retry_delay"] = _minutes_ms(settings.webhook_initial_retry_delay_minutes)
     process.options["max_retry_delay"] = _minutes_ms(settings.webhook_max_retry_delay_minutes)
+    broker.get_actor("prune_dead_letters").options["periodic"] = cron(settings.dead_letter_prune_schedule)
 
 
 def periodic_actors(broker: Broker) -> list[dramatiq.Actor]:  # type: ignore[type-arg]

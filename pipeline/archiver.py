@@ -5,6 +5,10 @@ seven days and then drops it. The archiver consumes every XQ, writes each messag
 once (keyed by message id, so redeliveries are harmless), marks its item failed,
 and only then acks: a crash or a database outage loses nothing, the message is
 delivered again.
+
+A poison message (undecodable, unknown actor, misfitting arguments: ``pipeline.poison``)
+is kept with its raw body and never handed to the item hooks. Each new row pokes the
+dead-letter alerter (``pipeline.alerts``), which works in its own thread.
 """
 
 from __future__ import annotations
@@ -26,7 +30,10 @@ from dramatiq.common import xq_name
 from dramatiq.errors import ActorNotFound, DecodeError
 from sqlalchemy.orm import Session, sessionmaker
 
+from pipeline import alerts
+from pipeline.alerts import Alerter
 from pipeline.lifecycle import ItemHooks
+from pipeline.poison import misfit
 from storage import dead_letters
 from storage.dead_letters import DeadMessage
 
@@ -41,7 +48,7 @@ MAX_PAUSE_SECONDS = 30.0
 def decode_dead_message(queue: str, body: bytes) -> tuple[DeadMessage, Optional[Message]]:
     """What the archive should say of ``body``; a body that does not decode is kept raw."""
     try:
-        message = Message.decode(body)
+        message = _well_formed(Message.decode(body), body)
     except DecodeError as exc:
         digest = hashlib.sha256(body).hexdigest()[:32]
         raw = body.decode("utf-8", errors="replace")
@@ -64,6 +71,21 @@ def decode_dead_message(queue: str, body: bytes) -> tuple[DeadMessage, Optional[
     )
 
 
+def _well_formed(message: Message, body: bytes) -> Message:
+    """``message``, if its fields have the types the archive needs; a DecodeError otherwise.
+
+    A body can be JSON with every field yet carry, say, options that are not an
+    object; archiving it structured would then fail on every redelivery and hold
+    the archiver up, so it is kept raw like any body that does not decode.
+    """
+    fields = (message.message_id, message.actor_name, message.kwargs, message.options)
+    if not all(isinstance(value, kind) for value, kind in zip(fields, (str, str, dict, dict), strict=True)) or (
+        not isinstance(message.options.get("retries", 0), int)
+    ):
+        raise DecodeError("Malformed message: a field has the wrong type.", body, None)
+    return message
+
+
 def _last_line(text: Optional[str]) -> Optional[str]:
     lines = [line for line in (text or "").splitlines() if line.strip()]
     return lines[-1].strip() if lines else None
@@ -72,9 +94,10 @@ def _last_line(text: Optional[str]) -> Optional[str]:
 def archive_body(sessions: sessionmaker[Session], broker: Broker, queue: str, body: bytes) -> bool:
     """Archive one dead message and mark its item failed, in one transaction."""
     dead, message = decode_dead_message(queue, body)
-    hooks = _hooks_for(broker, message)
-    if message is not None and hooks is None and message.actor_name not in broker.actors:
-        dead = replace(dead, fallback_error=f"ActorNotFound: no actor named {message.actor_name!r}")
+    poisoned = misfit(broker, message) if message is not None else None
+    if poisoned is not None:  # kept as sent, and no item hooks: its arguments name no item
+        dead = replace(dead, fallback_error=poisoned, raw_body=body.decode("utf-8", errors="replace"))
+    hooks = _hooks_for(broker, message) if poisoned is None else None
     with sessions.begin() as session:
         written = dead_letters.archive(session, dead)
         if hooks is not None and message is not None:
@@ -96,6 +119,8 @@ def _hooks_for(broker: Broker, message: Optional[Message]) -> Optional[ItemHooks
 def _mark_item_failed(session: Session, hooks: ItemHooks, message: Message, message_id: str) -> None:
     """The item is failed already unless the pipeline could not say so; bad args must not block."""
     stored = dead_letters.get_by_message_id(session, message_id)
+    if stored is not None and stored.replayed_at is not None:
+        return  # a redelivery after `dlq replay` revived the item: leave it in play
     error = stored.error if stored is not None else "dead-lettered"
     try:
         with session.begin_nested():
@@ -112,11 +137,17 @@ def dead_letter_queues(broker: Broker) -> list[str]:
 class RabbitmqArchiver:
     """Consumes every XQ over its own connection until ``stop`` is set."""
 
-    def __init__(self, broker: RabbitmqBroker, sessions: sessionmaker[Session]) -> None:
+    def __init__(
+        self, broker: RabbitmqBroker, sessions: sessionmaker[Session], *, alerter: Optional[Alerter] = None
+    ) -> None:
         self.broker = broker
         self.sessions = sessions
+        #: Told of each new dead letter; by default the one ALERT_* configure (or none).
+        self.alerter = alerter if alerter is not None else alerts.from_runtime()
 
     def run(self, stop: threading.Event) -> None:
+        if self.alerter is not None:
+            self.alerter.start(stop)
         pause = 1.0
         while not stop.is_set():
             try:
@@ -149,7 +180,8 @@ class RabbitmqArchiver:
             pause = 1.0
             while True:
                 try:
-                    archive_body(self.sessions, self.broker, queue, body)
+                    if archive_body(self.sessions, self.broker, queue, body) and self.alerter is not None:
+                        self.alerter.poke()
                     channel.basic_ack(tag)  # type: ignore[attr-defined]
                     return
                 except Exception:
@@ -163,10 +195,18 @@ class RabbitmqArchiver:
 class StubArchiver:
     """The ``dev`` mode's archiver: drains the in-memory broker's dead letters."""
 
-    def __init__(self, broker: StubBroker, sessions: sessionmaker[Session], *, interval: float = 0.5) -> None:
+    def __init__(
+        self,
+        broker: StubBroker,
+        sessions: sessionmaker[Session],
+        *,
+        interval: float = 0.5,
+        alerter: Optional[Alerter] = None,
+    ) -> None:
         self.broker = broker
         self.sessions = sessions
         self.interval = interval
+        self.alerter = alerter if alerter is not None else alerts.from_runtime()
 
     def drain(self) -> int:
         """Archive every dead letter now; return how many were new."""
@@ -179,9 +219,12 @@ class StubArchiver:
         return written
 
     def run(self, stop: threading.Event) -> None:
+        if self.alerter is not None:
+            self.alerter.start(stop)
         while not stop.is_set():
             try:
-                self.drain()
+                if self.drain() and self.alerter is not None:
+                    self.alerter.poke()
             except Exception:
                 logger.exception("Dev archiver failed; retrying.")
                 time.sleep(self.interval)

@@ -179,3 +179,8 @@ def dev(demo: bool, database: str) -> None:
     from pipeline.dev import run_dev
 
     run_dev(_settings(), database=database, demo=demo)
+
+
+from pipeline.dlq_cli import dlq  # noqa: E402  (last: its commands bootstrap through this module)
+
+main.add_command(dlq)

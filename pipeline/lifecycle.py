@@ -9,7 +9,7 @@ declares how with the ``item_hooks`` option.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Protocol
+from typing import Any, Optional, Protocol
 
 from dramatiq import Message
 from sqlalchemy.orm import Session
@@ -25,3 +25,15 @@ class ItemHooks(Protocol):
 
     def given_up(self, session: Session, message: Message, *, error: str) -> None:
         """No more attempts: mark the item failed. Must be idempotent (the archiver repeats it)."""
+
+    def revive(self, session: Session, message: Message) -> bool:
+        """``dlq replay``: put the failed item back in play, with a fresh attempt budget.
+
+        Return False, changing nothing, when the item is not failed any more (it
+        succeeded since, or is in play already): the replay then sends nothing. The
+        item must be left leased so that the actor's periodic re-enqueue picks it up
+        should the replayed message never arrive.
+        """
+
+    def describe(self, session: Session, message: Message) -> Optional[dict[str, Any]]:
+        """``dlq show``: the item's current state as JSON-ready values; None if it is gone."""

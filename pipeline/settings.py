@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Optional, TypeVar
+from urllib.parse import urlsplit
 
 from periodiq import cron
 
@@ -63,6 +64,14 @@ class Settings:
     payment_webhook_secret: Optional[str] = field(default=None, repr=False)
     #: (provider, secret) pairs from ``{PROVIDER}_WEBHOOK_SECRET``; a tuple keeps Settings hashable.
     provider_webhook_secrets: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    #: ALERT_WEBHOOK_URL: where dead-letter digests are POSTed (a Slack incoming webhook works);
+    #: its path is a secret at Slack, hence kept out of the repr.
+    alert_webhook_url: Optional[str] = field(default=None, repr=False)
+    #: ALERT_EMAIL: who gets dead-letter digests by email, sent straight through the mailer.
+    alert_email: Optional[str] = None
+    alert_min_interval_minutes: float = 10.0
+    dead_letter_retention_days: int = 180
+    dead_letter_prune_schedule: str = "17 3 * * *"
 
     @property
     def email_max_attempts(self) -> int:
@@ -134,6 +143,15 @@ class Settings:
                 for provider in PAYMENT_PROVIDERS
                 if (secret := read(f"{provider.upper()}_WEBHOOK_SECRET", str, None)) is not None
             ),
+            alert_webhook_url=read("ALERT_WEBHOOK_URL", _webhook_url, None),
+            alert_email=read("ALERT_EMAIL", _address, None),
+            alert_min_interval_minutes=read(
+                "ALERT_MIN_INTERVAL_MINUTES", _positive_minutes, defaults.alert_min_interval_minutes
+            ),
+            dead_letter_retention_days=read(
+                "DEAD_LETTER_RETENTION_DAYS", _positive_count, defaults.dead_letter_retention_days
+            ),
+            dead_letter_prune_schedule=read("DEAD_LETTER_PRUNE_SCHEDULE", _cron, defaults.dead_letter_prune_schedule),
         )
         if settings.email_max_retry_delay_minutes < settings.email_retry_delay_minutes:
             raise ConfigError(
@@ -187,6 +205,21 @@ def _http_url(raw: str) -> str:
 def _sender(raw: str) -> str:
     if "@" not in raw:
         raise ValueError("expected an address such as 'Shop <no-reply@example.com>'")
+    return raw
+
+
+def _webhook_url(raw: str) -> str:
+    parsed = urlsplit(raw)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        # Not ValueError: the reader would quote the value, and a webhook URL's path is its secret.
+        raise ConfigError("ALERT_WEBHOOK_URL is invalid (value not shown): expected an http:// or https:// URL")
+    return raw
+
+
+def _address(raw: str) -> str:
+    local, _, domain = raw.partition("@")
+    if not local or "." not in domain or any(c.isspace() or c in ",;<>" for c in raw):
+        raise ValueError("expected one plain address such as 'ops@example.com'")
     return raw
 
 

@@ -14,6 +14,7 @@ def collect(sessions: sessionmaker[Session]) -> dict[str, Any]:
         return {
             "emails": emails.count_by_status(session),
             "dead_letters": dead_letters.count(session),
+            "dead_letters_by_queue": dead_letters.count_by_queue(session),
             "reservations": inventory.reservation_stats(session),
             "webhooks": webhooks.stats(session),
         }

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Optional
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from storage.clock import utcnow
@@ -50,6 +50,7 @@ def archive(session: Session, message: DeadMessage) -> bool:
     The final error recorded by the pipeline wins over the one the message carries
     (RabbitMQ dead-letters the bytes of the delivery before the last attempt).
     """
+    message = replace(message, message_id=storable(message.message_id), actor=storable(message.actor))
     final = session.get(FinalError, message.message_id)
     now = utcnow()
     written = insert_ignoring_conflicts(
@@ -59,12 +60,12 @@ def archive(session: Session, message: DeadMessage) -> bool:
             "message_id": message.message_id,
             "queue": message.queue,
             "actor": message.actor,
-            "args": message.args,
-            "kwargs": message.kwargs,
-            "options": message.options,
-            "raw_body": message.raw_body,
-            "error": final.error if final else message.fallback_error,
-            "traceback": final.traceback if final else message.fallback_traceback,
+            "args": storable(message.args),
+            "kwargs": storable(message.kwargs),
+            "options": storable(message.options),
+            "raw_body": storable(message.raw_body),
+            "error": storable(final.error if final else message.fallback_error),
+            "traceback": storable(final.traceback if final else message.fallback_traceback),
             "retries": final.retries if final else message.retries,
             "dead_at": final.failed_at if final else (message.dead_at or now),
             "archived_at": now,
@@ -76,9 +77,25 @@ def archive(session: Session, message: DeadMessage) -> bool:
     return written
 
 
+def storable(value: Any) -> Any:
+    """``value`` with what PostgreSQL refuses in text and JSONB replaced (NUL, lone surrogates).
+
+    A poison body may carry either; refused, the archiver would retry it forever
+    and the dead-letter queue behind it would wait until its messages expire.
+    """
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, list):
+        return [storable(item) for item in value]
+    if isinstance(value, dict):
+        return {storable(str(key)): storable(item) for key, item in value.items()}
+    return value
+
+
 def get_by_message_id(session: Session, message_id: str) -> Optional[DeadLetter]:
     """The dead letter of a Dramatiq message id, or None."""
-    return session.scalars(select(DeadLetter).where(DeadLetter.message_id == message_id)).one_or_none()
+    statement = select(DeadLetter).where(DeadLetter.message_id == storable(message_id))
+    return session.scalars(statement).one_or_none()
 
 
 def list_all(session: Session) -> list[DeadLetter]:
@@ -89,3 +106,215 @@ def list_all(session: Session) -> list[DeadLetter]:
 def count(session: Session) -> int:
     """How many dead letters the archive holds."""
     return int(session.scalar(select(func.count()).select_from(DeadLetter)) or 0)
+
+
+# --- inspection, replay and retention (``minalesh-workers dlq``) ----------------------------------
+
+#: How counts by actor name the dead letters whose body did not decode.
+UNDECODABLE = "(undecodable)"
+
+
+def _matching(
+    statement: Any,
+    *,
+    queue: Optional[str] = None,
+    actor: Optional[str] = None,
+    since: Optional[datetime] = None,
+    unreplayed: bool = False,
+) -> Any:
+    """``statement`` narrowed to the dead letters matching every filter given."""
+    if queue is not None:
+        statement = statement.where(DeadLetter.queue == queue)
+    if actor is not None:
+        statement = statement.where(DeadLetter.actor == actor)
+    if since is not None:
+        statement = statement.where(DeadLetter.dead_at >= since)
+    if unreplayed:
+        statement = statement.where(DeadLetter.replayed_at.is_(None))
+    return statement
+
+
+def search(
+    session: Session,
+    *,
+    queue: Optional[str] = None,
+    actor: Optional[str] = None,
+    since: Optional[datetime] = None,
+    unreplayed: bool = False,
+    limit: Optional[int] = None,
+) -> list[DeadLetter]:
+    """Dead letters matching every filter given, newest first (as Sidekiq's dead set lists them)."""
+    statement = _matching(select(DeadLetter), queue=queue, actor=actor, since=since, unreplayed=unreplayed)
+    statement = statement.order_by(DeadLetter.dead_at.desc(), DeadLetter.id.desc()).limit(limit)
+    return list(session.scalars(statement))
+
+
+def count_matching(
+    session: Session,
+    *,
+    queue: Optional[str] = None,
+    actor: Optional[str] = None,
+    since: Optional[datetime] = None,
+    unreplayed: bool = False,
+) -> int:
+    """How many dead letters match every filter given."""
+    statement = _matching(
+        select(func.count()).select_from(DeadLetter), queue=queue, actor=actor, since=since, unreplayed=unreplayed
+    )
+    return int(session.scalar(statement) or 0)
+
+
+def unreplayed_ids(session: Session, *, queue: Optional[str] = None, actor: Optional[str] = None) -> list[int]:
+    """Ids of the dead letters not replayed yet, oldest first: what ``dlq replay --all`` works through."""
+    statement = _matching(select(DeadLetter.id), queue=queue, actor=actor, unreplayed=True).order_by(DeadLetter.id)
+    return list(session.scalars(statement))
+
+
+def get(session: Session, dead_letter_id: int) -> Optional[DeadLetter]:
+    """The dead letter of ``dead_letter_id``, or None."""
+    return session.get(DeadLetter, dead_letter_id)
+
+
+def lock(session: Session, dead_letter_id: int) -> Optional[DeadLetter]:
+    """The dead letter, locked for this transaction (``FOR UPDATE``): two replays take turns."""
+    statement = select(DeadLetter).where(DeadLetter.id == dead_letter_id).with_for_update()
+    return session.scalars(statement.execution_options(populate_existing=True)).one_or_none()
+
+
+def mark_replayed(session: Session, dead_letter_id: int, *, at: datetime) -> None:
+    """Stamp ``replayed_at``: this dead letter is handled, a second replay sends nothing."""
+    session.execute(
+        update(DeadLetter)
+        .where(DeadLetter.id == dead_letter_id)
+        .values(replayed_at=at)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def clear_replayed(session: Session, dead_letter_id: int) -> None:
+    """Take a stamp back whose message could not be enqueued, so the replay can be run again."""
+    session.execute(
+        update(DeadLetter)
+        .where(DeadLetter.id == dead_letter_id)
+        .values(replayed_at=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def summary(session: Session) -> dict[str, Any]:
+    """``dlq stats``: totals, counts by queue, by actor and by both, and the oldest and newest death.
+
+    ``by_actor`` counts bodies that did not decode (no actor) under ``UNDECODABLE``.
+    """
+    totals = session.execute(
+        select(
+            func.count().label("total"),
+            func.count().filter(DeadLetter.replayed_at.is_(None)).label("unreplayed"),
+            func.min(DeadLetter.dead_at).label("oldest"),
+            func.max(DeadLetter.dead_at).label("newest"),
+        )
+    ).one()
+    groups = session.execute(
+        select(
+            DeadLetter.queue,
+            DeadLetter.actor,
+            func.count(),
+            func.count().filter(DeadLetter.replayed_at.is_(None)),
+            func.min(DeadLetter.dead_at),
+            func.max(DeadLetter.dead_at),
+        )
+        .group_by(DeadLetter.queue, DeadLetter.actor)
+        .order_by(DeadLetter.queue, DeadLetter.actor)
+    ).all()
+    by_queue: dict[str, int] = {}
+    by_actor: dict[str, int] = {}
+    for queue, actor, total, _, _, _ in groups:
+        by_queue[queue] = by_queue.get(queue, 0) + int(total)
+        by_actor[actor or UNDECODABLE] = by_actor.get(actor or UNDECODABLE, 0) + int(total)
+    return {
+        "total": int(totals.total),
+        "unreplayed": int(totals.unreplayed),
+        "oldest": totals.oldest,
+        "newest": totals.newest,
+        "by_queue": by_queue,
+        "by_actor": by_actor,
+        "groups": [
+            {
+                "queue": queue,
+                "actor": actor,
+                "count": int(total),
+                "unreplayed": int(unreplayed),
+                "oldest": oldest,
+                "newest": newest,
+            }
+            for queue, actor, total, unreplayed, oldest, newest in groups
+        ],
+    }
+
+
+def count_by_queue(session: Session) -> dict[str, int]:
+    """Dead letters per dead-letter queue, for ``minalesh-workers stats``."""
+    rows = session.execute(select(DeadLetter.queue, func.count()).group_by(DeadLetter.queue).order_by(DeadLetter.queue))
+    return {queue: int(count) for queue, count in rows}
+
+
+def delete_ids(session: Session, dead_letter_ids: list[int]) -> int:
+    """Delete the dead letters of ``dead_letter_ids``; return how many there were."""
+    if not dead_letter_ids:
+        return 0
+    statement = delete(DeadLetter).where(DeadLetter.id.in_(dead_letter_ids))
+    return int(session.execute(statement.execution_options(synchronize_session=False)).rowcount)
+
+
+def delete_dead_before(session: Session, cutoff: datetime, *, limit: int) -> int:
+    """Delete up to ``limit`` dead letters that died before ``cutoff``, oldest first; return how many.
+
+    Bounded so that pruning a large archive is many short transactions, never one
+    long lock; the caller loops until a batch comes back short.
+    """
+    batch = select(DeadLetter.id).where(DeadLetter.dead_at < cutoff).order_by(DeadLetter.id).limit(limit)
+    statement = delete(DeadLetter).where(DeadLetter.id.in_(batch.scalar_subquery()))
+    return int(session.execute(statement.execution_options(synchronize_session=False)).rowcount)
+
+
+def delete_final_errors_before(session: Session, cutoff: datetime) -> int:
+    """Forget final errors older than ``cutoff`` whose message never reached the archive."""
+    statement = delete(FinalError).where(FinalError.failed_at < cutoff)
+    return int(session.execute(statement.execution_options(synchronize_session=False)).rowcount)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlertedLetter:
+    """A dead letter as an alert digest reports it."""
+
+    id: int
+    message_id: str
+    queue: str
+    actor: Optional[str]
+    error: str
+    dead_at: datetime
+
+
+def take_unalerted(session: Session, *, at: datetime) -> list[AlertedLetter]:
+    """Stamp every dead letter no alert has counted yet with ``alerted_at`` and return them.
+
+    One ``UPDATE ... RETURNING``: what is counted is exactly what is stamped, so a
+    dead letter committed by another archiver while a digest is made goes into the
+    next digest, never into none (counting by ``archived_at`` would miss rows whose
+    transaction committed after the count but carry an earlier time).
+    """
+    statement = (
+        update(DeadLetter)
+        .where(DeadLetter.alerted_at.is_(None))
+        .values(alerted_at=at)
+        .returning(DeadLetter.id, DeadLetter.message_id, DeadLetter.queue, DeadLetter.actor)
+        .returning(DeadLetter.error, DeadLetter.dead_at)
+        .execution_options(synchronize_session=False)
+    )
+    letters = [AlertedLetter(**row._asdict()) for row in session.execute(statement)]
+    return sorted(letters, key=lambda letter: letter.id)
+
+
+def has_unalerted(session: Session) -> bool:
+    """Whether some dead letter waits for an alert (an index-only probe)."""
+    return session.scalar(select(DeadLetter.id).where(DeadLetter.alerted_at.is_(None)).limit(1)) is not None

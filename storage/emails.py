@@ -307,3 +307,30 @@ def count_by_status(session: Session) -> dict[str, int]:
     """The monitoring query: ``SELECT status, COUNT(*) FROM email_queue GROUP BY status``."""
     rows = session.execute(select(EmailQueue.status, func.count()).group_by(EmailQueue.status))
     return {status: count for status, count in rows}
+
+
+def revive(session: Session, email_id: int, *, lease: timedelta) -> bool:
+    """Put a given-up email back in play for a replayed message; False unless it was ``failed``.
+
+    The email starts over: ``queued`` with a fresh attempt budget (``attempts`` and
+    ``retry_count`` 0) and no ``last_error``, leased for ``lease``. The replayed
+    message should start it within the lease; if that message is never enqueued,
+    the lease runs out and the next fan-out (``claim_due``) sends it. A ``sent``
+    email (or one some other path already revived) is left alone: nothing is sent twice.
+    """
+    now = utcnow()
+    statement = (
+        update(EmailQueue)
+        .where(EmailQueue.id == email_id, EmailQueue.status == EmailStatus.FAILED.value)
+        .values(
+            status=EmailStatus.QUEUED.value,
+            attempts=0,
+            retry_count=0,
+            last_error=None,
+            next_attempt_at=None,
+            locked_until=now + lease,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return session.execute(statement).rowcount == 1

@@ -27,6 +27,7 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -114,6 +115,15 @@ class DeadLetter(Base):
     """A message that exhausted its retries or could not be processed at all."""
 
     __tablename__ = "dead_letters"
+    __table_args__ = (
+        Index("ix_dead_letters_dead_at", "dead_at"),
+        Index(
+            "ix_dead_letters_unalerted",
+            "id",
+            postgresql_where=text("alerted_at IS NULL"),
+            sqlite_where=text("alerted_at IS NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     #: Dramatiq's message id; a message is archived once however often it is seen.
@@ -131,6 +141,8 @@ class DeadLetter(Base):
     dead_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     archived_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     replayed_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    #: When an alert digest counted it (``pipeline.alerts``); NULL while no alert has.
+    alerted_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
 
 
 class FinalError(Base):
@@ -306,3 +318,19 @@ class WebhookEvent(Base):
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     processed_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+
+
+class AlertState(Base):
+    """The one row of the dead-letter alert throttle, shared by every archiver.
+
+    ``last_alert_at`` is when the last digest went out (or was attempted: a digest
+    that could not be delivered still counts, so a broken alert channel cannot
+    loop); ``counted_since`` is where the next digest's window starts.
+    """
+
+    __tablename__ = "alert_state"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last_alert_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    counted_since: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -362,3 +362,35 @@ def stats(session: Session) -> dict[str, Any]:
         "average_retries": round(float(totals.average_retries or 0), 2),
         "due_now": int(totals.due_now),
     }
+
+
+def revive(session: Session, event_row_id: int, *, lease: timedelta) -> bool:
+    """Put an archived (given-up) event back in play for ``dlq replay``; False unless it was archived.
+
+    Out of the archive as ``pending``, with a fresh attempt budget (``attempts`` and
+    ``retry_count`` 0), due now and leased for ``lease``: the replayed message should
+    start it within the lease, and if it never arrives, ``claim_due_for_retry`` hands
+    the event to the ticker once the lease runs out. A processed event is left alone.
+    """
+    now = utcnow()
+    statement = (
+        update(WebhookEvent)
+        .where(
+            WebhookEvent.id == event_row_id,
+            WebhookEvent.archived == true(),
+            WebhookEvent.status == WebhookStatus.FAILED.value,
+        )
+        .values(
+            status=WebhookStatus.PENDING.value,
+            archived=False,
+            attempts=0,
+            retry_count=0,
+            last_error=None,
+            next_retry_at=now,
+            locked_until=now + lease,
+            attempt_started_at=None,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return session.execute(statement).rowcount == 1
