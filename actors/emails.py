@@ -21,8 +21,9 @@ from pipeline.backoff import counting
 from pipeline.errors import PermanentError, RateLimited, RetriesExhausted
 from pipeline.mailer import OutgoingEmail
 from storage import emails, rate_limits
+from storage.attempts import AttemptOutcome
 from storage.clock import minutes
-from storage.emails import AttemptOutcome, EmailMessage
+from storage.emails import EmailMessage
 
 logger = logging.getLogger(__name__)
 
@@ -133,10 +134,10 @@ def send_email(email_id: int) -> None:
             lease=minutes(settings.email_lease_minutes),
             max_attempts=settings.email_max_attempts,
         )
-    if attempt.outcome is AttemptOutcome.SKIP or attempt.email is None:
+    if attempt.outcome is AttemptOutcome.SKIP or attempt.item is None:
         logger.info("Email %s needs no attempt now (sent, failed, not due or in flight).", email_id)
         return
-    email = attempt.email
+    email = attempt.item
     with counting(email.retry_count):
         if attempt.outcome is AttemptOutcome.EXHAUSTED:
             raise RetriesExhausted(

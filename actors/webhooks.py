@@ -31,9 +31,10 @@ from pipeline import runtime
 from pipeline.backoff import counting
 from pipeline.errors import PermanentError, RetriesExhausted, TransientError
 from storage import emails, inventory, orders, webhooks
+from storage.attempts import AttemptOutcome
 from storage.clock import minutes
 from storage.orders import OrderSnapshot
-from storage.webhooks import AttemptOutcome, EventData
+from storage.webhooks import EventData
 
 logger = logging.getLogger(__name__)
 
@@ -131,10 +132,10 @@ def process_webhook_event(event_id: int) -> None:
             lease=minutes(settings.webhook_lease_minutes),
             max_attempts=settings.webhook_max_attempts,
         )
-    if attempt.outcome is AttemptOutcome.SKIP or attempt.event is None:
+    if attempt.outcome is AttemptOutcome.SKIP or attempt.item is None:
         logger.info("Webhook event %s needs no attempt now (processed, archived, not due or in flight).", event_id)
         return
-    event = attempt.event
+    event = attempt.item
     with counting(event.retry_count):
         if attempt.outcome is AttemptOutcome.EXHAUSTED:
             raise RetriesExhausted(

@@ -9,7 +9,6 @@ carrying the email was lost, and the next fan-out claims it again.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Optional
@@ -17,6 +16,7 @@ from typing import Any, Optional
 from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from storage.attempts import Attempt, AttemptOutcome
 from storage.clock import utcnow
 from storage.errors import StorageError
 from storage.models import EmailQueue, EmailStatus
@@ -58,23 +58,6 @@ class EmailMessage:
             attempts=row.attempts,
             created_at=row.created_at,
         )
-
-
-class AttemptOutcome(enum.Enum):
-    """What ``start_attempt`` decided."""
-
-    #: Go ahead and call the provider.
-    GO = "go"
-    #: Nothing to do: sent already, failed, not due, or another worker holds it.
-    SKIP = "skip"
-    #: More attempts were started than allowed (workers died mid-send): give up.
-    EXHAUSTED = "exhausted"
-
-
-@dataclass(frozen=True)
-class Attempt:
-    outcome: AttemptOutcome
-    email: Optional[EmailMessage] = None
 
 
 def enqueue(
@@ -182,7 +165,9 @@ def release_claims(session: Session, email_ids: list[int]) -> int:
     return session.execute(statement).rowcount
 
 
-def start_attempt(session: Session, email_id: int, *, lease: timedelta, max_attempts: int) -> Attempt:
+def start_attempt(
+    session: Session, email_id: int, *, lease: timedelta, max_attempts: int
+) -> Attempt[EmailMessage]:
     """Count one attempt at sending ``email_id`` unless there is nothing to do.
 
     The count lives in the row, not in the message, so a worker that dies mid-send

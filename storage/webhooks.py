@@ -14,7 +14,6 @@ event's message is taken as lost and ``claim_due_for_retry`` hands it to the tic
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Optional
@@ -23,6 +22,7 @@ from sqlalchemy import and_, case, false, func, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from storage.attempts import Attempt, AttemptOutcome
 from storage.clock import utcnow
 from storage.errors import StorageError
 from storage.models import WebhookEvent, WebhookStatus
@@ -63,23 +63,6 @@ class Stored:
 
     id: int
     created: bool
-
-
-class AttemptOutcome(enum.Enum):
-    """What ``start_attempt`` decided."""
-
-    #: Go ahead and apply the event.
-    GO = "go"
-    #: Nothing to do: processed or archived already, not due yet, or another worker holds it.
-    SKIP = "skip"
-    #: More attempts were started than allowed (workers died mid-way): give up.
-    EXHAUSTED = "exhausted"
-
-
-@dataclass(frozen=True)
-class Attempt:
-    outcome: AttemptOutcome
-    event: Optional[EventData] = None
 
 
 def store(
@@ -128,7 +111,9 @@ def store(
     return Stored(int(existing), False)
 
 
-def start_attempt(session: Session, event_row_id: int, *, lease: timedelta, max_attempts: int) -> Attempt:
+def start_attempt(
+    session: Session, event_row_id: int, *, lease: timedelta, max_attempts: int
+) -> Attempt[EventData]:
     """Count one attempt at applying the event unless there is nothing to do.
 
     The count lives in the row, so a worker that dies mid-attempt (RabbitMQ

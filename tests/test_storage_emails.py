@@ -11,8 +11,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import emails
+from storage.attempts import AttemptOutcome
 from storage.database import get_sessionmaker
-from storage.emails import AttemptOutcome, InvalidEmail
+from storage.emails import InvalidEmail
 from tests.helpers import insert_email, unique_address
 from tests.services import RunServices
 
@@ -100,7 +101,7 @@ def test_attempts_are_counted_and_bounded(sessions: sessionmaker[Session]) -> No
     for _ in range(3):
         with sessions.begin() as session:
             attempt = emails.start_attempt(session, email_id, lease=timedelta(seconds=-1), max_attempts=2)
-            outcomes.append((attempt.outcome, attempt.email.retry_count if attempt.email else None))
+            outcomes.append((attempt.outcome, attempt.item.retry_count if attempt.item else None))
     assert outcomes == [(AttemptOutcome.GO, 0), (AttemptOutcome.GO, 1), (AttemptOutcome.EXHAUSTED, 1)]
 
 

@@ -34,6 +34,7 @@ from actors.webhooks import enqueue_due_webhooks, process_webhook_event
 from pipeline.app import periodic_actors
 from pipeline.runtime import Runtime
 from storage import webhooks
+from storage.attempts import AttemptOutcome
 from storage.clock import utcnow
 from storage.database import get_engine, get_sessionmaker
 from storage.migrate import upgrade
@@ -352,7 +353,7 @@ def test_stats_on_known_rows_and_the_same_statements_on_sqlite(tmp_path: Path) -
         with lite.begin() as session:
             assert webhooks.claim_due_for_retry(session, limit=10, lease=lease) == [stored[0].id, stored[1].id]
             attempt = webhooks.start_attempt(session, stored[2].id, lease=lease, max_attempts=6)
-            assert attempt.outcome is webhooks.AttemptOutcome.GO
+            assert attempt.outcome is AttemptOutcome.GO
             webhooks.schedule_retry(
                 session, stored[2].id, error="E: x", delay=timedelta(minutes=1), lease=lease, refund=False
             )
