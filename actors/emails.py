@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 
 from actors.rendering import render
 from pipeline import runtime
-from pipeline.backoff import counting
-from pipeline.errors import PermanentError, RateLimited, RetriesExhausted
+from pipeline.backoff import counted_attempt
+from pipeline.errors import PermanentError, RateLimited
 from pipeline.mailer import OutgoingEmail
 from storage import emails, rate_limits
 from storage.attempts import AttemptOutcome
@@ -138,11 +138,7 @@ def send_email(email_id: int) -> None:
         logger.info("Email %s needs no attempt now (sent, failed, not due or in flight).", email_id)
         return
     email = attempt.item
-    with counting(email.retry_count):
-        if attempt.outcome is AttemptOutcome.EXHAUSTED:
-            raise RetriesExhausted(
-                f"email {email_id}: attempt {email.attempts} started, {settings.email_max_attempts} allowed"
-            )
+    with counted_attempt(attempt, label=f"email {email_id}", max_attempts=settings.email_max_attempts):
         body = render(
             subject=email.subject, html=email.html, text=email.text, template=email.template, data=email.template_data
         )

@@ -28,8 +28,8 @@ from sqlalchemy.orm import Session
 
 from actors.emails import send_email
 from pipeline import runtime
-from pipeline.backoff import counting
-from pipeline.errors import PermanentError, RetriesExhausted, TransientError
+from pipeline.backoff import counted_attempt
+from pipeline.errors import PermanentError, TransientError
 from storage import emails, inventory, orders, webhooks
 from storage.attempts import AttemptOutcome
 from storage.clock import minutes
@@ -136,11 +136,8 @@ def process_webhook_event(event_id: int) -> None:
         logger.info("Webhook event %s needs no attempt now (processed, archived, not due or in flight).", event_id)
         return
     event = attempt.item
-    with counting(event.retry_count):
-        if attempt.outcome is AttemptOutcome.EXHAUSTED:
-            raise RetriesExhausted(
-                f"webhook event {event_id}: attempt {event.attempts} started, {settings.webhook_max_attempts} allowed"
-            )
+    label = f"webhook event {event_id}"
+    with counted_attempt(attempt, label=label, max_attempts=settings.webhook_max_attempts):
         with current.sessions.begin() as session:
             outcome = apply_event(session, event, email_lease=minutes(settings.email_lease_minutes))
     if outcome.email_id is not None:

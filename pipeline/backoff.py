@@ -21,16 +21,17 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 from dramatiq import Broker, Message, Middleware
 from dramatiq.logging import get_logger
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.errors import PermanentError, RateLimited, describe
+from pipeline.errors import PermanentError, RateLimited, RetriesExhausted, describe
 from pipeline.lifecycle import ItemHooks
 from pipeline.long_delays import DEFAULT_MAX_HOLD_MS, send_later
 from storage import dead_letters
+from storage.attempts import Attempt, AttemptOutcome
 
 #: Retries after the first attempt, unless the message or actor says otherwise.
 DEFAULT_MAX_RETRIES = 3
@@ -56,6 +57,28 @@ def counting(retries_made: int) -> Iterator[None]:
     except Exception as exc:
         exc.retries_made = retries_made  # type: ignore[attr-defined]
         raise
+
+
+class CountedItem(Protocol):
+    """An item whose attempts are counted in its row (an email, a webhook event)."""
+
+    retry_count: int
+    attempts: int
+
+
+@contextmanager
+def counted_attempt(attempt: Attempt[CountedItem], *, label: str, max_attempts: int) -> Iterator[None]:
+    """The body of an attempt ``start_attempt`` said GO or EXHAUSTED to.
+
+    Refuses an exhausted item (``RetriesExhausted``, a permanent error) and stamps
+    the row's retry count on whatever the body raises (see ``counting``).
+    """
+    assert attempt.item is not None
+    item = attempt.item
+    with counting(item.retry_count):
+        if attempt.outcome is AttemptOutcome.EXHAUSTED:
+            raise RetriesExhausted(f"{label}: attempt {item.attempts} started, {max_attempts} allowed")
+        yield
 
 
 def retry_delay_ms(retries_made: int, *, base_ms: int, cap_ms: int) -> int:
