@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import pika
 import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
@@ -15,7 +18,7 @@ from storage.database import get_engine, get_sessionmaker
 from tests import services
 from tests.fake_resend import FakeResend
 from tests.helpers import insert_email, wait_until
-from tests.processes import run_cli, running, stop
+from tests.processes import CLI, run_cli, running, stop
 
 pytestmark = pytest.mark.slow
 
@@ -148,3 +151,48 @@ def test_invalid_setting_stops_the_worker_with_a_clear_message(env: dict[str, st
     result = run_cli("worker", env={**env, "EMAIL_MAX_RETRIES": "lots"}, cwd=tmp_path)
     assert result.returncode != 0
     assert "EMAIL_MAX_RETRIES='lots' is invalid" in result.stderr
+
+
+def queued_messages(env: dict[str, str], queue: str) -> int:
+    connection = pika.BlockingConnection(pika.URLParameters(env["BROKER_URL"]))
+    try:
+        return connection.channel().queue_declare(queue, passive=True).method.message_count
+    finally:
+        connection.close()
+
+
+def test_two_ticks_at_once_enqueue_each_email_once(
+    env: dict[str, str], sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """No worker runs, so every message the two ticks sent is still in the queue to count."""
+    run_cli("tick", "emails", env=env, cwd=tmp_path)  # declares the queue; earlier tests left nothing due
+    with sessions.begin() as session:
+        session.execute(text("UPDATE email_queue SET status = 'sent'"))
+        for index in range(300):
+            insert_email(session, f"concurrent{index}-{time.time_ns()}@example.com")
+    before = queued_messages(env, "emails")
+
+    ticks = [
+        subprocess.Popen([CLI, "tick", "emails"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [tick.communicate(timeout=120)[0] for tick in ticks]
+
+    enqueued = [int(re.search(r"Enqueued (\d+) emails", output).group(1)) for output in outputs]  # type: ignore[union-attr]
+    assert sum(enqueued) == 300
+    assert queued_messages(env, "emails") - before == 300
+    counts = status_counts(sessions)
+    assert counts["queued"] == 300 and set(counts) == {"sent", "queued"}
+
+
+def test_ticker_schedules_every_periodic_actor(env: dict[str, str], tmp_path: Path) -> None:
+    log = tmp_path / "ticker.log"
+    with running("ticker", env={**env, "EMAIL_SCHEDULE": "*/7 * * * *"}, cwd=tmp_path, log=log):
+        wait_until(lambda: log.read_text().count("Scheduling ") >= 4, what="the ticker's schedule lines")
+    text_of_log = log.read_text()
+    for actor, schedule in [
+        ("fan_out_emails", "*/7 * * * *"),
+        ("retry_webhooks", "*/10 * * * *"),
+        ("cleanup_reservations", "*/5 * * * *"),
+    ]:
+        assert f"Scheduling {actor} on '{schedule}'" in text_of_log
