@@ -15,11 +15,11 @@ from dramatiq import Message
 from periodiq import cron
 from sqlalchemy.orm import Session
 
-from actors.rendering import render
-from pipeline import runtime
-from pipeline.backoff import counted_attempt
-from pipeline.errors import PermanentError, RateLimited
-from pipeline.mailer import OutgoingEmail
+from pipeline.core import runtime
+from pipeline.core.errors import PermanentError, RateLimited
+from pipeline.core.mailer import OutgoingEmail
+from pipeline.core.rendering import render
+from pipeline.middleware.backoff import counted_attempt
 from storage import emails, rate_limits
 from storage.attempts import AttemptOutcome
 from storage.clock import minutes

@@ -13,7 +13,7 @@ import dramatiq
 from periodiq import cron
 
 from actors.emails import TICKS_QUEUE
-from pipeline import runtime
+from pipeline.core import runtime
 from storage import inventory
 from storage.inventory import ExpiredReservation
 

@@ -15,7 +15,8 @@ import dramatiq
 from periodiq import cron
 
 from actors.emails import TICKS_QUEUE
-from pipeline import dlq, runtime
+from pipeline import dlq
+from pipeline.core import runtime
 
 logger = logging.getLogger(__name__)
 

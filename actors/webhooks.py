@@ -27,9 +27,9 @@ from periodiq import cron
 from sqlalchemy.orm import Session
 
 from actors.emails import send_email
-from pipeline import runtime
-from pipeline.backoff import counted_attempt
-from pipeline.errors import PermanentError, TransientError
+from pipeline.core import runtime
+from pipeline.core.errors import PermanentError, TransientError
+from pipeline.middleware.backoff import counted_attempt
 from storage import emails, inventory, orders, webhooks
 from storage.attempts import AttemptOutcome
 from storage.clock import minutes

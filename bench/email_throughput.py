@@ -21,9 +21,9 @@ from dramatiq import Worker
 from sqlalchemy import text
 
 from actors.emails import enqueue_due_emails
-from pipeline.app import bootstrap
-from pipeline.mailer import ResendMailer
-from pipeline.settings import DEFAULT_EMAIL_RATE_LIMIT, Settings
+from pipeline.bootstrap import bootstrap
+from pipeline.core.mailer import ResendMailer
+from pipeline.core.settings import DEFAULT_EMAIL_RATE_LIMIT, Settings
 from storage import emails, migrate
 from storage.database import get_engine
 from tests import services

@@ -34,9 +34,9 @@ from typing import Any, Optional
 import requests
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline import runtime
-from pipeline.errors import describe
-from pipeline.mailer import Mailer, OutgoingEmail
+from pipeline.core import runtime
+from pipeline.core.errors import describe
+from pipeline.core.mailer import Mailer, OutgoingEmail
 from storage import alerts as alert_state
 from storage import dead_letters
 from storage.clock import minutes, utcnow

@@ -15,9 +15,9 @@ from typing import Any, Optional
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from pipeline import runtime
-from pipeline.app import bootstrap
-from pipeline.settings import Settings
+from pipeline.bootstrap import bootstrap
+from pipeline.core import runtime
+from pipeline.core.settings import Settings
 from storage import emails
 from storage.clock import minutes, utcnow
 

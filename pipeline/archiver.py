@@ -6,7 +6,7 @@ once (keyed by message id, so redeliveries are harmless), marks its item failed,
 and only then acks: a crash or a database outage loses nothing, the message is
 delivered again.
 
-A poison message (undecodable, unknown actor, misfitting arguments: ``pipeline.poison``)
+A poison message (undecodable, unknown actor, misfitting arguments: ``pipeline.middleware.poison``)
 is kept with its raw body and never handed to the item hooks. Each new row pokes the
 dead-letter alerter (``pipeline.alerts``), which works in its own thread.
 """
@@ -32,8 +32,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline import alerts
 from pipeline.alerts import Alerter
-from pipeline.lifecycle import ItemHooks
-from pipeline.poison import misfit
+from pipeline.middleware.item_hooks import ItemHooks
+from pipeline.middleware.poison import misfit
 from storage import dead_letters
 from storage.dead_letters import DeadMessage
 

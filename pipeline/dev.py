@@ -16,11 +16,11 @@ from pathlib import Path
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 
-from pipeline.app import bootstrap, default_mailer
 from pipeline.archiver import StubArchiver
-from pipeline.errors import PermanentError, TransientError
-from pipeline.mailer import Mailer, OutgoingEmail
-from pipeline.settings import Settings
+from pipeline.bootstrap import bootstrap, default_mailer
+from pipeline.core.errors import PermanentError, TransientError
+from pipeline.core.mailer import Mailer, OutgoingEmail
+from pipeline.core.settings import Settings
 from pipeline.stats import collect
 from pipeline.ticker import run_ticker
 from storage import emails, migrate

@@ -46,9 +46,9 @@ from dramatiq import Broker, Message
 from dramatiq.errors import ActorNotFound
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.errors import describe
-from pipeline.lifecycle import ItemHooks
-from pipeline.poison import misfit
+from pipeline.core.errors import describe
+from pipeline.middleware.item_hooks import ItemHooks
+from pipeline.middleware.poison import misfit
 from storage import dead_letters
 from storage.clock import utcnow
 from storage.models import DeadLetter

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pipeline.app import bootstrap
-from pipeline.logs import configure_logging
-from pipeline.settings import Settings
+from pipeline.bootstrap import bootstrap
+from pipeline.core.logs import configure_logging
+from pipeline.core.settings import Settings
 
 settings = Settings.from_env()
 configure_logging(settings.log_level)

@@ -12,7 +12,7 @@ import logging
 from dramatiq import Actor, Broker
 from periodiq import Scheduler
 
-from pipeline.app import periodic_actors
+from pipeline.bootstrap import periodic_actors
 
 logger = logging.getLogger(__name__)
 

@@ -47,9 +47,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from actors.webhooks import EVENT_TYPES, process_webhook_event
-from pipeline.errors import WorkerError
-from pipeline.runtime import Runtime
-from pipeline.settings import PAYMENT_PROVIDERS
+from pipeline.core.errors import WorkerError
+from pipeline.core.runtime import Runtime
+from pipeline.core.settings import PAYMENT_PROVIDERS
 from storage import webhooks
 from storage.clock import minutes
 

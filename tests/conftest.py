@@ -11,11 +11,11 @@ from dramatiq import Worker
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.app import bootstrap
 from pipeline.archiver import RabbitmqArchiver
-from pipeline.mailer import ResendMailer
-from pipeline.runtime import Runtime
-from pipeline.settings import Settings
+from pipeline.bootstrap import bootstrap
+from pipeline.core.mailer import ResendMailer
+from pipeline.core.runtime import Runtime
+from pipeline.core.settings import Settings
 from storage import migrate
 from storage.database import get_engine
 from tests import services

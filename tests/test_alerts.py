@@ -19,9 +19,9 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.alerts import Alerter, Outcome
-from pipeline.errors import ConfigError
-from pipeline.mailer import ResendMailer
-from pipeline.settings import Settings
+from pipeline.core.errors import ConfigError
+from pipeline.core.mailer import ResendMailer
+from pipeline.core.settings import Settings
 from storage import alerts, dead_letters
 from storage.clock import utcnow
 from tests import services

@@ -11,8 +11,8 @@ from dramatiq import Message
 from sqlalchemy.orm import Session, sessionmaker
 
 from actors.emails import enqueue_due_emails
-from pipeline.long_delays import send_later
-from pipeline.runtime import Runtime
+from pipeline.core.runtime import Runtime
+from pipeline.middleware.long_delays import send_later
 from storage import emails
 from tests import services
 from tests.helpers import insert_email, unique_address, wait_until

@@ -20,9 +20,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from actors.emails import enqueue_due_emails, send_email
 from actors.maintenance import prune_dead_letters
 from pipeline import dlq
+from pipeline.core.errors import EnqueueFailed
+from pipeline.core.runtime import Runtime
 from pipeline.dlq import ReplayOutcome, ReplayStatus
-from pipeline.errors import EnqueueFailed
-from pipeline.runtime import Runtime
 from storage import alerts, dead_letters, emails, inventory, migrate, webhooks
 from storage.clock import utcnow
 from storage.database import get_engine, get_sessionmaker

@@ -9,7 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from actors.emails import enqueue_due_emails, send_email
-from pipeline.runtime import Runtime
+from pipeline.core.runtime import Runtime
 from storage.models import DeadLetter, EmailQueue
 from tests.fake_resend import FakeResend
 from tests.helpers import insert_email, unique_address, wait_until

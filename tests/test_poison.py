@@ -9,8 +9,8 @@ from dramatiq import Message
 from sqlalchemy.orm import Session, sessionmaker
 
 from actors.emails import send_email
-from pipeline.poison import misfit
-from pipeline.runtime import Runtime
+from pipeline.core.runtime import Runtime
+from pipeline.middleware.poison import misfit
 from storage import dead_letters, emails
 from storage.models import DeadLetter
 from tests.dlq_support import dlq_json, dramatiq_body, garbage, publish, raw_id

@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from actors.webhooks import process_webhook_event
-from pipeline.runtime import Runtime
+from pipeline.core.runtime import Runtime
 from pipeline.webhook_server import MAX_BODY_BYTES, signature_header
 from storage import inventory
 from storage.clock import utcnow

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from pipeline.backoff import retry_delay_ms
-from pipeline.errors import ConfigError
-from pipeline.settings import Settings
+from pipeline.core.errors import ConfigError
+from pipeline.core.settings import Settings
+from pipeline.middleware.backoff import retry_delay_ms
 from pipeline.webhook_server import (
     InvalidEvent,
     SignatureRejected,
@@ -205,7 +205,7 @@ def test_the_schedule_is_1_2_4_8_16_minutes_capped_at_60() -> None:
 
 
 def test_fractional_minutes_give_the_test_schedule() -> None:
-    from pipeline.app import _minutes_ms
+    from pipeline.bootstrap import _minutes_ms
 
     settings = Settings.from_env(
         {"WEBHOOK_INITIAL_RETRY_DELAY_MINUTES": "0.002", "WEBHOOK_MAX_RETRY_DELAY_MINUTES": "0.012"}

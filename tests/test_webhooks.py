@@ -31,8 +31,8 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from actors.webhooks import enqueue_due_webhooks, process_webhook_event
-from pipeline.app import periodic_actors
-from pipeline.runtime import Runtime
+from pipeline.bootstrap import periodic_actors
+from pipeline.core.runtime import Runtime
 from storage import webhooks
 from storage.attempts import AttemptOutcome
 from storage.clock import utcnow

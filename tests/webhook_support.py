@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from actors.webhooks import enqueue_due_webhooks
-from pipeline.runtime import Runtime
+from pipeline.core.runtime import Runtime
 from pipeline.webhook_server import server_config, signature_header
 from storage import inventory, webhooks
 from storage.models import DeadLetter, EmailQueue, WebhookEvent

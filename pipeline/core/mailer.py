@@ -19,7 +19,7 @@ import resend
 from resend.exceptions import ResendError
 from resend.http_client_requests import RequestsClient
 
-from pipeline.errors import PermanentError, RateLimited, TransientError
+from pipeline.core.errors import PermanentError, RateLimited, TransientError
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import Any, Optional
 import click
 
 from pipeline import dlq as operations
+from pipeline.core.runtime import Runtime
 from pipeline.dlq import FAILED_STATUSES, ReplayOutcome, ReplayStatus
-from pipeline.runtime import Runtime
 from storage.clock import utcnow
 
 #: Widest a table gets when the terminal's width is unknown (a pipe, a log).

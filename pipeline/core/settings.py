@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from periodiq import cron
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 from storage.database import DEFAULT_DATABASE_URL, normalize_url
 from storage.errors import InvalidDatabaseUrl
 

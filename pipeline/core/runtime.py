@@ -1,6 +1,6 @@
 """What the actors of this process share: settings, database sessions, the mailer.
 
-Set once per process by ``pipeline.app.bootstrap``; actors read it with ``current()``.
+Set once per process by ``pipeline.bootstrap.bootstrap``; actors read it with ``current()``.
 Like Dramatiq's global broker, it is the process's wiring, not state that changes.
 """
 
@@ -12,8 +12,8 @@ from typing import Optional
 from dramatiq import Broker
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.mailer import Mailer
-from pipeline.settings import Settings
+from pipeline.core.mailer import Mailer
+from pipeline.core.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ def install(runtime: Runtime) -> None:
 def current() -> Runtime:
     """The runtime of this process; bootstrap first."""
     if _current is None:
-        raise RuntimeError("minalesh-workers is not bootstrapped: call pipeline.app.bootstrap() first")
+        raise RuntimeError("minalesh-workers is not bootstrapped: call pipeline.bootstrap.bootstrap() first")
     return _current
 
 

@@ -1,7 +1,7 @@
 """The exceptions of the pipeline, and which of them are worth retrying.
 
 Provider and driver errors are converted into these at the boundary (see
-``pipeline.mailer``), so the backoff middleware classifies by class alone.
+``pipeline.core.mailer``), so the backoff middleware classifies by class alone.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from jinja2 import (
     select_autoescape,
 )
 
-from pipeline.errors import PermanentError
+from pipeline.core.errors import PermanentError
 
 
 class TemplateFailed(PermanentError):
@@ -37,7 +37,7 @@ class RenderedEmail:
 @lru_cache(maxsize=1)
 def _environment() -> Environment:
     return Environment(
-        loader=PackageLoader("actors", "templates"),
+        loader=PackageLoader("pipeline.core", "templates"),
         autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
         undefined=StrictUndefined,
         keep_trailing_newline=True,

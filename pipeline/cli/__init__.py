@@ -10,10 +10,10 @@ from typing import Any
 
 import click
 
-from pipeline.errors import ConfigError
-from pipeline.logs import configure_logging
-from pipeline.runtime import Runtime
-from pipeline.settings import Settings
+from pipeline.core.errors import ConfigError
+from pipeline.core.logs import configure_logging
+from pipeline.core.runtime import Runtime
+from pipeline.core.settings import Settings
 from storage import migrate
 
 
@@ -27,7 +27,7 @@ def _settings() -> Settings:
 
 
 def _runtime() -> Runtime:
-    from pipeline.app import bootstrap
+    from pipeline.bootstrap import bootstrap
 
     return bootstrap(_settings())
 
@@ -181,6 +181,6 @@ def dev(demo: bool, database: str) -> None:
     run_dev(_settings(), database=database, demo=demo)
 
 
-from pipeline.dlq_cli import dlq  # noqa: E402  (last: its commands bootstrap through this module)
+from pipeline.cli.dlq import dlq  # noqa: E402  (last: its commands bootstrap through this module)
 
 main.add_command(dlq)

@@ -18,13 +18,13 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import TimeLimit
 from periodiq import PeriodiqMiddleware, cron
 
-from pipeline import runtime
-from pipeline.backoff import Backoff
-from pipeline.long_delays import LongDelays
-from pipeline.mailer import Mailer, OutboxMailer, ResendMailer
-from pipeline.poison import RejectPoison
-from pipeline.runtime import Runtime
-from pipeline.settings import Settings
+from pipeline.core import runtime
+from pipeline.core.mailer import Mailer, OutboxMailer, ResendMailer
+from pipeline.core.runtime import Runtime
+from pipeline.core.settings import Settings
+from pipeline.middleware.backoff import Backoff
+from pipeline.middleware.long_delays import LongDelays
+from pipeline.middleware.poison import RejectPoison
 from storage.database import get_sessionmaker
 
 #: Modules whose actors make up the system; each is imported once the broker is set.

@@ -27,9 +27,9 @@ from dramatiq import Broker, Message, Middleware
 from dramatiq.logging import get_logger
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.errors import PermanentError, RateLimited, RetriesExhausted, describe
-from pipeline.lifecycle import ItemHooks
-from pipeline.long_delays import DEFAULT_MAX_HOLD_MS, send_later
+from pipeline.core.errors import PermanentError, RateLimited, RetriesExhausted, describe
+from pipeline.middleware.item_hooks import ItemHooks
+from pipeline.middleware.long_delays import DEFAULT_MAX_HOLD_MS, send_later
 from storage import dead_letters
 from storage.attempts import Attempt, AttemptOutcome
 

@@ -30,7 +30,7 @@ from dramatiq.logging import get_logger
 from dramatiq.middleware import SkipMessage
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.errors import PermanentError
+from pipeline.core.errors import PermanentError
 from storage import dead_letters
 
 
