@@ -26,8 +26,8 @@ from pipeline.core.mailer import ResendMailer
 from pipeline.core.settings import DEFAULT_EMAIL_RATE_LIMIT, Settings
 from storage import emails, migrate
 from storage.database import get_engine
-from tests import services
-from tests.fake_resend import FakeResend
+from tests.support import services
+from tests.support.fake_resend import FakeResend
 
 RUNS = 5
 CLAIM_ROWS = 10_000

@@ -18,8 +18,8 @@ from pipeline.core.runtime import Runtime
 from pipeline.core.settings import Settings
 from storage import migrate
 from storage.database import get_engine
-from tests import services
-from tests.fake_resend import FakeResend
+from tests.support import services
+from tests.support.fake_resend import FakeResend
 
 #: Fast schedule for tests: retries after 0.3 s, 0.6 s, 1.2 s (the last in two hops of 0.6 s).
 TEST_ENVIRONMENT = {

@@ -11,8 +11,8 @@ from pipeline.api import queue_email
 from storage import emails
 from storage.clock import utcnow
 from storage.emails import InvalidEmail
-from tests.fake_resend import FakeResend
-from tests.helpers import unique_address, wait_until
+from tests.support.fake_resend import FakeResend
+from tests.support.helpers import unique_address, wait_until
 
 pytestmark = pytest.mark.usefixtures("runtime")
 

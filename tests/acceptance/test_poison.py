@@ -1,22 +1,20 @@
-"""Poison messages on the real RabbitMQ: archived with their raw body, never run, and the worker goes on."""
+"""Poison messages on the real RabbitMQ: archived with their raw body, never run; `dlq` lists and skips them."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from dramatiq import Message
 from sqlalchemy.orm import Session, sessionmaker
 
 from actors.emails import send_email
 from pipeline.core.runtime import Runtime
-from pipeline.middleware.poison import misfit
 from storage import dead_letters, emails
 from storage.models import DeadLetter
-from tests.dlq_support import dlq_json, dramatiq_body, garbage, publish, raw_id
-from tests.fake_resend import FakeResend
-from tests.helpers import insert_email, unique_address, wait_until
-from tests.processes import run_cli
+from tests.support.dlq_support import dlq_json, dramatiq_body, garbage, publish, raw_id
+from tests.support.fake_resend import FakeResend
+from tests.support.helpers import insert_email, unique_address, wait_until
+from tests.support.processes import run_cli
 
 pytestmark = pytest.mark.usefixtures("runtime")
 
@@ -78,14 +76,3 @@ def test_garbage_unknown_actor_and_misfitting_arguments_are_dead_lettered_while_
     skipped = [line for line in replay.stdout.splitlines() if line.startswith("#") and " not replayable: " in line]
     assert len(skipped) == 3, replay.stdout
     assert "Replayed 0 of 3 dead letters; 3 not replayable." in replay.stdout
-
-
-def test_misfit_names_what_cannot_run(runtime: Runtime) -> None:
-    def message(actor: str, *args: object, **kwargs: object) -> Message:  # type: ignore[type-arg]
-        return Message(queue_name="emails", actor_name=actor, args=args, kwargs=kwargs, options={})
-
-    assert misfit(runtime.broker, message("send_email", 1)) is None
-    assert misfit(runtime.broker, message("send_email", email_id=1)) is None
-    assert "missing a required argument: 'email_id'" in (misfit(runtime.broker, message("send_email")) or "")
-    assert "unexpected keyword argument 'to'" in (misfit(runtime.broker, message("send_email", 1, to="x")) or "")
-    assert misfit(runtime.broker, message("gone")) == "ActorNotFound: no actor named 'gone'"

@@ -11,8 +11,8 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from tests import services
-from tests.dlq_support import (  # noqa: F401  (fixtures)
+from tests.support import services
+from tests.support.dlq_support import (  # noqa: F401  (fixtures)
     dlq_json,
     dramatiq_body,
     garbage,
@@ -23,9 +23,9 @@ from tests.dlq_support import (  # noqa: F401  (fixtures)
     queue_depth,
     raw_id,
 )
-from tests.fake_resend import FakeResend
-from tests.helpers import insert_email, wait_until
-from tests.processes import run_cli, running
+from tests.support.fake_resend import FakeResend
+from tests.support.helpers import insert_email, wait_until
+from tests.support.processes import run_cli, running
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""Helpers of the dead-letter tests: a database and vhost of their own, raw publishes, the CLI's JSON."""
+"""Helpers of the dead-letter tests: a database and vhost of their own, raw publishes, the CLI's JSON, replays."""
 
 from __future__ import annotations
 
@@ -15,11 +15,18 @@ import pytest
 from dramatiq import Message
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage import dead_letters, migrate
+from actors.emails import send_email
+from pipeline import dlq
+from pipeline.core.runtime import Runtime
+from pipeline.dlq import ReplayOutcome
+from storage import dead_letters, emails, migrate
 from storage.database import get_engine, get_sessionmaker
 from storage.dead_letters import DeadMessage
-from tests import services
-from tests.processes import run_cli
+from storage.models import DeadLetter, EmailQueue
+from tests.support import services
+from tests.support.fake_resend import FakeResend
+from tests.support.helpers import insert_email, unique_address, wait_until
+from tests.support.processes import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +138,36 @@ def garbage(tag: str) -> bytes:
 
 def dumps(value: Any) -> str:
     return json.dumps(value, indent=2, default=str)
+
+
+def letters_for(sessions: sessionmaker[Session], email_id: int) -> list[DeadLetter]:
+    with sessions() as session:
+        rows = session.query(DeadLetter).filter(DeadLetter.actor == "send_email").order_by(DeadLetter.id).all()
+        return [row for row in rows if row.args == [email_id]]
+
+
+def email(sessions: sessionmaker[Session], email_id: int) -> EmailQueue:
+    with sessions() as session:
+        row = emails.get(session, email_id)
+        assert row is not None
+        return row
+
+
+def letter(sessions: sessionmaker[Session], dead_letter_id: int) -> Optional[DeadLetter]:
+    with sessions() as session:
+        return dead_letters.get(session, dead_letter_id)
+
+
+def dead_email(sessions: sessionmaker[Session], fake_resend: FakeResend, tag: str) -> tuple[int, str, DeadLetter]:
+    """An email the provider refused (422): failed, and its message in ``dead_letters``."""
+    address = unique_address(tag)
+    fake_resend.fail_recipient(address, status=422, name="validation_error", message="Invalid `to` field.")
+    with sessions.begin() as session:
+        email_id = insert_email(session, address)
+    send_email.send(email_id)
+    (dead,) = wait_until(lambda: letters_for(sessions, email_id), what=f"the dead letter of email {email_id}")
+    return email_id, address, dead
+
+
+def replay(runtime: Runtime, dead_letter_id: int, *, dry_run: bool = False) -> ReplayOutcome:
+    return dlq.replay(runtime.broker, runtime.sessions, dead_letter_id, dry_run=dry_run)

@@ -22,7 +22,7 @@ from resend.exceptions import (
     ResendError,
 )
 
-from tests.fake_resend import FakeResend
+from tests.support.fake_resend import FakeResend
 
 SENDER = "Minalesh <orders@minalesh.test>"
 CUSTOMER = "customer@example.com"

@@ -9,21 +9,14 @@ delayed messages about once a second, so a retry runs up to ~1 s after it is due
 
 from __future__ import annotations
 
-import json
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-import requests
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from periodiq import cron
@@ -34,20 +27,16 @@ from actors.webhooks import enqueue_due_webhooks, process_webhook_event
 from pipeline.bootstrap import periodic_actors
 from pipeline.core.runtime import Runtime
 from storage import webhooks
-from storage.attempts import AttemptOutcome
 from storage.clock import utcnow
-from storage.database import get_engine, get_sessionmaker
-from storage.migrate import upgrade
+from storage.database import get_engine
 from storage.models import Base, WebhookEvent
-from tests import services
-from tests.helpers import unique_address, wait_until
-from tests.webhook_support import (
+from tests.support import services
+from tests.support.helpers import wait_until
+from tests.support.webhook_support import (
     MONITORING_QUERY,
     SCHEDULE_MS,
-    add_order,
     dead_letters_of,
     drain_tick,
-    emails_for,
     event_row,
     new_id,
     order,
@@ -57,8 +46,6 @@ from tests.webhook_support import (
     store_lost,
     wait_for_event,
 )
-
-CLI = str(Path(sys.executable).with_name("minalesh-workers"))
 
 
 @pytest.fixture(scope="module")
@@ -270,112 +257,7 @@ def test_the_tick_takes_only_events_nobody_handles_and_two_tickers_never_share(
             webhooks.archive(session, row_id, error="test cleanup")
 
 
-# --- commands, stats and schema ---------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@pytest.mark.slow
-def test_serve_tick_and_stats_commands(environment: dict[str, str], sessions: sessionmaker[Session]) -> None:
-    port = free_port()
-    address = unique_address("served")
-    order_id = add_order(sessions, email=address)
-    base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [CLI, "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        wait_until(lambda: _healthy(base), timeout=20, what="serve to answer /healthz")
-        body = payment(order_id)
-        assert post(base, body, secret="forged").status_code == 401
-        assert post(base, body).status_code == 200
-        wait_for_event(sessions, "generic", body["event_id"], lambda r: r.status == "processed", what="processed")
-        assert order(sessions, order_id)["payment_status"] == "paid"
-        assert [e.template for e in emails_for(sessions, address)] == ["order_confirmation"]
-    finally:
-        server.terminate()
-        output = server.communicate(timeout=20)[0].decode()
-    assert server.returncode in (0, -signal.SIGTERM), output  # uvicorn re-raises the signal once shut down
-
-    ticked = subprocess.run([CLI, "tick", "webhooks"], env=environment, capture_output=True, text=True, timeout=60)
-    assert ticked.returncode == 0 and ticked.stdout.startswith("Enqueued "), ticked.stderr
-    shown = subprocess.run([CLI, "stats", "--json"], env=environment, capture_output=True, text=True, timeout=60)
-    figures = json.loads(shown.stdout)["webhooks"]
-    assert set(figures) == {"by_status", "awaiting_retry", "archived", "average_retries", "due_now"}
-    assert figures["by_status"]["processed"] >= 1 and figures["archived"] >= 1
-
-
-def _healthy(base: str) -> bool:
-    try:
-        return requests.get(f"{base}/healthz", timeout=1).status_code == 200
-    except requests.ConnectionError:
-        return False
-
-
-def test_stats_on_known_rows_and_the_same_statements_on_sqlite(tmp_path: Path) -> None:
-    """The dev mode's SQLite: migrate, store once, claim, archive, count."""
-    url = f"sqlite:///{tmp_path / 'dev.sqlite3'}"
-    upgrade(url)
-    lite = get_sessionmaker(url)
-    try:
-        lease = timedelta(minutes=5)
-        with lite.begin() as session:
-            stored = [
-                webhooks.store(
-                    session,
-                    provider="awash",
-                    event_id=f"e{n}",
-                    event_type="payment.failed",
-                    payload={"n": n},
-                    order_id=f"o{n}",
-                    lease=timedelta(0) if n < 2 else lease,
-                )
-                for n in range(4)
-            ]
-            again = webhooks.store(
-                session,
-                provider="awash",
-                event_id="e0",
-                event_type="payment.failed",
-                payload={},
-                order_id="o0",
-                lease=lease,
-            )
-        assert [s.created for s in stored] == [True] * 4 and again == webhooks.Stored(stored[0].id, False)
-        with lite.begin() as session:
-            assert webhooks.claim_due_for_retry(session, limit=10, lease=lease) == [stored[0].id, stored[1].id]
-            attempt = webhooks.start_attempt(session, stored[2].id, lease=lease, max_attempts=6)
-            assert attempt.outcome is AttemptOutcome.GO
-            webhooks.schedule_retry(
-                session, stored[2].id, error="E: x", delay=timedelta(minutes=1), lease=lease, refund=False
-            )
-            webhooks.start_attempt(session, stored[3].id, lease=lease, max_attempts=6)
-            webhooks.mark_processed(session, stored[3].id)
-            webhooks.archive(session, stored[1].id, error="E: gone")
-            session.execute(text("UPDATE webhook_events SET retry_count = 4 WHERE id = :id"), {"id": stored[1].id})
-        with lite() as session:
-            figures = webhooks.stats(session)
-            monitored = sorted(tuple(r) for r in session.execute(text(MONITORING_QUERY)))
-        with lite.begin() as session:
-            session.execute(text("INSERT INTO orders (id, total, currency) VALUES ('MN-lite', 10.5, 'ETB')"))
-    finally:
-        get_engine(url).dispose()
-    assert figures == {
-        "by_status": {"pending": 1, "processed": 1, "failed": 2},
-        "awaiting_retry": 1,
-        "archived": 1,
-        "average_retries": 1.0,
-        "due_now": 1,
-    }
-    assert monitored == [("failed", 1, 0.0), ("pending", 1, 0.0), ("processed", 1, 0.0)]
+# --- schema -----------------------------------------------------------------------------
 
 
 def test_migrations_match_the_models(test_services: services.RunServices) -> None:

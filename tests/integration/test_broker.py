@@ -14,8 +14,8 @@ from actors.emails import enqueue_due_emails
 from pipeline.core.runtime import Runtime
 from pipeline.middleware.long_delays import send_later
 from storage import emails
-from tests import services
-from tests.helpers import insert_email, unique_address, wait_until
+from tests.support import services
+from tests.support.helpers import insert_email, unique_address, wait_until
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from storage import emails
 from storage.attempts import AttemptOutcome
 from storage.database import get_sessionmaker
 from storage.emails import InvalidEmail
-from tests.helpers import insert_email, unique_address
-from tests.services import RunServices
+from tests.support.helpers import insert_email, unique_address
+from tests.support.services import RunServices
 
 LEASE = timedelta(minutes=5)
 

@@ -23,10 +23,10 @@ from pipeline.core.runtime import Runtime
 from pipeline.webhook_server import MAX_BODY_BYTES, signature_header
 from storage import inventory
 from storage.clock import utcnow
-from tests import services
-from tests.fake_resend import FakeResend
-from tests.helpers import unique_address, wait_until
-from tests.webhook_support import (
+from tests.support import services
+from tests.support.fake_resend import FakeResend
+from tests.support.helpers import unique_address, wait_until
+from tests.support.webhook_support import (
     SHARED_SECRET,
     TELEBIRR_SECRET,
     add_order,

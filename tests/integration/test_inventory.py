@@ -17,7 +17,6 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any, Optional
 
 import psycopg2
@@ -48,6 +47,7 @@ from storage.inventory import (
 )
 from storage.migrate import upgrade
 from storage.models import Base, InventoryReservation, Product
+from tests.support.inventory_support import PAST, reservation
 
 PG_HOST = "127.0.0.1"
 PG_PORT = 5432
@@ -115,13 +115,6 @@ def stock_of(sessions: sessionmaker[Session], product_id: int) -> int:
 def available_of(sessions: sessionmaker[Session], product_id: int) -> int:
     with sessions() as session:
         return available(session, product_id)
-
-
-def reservation(sessions: sessionmaker[Session], reservation_id: int) -> InventoryReservation:
-    with sessions() as session:
-        row = session.get(InventoryReservation, reservation_id)
-        assert row is not None
-        return row
 
 
 def add_reservation(
@@ -301,15 +294,6 @@ def test_ttl_comes_from_the_environment_unless_given(
     assert inventory.reservation_timeout_minutes() == 15.0
 
 
-@pytest.mark.parametrize("value", ["abc", "0", "-3", "nan"])
-def test_invalid_ttl_in_the_environment_names_the_variable(
-    monkeypatch: pytest.MonkeyPatch, value: str
-) -> None:
-    monkeypatch.setenv("RESERVATION_TIMEOUT_MINUTES", value)
-    with pytest.raises(ValueError, match="RESERVATION_TIMEOUT_MINUTES"):
-        inventory.reservation_timeout_minutes()
-
-
 def test_without_a_session_the_api_uses_database_url(
     sessions: sessionmaker[Session], database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -384,7 +368,6 @@ def test_plain_insert_by_the_host_counts_and_expires(sessions: sessionmaker[Sess
 
 # --- cleanup --------------------------------------------------------------------------
 
-PAST = timedelta(minutes=-5)
 FUTURE = timedelta(minutes=5)
 
 
@@ -592,25 +575,3 @@ def test_models_match_the_migration(engine: Engine) -> None:
 def _inventory_only(item: Any, name: Optional[str], type_: str, reflected: bool, compare_to: Any) -> bool:
     table = item if type_ == "table" else getattr(item, "table", None)
     return table is None or table.name in {"products", "inventory_reservations"}
-
-
-def test_the_same_statements_run_on_sqlite(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'dev.sqlite3'}"
-    upgrade(url)
-    lite = get_sessionmaker(url)
-    try:
-        with lite.begin() as session:
-            product = create_product(session, sku="lite", name="Mitad", stock=3)
-            kept = reserve(product, 2, order_id="lite-order", session=session)
-        with lite.begin() as session:
-            session.add(InventoryReservation(product_id=product, quantity=1, expires_at=utcnow() + PAST))
-        with lite() as session, pytest.raises(InsufficientStock):
-            reserve(product, 1, session=session)
-        assert [(e.product_id, e.quantity) for e in expire_all_due(lite)] == [(product, 1)]
-        with lite.begin() as session:
-            assert commit_order(session, "lite-order") == 1
-            assert available(session, product) == 1
-            assert reservation_stats(session)["released_last_hour"] == 1
-        assert reservation(lite, kept).status == "committed"
-    finally:
-        get_engine(url).dispose()

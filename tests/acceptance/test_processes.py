@@ -15,10 +15,10 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.database import get_engine, get_sessionmaker
-from tests import services
-from tests.fake_resend import FakeResend
-from tests.helpers import insert_email, wait_until
-from tests.processes import CLI, run_cli, running, stop
+from tests.support import services
+from tests.support.fake_resend import FakeResend
+from tests.support.helpers import insert_email, wait_until
+from tests.support.processes import CLI, run_cli, running, stop
 
 pytestmark = pytest.mark.slow
 

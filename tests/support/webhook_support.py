@@ -21,7 +21,7 @@ from pipeline.core.runtime import Runtime
 from pipeline.webhook_server import server_config, signature_header
 from storage import inventory, webhooks
 from storage.models import DeadLetter, EmailQueue, WebhookEvent
-from tests.helpers import wait_until
+from tests.support.helpers import wait_until
 
 #: The secrets TEST_ENVIRONMENT configures: one shared, and Telebirr's own.
 SHARED_SECRET = "whsec_test_shared"

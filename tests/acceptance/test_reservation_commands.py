@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from storage import inventory
 from storage.database import get_sessionmaker
-from tests.processes import CLI, run_cli
+from tests.support.processes import CLI, run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,72 @@
+"""Webhook storage without services: the same statements and stats on the dev mode's SQLite."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import text
+
+from storage import webhooks
+from storage.attempts import AttemptOutcome
+from storage.database import get_engine, get_sessionmaker
+from storage.migrate import upgrade
+from tests.support.webhook_support import MONITORING_QUERY
+
+
+def test_stats_on_known_rows_and_the_same_statements_on_sqlite(tmp_path: Path) -> None:
+    """The dev mode's SQLite: migrate, store once, claim, archive, count."""
+    url = f"sqlite:///{tmp_path / 'dev.sqlite3'}"
+    upgrade(url)
+    lite = get_sessionmaker(url)
+    try:
+        lease = timedelta(minutes=5)
+        with lite.begin() as session:
+            stored = [
+                webhooks.store(
+                    session,
+                    provider="awash",
+                    event_id=f"e{n}",
+                    event_type="payment.failed",
+                    payload={"n": n},
+                    order_id=f"o{n}",
+                    lease=timedelta(0) if n < 2 else lease,
+                )
+                for n in range(4)
+            ]
+            again = webhooks.store(
+                session,
+                provider="awash",
+                event_id="e0",
+                event_type="payment.failed",
+                payload={},
+                order_id="o0",
+                lease=lease,
+            )
+        assert [s.created for s in stored] == [True] * 4 and again == webhooks.Stored(stored[0].id, False)
+        with lite.begin() as session:
+            assert webhooks.claim_due_for_retry(session, limit=10, lease=lease) == [stored[0].id, stored[1].id]
+            attempt = webhooks.start_attempt(session, stored[2].id, lease=lease, max_attempts=6)
+            assert attempt.outcome is AttemptOutcome.GO
+            webhooks.schedule_retry(
+                session, stored[2].id, error="E: x", delay=timedelta(minutes=1), lease=lease, refund=False
+            )
+            webhooks.start_attempt(session, stored[3].id, lease=lease, max_attempts=6)
+            webhooks.mark_processed(session, stored[3].id)
+            webhooks.archive(session, stored[1].id, error="E: gone")
+            session.execute(text("UPDATE webhook_events SET retry_count = 4 WHERE id = :id"), {"id": stored[1].id})
+        with lite() as session:
+            figures = webhooks.stats(session)
+            monitored = sorted(tuple(r) for r in session.execute(text(MONITORING_QUERY)))
+        with lite.begin() as session:
+            session.execute(text("INSERT INTO orders (id, total, currency) VALUES ('MN-lite', 10.5, 'ETB')"))
+    finally:
+        get_engine(url).dispose()
+    assert figures == {
+        "by_status": {"pending": 1, "processed": 1, "failed": 2},
+        "awaiting_retry": 1,
+        "archived": 1,
+        "average_retries": 1.0,
+        "due_now": 1,
+    }
+    assert monitored == [("failed", 1, 0.0), ("pending", 1, 0.0), ("processed", 1, 0.0)]
