@@ -1,9 +1,11 @@
 """The Dramatiq actors: thin functions that take ids, call ``storage`` and the provider.
 
-``pipeline.bootstrap.bootstrap`` binds them to the process's broker; importing them
-earlier declares them on a placeholder, so tests and hosts may import freely.
+Importing them builds nothing: each module declares its actors
+(``pipeline.core.declare``) and ``pipeline.bootstrap`` binds the actors of
+``MODULES`` to the process's broker.
 """
 
-from pipeline.bootstrap import prepare_declarations
+from actors import emails, inventory, maintenance, webhooks
 
-prepare_declarations()
+#: Every module whose actors make up the system.
+MODULES = (emails, inventory, webhooks, maintenance)

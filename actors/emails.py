@@ -10,27 +10,22 @@ import logging
 import time
 from datetime import timedelta
 
-import dramatiq
-from dramatiq import Message
-from periodiq import cron
-from sqlalchemy.orm import Session
-
 from pipeline.core import runtime
+from pipeline.core.declare import JobReport, actor, periodic
 from pipeline.core.errors import PermanentError, RateLimited
 from pipeline.core.mailer import OutgoingEmail
 from pipeline.core.rendering import render
 from pipeline.middleware.backoff import counted_attempt
-from storage import emails, rate_limits
-from storage.attempts import AttemptOutcome
+from pipeline.middleware.item_hooks import LeasedItemHooks
+from storage import emails, leases, rate_limits
 from storage.clock import minutes
 from storage.emails import EmailMessage
+from storage.leases import AttemptOutcome
 
 logger = logging.getLogger(__name__)
 
 #: The queue of the per-email sends.
 EMAIL_QUEUE = "emails"
-#: The queue of periodic ticks, apart so that a send backlog never delays a tick.
-TICKS_QUEUE = "ticks"
 #: One fan-out claims at most this many batches, so a tick always ends.
 MAX_BATCHES_PER_TICK = 20
 #: Name of the provider's shared rate-limit slot row.
@@ -50,60 +45,24 @@ def idempotency_key(email: EmailMessage) -> str:
     return f"minalesh-email-{email.id}-{int(email.created_at.timestamp() * 1_000_000)}"
 
 
-class EmailHooks:
-    """Keeps ``email_queue`` in step with what the backoff middleware decides."""
-
-    def retrying(
-        self, session: Session, message: Message, *, error: str, delay: timedelta, refund: bool
-    ) -> None:
-        lease = minutes(runtime.current().settings.email_lease_minutes)
-        emails.schedule_retry(session, _email_id(message), error=error, delay=delay, lease=lease, refund=refund)
-
-    def given_up(self, session: Session, message: Message, *, error: str) -> None:
-        emails.mark_failed(session, _email_id(message), error=error)
-
-    def revive(self, session: Session, message: Message) -> bool:
-        """Back to ``queued`` with a fresh budget, leased: the fan-out sends it if the replay is lost."""
-        lease = minutes(runtime.current().settings.email_lease_minutes)
-        return emails.revive(session, _email_id(message), lease=lease)
-
-    def describe(self, session: Session, message: Message) -> dict[str, object] | None:
-        row = emails.get(session, _email_id(message))
-        if row is None:
-            return None
-        return {
-            "kind": "email",
-            "id": row.id,
-            "status": row.status,
-            "recipient": row.recipient,
-            "subject": row.subject,
-            "attempts": row.attempts,
-            "retry_count": row.retry_count,
-            "last_error": row.last_error,
-            "sent_at": row.sent_at,
-            "updated_at": row.updated_at,
-        }
+def _lease() -> timedelta:
+    return minutes(runtime.current().settings.email_lease_minutes)
 
 
-def _email_id(message: Message) -> int:
-    return int(message.args[0])
-
-
-@dramatiq.actor(queue_name=TICKS_QUEUE, periodic=cron("*/2 * * * *"), max_retries=0)
-def fan_out_emails() -> None:
-    """Claim every due email and send one ``send_email`` message per email."""
-    logger.info("Fan-out enqueued %d emails.", enqueue_due_emails())
+@periodic(schedule="email_schedule", tick="emails")
+def fan_out_emails() -> JobReport:
+    """Claim every due email and enqueue its send."""
+    return JobReport(f"Enqueued {enqueue_due_emails()} emails.")
 
 
 def enqueue_due_emails() -> int:
-    """One fan-out, callable from the CLI: claim due emails in batches, send their messages."""
+    """One fan-out: claim due emails in batches, send their messages; return how many."""
     current = runtime.current()
     batch_size = current.settings.email_batch_size
-    lease = minutes(current.settings.email_lease_minutes)
     total = 0
     for _ in range(MAX_BATCHES_PER_TICK):
         with current.sessions.begin() as session:
-            claimed = emails.claim_due(session, lease=lease, limit=batch_size)
+            claimed = leases.claim_due(emails.TABLE, session, lease=_lease(), limit=batch_size)
         send_claimed(claimed)
         total += len(claimed)
         if len(claimed) < batch_size:
@@ -118,21 +77,23 @@ def send_claimed(email_ids: list[int]) -> None:
             send_email.send(email_id)
         except Exception:
             with runtime.current().sessions.begin() as session:
-                emails.release_claims(session, email_ids[position:])
+                leases.release_claims(emails.TABLE, session, email_ids[position:])
             raise
 
 
-@dramatiq.actor(queue_name=EMAIL_QUEUE, item_hooks=EmailHooks(), throws=(PermanentError,))
+@actor(
+    queue_name=EMAIL_QUEUE,
+    retries=lambda settings: settings.email_retries,
+    item_hooks=LeasedItemHooks(emails.TABLE, lease=_lease, describe=emails.describe),
+    throws=(PermanentError,),
+)
 def send_email(email_id: int) -> None:
     """Send one email through the provider, at most once whatever is redelivered."""
     current = runtime.current()
     settings = current.settings
     with current.sessions.begin() as session:
-        attempt = emails.start_attempt(
-            session,
-            email_id,
-            lease=minutes(settings.email_lease_minutes),
-            max_attempts=settings.email_max_attempts,
+        attempt = leases.start_attempt(
+            emails.TABLE, session, email_id, lease=_lease(), max_attempts=settings.email_max_attempts
         )
     if attempt.outcome is AttemptOutcome.SKIP or attempt.item is None:
         logger.info("Email %s needs no attempt now (sent, failed, not due or in flight).", email_id)

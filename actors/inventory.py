@@ -7,27 +7,18 @@ it on the schedule.
 
 from __future__ import annotations
 
-import logging
-
-import dramatiq
-from periodiq import cron
-
-from actors.emails import TICKS_QUEUE
 from pipeline.core import runtime
+from pipeline.core.declare import JobReport, periodic
 from storage import inventory
-from storage.inventory import ExpiredReservation
-
-logger = logging.getLogger(__name__)
 
 
-@dramatiq.actor(queue_name=TICKS_QUEUE, periodic=cron("*/5 * * * *"), max_retries=0)
-def cleanup_reservations() -> None:
-    """Expire every active reservation past its ``expires_at``."""
-    expired = release_expired_reservations()
-    logger.info("Cleanup expired %d reservations (%d units).", len(expired), sum(r.quantity for r in expired))
-
-
-def release_expired_reservations() -> list[ExpiredReservation]:
-    """One cleanup, callable from the CLI: bounded batches, each its own transaction."""
+@periodic(schedule="reservation_schedule", tick="reservations")
+def cleanup_reservations() -> JobReport:
+    """Expire every active reservation past its expires_at, giving its stock back."""
     current = runtime.current()
-    return inventory.expire_all_due(current.sessions, batch_size=current.settings.reservation_batch_size)
+    expired = inventory.expire_all_due(current.sessions, batch_size=current.settings.reservation_batch_size)
+    details = [
+        f"released reservation {r.id}: product {r.product_id}, {r.quantity} units" for r in expired
+    ]
+    units = sum(r.quantity for r in expired)
+    return JobReport(f"Expired {len(expired)} reservations, {units} units back in stock.", details)

@@ -3,31 +3,21 @@
 ``dead_letters`` keeps every message that died, with its arguments, so it grows
 with every incident; after DEAD_LETTER_RETENTION_DAYS (180) a dead letter has been
 seen, replayed or written off, and is deleted, in bounded batches (see
-``pipeline.dlq.purge_older_than``). ``minalesh-workers dlq purge --older-than``
-does the same by hand.
+``storage.dead_letters.purge_older_than``). ``minalesh-workers dlq purge
+--older-than`` does the same by hand.
 """
 
 from __future__ import annotations
 
-import logging
-
-import dramatiq
-from periodiq import cron
-
-from actors.emails import TICKS_QUEUE
-from pipeline import dlq
 from pipeline.core import runtime
-
-logger = logging.getLogger(__name__)
-
-#: Daily at 03:17 (DEAD_LETTER_PRUNE_SCHEDULE overrides it), off the top of the hour.
-DEFAULT_PRUNE_SCHEDULE = "17 3 * * *"
+from pipeline.core.declare import JobReport, periodic
+from storage import dead_letters
 
 
-@dramatiq.actor(queue_name=TICKS_QUEUE, periodic=cron(DEFAULT_PRUNE_SCHEDULE), max_retries=0)
-def prune_dead_letters() -> None:
+@periodic(schedule="dead_letter_prune_schedule", tick="dead-letters")
+def prune_dead_letters() -> JobReport:
     """Delete dead letters older than DEAD_LETTER_RETENTION_DAYS."""
     current = runtime.current()
     days = current.settings.dead_letter_retention_days
-    deleted = dlq.prune(current.sessions, retention_days=days)
-    logger.info("Pruned %d dead letters older than %d days.", deleted, days)
+    deleted = dead_letters.prune(current.sessions, retention_days=days)
+    return JobReport(f"Pruned {deleted} dead letters older than {days} days.")

@@ -24,7 +24,7 @@ from actors.emails import enqueue_due_emails
 from pipeline.bootstrap import bootstrap
 from pipeline.core.mailer import ResendMailer
 from pipeline.core.settings import DEFAULT_EMAIL_RATE_LIMIT, Settings
-from storage import emails, migrate
+from storage import emails, leases, migrate
 from storage.database import get_engine
 from tests.support import services
 from tests.support.fake_resend import FakeResend
@@ -65,7 +65,7 @@ def bench_claim(runtime) -> list[float]:  # type: ignore[no-untyped-def]
         insert_emails(runtime, CLAIM_ROWS, f"claim{run}-")
         started = time.perf_counter()
         with runtime.sessions.begin() as session:
-            claimed = emails.claim_due(session, lease=timedelta(minutes=5), limit=500)
+            claimed = leases.claim_due(emails.TABLE, session, lease=timedelta(minutes=5), limit=500)
         timings.append(time.perf_counter() - started)
         assert len(claimed) == 500
         with runtime.sessions.begin() as session:

@@ -15,6 +15,7 @@ from typing import Any, Optional
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from actors.emails import send_email
 from pipeline.bootstrap import bootstrap
 from pipeline.core import runtime
 from pipeline.core.settings import Settings
@@ -73,8 +74,6 @@ def _runtime() -> runtime.Runtime:
 def _send_now(email_id: int, due_now: bool) -> None:
     if not due_now:
         return
-    from actors.emails import send_email
-
     try:
         send_email.send(email_id)
     except Exception:

@@ -16,6 +16,7 @@ from pathlib import Path
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 
+from actors.emails import enqueue_due_emails
 from pipeline.archiver import StubArchiver
 from pipeline.bootstrap import bootstrap, default_mailer
 from pipeline.core.errors import PermanentError, TransientError
@@ -24,6 +25,7 @@ from pipeline.core.settings import Settings
 from pipeline.stats import collect
 from pipeline.ticker import run_ticker
 from storage import emails, migrate
+from storage.database import get_sessionmaker
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +65,6 @@ def dev_settings(settings: Settings, *, database: str, demo: bool) -> Settings:
 
 def seed_demo(settings: Settings) -> None:
     """A few good emails, a templated one, and the failing kinds a newcomer should see."""
-    from storage.database import get_sessionmaker
 
     with get_sessionmaker(settings.database_url).begin() as session:
         for number in range(1, 6):
@@ -104,8 +105,6 @@ def run_dev(settings: Settings, *, database: str, demo: bool) -> None:
     ]
     for thread in threads:
         thread.start()
-    from actors.emails import enqueue_due_emails
-
     logger.info("Dev: database %s; first fan-out enqueued %d emails.", settings.database_url, enqueue_due_emails())
     try:
         run_ticker(current.broker)

@@ -57,10 +57,6 @@ logger = logging.getLogger(__name__)
 
 #: Options that belong to a dead message's past deliveries; a replay starts without them.
 SPENT_OPTIONS = frozenset({"retries", "traceback", "eta", "not_before", "scheduled_at", "replay_of"})
-#: Dead letters deleted per transaction by purge and prune.
-DELETE_BATCH_SIZE = 1000
-#: One prune deletes at most this many batches, so a tick always ends (the next goes on).
-MAX_DELETE_BATCHES = 1000
 #: ``dlq list`` shows this many dead letters unless told otherwise.
 DEFAULT_LIST_LIMIT = 50
 
@@ -376,41 +372,6 @@ def stats(sessions: sessionmaker[Session]) -> dict[str, Any]:
     for group in figures["groups"]:
         group["oldest"], group["newest"] = _iso(group["oldest"]), _iso(group["newest"])
     return figures
-
-
-# --- purge and retention ------------------------------------------------------------------------
-
-
-def purge_ids(sessions: sessionmaker[Session], dead_letter_ids: list[int]) -> int:
-    """Delete these dead letters; return how many existed."""
-    deleted = 0
-    for start in range(0, len(dead_letter_ids), DELETE_BATCH_SIZE):
-        with sessions.begin() as session:
-            deleted += dead_letters.delete_ids(session, dead_letter_ids[start : start + DELETE_BATCH_SIZE])
-    return deleted
-
-
-def purge_older_than(sessions: sessionmaker[Session], cutoff: datetime) -> int:
-    """Delete dead letters that died before ``cutoff``, in short transactions; return how many.
-
-    Also forgets final errors as old whose message never reached the archive.
-    """
-    deleted = 0
-    for _ in range(MAX_DELETE_BATCHES):
-        with sessions.begin() as session:
-            batch = dead_letters.delete_dead_before(session, cutoff, limit=DELETE_BATCH_SIZE)
-        deleted += batch
-        if batch < DELETE_BATCH_SIZE:
-            break
-    with sessions.begin() as session:
-        dead_letters.delete_final_errors_before(session, cutoff)
-    return deleted
-
-
-def prune(sessions: sessionmaker[Session], *, retention_days: int, now: Optional[datetime] = None) -> int:
-    """Apply DEAD_LETTER_RETENTION_DAYS: delete dead letters older than it; return how many."""
-    cutoff = (now or utcnow()) - timedelta(days=retention_days)
-    return purge_older_than(sessions, cutoff)
 
 
 # --- values -------------------------------------------------------------------------------------

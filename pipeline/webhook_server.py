@@ -28,13 +28,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from typing import Any, Optional
 
 import uvicorn
@@ -46,12 +42,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from actors.webhooks import EVENT_TYPES, process_webhook_event
-from pipeline.core.errors import WorkerError
+from actors.webhooks import process_webhook_event
+from pipeline.core.errors import MinaleshError
 from pipeline.core.runtime import Runtime
 from pipeline.core.settings import PAYMENT_PROVIDERS
 from storage import webhooks
 from storage.clock import minutes
+from storage.payments import IncomingEvent, InvalidEvent, parse_event
 
 logger = logging.getLogger(__name__)
 
@@ -66,22 +63,16 @@ TIMESTAMP_HEADER = "X-Webhook-Timestamp"
 SIGNATURE_HEADER = "X-Webhook-Signature"
 #: The only signature scheme accepted; other schemes in the header are ignored.
 SIGNATURE_SCHEME = "v1"
-#: The fields every event must carry.
-REQUIRED_FIELDS = ("event_id", "type", "order_id", "amount", "currency")
 #: Default address of ``serve``; put it behind the TLS-terminating proxy (``--host 0.0.0.0`` in a container).
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 
 
-class SignatureRejected(WorkerError):
+class SignatureRejected(MinaleshError):
     """The request is not signed by the provider (the reason is safe to log and to answer)."""
 
 
-class InvalidEvent(WorkerError):
-    """The body is not a payment event; the message names what is wrong."""
-
-
-class BodyTooLarge(WorkerError):
+class BodyTooLarge(MinaleshError):
     """The body is larger than ``MAX_BODY_BYTES``."""
 
 
@@ -141,70 +132,6 @@ def verify_signature(
         matched |= hmac.compare_digest(expected, candidate.encode("utf-8"))
     if not matched:
         raise SignatureRejected("signature does not match")
-
-
-# --- the event ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True)
-class IncomingEvent:
-    """A verified body, checked field by field; ``payload`` is the whole JSON object, kept as is."""
-
-    event_id: str
-    type: str
-    order_id: str
-    payload: dict[str, Any]
-
-
-def parse_event(body: bytes) -> IncomingEvent:
-    """The event in ``body``, or ``InvalidEvent`` naming the first thing wrong with it."""
-    try:
-        payload = json.loads(body, parse_constant=_no_constants)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidEvent(f"body is not JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise InvalidEvent("body must be a JSON object")
-    missing = [name for name in REQUIRED_FIELDS if payload.get(name) in (None, "")]
-    if missing:
-        raise InvalidEvent(f"missing fields: {', '.join(missing)}")
-    event_id = _identifier(payload, "event_id")
-    order_id = _identifier(payload, "order_id")
-    if payload["type"] not in EVENT_TYPES:
-        raise InvalidEvent(f"type must be one of {', '.join(EVENT_TYPES)}")
-    _amount(payload["amount"])
-    if not isinstance(payload["currency"], str) or not payload["currency"].strip():
-        raise InvalidEvent("currency must be a string such as 'ETB'")
-    email = payload.get("customer_email")
-    if email is not None and not isinstance(email, str):
-        raise InvalidEvent("customer_email must be a string")
-    return IncomingEvent(event_id=event_id, type=payload["type"], order_id=order_id, payload=payload)
-
-
-def _no_constants(name: str) -> None:
-    raise ValueError(f"{name} is not allowed")
-
-
-def _identifier(payload: dict[str, Any], name: str) -> str:
-    """A string id, or an integer one taken as its decimal text."""
-    value = payload[name]
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise InvalidEvent(f"{name} must be a string")
-    text = str(value).strip()
-    if not text or len(text) > 200:
-        raise InvalidEvent(f"{name} must be 1 to 200 characters")
-    return text
-
-
-def _amount(value: Any) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise InvalidEvent("amount must be a number")
-    try:
-        amount = Decimal(str(value).strip())
-    except InvalidOperation:
-        raise InvalidEvent("amount must be a number") from None
-    if not amount.is_finite() or amount < 0 or (isinstance(value, float) and not math.isfinite(value)):
-        raise InvalidEvent("amount must be a finite number, 0 or more")
-    return amount
 
 
 # --- the app --------------------------------------------------------------------------

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Optional
 
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from storage.clock import utcnow
 from storage.dialect import insert_ignoring_conflicts
@@ -318,3 +318,41 @@ def take_unalerted(session: Session, *, at: datetime) -> list[AlertedLetter]:
 def has_unalerted(session: Session) -> bool:
     """Whether some dead letter waits for an alert (an index-only probe)."""
     return session.scalar(select(DeadLetter.id).where(DeadLetter.alerted_at.is_(None)).limit(1)) is not None
+
+
+#: Dead letters deleted per transaction by purge and prune.
+DELETE_BATCH_SIZE = 1000
+#: One prune deletes at most this many batches, so a tick always ends (the next goes on).
+MAX_DELETE_BATCHES = 1000
+
+
+def purge_ids(sessions: sessionmaker[Session], dead_letter_ids: list[int]) -> int:
+    """Delete these dead letters; return how many existed."""
+    deleted = 0
+    for start in range(0, len(dead_letter_ids), DELETE_BATCH_SIZE):
+        with sessions.begin() as session:
+            deleted += delete_ids(session, dead_letter_ids[start : start + DELETE_BATCH_SIZE])
+    return deleted
+
+
+def purge_older_than(sessions: sessionmaker[Session], cutoff: datetime) -> int:
+    """Delete dead letters that died before ``cutoff``, in short transactions; return how many.
+
+    Also forgets final errors as old whose message never reached the archive.
+    """
+    deleted = 0
+    for _ in range(MAX_DELETE_BATCHES):
+        with sessions.begin() as session:
+            batch = delete_dead_before(session, cutoff, limit=DELETE_BATCH_SIZE)
+        deleted += batch
+        if batch < DELETE_BATCH_SIZE:
+            break
+    with sessions.begin() as session:
+        delete_final_errors_before(session, cutoff)
+    return deleted
+
+
+def prune(sessions: sessionmaker[Session], *, retention_days: int, now: Optional[datetime] = None) -> int:
+    """Apply DEAD_LETTER_RETENTION_DAYS: delete dead letters older than it; return how many."""
+    cutoff = (now or utcnow()) - timedelta(days=retention_days)
+    return purge_older_than(sessions, cutoff)

@@ -9,7 +9,8 @@ and ``last_error``; when the pipeline gives up, ``failed`` and ``archived``.
 ``locked_until`` is the one answer to "is somebody handling this event?": the
 intake's message, a running attempt, or a retry message waiting in RabbitMQ each
 hold it (the last until ``next_retry_at`` plus the lease). Once it runs out the
-event's message is taken as lost and ``claim_due_for_retry`` hands it to the ticker.
+event's message is taken as lost and the next claim hands it to the ticker. The
+statements of that lifecycle are ``storage.leases``'s, run on ``TABLE``.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
-from sqlalchemy import and_, case, false, func, or_, select, true, update
+from sqlalchemy import and_, false, func, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from storage.attempts import Attempt, AttemptOutcome
 from storage.clock import utcnow
 from storage.errors import StorageError
+from storage.leases import LeasedTable
 from storage.models import WebhookEvent, WebhookStatus
 
 _OPEN = (WebhookStatus.PENDING.value, WebhookStatus.FAILED.value)
@@ -55,6 +56,47 @@ class EventData:
             retry_count=row.retry_count,
             attempts=row.attempts,
         )
+
+
+def _unhandled(now: datetime) -> Any:
+    """Open, due, and nobody's: its lease ran out, so its message was lost.
+
+    Covers failed events past ``next_retry_at`` whose retry message never came,
+    stored events whose intake message was never sent, and attempts whose worker died.
+    """
+    return and_(
+        _IS_OPEN,
+        or_(WebhookEvent.locked_until.is_(None), WebhookEvent.locked_until < now),
+        or_(WebhookEvent.next_retry_at.is_(None), WebhookEvent.next_retry_at <= now),
+    )
+
+
+_IS_OPEN = and_(WebhookEvent.archived == false(), WebhookEvent.status.in_(_OPEN))
+
+#: ``webhook_events``' spelling of the leased lifecycle; the oldest due event is claimed first.
+TABLE: LeasedTable[EventData] = LeasedTable(
+    model=WebhookEvent,
+    open=_IS_OPEN,
+    running=WebhookEvent.attempt_started_at.is_not(None),
+    next_attempt_at=WebhookEvent.next_retry_at,
+    startable=lambda _now: true(),
+    claimable=_unhandled,
+    claim_order=(func.coalesce(WebhookEvent.next_retry_at, WebhookEvent.received_at), WebhookEvent.id),
+    unstarted=and_(_IS_OPEN, WebhookEvent.attempt_started_at.is_(None)),
+    given_up=and_(WebhookEvent.archived == true(), WebhookEvent.status == WebhookStatus.FAILED.value),
+    claimed_values={},
+    released_values={},
+    attempt_values=lambda now: {"attempt_started_at": now},
+    retry_values={"status": WebhookStatus.FAILED.value, "attempt_started_at": None},
+    given_up_values={"status": WebhookStatus.FAILED.value, "archived": True, "attempt_started_at": None},
+    revived_values=lambda now: {
+        "status": WebhookStatus.PENDING.value,
+        "archived": False,
+        "next_retry_at": now,
+        "attempt_started_at": None,
+    },
+    snapshot=EventData.from_row,
+)
 
 
 @dataclass(frozen=True)
@@ -111,48 +153,6 @@ def store(
     return Stored(int(existing), False)
 
 
-def start_attempt(
-    session: Session, event_row_id: int, *, lease: timedelta, max_attempts: int
-) -> Attempt[EventData]:
-    """Count one attempt at applying the event unless there is nothing to do.
-
-    The count lives in the row, so a worker that dies mid-attempt (RabbitMQ
-    redelivers; Dramatiq never saw a failure) still uses one up. An attempt is
-    not started while another runs (``attempt_started_at`` under a live lease)
-    nor before ``next_retry_at``, so a stray duplicate message cannot jump the
-    schedule.
-    """
-    now = utcnow()
-    startable = and_(
-        WebhookEvent.id == event_row_id,
-        WebhookEvent.archived == false(),
-        WebhookEvent.status.in_(_OPEN),
-        or_(WebhookEvent.attempt_started_at.is_(None), WebhookEvent.locked_until < now),
-        or_(WebhookEvent.next_retry_at.is_(None), WebhookEvent.next_retry_at <= now),
-    )
-    attempts = WebhookEvent.attempts + 1
-    statement = (
-        update(WebhookEvent)
-        .where(startable)
-        .values(
-            attempts=attempts,
-            retry_count=case((attempts > max_attempts, max_attempts - 1), else_=attempts - 1),
-            attempt_started_at=now,
-            locked_until=now + lease,
-            updated_at=now,
-        )
-        .returning(WebhookEvent)
-        .execution_options(synchronize_session=False)
-    )
-    row = session.scalars(statement).one_or_none()
-    if row is None:
-        return Attempt(AttemptOutcome.SKIP)
-    event = EventData.from_row(row)
-    if event.attempts > max_attempts:
-        return Attempt(AttemptOutcome.EXHAUSTED, event)
-    return Attempt(AttemptOutcome.GO, event)
-
-
 def lock_unprocessed(session: Session, event_row_id: int) -> bool:
     """Lock the event for the applying transaction; False if it was processed meanwhile.
 
@@ -190,124 +190,30 @@ def mark_processed(session: Session, event_row_id: int) -> bool:
     return session.execute(statement).rowcount == 1
 
 
-def schedule_retry(
-    session: Session, event_row_id: int, *, error: str, delay: timedelta, lease: timedelta, refund: bool
-) -> bool:
-    """Record a failed attempt: ``failed``, ``last_error``, and ``next_retry_at`` = now + ``delay``.
-
-    The lease runs to ``next_retry_at`` plus ``lease``, so the ticker leaves an
-    event alone while its retry message waits in RabbitMQ. ``refund`` gives the
-    attempt back (it failed for a reason that was not the event's).
-    """
-    now = utcnow()
-    values: dict[str, Any] = {
-        "status": WebhookStatus.FAILED.value,
-        "last_error": error,
-        "next_retry_at": now + delay,
-        "locked_until": now + delay + lease,
-        "attempt_started_at": None,
-        "updated_at": now,
-    }
-    if refund:
-        values["attempts"] = case((WebhookEvent.attempts > 0, WebhookEvent.attempts - 1), else_=0)
-        values["retry_count"] = case((WebhookEvent.attempts > 1, WebhookEvent.attempts - 2), else_=0)
-    statement = (
-        update(WebhookEvent)
-        .where(
-            WebhookEvent.id == event_row_id,
-            WebhookEvent.status.in_(_OPEN),
-            WebhookEvent.archived == false(),
-        )
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    return session.execute(statement).rowcount == 1
-
-
-def archive(session: Session, event_row_id: int, *, error: str) -> bool:
-    """Give up on the event: ``failed`` and ``archived`` (idempotent; a processed event stays so)."""
-    now = utcnow()
-    statement = (
-        update(WebhookEvent)
-        .where(
-            WebhookEvent.id == event_row_id,
-            WebhookEvent.status.in_(_OPEN),
-            WebhookEvent.archived == false(),
-        )
-        .values(
-            status=WebhookStatus.FAILED.value,
-            archived=True,
-            last_error=error,
-            next_retry_at=None,
-            locked_until=None,
-            attempt_started_at=None,
-            updated_at=now,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    return session.execute(statement).rowcount == 1
-
-
-def _unhandled(now: datetime) -> Any:
-    """Open, due, and nobody's: its lease ran out, so its message was lost."""
-    return and_(
-        WebhookEvent.archived == false(),
-        WebhookEvent.status.in_(_OPEN),
-        or_(WebhookEvent.locked_until.is_(None), WebhookEvent.locked_until < now),
-        or_(WebhookEvent.next_retry_at.is_(None), WebhookEvent.next_retry_at <= now),
-    )
-
-
-def claim_due_for_retry(session: Session, *, limit: int, lease: timedelta) -> list[int]:
-    """Claim up to ``limit`` events whose message was lost; return their row ids, oldest due first.
-
-    Covers failed events past ``next_retry_at`` whose retry message never came,
-    stored events whose intake message was never sent, and attempts whose worker
-    died. ``FOR UPDATE SKIP LOCKED`` gives two tickers disjoint sets, and the new
-    lease keeps a claimed event from being claimed again while its message travels.
-    The locking select is a MATERIALIZED CTE, as in ``storage.emails.claim_due``:
-    as ``WHERE id IN (subquery)`` PostgreSQL may rerun it and claim more than ``limit``.
-    """
-    now = utcnow()
-    due = (
-        select(WebhookEvent.id)
-        .where(_unhandled(now))
-        .order_by(func.coalesce(WebhookEvent.next_retry_at, WebhookEvent.received_at), WebhookEvent.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .cte("due")
-        .prefix_with("MATERIALIZED")
-    )
-    statement = (
-        update(WebhookEvent)
-        .where(WebhookEvent.id == due.c.id, _unhandled(now))
-        .values(locked_until=now + lease, updated_at=now)
-        .returning(WebhookEvent.id)
-        .execution_options(synchronize_session=False)
-    )
-    return sorted(session.scalars(statement))
-
-
-def release_claims(session: Session, event_row_ids: list[int]) -> int:
-    """Hand claimed events whose message could not be sent back to the next tick."""
-    if not event_row_ids:
-        return 0
-    statement = (
-        update(WebhookEvent)
-        .where(
-            WebhookEvent.id.in_(event_row_ids),
-            WebhookEvent.status.in_(_OPEN),
-            WebhookEvent.attempt_started_at.is_(None),
-        )
-        .values(locked_until=None, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    return session.execute(statement).rowcount
-
-
 def get(session: Session, event_row_id: int) -> Optional[WebhookEvent]:
     """The row of ``event_row_id``, or None."""
     return session.get(WebhookEvent, event_row_id)
+
+
+def describe(session: Session, event_row_id: int) -> Optional[dict[str, Any]]:
+    """``dlq show``: the event's state now, as JSON-ready values; None if it is gone."""
+    row = get(session, event_row_id)
+    if row is None:
+        return None
+    return {
+        "kind": "webhook event",
+        "id": row.id,
+        "status": f"{row.status}, archived" if row.archived else row.status,
+        "provider": row.provider,
+        "event_id": row.event_id,
+        "type": row.type,
+        "order_id": row.order_id,
+        "attempts": row.attempts,
+        "retry_count": row.retry_count,
+        "last_error": row.last_error,
+        "processed_at": row.processed_at,
+        "updated_at": row.updated_at,
+    }
 
 
 def find(session: Session, provider: str, event_id: str) -> Optional[WebhookEvent]:
@@ -326,7 +232,7 @@ def stats(session: Session) -> dict[str, Any]:
     receipt for a first attempt) has come.
     """
     now = utcnow()
-    is_open = and_(WebhookEvent.archived == false(), WebhookEvent.status.in_(_OPEN))
+    is_open = _IS_OPEN
     due = and_(is_open, func.coalesce(WebhookEvent.next_retry_at, WebhookEvent.received_at) <= now)
     failed = WebhookEvent.status == WebhookStatus.FAILED.value
     totals = session.execute(
@@ -347,35 +253,3 @@ def stats(session: Session) -> dict[str, Any]:
         "average_retries": round(float(totals.average_retries or 0), 2),
         "due_now": int(totals.due_now),
     }
-
-
-def revive(session: Session, event_row_id: int, *, lease: timedelta) -> bool:
-    """Put an archived (given-up) event back in play for ``dlq replay``; False unless it was archived.
-
-    Out of the archive as ``pending``, with a fresh attempt budget (``attempts`` and
-    ``retry_count`` 0), due now and leased for ``lease``: the replayed message should
-    start it within the lease, and if it never arrives, ``claim_due_for_retry`` hands
-    the event to the ticker once the lease runs out. A processed event is left alone.
-    """
-    now = utcnow()
-    statement = (
-        update(WebhookEvent)
-        .where(
-            WebhookEvent.id == event_row_id,
-            WebhookEvent.archived == true(),
-            WebhookEvent.status == WebhookStatus.FAILED.value,
-        )
-        .values(
-            status=WebhookStatus.PENDING.value,
-            archived=False,
-            attempts=0,
-            retry_count=0,
-            last_error=None,
-            next_retry_at=now,
-            locked_until=now + lease,
-            attempt_started_at=None,
-            updated_at=now,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    return session.execute(statement).rowcount == 1

@@ -15,20 +15,15 @@ from typing import Any, Optional
 import click
 
 from pipeline import dlq as operations
-from pipeline.core.runtime import Runtime
+from pipeline.cli.common import runtime_from_env
 from pipeline.dlq import FAILED_STATUSES, ReplayOutcome, ReplayStatus
+from storage import dead_letters
 from storage.clock import utcnow
 
 #: Widest a table gets when the terminal's width is unknown (a pipe, a log).
 DEFAULT_WIDTH = 160
 #: The error column never gets narrower than this.
 MIN_ERROR_WIDTH = 30
-
-
-def _runtime() -> Runtime:
-    from pipeline.cli import _runtime as bootstrap_from_env  # the one bootstrap of every command
-
-    return bootstrap_from_env()
 
 
 def _duration(_ctx: click.Context, _param: click.Parameter, value: Optional[str]) -> Optional[str]:
@@ -68,7 +63,7 @@ def list_command(
     queue: Optional[str], actor: Optional[str], since: Optional[str], unreplayed: bool, limit: int, as_json: bool
 ) -> None:
     """Dead letters, newest first."""
-    current = _runtime()
+    current = runtime_from_env()
     letters, total = operations.list_letters(
         current.sessions,
         queue=queue,
@@ -110,7 +105,7 @@ def list_command(
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
 def show_command(key: str, as_json: bool) -> None:
     """Everything about one dead letter (ID, or its message id) and its item's state now."""
-    current = _runtime()
+    current = runtime_from_env()
     details = operations.show(current.broker, current.sessions, key)
     if details is None:
         raise click.ClickException(f"No dead letter {key}.")
@@ -155,7 +150,7 @@ def show_command(key: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts and monitoring.")
 def stats_command(as_json: bool) -> None:
     """Counts by queue and actor, oldest and newest."""
-    figures = operations.stats(_runtime().sessions)
+    figures = operations.stats(runtime_from_env().sessions)
     if as_json:
         click.echo(json.dumps(figures, indent=2))
         return
@@ -203,7 +198,7 @@ def replay_command(
         raise click.UsageError("Give dead letter IDs, or --all (not both).")
     if (queue or actor) and not replay_all:
         raise click.UsageError("--queue and --actor select for --all; with IDs, give just the IDs.")
-    current = _runtime()
+    current = runtime_from_env()
     try:
         if replay_all:
             outcomes: Iterable[ReplayOutcome] = operations.replay_all(
@@ -255,12 +250,12 @@ def purge_command(ids: tuple[int, ...], older_than: Optional[str]) -> None:
             age = operations.parse_duration(older_than)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--older-than") from None
-        current = _runtime()
+        current = runtime_from_env()
         cutoff = utcnow() - age
-        deleted = operations.purge_older_than(current.sessions, cutoff)
+        deleted = dead_letters.purge_older_than(current.sessions, cutoff)
         click.echo(f"Purged {_count(deleted)} that died before {_short_time(cutoff.isoformat())} UTC.")
         return
-    deleted = operations.purge_ids(_runtime().sessions, sorted(set(ids)))
+    deleted = dead_letters.purge_ids(runtime_from_env().sessions, sorted(set(ids)))
     missing = len(set(ids)) - deleted
     click.echo(f"Purged {_count(deleted)}" + (f" ({missing} of the IDs did not exist)." if missing else "."))
 

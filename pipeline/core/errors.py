@@ -1,4 +1,4 @@
-"""The exceptions of the pipeline, and which of them are worth retrying.
+"""The pipeline's exceptions, below the project's root in ``storage.errors``.
 
 Provider and driver errors are converted into these at the boundary (see
 ``pipeline.core.mailer``), so the backoff middleware classifies by class alone.
@@ -8,28 +8,28 @@ from __future__ import annotations
 
 from typing import Optional
 
+from storage.errors import MinaleshError, PermanentError, TransientError
 
-class WorkerError(Exception):
-    """Base of every error minalesh-workers raises on purpose."""
+__all__ = [
+    "ConfigError",
+    "MinaleshError",
+    "PermanentError",
+    "RateLimited",
+    "RetriesExhausted",
+    "TransientError",
+    "describe",
+]
 
 
-class ConfigError(WorkerError):
+class ConfigError(MinaleshError):
     """A setting is missing or invalid; the message names the variable."""
-
-
-class TransientError(WorkerError):
-    """Worth retrying later on the backoff schedule (provider down, 5xx, timeout)."""
-
-
-class PermanentError(WorkerError):
-    """Retrying cannot help (the provider refused the request as such): give up now."""
 
 
 class RetriesExhausted(PermanentError):
     """More attempts were started than allowed, some by workers that died mid-way."""
 
 
-class RateLimited(WorkerError):
+class RateLimited(MinaleshError):
     """The provider asked us to slow down; retry after ``retry_after`` seconds.
 
     Not the item's fault, so the attempt is given back rather than spent.
@@ -38,10 +38,6 @@ class RateLimited(WorkerError):
     def __init__(self, message: str, *, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-
-
-class EnqueueFailed(WorkerError):
-    """RabbitMQ did not confirm a message; it may not have been queued."""
 
 
 def describe(exception: BaseException) -> str:

@@ -31,14 +31,11 @@ from pipeline.core.errors import PermanentError, RateLimited, RetriesExhausted, 
 from pipeline.middleware.item_hooks import ItemHooks
 from pipeline.middleware.long_delays import DEFAULT_MAX_HOLD_MS, send_later
 from storage import dead_letters
-from storage.attempts import Attempt, AttemptOutcome
+from storage.leases import Attempt, AttemptOutcome
 
-#: Retries after the first attempt, unless the message or actor says otherwise.
-DEFAULT_MAX_RETRIES = 3
-#: The first retry's delay (ms); each further retry doubles it.
-DEFAULT_RETRY_DELAY_MS = 60_000
-#: No retry waits longer than this (ms).
-DEFAULT_MAX_RETRY_DELAY_MS = 60 * 60_000
+#: An actor that declares no retry policy is never retried; policies live in ``Settings``
+#: and reach the actors' options through ``pipeline.core.declare.bind``.
+NO_RETRIES = {"max_retries": 0, "retry_delay": 0, "max_retry_delay": 0}
 #: A 429 without a usable retry-after waits this long (ms).
 DEFAULT_RATE_LIMIT_DELAY_MS = 1_000
 
@@ -95,18 +92,10 @@ class Backoff(Middleware):
         self,
         session_factory: sessionmaker[Session],
         *,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        retry_delay_ms: int = DEFAULT_RETRY_DELAY_MS,
-        max_retry_delay_ms: int = DEFAULT_MAX_RETRY_DELAY_MS,
         max_hold_ms: int = DEFAULT_MAX_HOLD_MS,
     ) -> None:
         self.logger = get_logger(__name__, type(self))
         self.session_factory = session_factory
-        self.defaults = {
-            "max_retries": max_retries,
-            "retry_delay": retry_delay_ms,
-            "max_retry_delay": max_retry_delay_ms,
-        }
         self.max_hold_ms = max_hold_ms
 
     def after_process_message(
@@ -140,7 +129,7 @@ class Backoff(Middleware):
         self._retry(broker, message, hooks, error=error, delay_ms=delay_ms, refund=False)
 
     def _option(self, message: Message, actor_options: dict[str, Any], name: str) -> int:
-        value = message.options.get(name, actor_options.get(name, self.defaults[name]))
+        value = message.options.get(name, actor_options.get(name, NO_RETRIES[name]))
         return int(value)
 
     @staticmethod

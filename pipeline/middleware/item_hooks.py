@@ -3,16 +3,21 @@
 The backoff middleware decides *whether* and *when* a message is retried; the item's
 row must then say so too (``retrying`` with its next time, or ``failed``), so the
 database stays the truth an operator and the monitoring queries read. An actor
-declares how with the ``item_hooks`` option.
+declares how with the ``item_hooks`` option; ``LeasedItemHooks`` serves every
+actor whose item is a leased, attempt-counted row (``storage.leases``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Optional, Protocol
 
 from dramatiq import Message
 from sqlalchemy.orm import Session
+
+from storage import leases
+from storage.leases import LeasedTable
 
 
 class ItemHooks(Protocol):
@@ -37,3 +42,40 @@ class ItemHooks(Protocol):
 
     def describe(self, session: Session, message: Message) -> Optional[dict[str, Any]]:
         """``dlq show``: the item's current state as JSON-ready values; None if it is gone."""
+
+
+class LeasedItemHooks:
+    """The item hooks of an actor whose item is a row of a ``LeasedTable`` (an email, an event).
+
+    The actor's first argument is the row id. ``lease`` is read when needed, so a
+    process bootstrapped after the actor was declared uses its own settings.
+    """
+
+    def __init__(
+        self,
+        table: LeasedTable[Any],
+        *,
+        lease: Callable[[], timedelta],
+        describe: Callable[[Session, int], Optional[dict[str, Any]]],
+    ) -> None:
+        self.table = table
+        self.lease = lease
+        self.describe_row = describe
+
+    def retrying(self, session: Session, message: Message, *, error: str, delay: timedelta, refund: bool) -> None:
+        leases.schedule_retry(
+            self.table, session, _row_id(message), error=error, delay=delay, lease=self.lease(), refund=refund
+        )
+
+    def given_up(self, session: Session, message: Message, *, error: str) -> None:
+        leases.give_up(self.table, session, _row_id(message), error=error)
+
+    def revive(self, session: Session, message: Message) -> bool:
+        return leases.revive(self.table, session, _row_id(message), lease=self.lease())
+
+    def describe(self, session: Session, message: Message) -> Optional[dict[str, Any]]:
+        return self.describe_row(session, _row_id(message))
+
+
+def _row_id(message: Message) -> int:
+    return int(message.args[0])

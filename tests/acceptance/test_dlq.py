@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.core.runtime import Runtime
 from pipeline.dlq import ReplayStatus
-from storage import webhooks
+from storage import leases, webhooks
 from storage.clock import utcnow
 from tests.support.dlq_support import add_dead_letter, dead_email, dlq_json, letter, replay
 from tests.support.fake_resend import FakeResend
@@ -40,7 +40,7 @@ def test_an_archived_webhook_event_is_replayed_once_its_order_exists(
             order_id=order_id,
             lease=timedelta(minutes=5),
         ).id
-        webhooks.archive(session, row_id, error=f"OrderNotFound: order {order_id} does not exist (yet)")
+        leases.give_up(webhooks.TABLE, session, row_id, error=f"OrderNotFound: order {order_id} does not exist (yet)")
     dead = add_dead_letter(
         sessions, actor="process_webhook_event", args=[row_id], queue="webhooks.XQ", error="OrderNotFound: ..."
     )

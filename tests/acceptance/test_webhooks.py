@@ -13,7 +13,7 @@ import pytest
 import requests
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage import webhooks
+from storage import leases, webhooks
 from tests.support.helpers import unique_address, wait_until
 from tests.support.webhook_support import (
     add_order,
@@ -62,7 +62,7 @@ def test_serve_tick_and_stats_commands(environment: dict[str, str], sessions: se
 
     (given_up,) = store_lost(sessions, 1)  # an archived event of this test's own, for the figures below
     with sessions.begin() as session:
-        webhooks.archive(session, given_up, error="E: given up")
+        leases.give_up(webhooks.TABLE, session, given_up, error="E: given up")
     ticked = subprocess.run([CLI, "tick", "webhooks"], env=environment, capture_output=True, text=True, timeout=60)
     assert ticked.returncode == 0 and ticked.stdout.startswith("Enqueued "), ticked.stderr
     shown = subprocess.run([CLI, "stats", "--json"], env=environment, capture_output=True, text=True, timeout=60)

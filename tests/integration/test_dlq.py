@@ -12,13 +12,12 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from dramatiq import Message
+from dramatiq.errors import ConnectionClosed
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from actors.emails import enqueue_due_emails
 from actors.maintenance import prune_dead_letters
-from pipeline import dlq
-from pipeline.core.errors import EnqueueFailed
 from pipeline.core.runtime import Runtime
 from pipeline.dlq import ReplayOutcome, ReplayStatus
 from storage import dead_letters, inventory
@@ -150,7 +149,7 @@ def test_a_replay_rabbitmq_refuses_is_sent_by_the_fan_out(
     tick = add_dead_letter(sessions, actor="cleanup_reservations", args=[], queue="ticks.XQ")
 
     def refuse(message: Message, *, delay: Optional[int] = None) -> Message:  # type: ignore[type-arg]
-        raise EnqueueFailed("RabbitMQ did not confirm the message")
+        raise ConnectionClosed(RuntimeError("RabbitMQ did not confirm the message"))
 
     monkeypatch.setattr(runtime.broker, "enqueue", refuse)
     outcome, tick_outcome = replay(runtime, dead.id), replay(runtime, tick)
@@ -232,7 +231,7 @@ def test_the_prune_tick_deletes_what_is_older_than_the_retention(
 
 
 def test_prune_deletes_in_batches(sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dlq, "DELETE_BATCH_SIZE", 3)
+    monkeypatch.setattr(dead_letters, "DELETE_BATCH_SIZE", 3)
     now = utcnow()
     ids = [add_dead_letter(sessions, actor="x", args=[], dead_at=now - timedelta(days=400)) for _ in range(7)]
     calls: list[int] = []
@@ -243,7 +242,7 @@ def test_prune_deletes_in_batches(sessions: sessionmaker[Session], monkeypatch: 
         return deleted
 
     monkeypatch.setattr(dead_letters, "delete_dead_before", counting)
-    assert dlq.prune(sessions, retention_days=365) == 7
+    assert dead_letters.prune(sessions, retention_days=365) == 7
     assert calls == [3, 3, 1] and all(letter(sessions, i) is None for i in ids)
 
 

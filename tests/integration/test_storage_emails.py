@@ -10,10 +10,10 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage import emails
-from storage.attempts import AttemptOutcome
+from storage import emails, leases
 from storage.database import get_sessionmaker
 from storage.emails import InvalidEmail
+from storage.leases import AttemptOutcome
 from tests.support.helpers import insert_email, unique_address
 from tests.support.services import RunServices
 
@@ -63,7 +63,7 @@ def test_concurrent_claims_take_disjoint_sets(sessions: sessionmaker[Session]) -
         barrier.wait()
         for _ in range(10):
             with sessions.begin() as session:
-                claimed.append(emails.claim_due(session, lease=LEASE, limit=40))
+                claimed.append(leases.claim_due(emails.TABLE, session, lease=LEASE, limit=40))
 
     threads = [threading.Thread(target=claim) for _ in range(4)]
     for thread in threads:
@@ -79,19 +79,19 @@ def test_concurrent_claims_take_disjoint_sets(sessions: sessionmaker[Session]) -
 def test_expired_lease_is_claimed_again_and_live_one_is_not(sessions: sessionmaker[Session]) -> None:
     with sessions.begin() as session:
         held = insert_email(session, unique_address("held"))
-        assert emails.claim_due(session, lease=LEASE, limit=1) == [held]
+        assert leases.claim_due(emails.TABLE, session, lease=LEASE, limit=1) == [held]
         lost = insert_email(session, unique_address("lost"))
-        assert emails.claim_due(session, lease=timedelta(seconds=-1), limit=1) == [lost]
+        assert leases.claim_due(emails.TABLE, session, lease=timedelta(seconds=-1), limit=1) == [lost]
     with sessions.begin() as session:
-        assert emails.claim_due(session, lease=LEASE, limit=10) == [lost]
+        assert leases.claim_due(emails.TABLE, session, lease=LEASE, limit=10) == [lost]
 
 
 def test_released_claims_are_due_again(sessions: sessionmaker[Session]) -> None:
     with sessions.begin() as session:
         email_id = insert_email(session, unique_address("released"))
-        assert emails.claim_due(session, lease=LEASE, limit=10) == [email_id]
-        assert emails.release_claims(session, [email_id]) == 1
-        assert emails.claim_due(session, lease=LEASE, limit=10) == [email_id]
+        assert leases.claim_due(emails.TABLE, session, lease=LEASE, limit=10) == [email_id]
+        assert leases.release_claims(emails.TABLE, session, [email_id]) == 1
+        assert leases.claim_due(emails.TABLE, session, lease=LEASE, limit=10) == [email_id]
 
 
 def test_attempts_are_counted_and_bounded(sessions: sessionmaker[Session]) -> None:
@@ -100,7 +100,7 @@ def test_attempts_are_counted_and_bounded(sessions: sessionmaker[Session]) -> No
     outcomes = []
     for _ in range(3):
         with sessions.begin() as session:
-            attempt = emails.start_attempt(session, email_id, lease=timedelta(seconds=-1), max_attempts=2)
+            attempt = leases.start_attempt(emails.TABLE, session, email_id, lease=timedelta(seconds=-1), max_attempts=2)
             outcomes.append((attempt.outcome, attempt.item.retry_count if attempt.item else None))
     assert outcomes == [(AttemptOutcome.GO, 0), (AttemptOutcome.GO, 1), (AttemptOutcome.EXHAUSTED, 1)]
 
@@ -108,16 +108,18 @@ def test_attempts_are_counted_and_bounded(sessions: sessionmaker[Session]) -> No
 def test_attempt_in_flight_is_not_started_twice(sessions: sessionmaker[Session]) -> None:
     with sessions.begin() as session:
         email_id = insert_email(session, unique_address("inflight"))
-        first = emails.start_attempt(session, email_id, lease=LEASE, max_attempts=4)
-        second = emails.start_attempt(session, email_id, lease=LEASE, max_attempts=4)
+        first = leases.start_attempt(emails.TABLE, session, email_id, lease=LEASE, max_attempts=4)
+        second = leases.start_attempt(emails.TABLE, session, email_id, lease=LEASE, max_attempts=4)
     assert (first.outcome, second.outcome) == (AttemptOutcome.GO, AttemptOutcome.SKIP)
 
 
 def test_rate_limit_refund_gives_the_attempt_back(sessions: sessionmaker[Session]) -> None:
     with sessions.begin() as session:
         email_id = insert_email(session, unique_address("refund"))
-        emails.start_attempt(session, email_id, lease=LEASE, max_attempts=4)
-        emails.schedule_retry(session, email_id, error="429", delay=timedelta(0), lease=LEASE, refund=True)
+        leases.start_attempt(emails.TABLE, session, email_id, lease=LEASE, max_attempts=4)
+        leases.schedule_retry(
+            emails.TABLE, session, email_id, error="429", delay=timedelta(0), lease=LEASE, refund=True
+        )
         row = emails.get(session, email_id)
         assert row is not None and (row.status, row.attempts, row.retry_count) == ("retrying", 0, 0)
 
@@ -125,10 +127,13 @@ def test_rate_limit_refund_gives_the_attempt_back(sessions: sessionmaker[Session
 def test_sent_email_is_never_marked_failed(sessions: sessionmaker[Session]) -> None:
     with sessions.begin() as session:
         email_id = insert_email(session, unique_address("final"))
-        emails.start_attempt(session, email_id, lease=LEASE, max_attempts=4)
+        leases.start_attempt(emails.TABLE, session, email_id, lease=LEASE, max_attempts=4)
         assert emails.mark_sent(session, email_id, "re_1")
-        assert not emails.mark_failed(session, email_id, error="late failure")
-        assert emails.start_attempt(session, email_id, lease=LEASE, max_attempts=4).outcome is AttemptOutcome.SKIP
+        assert not leases.give_up(emails.TABLE, session, email_id, error="late failure")
+        assert (
+            leases.start_attempt(emails.TABLE, session, email_id, lease=LEASE, max_attempts=4).outcome
+            is AttemptOutcome.SKIP
+        )
 
 
 def test_claim_never_takes_more_than_its_limit(sessions: sessionmaker[Session]) -> None:
@@ -137,5 +142,5 @@ def test_claim_never_takes_more_than_its_limit(sessions: sessionmaker[Session]) 
             insert_email(session, unique_address("limit"))
     with sessions.begin() as session:
         session.execute(text("ANALYZE email_queue"))
-        assert len(emails.claim_due(session, lease=LEASE, limit=3)) == 3
-        assert len(emails.claim_due(session, lease=LEASE, limit=100)) == 4
+        assert len(leases.claim_due(emails.TABLE, session, lease=LEASE, limit=3)) == 3
+        assert len(leases.claim_due(emails.TABLE, session, lease=LEASE, limit=100)) == 4

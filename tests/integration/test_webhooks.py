@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from actors.webhooks import enqueue_due_webhooks, process_webhook_event
 from pipeline.bootstrap import periodic_actors
 from pipeline.core.runtime import Runtime
-from storage import webhooks
+from storage import leases, webhooks
 from storage.clock import utcnow
 from storage.database import get_engine
 from storage.models import Base, WebhookEvent
@@ -70,7 +70,7 @@ class Trace:
 def trace(monkeypatch: pytest.MonkeyPatch, runtime: Runtime) -> Trace:
     """Record attempt starts, scheduled retries and delayed sends of every event while the test runs."""
     recorded = Trace()
-    start_attempt, schedule_retry = webhooks.start_attempt, webhooks.schedule_retry
+    start_attempt, schedule_retry = leases.start_attempt, leases.schedule_retry
     enqueue = runtime.broker.enqueue
 
     def recording_enqueue(message: Any, *, delay: Optional[int] = None) -> Any:
@@ -78,21 +78,24 @@ def trace(monkeypatch: pytest.MonkeyPatch, runtime: Runtime) -> Trace:
             recorded.delayed[int(message.args[0])].append((delay, message.options.get("not_before")))
         return enqueue(message, delay=delay)
 
-    def recording_start(session: Session, row_id: int, **kwargs: Any) -> webhooks.Attempt:
-        attempt = start_attempt(session, row_id, **kwargs)
-        recorded.attempts[row_id].append((time.monotonic(), attempt.outcome.value))
+    def recording_start(table: Any, session: Session, row_id: int, **kwargs: Any) -> leases.Attempt[Any]:
+        attempt = start_attempt(table, session, row_id, **kwargs)
+        if table is webhooks.TABLE:
+            recorded.attempts[row_id].append((time.monotonic(), attempt.outcome.value))
         return attempt
 
-    def recording_retry(session: Session, row_id: int, **kwargs: Any) -> bool:
+    def recording_retry(table: Any, session: Session, row_id: int, **kwargs: Any) -> bool:
         failed_at = time.monotonic()
-        changed = schedule_retry(session, row_id, **kwargs)
+        changed = schedule_retry(table, session, row_id, **kwargs)
+        if table is not webhooks.TABLE:
+            return changed
         row = session.get(WebhookEvent, row_id, populate_existing=True)
         assert row is not None and row.next_retry_at is not None and row.updated_at is not None
         recorded.retries[row_id].append((failed_at, kwargs["delay"], row.next_retry_at - row.updated_at))
         return changed
 
-    monkeypatch.setattr(webhooks, "start_attempt", recording_start)
-    monkeypatch.setattr(webhooks, "schedule_retry", recording_retry)
+    monkeypatch.setattr(leases, "start_attempt", recording_start)
+    monkeypatch.setattr(leases, "schedule_retry", recording_retry)
     monkeypatch.setattr(runtime.broker, "enqueue", recording_enqueue)
     return recorded
 
@@ -136,17 +139,17 @@ def test_an_order_committed_after_the_first_failure_succeeds_on_the_next_retry(
     """The webhook races the checkout: the order commits just as the first failure is recorded."""
     order_id = new_id("MN-late")
     body = payment(order_id)
-    recording_retry = webhooks.schedule_retry
+    recording_retry = leases.schedule_retry
 
-    def checkout_commits_now(session: Session, row_id: int, **kwargs: Any) -> bool:
-        if row_id == stored.id and not trace.retries[row_id]:
+    def checkout_commits_now(table: Any, session: Session, row_id: int, **kwargs: Any) -> bool:
+        if table is webhooks.TABLE and row_id == stored.id and not trace.retries[row_id]:
             with sessions.begin() as checkout:
                 checkout.execute(
                     text("INSERT INTO orders (id, total, currency) VALUES (:id, 250.00, 'ETB')"), {"id": order_id}
                 )
-        return recording_retry(session, row_id, **kwargs)
+        return recording_retry(table, session, row_id, **kwargs)
 
-    monkeypatch.setattr(webhooks, "schedule_retry", checkout_commits_now)
+    monkeypatch.setattr(leases, "schedule_retry", checkout_commits_now)
     with sessions.begin() as session:  # stored as the intake does, so the trace knows the row before it runs
         stored = webhooks.store(
             session,
@@ -195,7 +198,7 @@ def test_while_retrying_the_row_says_failed_with_its_next_time(
     process_webhook_event.fn(stored.id)  # a stray early message must not jump the schedule
     assert event_row(sessions, "generic", body["event_id"]).attempts == 1  # type: ignore[union-attr]
     with sessions.begin() as session:  # leave nothing behind for the tick tests
-        webhooks.archive(session, stored.id, error="test cleanup")
+        leases.give_up(webhooks.TABLE, session, stored.id, error="test cleanup")
 
 
 # --- the tick ---------------------------------------------------------------------------
@@ -242,19 +245,19 @@ def test_the_tick_takes_only_events_nobody_handles_and_two_tickers_never_share(
     first, second = sessions(), sessions()
     try:
         with first.begin(), second.begin():
-            mine = webhooks.claim_due_for_retry(first, limit=4, lease=lease)
-            theirs = webhooks.claim_due_for_retry(second, limit=10, lease=lease)  # while the first holds its rows
+            mine = leases.claim_due(webhooks.TABLE, first, limit=4, lease=lease)
+            theirs = leases.claim_due(webhooks.TABLE, second, limit=10, lease=lease)  # while the first holds its rows
     finally:
         first.close()
         second.close()
     with sessions.begin() as session:
-        again = webhooks.claim_due_for_retry(session, limit=10, lease=lease)
+        again = leases.claim_due(webhooks.TABLE, session, limit=10, lease=lease)
 
     assert len(mine) == 4 and len(theirs) == 2 and not set(mine) & set(theirs)
     assert sorted(mine + theirs) == sorted(lost) and again == []
     with sessions.begin() as session:  # leave nothing behind
         for row_id in lost + [waiting]:
-            webhooks.archive(session, row_id, error="test cleanup")
+            leases.give_up(webhooks.TABLE, session, row_id, error="test cleanup")
 
 
 # --- schema -----------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import dlq
-from storage import alerts, dead_letters, emails, migrate
+from storage import alerts, dead_letters, emails, leases, migrate
 from storage.clock import utcnow
 from storage.database import get_engine, get_sessionmaker
 from tests.support.dlq_support import add_dead_letter
@@ -24,9 +24,9 @@ def test_the_dead_letter_statements_run_on_the_dev_modes_sqlite(tmp_path: Path) 
         raw = add_dead_letter(lite, actor=None, args=None, raw_body="\x00bad", queue="ticks.XQ")
         with lite.begin() as session:
             email_id = emails.enqueue(session, recipient="a@example.com", subject="s", text="t")
-            emails.mark_failed(session, email_id, error="E")
-            assert emails.revive(session, email_id, lease=timedelta(minutes=1)) is True
-            assert emails.revive(session, email_id, lease=timedelta(minutes=1)) is False
+            leases.give_up(emails.TABLE, session, email_id, error="E")
+            assert leases.revive(emails.TABLE, session, email_id, lease=timedelta(minutes=1)) is True
+            assert leases.revive(emails.TABLE, session, email_id, lease=timedelta(minutes=1)) is False
             state = alerts.lock_state(session, now=now)
             assert state.last_alert_at is None
             taken = dead_letters.take_unalerted(session, at=now)

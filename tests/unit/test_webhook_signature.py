@@ -9,18 +9,18 @@ from typing import Any
 
 import pytest
 
+from pipeline.core.declare import minutes_ms
 from pipeline.core.errors import ConfigError
 from pipeline.core.settings import Settings
 from pipeline.middleware.backoff import retry_delay_ms
 from pipeline.webhook_server import (
-    InvalidEvent,
     SignatureRejected,
     compute_signature,
-    parse_event,
     parse_signatures,
     signature_header,
     verify_signature,
 )
+from storage.payments import InvalidEvent, parse_event
 
 SECRET = "whsec_unit"
 NOW = 1_800_000_000
@@ -205,11 +205,9 @@ def test_the_schedule_is_1_2_4_8_16_minutes_capped_at_60() -> None:
 
 
 def test_fractional_minutes_give_the_test_schedule() -> None:
-    from pipeline.bootstrap import _minutes_ms
-
     settings = Settings.from_env(
         {"WEBHOOK_INITIAL_RETRY_DELAY_MINUTES": "0.002", "WEBHOOK_MAX_RETRY_DELAY_MINUTES": "0.012"}
     )
-    base = _minutes_ms(settings.webhook_initial_retry_delay_minutes)
-    cap = _minutes_ms(settings.webhook_max_retry_delay_minutes)
+    base = minutes_ms(settings.webhook_initial_retry_delay_minutes)
+    cap = minutes_ms(settings.webhook_max_retry_delay_minutes)
     assert [retry_delay_ms(n, base_ms=base, cap_ms=cap) for n in range(5)] == [120, 240, 480, 720, 720]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from storage import webhooks
-from storage.attempts import AttemptOutcome
+from storage import leases, webhooks
 from storage.database import get_engine, get_sessionmaker
+from storage.leases import AttemptOutcome
 from storage.migrate import upgrade
 from tests.support.webhook_support import MONITORING_QUERY
 
@@ -45,15 +45,21 @@ def test_stats_on_known_rows_and_the_same_statements_on_sqlite(tmp_path: Path) -
             )
         assert [s.created for s in stored] == [True] * 4 and again == webhooks.Stored(stored[0].id, False)
         with lite.begin() as session:
-            assert webhooks.claim_due_for_retry(session, limit=10, lease=lease) == [stored[0].id, stored[1].id]
-            attempt = webhooks.start_attempt(session, stored[2].id, lease=lease, max_attempts=6)
+            assert leases.claim_due(webhooks.TABLE, session, limit=10, lease=lease) == [stored[0].id, stored[1].id]
+            attempt = leases.start_attempt(webhooks.TABLE, session, stored[2].id, lease=lease, max_attempts=6)
             assert attempt.outcome is AttemptOutcome.GO
-            webhooks.schedule_retry(
-                session, stored[2].id, error="E: x", delay=timedelta(minutes=1), lease=lease, refund=False
+            leases.schedule_retry(
+                webhooks.TABLE,
+                session,
+                stored[2].id,
+                error="E: x",
+                delay=timedelta(minutes=1),
+                lease=lease,
+                refund=False,
             )
-            webhooks.start_attempt(session, stored[3].id, lease=lease, max_attempts=6)
+            leases.start_attempt(webhooks.TABLE, session, stored[3].id, lease=lease, max_attempts=6)
             webhooks.mark_processed(session, stored[3].id)
-            webhooks.archive(session, stored[1].id, error="E: gone")
+            leases.give_up(webhooks.TABLE, session, stored[1].id, error="E: gone")
             session.execute(text("UPDATE webhook_events SET retry_count = 4 WHERE id = :id"), {"id": stored[1].id})
         with lite() as session:
             figures = webhooks.stats(session)

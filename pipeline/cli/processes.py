@@ -1,0 +1,71 @@
+"""The long-running processes: ``worker``, ``ticker``, ``archiver``, ``serve`` and ``dev``."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+import click
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+from pipeline.archiver import RabbitmqArchiver
+from pipeline.cli.common import runtime_from_env, settings_from_env
+from pipeline.dev import run_dev
+from pipeline.ticker import run_ticker
+from pipeline.webhook_server import serve as run_server
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.option("-p", "--processes", type=click.IntRange(min=1), default=None, help="Worker processes (default: CPUs).")
+@click.option("-t", "--threads", type=click.IntRange(min=1), default=None, help="Threads per process (default: 8).")
+@click.argument("dramatiq_args", nargs=-1, type=click.UNPROCESSED)
+def worker(processes: int | None, threads: int | None, dramatiq_args: tuple[str, ...]) -> None:
+    """Run the Dramatiq workers; other options are passed to `dramatiq`."""
+    settings_from_env()
+    command = [sys.executable, "-m", "dramatiq", "pipeline.entry:broker"]
+    if processes:
+        command += ["--processes", str(processes)]
+    if threads:
+        command += ["--threads", str(threads)]
+    os.execv(sys.executable, [*command, *dramatiq_args])
+
+
+@click.command()
+def ticker() -> None:
+    """Emit the periodic ticks (emails on EMAIL_SCHEDULE, …) into RabbitMQ."""
+    run_ticker(runtime_from_env().broker)
+
+
+@click.command()
+def archiver() -> None:
+    """Move dead-lettered messages from RabbitMQ into the dead_letters table."""
+    current = runtime_from_env()
+    assert isinstance(current.broker, RabbitmqBroker)
+    stop = threading.Event()
+    try:
+        RabbitmqArchiver(current.broker, current.sessions).run(stop)
+    except KeyboardInterrupt:
+        stop.set()
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0: all).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="TCP port.")
+def serve(host: str, port: int) -> None:
+    """Answer payment provider webhooks: POST /api/payments/webhook/{provider}."""
+    run_server(runtime_from_env(), host=host, port=port)
+
+
+@click.command()
+@click.option("--demo", is_flag=True, help="Seed sample emails, some failing, to watch retries and dead letters.")
+@click.option(
+    "--database",
+    type=click.Path(dir_okay=False),
+    default=".minalesh-dev/dev.sqlite3",
+    show_default=True,
+    help="The SQLite file of the embedded mode.",
+)
+def dev(demo: bool, database: str) -> None:
+    """Worker, ticker and archiver in one process, on SQLite and an in-memory broker."""
+    run_dev(settings_from_env(), database=database, demo=demo)

@@ -1,0 +1,254 @@
+"""One lifecycle for the rows the pipeline leases and counts attempts on.
+
+An email (``email_queue``) and a payment webhook event (``webhook_events``) live the
+same life: a periodic job *claims* it under a lease and sends its message; a
+worker *starts a counted attempt* (the count lives in the row, not the message, so
+a worker that dies mid-way still uses one up) under a lease; the attempt ends
+done, *retrying* (with the next attempt's time, and the lease running until then
+plus the lease, so nobody claims it while its retry message waits), or *given up*;
+an operator's replay *revives* a given-up row with a fresh budget. A lease that
+runs out means the message carrying the row was lost, and the next claim takes it.
+
+The two tables spell the states differently (``status = 'sending'`` against
+``attempt_started_at``, ``retrying`` against ``failed`` with ``next_retry_at``,
+``failed`` against ``archived``), and the shop's monitoring queries read those
+columns, so each table describes its spelling in a ``LeasedTable`` and every
+statement of the lifecycle is written here, once.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Generic, Optional, TypeVar
+
+from sqlalchemy import and_, case, not_, or_, select, update
+from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.sql import ColumnElement
+
+from storage.clock import utcnow
+
+T = TypeVar("T")
+#: Values of an UPDATE, computed from the statement's ``now``.
+Values = Callable[[datetime], dict[str, Any]]
+#: A WHERE condition, computed from the statement's ``now``.
+Condition = Callable[[datetime], ColumnElement[bool]]
+
+
+class AttemptOutcome(enum.Enum):
+    """What ``start_attempt`` decided."""
+
+    #: Go ahead: the attempt is counted and the item is leased to this worker.
+    GO = "go"
+    #: Nothing to do: done already, not due yet, or another worker holds it.
+    SKIP = "skip"
+    #: More attempts were started than allowed (workers died mid-way): give up.
+    EXHAUSTED = "exhausted"
+
+
+@dataclass(frozen=True)
+class Attempt(Generic[T]):
+    outcome: AttemptOutcome
+    #: The item as the attempt sees it; None when skipped.
+    item: Optional[T] = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class LeasedTable(Generic[T]):
+    """How one table spells the lifecycle; the statements are this module's."""
+
+    model: Any
+    #: Still to be done: neither done nor given up.
+    open: ColumnElement[bool]
+    #: An attempt was started and has not ended (its lease tells whether its worker lives).
+    running: ColumnElement[bool]
+    #: When the next attempt is due after a failure (NULL: at once).
+    next_attempt_at: InstrumentedAttribute[Optional[datetime]]
+    #: Further conditions for an attempt to start (an email's ``scheduled_at``).
+    startable: Condition
+    #: Due for a claim: its message is needed (first time) or was lost (lease ran out).
+    claimable: Condition
+    #: The order claims take rows in.
+    claim_order: tuple[ColumnElement[Any], ...]
+    #: Claimed but no attempt started: what ``release_claims`` may hand back.
+    unstarted: ColumnElement[bool]
+    #: Given up, and so revivable by a replay.
+    given_up: ColumnElement[bool]
+    claimed_values: dict[str, Any]
+    released_values: dict[str, Any]
+    attempt_values: Values
+    retry_values: dict[str, Any]
+    given_up_values: dict[str, Any]
+    revived_values: Values
+    #: The row as an attempt sees it.
+    snapshot: Callable[[Any], T]
+
+
+def claim_due(table: LeasedTable[Any], session: Session, *, lease: timedelta, limit: int) -> list[int]:
+    """Claim up to ``limit`` due rows in one statement and return their ids.
+
+    ``FOR UPDATE SKIP LOCKED`` makes concurrent claimers (two tickers, a tick and a
+    manual tick) take disjoint sets; the lease keeps a claimed row from being
+    claimed again until its message had every chance to arrive. The locking select
+    is a MATERIALIZED CTE: as ``WHERE id IN (subquery)`` PostgreSQL may run the
+    subquery once per row and claim more than ``limit``.
+    """
+    if limit <= 0:
+        return []
+    now = utcnow()
+    model = table.model
+    due = (
+        select(model.id)
+        .where(table.claimable(now))
+        .order_by(*table.claim_order)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("due")
+        .prefix_with("MATERIALIZED")
+    )
+    statement = (
+        update(model)
+        .where(model.id == due.c.id, table.claimable(now))
+        .values(**table.claimed_values, locked_until=now + lease, updated_at=now)
+        .returning(model.id)
+        .execution_options(synchronize_session=False)
+    )
+    return sorted(session.scalars(statement))
+
+
+def release_claims(table: LeasedTable[Any], session: Session, row_ids: list[int]) -> int:
+    """Hand claimed rows whose message could not be sent back to the next claim, at once."""
+    if not row_ids:
+        return 0
+    model = table.model
+    statement = (
+        update(model)
+        .where(model.id.in_(row_ids), table.unstarted)
+        .values(**table.released_values, locked_until=None, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return session.execute(statement).rowcount
+
+
+def start_attempt(
+    table: LeasedTable[T], session: Session, row_id: int, *, lease: timedelta, max_attempts: int
+) -> Attempt[T]:
+    """Count one attempt at ``row_id`` unless there is nothing to do.
+
+    No attempt starts while another runs under a live lease, nor before the next
+    attempt's time, so a stray duplicate message cannot jump the schedule.
+    """
+    now = utcnow()
+    model = table.model
+    startable = and_(
+        model.id == row_id,
+        table.open,
+        or_(not_(table.running), model.locked_until < now),
+        or_(table.next_attempt_at.is_(None), table.next_attempt_at <= now),
+        table.startable(now),
+    )
+    attempts = model.attempts + 1
+    statement = (
+        update(model)
+        .where(startable)
+        .values(
+            **table.attempt_values(now),
+            attempts=attempts,
+            retry_count=case((attempts > max_attempts, max_attempts - 1), else_=attempts - 1),
+            locked_until=now + lease,
+            updated_at=now,
+        )
+        .returning(model)
+        .execution_options(synchronize_session=False)
+    )
+    row = session.scalars(statement).one_or_none()
+    if row is None:
+        return Attempt(AttemptOutcome.SKIP)
+    item = table.snapshot(row)
+    if row.attempts > max_attempts:
+        return Attempt(AttemptOutcome.EXHAUSTED, item)
+    return Attempt(AttemptOutcome.GO, item)
+
+
+def schedule_retry(
+    table: LeasedTable[Any],
+    session: Session,
+    row_id: int,
+    *,
+    error: str,
+    delay: timedelta,
+    lease: timedelta,
+    refund: bool,
+) -> bool:
+    """Record a failed attempt and when the next one is due.
+
+    ``refund`` gives the attempt back (it failed for a reason that was not the
+    row's, such as the provider's rate limit). The lease runs until the retry is
+    due plus ``lease``, so no claim takes a row whose retry message merely waits.
+    """
+    now = utcnow()
+    model = table.model
+    values: dict[str, Any] = {
+        **table.retry_values,
+        table.next_attempt_at.key: now + delay,
+        "last_error": error,
+        "locked_until": now + delay + lease,
+        "updated_at": now,
+    }
+    if refund:
+        values["attempts"] = case((model.attempts > 0, model.attempts - 1), else_=0)
+        values["retry_count"] = case((model.attempts > 1, model.attempts - 2), else_=0)
+    statement = (
+        update(model)
+        .where(model.id == row_id, table.open)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return session.execute(statement).rowcount == 1
+
+
+def give_up(table: LeasedTable[Any], session: Session, row_id: int, *, error: str) -> bool:
+    """No more attempts (idempotent: a done row stays done, a given-up one is left as it is)."""
+    now = utcnow()
+    model = table.model
+    statement = (
+        update(model)
+        .where(model.id == row_id, table.open)
+        .values(
+            **table.given_up_values,
+            **{table.next_attempt_at.key: None},
+            last_error=error,
+            locked_until=None,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return session.execute(statement).rowcount == 1
+
+
+def revive(table: LeasedTable[Any], session: Session, row_id: int, *, lease: timedelta) -> bool:
+    """Put a given-up row back in play for a replayed message; False unless it was given up.
+
+    It starts over with a fresh attempt budget (``attempts`` and ``retry_count`` 0)
+    and no ``last_error``, leased for ``lease``: the replayed message should start
+    it within the lease, and if that message is never enqueued, the lease runs out
+    and the next claim takes it. A done row is left alone: nothing is done twice.
+    """
+    now = utcnow()
+    model = table.model
+    statement = (
+        update(model)
+        .where(model.id == row_id, table.given_up)
+        .values(
+            **table.revived_values(now),
+            attempts=0,
+            retry_count=0,
+            last_error=None,
+            locked_until=now + lease,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return session.execute(statement).rowcount == 1
