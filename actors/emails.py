@@ -1,37 +1,48 @@
 """The email actors: a periodic fan-out, and one send per email.
 
-Both take and pass ids only; the row in ``email_queue`` is the truth, and every
-decision that must survive a crash (claims, attempt counts) is made there.
+They take and pass ids only; the row in ``email_queue`` is the truth, and every
+decision that must survive a crash (claims, attempt counts, leases) is made there.
+
+Transactional and bulk emails travel on separate queues (``emails`` and
+``emails_bulk``), so a password reset never waits in RabbitMQ behind a newsletter;
+workers take prefetched transactional messages first (Dramatiq's actor priority),
+and the limiter gives them the provider's next slot. Broker message priorities
+are not used: quorum queues do not have them on RabbitMQ 3.x.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from datetime import timedelta
 
+from dramatiq.middleware import CurrentMessage
+
 from pipeline.core import runtime
-from pipeline.core.declare import JobReport, actor, periodic
-from pipeline.core.errors import PermanentError, RateLimited
+from pipeline.core.declare import DeclaredActor, JobReport, actor, periodic
+from pipeline.core.errors import Deferred, PermanentError, RateLimited
 from pipeline.core.mailer import OutgoingEmail
 from pipeline.core.rendering import render
 from pipeline.middleware.backoff import counted_attempt
 from pipeline.middleware.item_hooks import LeasedItemHooks
-from storage import emails, leases, rate_limits
-from storage.clock import minutes
+from storage import emails, leases
+from storage.clock import minutes, utcnow
 from storage.emails import EmailMessage
 from storage.leases import AttemptOutcome
+from storage.models import EmailPriority
 
 logger = logging.getLogger(__name__)
 
-#: The queue of the per-email sends.
+#: The queue of transactional sends.
 EMAIL_QUEUE = "emails"
+#: The queue of bulk sends (newsletters, campaigns): the limiter's leftovers.
+BULK_EMAIL_QUEUE = "emails_bulk"
+#: Dramatiq's priority of bulk sends among prefetched messages (lower runs first; the rest are 0).
+BULK_PRIORITY = 100
 #: One fan-out claims at most this many batches, so a tick always ends.
 MAX_BATCHES_PER_TICK = 20
-#: Name of the provider's shared rate-limit slot row.
-RESEND_SLOT = "resend"
-#: Waiting longer than this for a send slot re-queues the email instead of holding a thread.
-MAX_SLOT_WAIT_SECONDS = 5.0
+#: A fan-out claims at most what the provider's rate sends in this share of a lease, so an
+#: email claimed now is sent long before its claim runs out and is never claimed twice.
+LEASE_SHARE_CLAIMED = 0.5
 
 
 def idempotency_key(email: EmailMessage) -> str:
@@ -49,6 +60,9 @@ def _lease() -> timedelta:
     return minutes(runtime.current().settings.email_lease_minutes)
 
 
+# --- the fan-out ---------------------------------------------------------------------------------
+
+
 @periodic(schedule="email_schedule", tick="emails")
 def fan_out_emails() -> JobReport:
     """Claim every due email and enqueue its send."""
@@ -56,45 +70,111 @@ def fan_out_emails() -> JobReport:
 
 
 def enqueue_due_emails() -> int:
-    """One fan-out: claim due emails in batches, send their messages; return how many."""
+    """One fan-out: claim due emails, transactional first, within the budget; return how many."""
+    budget = claim_budget()
+    total = 0
+    for priority in (EmailPriority.TRANSACTIONAL, EmailPriority.BULK):
+        claimed = _claim_and_send(priority, budget - total)
+        total += claimed
+    return total
+
+
+def claim_budget() -> int:
+    """How many emails this fan-out may claim: what the current rate sends in part of a lease.
+
+    Claims beyond that would wait behind the limiter past their lease and be
+    claimed and published again; without a limit, the batch bound alone applies.
+    """
+    current = runtime.current()
+    settings = current.settings
+    most = settings.email_batch_size * MAX_BATCHES_PER_TICK
+    if current.limiter.unlimited:
+        return most
+    per_second = current.limiter.per_second()
+    sendable = int(per_second * settings.email_lease_minutes * 60 * LEASE_SHARE_CLAIMED)
+    with current.sessions() as session:
+        waiting = emails.in_flight(session)
+    return max(min(most, sendable - waiting), 0)
+
+
+def _claim_and_send(priority: EmailPriority, budget: int) -> int:
     current = runtime.current()
     batch_size = current.settings.email_batch_size
     total = 0
-    for _ in range(MAX_BATCHES_PER_TICK):
+    while total < budget:
+        limit = min(batch_size, budget - total)
         with current.sessions.begin() as session:
-            claimed = leases.claim_due(emails.TABLE, session, lease=_lease(), limit=batch_size)
-        send_claimed(claimed)
+            claimed = leases.claim_due(
+                emails.TABLE, session, lease=_lease(), limit=limit, only=emails.of_priority(priority)
+            )
+        send_claimed(claimed, priority=priority)
         total += len(claimed)
-        if len(claimed) < batch_size:
+        if len(claimed) < limit:
             break
     return total
 
 
-def send_claimed(email_ids: list[int]) -> None:
+def send_claimed(email_ids: list[int], *, priority: EmailPriority = EmailPriority.TRANSACTIONAL) -> None:
     """Send one message per claimed email; unsent claims go back to ``pending`` at once."""
+    sender = sender_of(priority)
     for position, email_id in enumerate(email_ids):
         try:
-            send_email.send(email_id)
+            sender.send(email_id)
         except Exception:
             with runtime.current().sessions.begin() as session:
                 leases.release_claims(emails.TABLE, session, email_ids[position:])
             raise
 
 
+def sender_of(priority: EmailPriority | str) -> DeclaredActor:
+    """The actor whose queue carries emails of ``priority``."""
+    return send_bulk_email if EmailPriority(priority) is EmailPriority.BULK else send_email
+
+
+# --- the send ------------------------------------------------------------------------------------
+
+_HOOKS = LeasedItemHooks(emails.TABLE, lease=_lease, describe=emails.describe)
+
+
 @actor(
     queue_name=EMAIL_QUEUE,
     retries=lambda settings: settings.email_retries,
-    item_hooks=LeasedItemHooks(emails.TABLE, lease=_lease, describe=emails.describe),
+    item_hooks=_HOOKS,
     throws=(PermanentError,),
 )
 def send_email(email_id: int) -> None:
-    """Send one email through the provider, at most once whatever is redelivered."""
+    """Send one transactional email, at most once whatever is redelivered."""
+    deliver(email_id, transactional=True)
+
+
+@actor(
+    queue_name=BULK_EMAIL_QUEUE,
+    priority=BULK_PRIORITY,
+    retries=lambda settings: settings.email_retries,
+    item_hooks=_HOOKS,
+    throws=(PermanentError,),
+)
+def send_bulk_email(email_id: int) -> None:
+    """Send one bulk email with what the provider's limit leaves, at most once."""
+    deliver(email_id, transactional=False)
+
+
+def deliver(email_id: int, *, transactional: bool) -> None:
+    """Count the attempt, render, wait for a slot of the provider's rate, send, record."""
     current = runtime.current()
     settings = current.settings
+    message = CurrentMessage.get_current_message()
     with current.sessions.begin() as session:
         attempt = leases.start_attempt(
-            emails.TABLE, session, email_id, lease=_lease(), max_attempts=settings.email_max_attempts
+            emails.TABLE,
+            session,
+            email_id,
+            lease=_lease(),
+            max_attempts=settings.email_max_attempts,
+            holder=message.message_id if message is not None else None,
         )
+    if attempt.outcome is AttemptOutcome.NOT_DUE and attempt.due_at is not None:
+        raise Deferred(f"email {email_id}: its retry is due later", retry_after=_seconds_until(attempt))
     if attempt.outcome is AttemptOutcome.SKIP or attempt.item is None:
         logger.info("Email %s needs no attempt now (sent, failed, not due or in flight).", email_id)
         return
@@ -103,31 +183,27 @@ def send_email(email_id: int) -> None:
         body = render(
             subject=email.subject, html=email.html, text=email.text, template=email.template, data=email.template_data
         )
-        wait_for_send_slot()
-        provider_id = current.mailer.send(
-            OutgoingEmail(
-                sender=settings.email_from,
-                recipient=email.recipient,
-                subject=body.subject,
-                html=body.html,
-                text=body.text,
-                idempotency_key=idempotency_key(email),
+        slot = current.limiter.acquire(transactional=transactional)
+        try:
+            sent = current.mailer.send(
+                OutgoingEmail(
+                    sender=settings.email_from,
+                    recipient=email.recipient,
+                    subject=body.subject,
+                    html=body.html,
+                    text=body.text,
+                    idempotency_key=idempotency_key(email),
+                )
             )
-        )
+        except RateLimited as refused:
+            current.limiter.refused(refused)
+            raise
+        current.limiter.observe(sent.headers, slot)
     with current.sessions.begin() as session:
-        emails.mark_sent(session, email_id, provider_id)
-    logger.info("Email %s sent (%s).", email_id, provider_id)
+        emails.mark_sent(session, email_id, sent.provider_id)
+    logger.info("Email %s sent (%s).", email_id, sent.provider_id)
 
 
-def wait_for_send_slot() -> None:
-    """Stay within the provider's request rate, shared by every worker host."""
-    current = runtime.current()
-    with current.sessions.begin() as session:
-        slot = rate_limits.reserve_slot(
-            session, RESEND_SLOT, per_second=current.settings.email_rate_limit_per_second
-        )
-    wait = slot - time.time()
-    if wait > MAX_SLOT_WAIT_SECONDS:
-        raise RateLimited(f"send slot {wait:.1f}s away", retry_after=wait)
-    if wait > 0:
-        time.sleep(wait)
+def _seconds_until(attempt: leases.Attempt[EmailMessage]) -> float:
+    assert attempt.due_at is not None
+    return max((attempt.due_at - utcnow()).total_seconds(), 0.0)

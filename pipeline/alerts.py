@@ -28,7 +28,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Optional
 
 import requests
@@ -36,7 +36,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.core import runtime
 from pipeline.core.errors import describe
+from pipeline.core.limiter import QuotaPause
 from pipeline.core.mailer import Mailer, OutgoingEmail
+from pipeline.core.settings import Settings
 from storage import alerts as alert_state
 from storage import dead_letters
 from storage.clock import minutes, utcnow
@@ -187,42 +189,47 @@ class Alerter:
 
     def deliver(self, digest: Digest) -> dict[str, bool]:
         """Hand ``digest`` to every configured channel; which of them took it."""
-        delivered: dict[str, bool] = {}
-        if self.webhook_url:
-            delivered["webhook"] = self._post(digest)
-        if self.email:
-            delivered["email"] = self._mail(digest)
+        delivered = self.notify(
+            subject=digest.subject,
+            text=digest.text,
+            payload=digest.payload(),
+            key=f"minalesh-alert-{digest.until.isoformat()}",
+        )
         logger.warning("Dead-letter alert: %d dead letters %s; delivered %s.", digest.total, digest.by_actor, delivered)
         return delivered
 
-    def _post(self, digest: Digest) -> bool:
+    def notify(self, *, subject: str, text: str, payload: dict[str, Any], key: str) -> dict[str, bool]:
+        """One alert to every configured channel (the webhook gets ``payload``, the email ``text``)."""
+        delivered: dict[str, bool] = {}
+        if self.webhook_url:
+            delivered["webhook"] = self._post(payload)
+        if self.email:
+            delivered["email"] = self._mail(subject, text, key)
+        return delivered
+
+    def _post(self, payload: dict[str, Any]) -> bool:
         assert self.webhook_url is not None
         try:
-            response = requests.post(self.webhook_url, json=digest.payload(), timeout=WEBHOOK_TIMEOUT_SECONDS)
+            response = requests.post(self.webhook_url, json=payload, timeout=WEBHOOK_TIMEOUT_SECONDS)
             response.raise_for_status()
         except requests.HTTPError as exc:
-            logger.error("The alert webhook answered %s; this digest is dropped.", exc.response.status_code)
+            logger.error("The alert webhook answered %s; this alert is dropped.", exc.response.status_code)
             return False
         except requests.RequestException as exc:
             # The exception's text may quote the URL, whose path is the webhook's secret.
-            logger.error("The alert webhook is unreachable (%s); this digest is dropped.", type(exc).__name__)
+            logger.error("The alert webhook is unreachable (%s); this alert is dropped.", type(exc).__name__)
             return False
         return True
 
-    def _mail(self, digest: Digest) -> bool:
+    def _mail(self, subject: str, text: str, key: str) -> bool:
         assert self.email is not None and self.mailer is not None
         email = OutgoingEmail(
-            sender=self.sender,
-            recipient=self.email,
-            subject=digest.subject,
-            html=None,
-            text=digest.text,
-            idempotency_key=f"minalesh-alert-{digest.until.isoformat()}",
+            sender=self.sender, recipient=self.email, subject=subject, html=None, text=text, idempotency_key=key
         )
         try:
             self.mailer.send(email)
         except Exception as exc:
-            logger.error("The alert email could not be sent (%s); this digest is dropped.", describe(exc))
+            logger.error("The alert email could not be sent (%s); this alert is dropped.", describe(exc))
             return False
         return True
 
@@ -265,19 +272,47 @@ class Alerter:
             return MAX_RECHECK_SECONDS
 
 
+def announce_quota_pause(alerter: Optional[Alerter], pause: QuotaPause) -> None:
+    """The one alert of a quota pause, through the dead-letter channels (sent once per pause)."""
+    until = datetime.fromtimestamp(pause.until, UTC)
+    text = (
+        f"[minalesh-workers] Email sending paused: the provider answered {pause.reason}. "
+        f"Sending resumes by itself after {until:%Y-%m-%d %H:%M:%S} UTC, when one probe gets through. "
+        f"({pause.detail})"
+    )
+    logger.error("%s", text)
+    if alerter is None:
+        return
+    payload = {
+        "text": text,
+        "paused": {"reason": pause.reason, "until": until.isoformat()},
+        "host": socket.gethostname(),
+    }
+    alerter.notify(
+        subject=f"[minalesh-workers] email sending paused ({pause.reason})",
+        text=text,
+        payload=payload,
+        key=f"minalesh-pause-{pause.reason}-{int(pause.until)}",
+    )
+
+
 def from_runtime() -> Optional[Alerter]:
     """The alerter ALERT_* configure for this process, or None (no channel, or not bootstrapped)."""
     if not runtime.is_installed():
         return None
     current = runtime.current()
-    settings = current.settings
+    return from_settings(current.settings, current.sessions, current.mailer)
+
+
+def from_settings(settings: Settings, sessions: sessionmaker[Session], mailer: Mailer) -> Optional[Alerter]:
+    """The alerter ALERT_* configure, or None when no channel is set."""
     if not settings.alert_webhook_url and not settings.alert_email:
         return None
     return Alerter(
-        current.sessions,
+        sessions,
         min_interval=minutes(settings.alert_min_interval_minutes),
         webhook_url=settings.alert_webhook_url,
         email=settings.alert_email,
         sender=settings.email_from,
-        mailer=current.mailer,
+        mailer=mailer,
     )

@@ -15,12 +15,13 @@ from typing import Any, Optional
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from actors.emails import send_email
+from actors.emails import sender_of
 from pipeline.bootstrap import bootstrap
 from pipeline.core import runtime
 from pipeline.core.settings import Settings
 from storage import emails
 from storage.clock import minutes, utcnow
+from storage.models import EmailPriority
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ def queue_email(
     template: Optional[str] = None,
     template_data: Optional[dict[str, Any]] = None,
     scheduled_at: Optional[datetime] = None,
+    priority: str = EmailPriority.TRANSACTIONAL.value,
     session: Optional[Session] = None,
 ) -> int:
     """Queue one email and return its id.
@@ -41,7 +43,10 @@ def queue_email(
     With ``session`` the row joins the caller's transaction (an order and its
     confirmation commit together) and the message goes out after that commit;
     a rollback sends nothing. Without, the email is committed here.
+    ``priority="bulk"`` for newsletters and campaigns: they yield to every
+    transactional email at the provider's limit.
     """
+    kind = EmailPriority(priority)
     current = _runtime()
     due_now = scheduled_at is None or scheduled_at <= utcnow()
     fields: dict[str, Any] = {
@@ -53,14 +58,15 @@ def queue_email(
         "template_data": template_data,
         "scheduled_at": scheduled_at,
         "claim_for": minutes(current.settings.email_lease_minutes) if due_now else None,
+        "priority": kind,
     }
     if session is not None:
         email_id = emails.enqueue(session, **fields)
-        event.listen(session, "after_commit", lambda _session: _send_now(email_id, due_now), once=True)
+        event.listen(session, "after_commit", lambda _session: _send_now(email_id, due_now, kind), once=True)
         return email_id
     with current.sessions.begin() as own:
         email_id = emails.enqueue(own, **fields)
-    _send_now(email_id, due_now)
+    _send_now(email_id, due_now, kind)
     return email_id
 
 
@@ -71,11 +77,11 @@ def _runtime() -> runtime.Runtime:
     return runtime.current()
 
 
-def _send_now(email_id: int, due_now: bool) -> None:
+def _send_now(email_id: int, due_now: bool, priority: EmailPriority) -> None:
     if not due_now:
         return
     try:
-        send_email.send(email_id)
+        sender_of(priority).send(email_id)
     except Exception:
         logger.warning(
             "Email %s is queued; its message could not be sent now, a fan-out will.", email_id, exc_info=True

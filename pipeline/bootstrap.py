@@ -7,6 +7,7 @@ declared, so the broker and its middleware come first; then every actor the
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Optional
@@ -15,12 +16,15 @@ import dramatiq
 from dramatiq import Broker
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import TimeLimit
+from dramatiq.middleware import CurrentMessage, TimeLimit
 from periodiq import PeriodiqMiddleware
+from sqlalchemy.orm import Session, sessionmaker
 
 import actors
+from pipeline import alerts
 from pipeline.core import runtime
 from pipeline.core.declare import PeriodicJob, actors_in, bind, jobs_in, minutes_ms
+from pipeline.core.limiter import SendLimiter
 from pipeline.core.mailer import Mailer, OutboxMailer, ResendMailer
 from pipeline.core.runtime import Runtime
 from pipeline.core.settings import Settings
@@ -28,6 +32,7 @@ from pipeline.middleware.backoff import Backoff
 from pipeline.middleware.long_delays import LongDelays
 from pipeline.middleware.poison import RejectPoison
 from storage.database import get_sessionmaker
+from storage.rate_limits import Rate
 
 #: A periodic tick older than this when a worker gets to it is skipped (the next comes).
 TICK_SKIP_SECONDS = 60
@@ -43,6 +48,7 @@ def build_broker(settings: Settings, *, embedded: bool = False) -> Broker:
     sessions = get_sessionmaker(settings.database_url)
     max_hold_ms = minutes_ms(settings.broker_max_hold_minutes)
     for middleware in (
+        CurrentMessage(),
         LongDelays(max_hold_ms=max_hold_ms),
         RejectPoison(sessions),  # before periodiq's and the others' lookups of an unknown actor
         TimeLimit(),
@@ -69,14 +75,28 @@ def bootstrap(settings: Settings, *, embedded: bool = False, mailer: Optional[Ma
     dramatiq.set_broker(broker)
     for declared in actors_in(actors.MODULES):
         bind(declared, broker, settings)
+    sessions = get_sessionmaker(settings.database_url)
+    mailer = mailer or default_mailer(settings)
     installed = Runtime(
         settings=settings,
         broker=broker,
-        sessions=get_sessionmaker(settings.database_url),
-        mailer=mailer or default_mailer(settings),
+        sessions=sessions,
+        mailer=mailer,
+        limiter=build_limiter(settings, sessions, mailer),
     )
     runtime.install(installed)
     return installed
+
+
+def build_limiter(settings: Settings, sessions: sessionmaker[Session], mailer: Mailer) -> SendLimiter:
+    """The provider's pace for this process; a quota pause alerts through the dead-letter channels."""
+    alerter = alerts.from_settings(settings, sessions, mailer)
+    return SendLimiter(
+        sessions,
+        rate=Rate(configured=settings.email_rate_limit_per_second, cap=settings.email_rate_limit_cap),
+        quota_pause_seconds=settings.email_quota_pause_minutes * 60,
+        on_quota_pause=functools.partial(alerts.announce_quota_pause, alerter),
+    )
 
 
 def periodic_jobs() -> list[PeriodicJob]:

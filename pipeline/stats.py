@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.orm import Session, sessionmaker
-
+from pipeline.core.runtime import Runtime
 from storage import dead_letters, emails, inventory, webhooks
 
 
-def collect(sessions: sessionmaker[Session]) -> dict[str, Any]:
-    with sessions() as session:
-        return {
+def collect(current: Runtime) -> dict[str, Any]:
+    """Every figure; ``sending`` is the provider limiter's state (the rate in use, any pause)."""
+    with current.sessions() as session:
+        figures = {
             "emails": emails.count_by_status(session),
+            "emails_by_priority": emails.count_by_priority(session),
             "dead_letters": dead_letters.count(session),
             "dead_letters_by_queue": dead_letters.count_by_queue(session),
             "reservations": inventory.reservation_stats(session),
             "webhooks": webhooks.stats(session),
         }
+    figures["sending"] = current.limiter.state()
+    return figures

@@ -8,11 +8,16 @@ so a doubled tick finds nothing left to do.
 from __future__ import annotations
 
 import logging
+import threading
 
-from dramatiq import Actor, Broker
+from dramatiq import Actor
 from periodiq import Scheduler
 
+from actors.emails import enqueue_due_emails
 from pipeline.bootstrap import periodic_actors
+from pipeline.core.runtime import Runtime
+from pipeline.wakeup import EmailWakeUp
+from storage.notifications import is_listenable
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +34,14 @@ class ResilientScheduler(Scheduler):
                 logger.exception("Could not emit %s at %s; the next tick will cover it.", actor.actor_name, now)
 
 
-def run_ticker(broker: Broker) -> None:
-    """Emit every periodic actor on its schedule until the process is stopped (main thread only)."""
-    actors = periodic_actors(broker)
+def run_ticker(current: Runtime) -> None:
+    """Emit every periodic actor on its schedule until the process is stopped (main thread only).
+
+    On PostgreSQL with EMAIL_LISTEN on, the email wake-up listens beside it (``pipeline.wakeup``).
+    """
+    if current.settings.email_listen and is_listenable(current.settings.database_url):
+        EmailWakeUp(current.settings.database_url, current.sessions, enqueue_due_emails).start(threading.Event())
+    actors = periodic_actors(current.broker)
     for actor in actors:
         logger.info("Scheduling %s on '%s'.", actor.actor_name, actor.options["periodic"])
     scheduler = ResilientScheduler(actors=actors)

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from storage.clock import utcnow
 from storage.errors import StorageError
 from storage.leases import LeasedTable
-from storage.models import EmailQueue, EmailStatus
+from storage.models import EmailPriority, EmailQueue, EmailStatus
 
 _LIVE = (EmailStatus.PENDING, EmailStatus.QUEUED, EmailStatus.SENDING, EmailStatus.RETRYING)
 _LEASED = (EmailStatus.QUEUED, EmailStatus.SENDING, EmailStatus.RETRYING)
@@ -45,6 +45,7 @@ class EmailMessage:
     retry_count: int
     attempts: int
     created_at: datetime
+    priority: str
 
     @classmethod
     def from_row(cls, row: EmailQueue) -> EmailMessage:
@@ -59,6 +60,7 @@ class EmailMessage:
             retry_count=row.retry_count,
             attempts=row.attempts,
             created_at=row.created_at,
+            priority=row.priority,
         )
 
 
@@ -116,6 +118,7 @@ def enqueue(
     template_data: Optional[dict[str, Any]] = None,
     scheduled_at: Optional[datetime] = None,
     claim_for: Optional[timedelta] = None,
+    priority: EmailPriority = EmailPriority.TRANSACTIONAL,
 ) -> int:
     """Insert an email and return its id.
 
@@ -136,6 +139,7 @@ def enqueue(
         scheduled_at=scheduled_at,
         status=(EmailStatus.QUEUED if claimed else EmailStatus.PENDING).value,
         locked_until=now + claim_for if claim_for is not None else None,
+        priority=EmailPriority(priority).value,
         updated_at=now,
     )
     session.add(row)
@@ -174,6 +178,21 @@ def mark_sent(session: Session, email_id: int, provider_message_id: Optional[str
     return session.execute(statement).rowcount == 1
 
 
+def in_flight(session: Session) -> int:
+    """Emails claimed or being sent under a live lease: what the limiter still has to let through."""
+    now = utcnow()
+    statement = select(func.count()).where(
+        EmailQueue.status.in_([EmailStatus.QUEUED.value, EmailStatus.SENDING.value]),
+        EmailQueue.locked_until > now,
+    )
+    return int(session.scalar(statement) or 0)
+
+
+def of_priority(priority: EmailPriority) -> Any:
+    """The claim filter of one priority."""
+    return EmailQueue.priority == priority.value
+
+
 def get(session: Session, email_id: int) -> Optional[EmailQueue]:
     """The row of ``email_id``, or None."""
     return session.get(EmailQueue, email_id)
@@ -202,3 +221,16 @@ def count_by_status(session: Session) -> dict[str, int]:
     """The monitoring query: ``SELECT status, COUNT(*) FROM email_queue GROUP BY status``."""
     rows = session.execute(select(EmailQueue.status, func.count()).group_by(EmailQueue.status))
     return {status: count for status, count in rows}
+
+
+def count_by_priority(session: Session) -> dict[str, dict[str, int]]:
+    """Emails still to send (pending, queued, sending, retrying) by priority and status."""
+    statement = (
+        select(EmailQueue.priority, EmailQueue.status, func.count())
+        .where(EmailQueue.status.in_([s.value for s in _LIVE]))
+        .group_by(EmailQueue.priority, EmailQueue.status)
+    )
+    counts: dict[str, dict[str, int]] = {priority.value: {} for priority in EmailPriority}
+    for priority, status, count in session.execute(statement):
+        counts.setdefault(priority, {})[status] = int(count)
+    return counts

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Generic, Optional, TypeVar
 
-from sqlalchemy import and_, case, not_, or_, select, update
+from sqlalchemy import and_, case, false, not_, or_, select, true, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.sql import ColumnElement
 
@@ -46,6 +46,8 @@ class AttemptOutcome(enum.Enum):
     SKIP = "skip"
     #: More attempts were started than allowed (workers died mid-way): give up.
     EXHAUSTED = "exhausted"
+    #: This message holds the row's retry, which is not due yet: come back at ``due_at``.
+    NOT_DUE = "not due"
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class Attempt(Generic[T]):
     outcome: AttemptOutcome
     #: The item as the attempt sees it; None when skipped.
     item: Optional[T] = None
+    #: With ``NOT_DUE``: when the retry is due.
+    due_at: Optional[datetime] = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,8 +90,15 @@ class LeasedTable(Generic[T]):
     snapshot: Callable[[Any], T]
 
 
-def claim_due(table: LeasedTable[Any], session: Session, *, lease: timedelta, limit: int) -> list[int]:
-    """Claim up to ``limit`` due rows in one statement and return their ids.
+def claim_due(
+    table: LeasedTable[Any],
+    session: Session,
+    *,
+    lease: timedelta,
+    limit: int,
+    only: Optional[ColumnElement[bool]] = None,
+) -> list[int]:
+    """Claim up to ``limit`` due rows (of those matching ``only``) in one statement; return their ids.
 
     ``FOR UPDATE SKIP LOCKED`` makes concurrent claimers (two tickers, a tick and a
     manual tick) take disjoint sets; the lease keeps a claimed row from being
@@ -99,9 +110,10 @@ def claim_due(table: LeasedTable[Any], session: Session, *, lease: timedelta, li
         return []
     now = utcnow()
     model = table.model
+    claimable = and_(table.claimable(now), only if only is not None else true())
     due = (
         select(model.id)
-        .where(table.claimable(now))
+        .where(claimable)
         .order_by(*table.claim_order)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -110,7 +122,7 @@ def claim_due(table: LeasedTable[Any], session: Session, *, lease: timedelta, li
     )
     statement = (
         update(model)
-        .where(model.id == due.c.id, table.claimable(now))
+        .where(model.id == due.c.id, claimable)
         .values(**table.claimed_values, locked_until=now + lease, updated_at=now)
         .returning(model.id)
         .execution_options(synchronize_session=False)
@@ -133,19 +145,29 @@ def release_claims(table: LeasedTable[Any], session: Session, row_ids: list[int]
 
 
 def start_attempt(
-    table: LeasedTable[T], session: Session, row_id: int, *, lease: timedelta, max_attempts: int
+    table: LeasedTable[T],
+    session: Session,
+    row_id: int,
+    *,
+    lease: timedelta,
+    max_attempts: int,
+    holder: Optional[str] = None,
 ) -> Attempt[T]:
-    """Count one attempt at ``row_id`` unless there is nothing to do.
+    """Count one attempt at ``row_id`` by the message ``holder`` unless there is nothing to do.
 
-    No attempt starts while another runs under a live lease, nor before the next
-    attempt's time, so a stray duplicate message cannot jump the schedule.
+    No attempt starts while another message's attempt runs under a live lease, nor
+    before the next attempt's time, so a stray duplicate message cannot jump the
+    schedule. The lease belongs to its message: the same message coming back (a
+    redelivery after its worker died, a retry after the database came back) takes
+    it over at once instead of waiting it out.
     """
     now = utcnow()
     model = table.model
+    mine = model.lease_holder == holder if holder is not None else false()
     startable = and_(
         model.id == row_id,
         table.open,
-        or_(not_(table.running), model.locked_until < now),
+        or_(not_(table.running), model.locked_until < now, mine),
         or_(table.next_attempt_at.is_(None), table.next_attempt_at <= now),
         table.startable(now),
     )
@@ -155,6 +177,7 @@ def start_attempt(
         .where(startable)
         .values(
             **table.attempt_values(now),
+            lease_holder=holder,
             attempts=attempts,
             retry_count=case((attempts > max_attempts, max_attempts - 1), else_=attempts - 1),
             locked_until=now + lease,
@@ -165,11 +188,32 @@ def start_attempt(
     )
     row = session.scalars(statement).one_or_none()
     if row is None:
-        return Attempt(AttemptOutcome.SKIP)
+        return _skipped(table, session, row_id, holder=holder, now=now)
     item = table.snapshot(row)
     if row.attempts > max_attempts:
         return Attempt(AttemptOutcome.EXHAUSTED, item)
     return Attempt(AttemptOutcome.GO, item)
+
+
+def _skipped(
+    table: LeasedTable[T], session: Session, row_id: int, *, holder: Optional[str], now: datetime
+) -> Attempt[T]:
+    """SKIP, or NOT_DUE when ``holder`` carries the row's retry and came back early.
+
+    That happens when RabbitMQ redelivers a message whose delayed retry could not be
+    enqueued (the broker was restarting): acking it would leave the row to its lease.
+    """
+    if holder is None:
+        return Attempt(AttemptOutcome.SKIP)
+    model = table.model
+    due_at = session.scalar(
+        select(table.next_attempt_at).where(
+            model.id == row_id, table.open, model.lease_holder == holder, table.next_attempt_at > now
+        )
+    )
+    if due_at is None:
+        return Attempt(AttemptOutcome.SKIP)
+    return Attempt(AttemptOutcome.NOT_DUE, due_at=due_at)
 
 
 def schedule_retry(

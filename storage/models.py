@@ -69,6 +69,15 @@ class EmailStatus(str, enum.Enum):
     FAILED = "failed"
 
 
+class EmailPriority(str, enum.Enum):
+    """Which emails go first when the provider's limit is the bottleneck."""
+
+    #: Receipts, password resets, payment emails: never wait behind bulk (the default).
+    TRANSACTIONAL = "transactional"
+    #: Newsletters and campaigns: sent with what the limit leaves.
+    BULK = "bulk"
+
+
 class EmailQueue(Base):
     """One transactional email, written by the host, sent by the workers."""
 
@@ -82,8 +91,10 @@ class EmailQueue(Base):
             "status IN ('pending', 'queued', 'sending', 'retrying', 'sent', 'failed')",
             name="status_known",
         ),
+        CheckConstraint("priority IN ('transactional', 'bulk')", name="priority_known"),
         Index("ix_email_queue_due", "status", "scheduled_at"),
         Index("ix_email_queue_lease", "status", "locked_until"),
+        Index("ix_email_queue_claim", "status", "priority", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -107,6 +118,10 @@ class EmailQueue(Base):
     next_attempt_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
     #: Until when a claim holds; past it, a fan-out claims the email again.
     locked_until: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    #: ``transactional`` or ``bulk`` (see ``EmailPriority``); the host may set it in its INSERT.
+    priority: Mapped[str] = mapped_column(Text, server_default=EmailPriority.TRANSACTIONAL.value)
+    #: The message whose attempt holds the lease: that message coming back takes it over at once.
+    lease_holder: Mapped[Optional[str]] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
 
@@ -172,6 +187,16 @@ class RateLimitSlot(Base):
 
     name: Mapped[str] = mapped_column(Text, primary_key=True)
     next_slot: Mapped[float] = mapped_column(Float)
+    #: Requests per second the provider last said it allows (``ratelimit-limit``); NULL: not told yet.
+    provider_limit: Mapped[Optional[float]] = mapped_column(Float)
+    #: Until then, only transactional sends may take a slot: one of them is waiting.
+    priority_until: Mapped[Optional[float]] = mapped_column(Float)
+    #: No request before this (a 429's ``retry-after``, a quota's reset); NULL: not paused.
+    paused_until: Mapped[Optional[float]] = mapped_column(Float)
+    #: Why: ``rate_limit_exceeded``, ``daily_quota_exceeded``, ``monthly_quota_exceeded``.
+    pause_reason: Mapped[Optional[str]] = mapped_column(Text)
+    #: When the current quota pause began (NULL: none); the alert is sent once per pause.
+    paused_since: Mapped[Optional[float]] = mapped_column(Float)
 
 
 class Product(Base):
@@ -315,6 +340,8 @@ class WebhookEvent(Base):
     locked_until: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
     #: Set while an attempt runs; a set value with an expired lease means the worker died.
     attempt_started_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    #: The message whose attempt holds the lease: that message coming back takes it over at once.
+    lease_holder: Mapped[Optional[str]] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     processed_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))

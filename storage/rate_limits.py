@@ -1,45 +1,238 @@
-"""A provider's request rate shared by every worker host, kept in one row.
+"""A provider's request rate, shared by every worker host, kept in one row.
 
 Resend allows a team a few requests a second; workers on several hosts must share
-that budget, and RabbitMQ has no notion of it. Each request reserves the next free
-slot with one atomic UPDATE, so slots are handed out in order without a lock held
-across the request.
+that budget, and RabbitMQ has no notion of it. The row holds the next free slot,
+what the provider told us (its limit; a pause and why) and the precedence of a
+waiting transactional send. Times are epoch seconds as floats, so each statement
+is portable to the SQLite of ``dev`` (no interval arithmetic).
+
+A slot is taken only by a request that will be made: ``take_slot`` hands out a
+slot at most ``horizon`` seconds ahead, atomically, or nothing; the caller then
+sleeps until its slot and sends. A request that cannot have one now takes nothing,
+so no slot is ever reserved and abandoned (which once let the line of reserved
+slots run ahead of the clock for ever).
 """
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
+from typing import Any, Optional
 
-from sqlalchemy import case, update
+from sqlalchemy import case, false, literal, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from storage.dialect import insert_ignoring_conflicts
 from storage.models import RateLimitSlot
 
+#: Pause reasons whose pause lasts until the provider's reset and is probed by one request.
+QUOTA_REASONS = ("daily_quota_exceeded", "monthly_quota_exceeded")
 
-def reserve_slot(session: Session, name: str, *, per_second: float) -> float:
-    """Reserve the next request slot of ``name``; return its time (epoch seconds).
 
-    The caller waits until that time before making the request. Commit promptly:
-    the row stays locked until the transaction ends.
+@dataclass(frozen=True, kw_only=True)
+class Rate:
+    """How fast to go: the provider's limit when it told one, else ``configured``, never above ``cap``."""
+
+    #: EMAIL_RATE_LIMIT_PER_SECOND: used until the provider tells its own.
+    configured: float
+    #: EMAIL_RATE_LIMIT_CAP: the fleet's share of the team's limit; None: all of it.
+    cap: Optional[float] = None
+    #: Below the provider's own number by this factor, for network jitter.
+    headroom: float = 0.9
+
+    def per_second(self, provider_limit: Optional[float]) -> float:
+        base = provider_limit * self.headroom if provider_limit else self.configured
+        return min(base, self.cap) if self.cap else base
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A slot taken: when its request may go, and whether it is the probe after a quota pause."""
+
+    at: float
+    probe: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlotState:
+    """The row as it is now, for a caller that got no slot, and for ``stats``."""
+
+    next_slot: float
+    provider_limit: Optional[float]
+    priority_until: Optional[float]
+    paused_until: Optional[float]
+    pause_reason: Optional[str]
+    paused_since: Optional[float]
+
+    def per_second(self, rate: Rate) -> float:
+        """The requests per second the fleet uses now."""
+        return rate.per_second(self.provider_limit)
+
+
+def _per_second(rate: Rate) -> Any:
+    """``SlotState.per_second`` as SQL, so a slot is taken in one statement."""
+    base = case(
+        (RateLimitSlot.provider_limit > 0, RateLimitSlot.provider_limit * rate.headroom),
+        else_=literal(rate.configured),
+    )
+    if rate.cap:
+        return case((base > rate.cap, literal(rate.cap)), else_=base)
+    return base
+
+
+def _later(a: Any, b: Any) -> Any:
+    return case((a > b, a), else_=b)
+
+
+def take_slot(
+    session: Session,
+    name: str,
+    *,
+    now: float,
+    rate: Rate,
+    horizon: float,
+    transactional: bool,
+    probe_window: float,
+) -> Optional[Slot]:
+    """Take the next slot if it is at most ``horizon`` seconds ahead, or None.
+
+    None when the provider paused us, when the next slot is further than
+    ``horizon``, or (for a bulk send) while a transactional send waits. After a
+    quota pause the first taker is the probe: the pause is extended by
+    ``probe_window`` until its answer (``resume`` or ``pause``) comes back.
     """
-    interval = 1.0 / per_second
-    now = time.time()
-    start = case((RateLimitSlot.next_slot < now, now), else_=RateLimitSlot.next_slot)
+    start = _later(RateLimitSlot.next_slot, literal(now))
+    not_paused = or_(RateLimitSlot.paused_until.is_(None), RateLimitSlot.paused_until <= now)
+    may_go = (
+        true()
+        if transactional
+        else or_(RateLimitSlot.priority_until.is_(None), RateLimitSlot.priority_until <= now)
+    )
+    probing = RateLimitSlot.paused_since.is_not(None)
+    statement = (
+        update(RateLimitSlot)
+        .where(RateLimitSlot.name == name, not_paused, may_go, start <= now + horizon)
+        .values(
+            next_slot=start + 1.0 / _per_second(rate),
+            paused_until=case((probing, literal(now + probe_window)), else_=None),
+        )
+        .returning(RateLimitSlot.next_slot, RateLimitSlot.provider_limit, RateLimitSlot.paused_until)
+        .execution_options(synchronize_session=False)
+    )
+    taken = session.execute(statement).one_or_none()
+    if taken is None:
+        return None
+    at = max(float(taken.next_slot) - 1.0 / rate.per_second(taken.provider_limit), now)
+    return Slot(at=at, probe=taken.paused_until is not None)
+
+
+def claim_precedence(session: Session, name: str, *, until: float) -> None:
+    """A transactional send waits: bulk sends take no slot before ``until``."""
     statement = (
         update(RateLimitSlot)
         .where(RateLimitSlot.name == name)
-        .values(next_slot=start + interval)
-        .returning(RateLimitSlot.next_slot)
+        .values(priority_until=_later(RateLimitSlot.priority_until, literal(until)))
         .execution_options(synchronize_session=False)
     )
-    next_slot = session.scalars(statement).one_or_none()
-    if next_slot is None:
+    session.execute(statement)
+
+
+def current(session: Session, name: str, *, now: float) -> SlotState:
+    """The row's state; the row is created on the first call (``take_slot`` needs it)."""
+    row = session.get(RateLimitSlot, name, populate_existing=True)
+    if row is None:
+        _ensure_row(session, name, now)
+        row = session.get(RateLimitSlot, name, populate_existing=True)
+        assert row is not None
+    return SlotState(
+        next_slot=row.next_slot,
+        provider_limit=row.provider_limit,
+        priority_until=row.priority_until,
+        paused_until=row.paused_until,
+        pause_reason=row.pause_reason,
+        paused_since=row.paused_since,
+    )
+
+
+def record_limit(session: Session, name: str, *, limit: float, now: float) -> None:
+    """The provider's ``ratelimit-limit`` (requests a second): used from now on, raised or lowered."""
+    _ensure_row(session, name, now)
+    statement = (
+        update(RateLimitSlot)
+        .where(RateLimitSlot.name == name)
+        .values(provider_limit=limit)
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(statement)
+
+
+def hold_until(session: Session, name: str, *, until: float, now: float) -> None:
+    """No slot before ``until`` (the provider said ``remaining: 0`` until its reset)."""
+    _ensure_row(session, name, now)
+    statement = (
+        update(RateLimitSlot)
+        .where(RateLimitSlot.name == name)
+        .values(next_slot=_later(RateLimitSlot.next_slot, literal(until)))
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(statement)
+
+
+def pause(session: Session, name: str, *, until: float, reason: str, now: float) -> bool:
+    """Stop every request until ``until``; True when this starts a new quota pause.
+
+    A ``rate_limit_exceeded`` pause is a short hold; a quota pause lasts until the
+    provider's reset, remembers when it began (an alert goes out once per quota
+    pause) and is ended by ``resume`` once a probe gets through.
+    """
+    _ensure_row(session, name, now)
+    quota = reason in QUOTA_REASONS
+    statement = (
+        update(RateLimitSlot)
+        .where(RateLimitSlot.name == name)
+        .values(
+            paused_until=_later(_or_now(RateLimitSlot.paused_until, now), literal(until)),
+            next_slot=_later(RateLimitSlot.next_slot, literal(until)),
+            pause_reason=reason,
+            paused_since=case(
+                (RateLimitSlot.paused_since.is_not(None), RateLimitSlot.paused_since),
+                else_=literal(now) if quota else None,
+            ),
+        )
+        .returning(RateLimitSlot.paused_since)
+        .execution_options(synchronize_session=False)
+    )
+    before = current(session, name, now=now).paused_since
+    after = session.execute(statement).scalar_one_or_none()
+    return quota and before is None and after is not None
+
+
+def resume(session: Session, name: str) -> bool:
+    """A request got through: end a quota pause; True if one was ended."""
+    statement = (
+        update(RateLimitSlot)
+        .where(RateLimitSlot.name == name, RateLimitSlot.paused_since.is_not(None))
+        .values(paused_until=None, pause_reason=None, paused_since=None)
+        .execution_options(synchronize_session=False)
+    )
+    return session.execute(statement).rowcount == 1
+
+
+def is_quota_paused(session: Session, name: str) -> bool:
+    """Whether a quota pause is on (cheap enough to ask after every success)."""
+    statement = select(RateLimitSlot.paused_since.is_not(None)).where(RateLimitSlot.name == name)
+    return bool(session.scalar(statement) or false())
+
+
+def _or_now(column: Any, now: float) -> Any:
+    return case((column.is_(None), literal(now)), else_=column)
+
+
+def _ensure_row(session: Session, name: str, now: float) -> None:
+    exists = session.scalar(select(RateLimitSlot.name).where(RateLimitSlot.name == name))
+    if exists is None:
         insert_ignoring_conflicts(
             session,
             RateLimitSlot.__table__,  # type: ignore[arg-type]
             {"name": name, "next_slot": now},
             key="name",
         )
-        next_slot = session.scalars(statement).one()
-    return float(next_slot) - interval

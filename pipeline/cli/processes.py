@@ -34,7 +34,7 @@ def worker(processes: int | None, threads: int | None, dramatiq_args: tuple[str,
 @click.command()
 def ticker() -> None:
     """Emit the periodic ticks (emails on EMAIL_SCHEDULE, …) into RabbitMQ."""
-    run_ticker(runtime_from_env().broker)
+    run_ticker(runtime_from_env())
 
 
 @click.command()

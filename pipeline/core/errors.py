@@ -12,6 +12,7 @@ from storage.errors import MinaleshError, PermanentError, TransientError
 
 __all__ = [
     "ConfigError",
+    "Deferred",
     "MinaleshError",
     "PermanentError",
     "RateLimited",
@@ -30,10 +31,21 @@ class RetriesExhausted(PermanentError):
 
 
 class RateLimited(MinaleshError):
-    """The provider asked us to slow down; retry after ``retry_after`` seconds.
+    """The provider asked us to slow down, or our own limiter did; retry after ``retry_after`` seconds.
 
-    Not the item's fault, so the attempt is given back rather than spent.
+    Not the item's fault, so the attempt is given back rather than spent. ``reason``
+    is the provider's error name (``rate_limit_exceeded``, ``daily_quota_exceeded``,
+    ``monthly_quota_exceeded``, ``concurrent_idempotent_requests``) or ``local``.
     """
+
+    def __init__(self, message: str, *, retry_after: float, reason: str = "local") -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.reason = reason
+
+
+class Deferred(MinaleshError):
+    """Not now, and not the item's failure: run this message again after ``retry_after`` seconds, unchanged."""
 
     def __init__(self, message: str, *, retry_after: float) -> None:
         super().__init__(message)

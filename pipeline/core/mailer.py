@@ -11,13 +11,16 @@ import email.message
 import email.policy
 import hashlib
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Any, Optional, Protocol, Union
 
+import requests
+import requests.adapters
 import resend
 from resend.exceptions import ResendError
-from resend.http_client_requests import RequestsClient
+from resend.http_client import HTTPClient
 
 from pipeline.core.errors import PermanentError, RateLimited, TransientError
 
@@ -40,21 +43,63 @@ class OutgoingEmail:
     idempotency_key: str
 
 
+@dataclass(frozen=True)
+class Sent:
+    """The provider took the email: its message id, and the answer's headers (``ratelimit-*``)."""
+
+    provider_id: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
 class Mailer(Protocol):
-    def send(self, email: OutgoingEmail) -> str:
-        """Hand ``email`` to the provider; return the provider's message id."""
+    def send(self, email: OutgoingEmail) -> Sent:
+        """Hand ``email`` to the provider; return its message id and the answer's headers."""
+
+
+class PooledClient(HTTPClient):
+    """The SDK's HTTP client on one ``requests.Session`` per process: keep-alive, pooled.
+
+    The SDK's own client calls ``requests.request`` and so opens a new TCP (and TLS)
+    connection for every email. A ``Session`` is safe to share between the worker's
+    threads for plain requests, and its pool holds a connection per thread.
+    """
+
+    def __init__(self, *, timeout: float, pool_size: int = 16) -> None:
+        self._timeout = timeout
+        self._session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=pool_size)
+        self._session.mount("https://", adapter)
+        self._session.mount("http://", adapter)
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        json: Optional[Union[dict[str, object], list[object]]] = None,
+        files: Optional[dict[str, Any]] = None,
+        data: Optional[dict[str, str]] = None,
+    ) -> tuple[bytes, int, Mapping[str, str]]:
+        try:
+            response = self._session.request(
+                method, url, headers=headers, json=json, files=files, data=data, timeout=self._timeout
+            )
+        except requests.RequestException as exc:
+            # The SDK turns this into a ResendError of type HttpClientError (a transient failure).
+            raise RuntimeError(f"Request failed: {exc}") from exc
+        return response.content, response.status_code, response.headers
 
 
 class ResendMailer:
-    """Sends through the Resend SDK with an idempotency key per email."""
+    """Sends through the Resend SDK with an idempotency key per email, on a pooled connection."""
 
     def __init__(self, *, api_key: str, api_url: str) -> None:
         # The SDK keeps its settings in module globals; this process talks to one account.
         resend.api_key = api_key
         resend.api_url = api_url
-        resend.default_http_client = RequestsClient(timeout=REQUEST_TIMEOUT_SECONDS)
+        resend.default_http_client = PooledClient(timeout=REQUEST_TIMEOUT_SECONDS)
 
-    def send(self, email: OutgoingEmail) -> str:
+    def send(self, email: OutgoingEmail) -> Sent:
         params: resend.Emails.SendParams = {
             "from": email.sender,
             "to": [email.recipient],
@@ -68,7 +113,7 @@ class ResendMailer:
             response = resend.Emails.send(params, {"idempotency_key": email.idempotency_key})
         except ResendError as exc:
             raise classify(exc) from exc
-        return str(response["id"])
+        return Sent(str(response["id"]), dict(response.get("http_headers") or {}))
 
 
 def classify(exc: ResendError) -> Exception:
@@ -76,9 +121,9 @@ def classify(exc: ResendError) -> Exception:
     status = _status(exc.code)
     detail = f"Resend {status} {exc.error_type}: {exc.message}"
     if status == 429:
-        return RateLimited(detail, retry_after=_retry_after(exc.headers))
+        return RateLimited(detail, retry_after=_retry_after(exc.headers), reason=str(exc.error_type))
     if status == 409 and exc.error_type == "concurrent_idempotent_requests":
-        return RateLimited(detail, retry_after=CONCURRENT_REQUEST_RETRY_SECONDS)
+        return RateLimited(detail, retry_after=CONCURRENT_REQUEST_RETRY_SECONDS, reason=str(exc.error_type))
     if 400 <= status < 500:
         return PermanentError(detail)
     return TransientError(detail)
@@ -92,11 +137,14 @@ def _status(code: object) -> int:
 
 
 def _retry_after(headers: dict[str, str]) -> float:
+    """``retry-after``, else ``ratelimit-reset``, in seconds; 0 when the provider said neither."""
     lowered = {name.lower(): value for name, value in (headers or {}).items()}
-    try:
-        return max(float(lowered.get("retry-after", "1")), 0.0)
-    except ValueError:
-        return 1.0
+    for name in ("retry-after", "ratelimit-reset"):
+        try:
+            return max(float(lowered[name]), 0.0)
+        except (KeyError, ValueError):
+            continue
+    return 0.0
 
 
 class OutboxMailer:
@@ -109,13 +157,13 @@ class OutboxMailer:
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
 
-    def send(self, email: OutgoingEmail) -> str:
+    def send(self, email: OutgoingEmail) -> Sent:
         message_id = hashlib.sha256(email.idempotency_key.encode()).hexdigest()[:32]
         path = self.directory / f"{email.idempotency_key}.eml"
         if not path.exists():
             path.write_bytes(_as_mime(email, message_id))
             logger.info("Outbox: %s to %s — %s (%s)", message_id, email.recipient, email.subject, path)
-        return message_id
+        return Sent(message_id)
 
 
 def _as_mime(email_: OutgoingEmail, message_id: str) -> bytes:

@@ -12,6 +12,7 @@ from typing import Optional
 from dramatiq import Broker
 from sqlalchemy.orm import Session, sessionmaker
 
+from pipeline.core.limiter import SendLimiter
 from pipeline.core.mailer import Mailer
 from pipeline.core.settings import Settings
 
@@ -22,6 +23,7 @@ class Runtime:
     broker: Broker
     sessions: sessionmaker[Session]
     mailer: Mailer
+    limiter: SendLimiter
 
 
 _current: Optional[Runtime] = None

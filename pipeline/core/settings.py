@@ -94,6 +94,22 @@ def _positive_float(raw: str) -> float:
     return value
 
 
+def _rate(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be 0 (no limit) or a positive number of requests per second")
+    return value
+
+
+def _boolean(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
 def _positive_minutes(raw: str) -> float:
     try:
         return _positive_float(raw)
@@ -154,9 +170,15 @@ class Settings:
     email_schedule: str = setting("EMAIL_SCHEDULE", _cron, "*/2 * * * *")
     email_batch_size: int = setting("EMAIL_BATCH_SIZE", _positive_count, 500)
     email_lease_minutes: float = setting("EMAIL_LEASE_MINUTES", _positive_minutes, 15.0)
-    email_rate_limit_per_second: float = setting(
-        "EMAIL_RATE_LIMIT_PER_SECOND", _positive_float, DEFAULT_EMAIL_RATE_LIMIT
-    )
+    #: Requests per second to the provider until it tells its own limit; 0: no limit at all.
+    email_rate_limit_per_second: float = setting("EMAIL_RATE_LIMIT_PER_SECOND", _rate, DEFAULT_EMAIL_RATE_LIMIT)
+    #: Never more than this, whatever the provider allows (a share of the team's limit); None: no cap.
+    email_rate_limit_cap: Optional[float] = setting("EMAIL_RATE_LIMIT_CAP", _positive_float)
+    #: How long a quota 429 pauses sending when the provider does not say when its quota resets.
+    email_quota_pause_minutes: float = setting("EMAIL_QUOTA_PAUSE_MINUTES", _positive_minutes, 60.0)
+    #: Wake the email fan-out on PostgreSQL NOTIFY (needs a direct connection, not a
+    #: transaction-pooling PgBouncer); false: only the cron tick picks emails up.
+    email_listen: bool = setting("EMAIL_LISTEN", _boolean, True)
     email_outbox_dir: str = setting("EMAIL_OUTBOX_DIR", str, "outbox")
     #: Longest a worker holds a delayed message; keep well below RabbitMQ's ``consumer_timeout``.
     broker_max_hold_minutes: float = setting("BROKER_MAX_HOLD_MINUTES", _positive_minutes, 10.0)

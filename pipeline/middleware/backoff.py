@@ -6,6 +6,8 @@ Differences from ``Retries``, each a promise of the issue tracker:
   ``max_retry_delay`` (1, 2, 4, 8, 16 … minutes);
 * ``PermanentError`` (and the actor's ``throws``) are never retried;
 * ``RateLimited`` waits for the provider's ``retry-after`` and spends no retry;
+* ``Deferred`` and an unreachable database run the message again later without
+  touching its row or its retry count (see ``_deferral_ms``);
 * the retry count can come from the database (see ``counting``), so attempts made
   by workers that died mid-way still count;
 * the item's row is told (``ItemHooks``), and the final error is recorded for the
@@ -25,9 +27,10 @@ from typing import Any, Optional, Protocol
 
 from dramatiq import Broker, Message, Middleware
 from dramatiq.logging import get_logger
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.core.errors import PermanentError, RateLimited, RetriesExhausted, describe
+from pipeline.core.errors import Deferred, PermanentError, RateLimited, RetriesExhausted, describe
 from pipeline.middleware.item_hooks import ItemHooks
 from pipeline.middleware.long_delays import DEFAULT_MAX_HOLD_MS, send_later
 from storage import dead_letters
@@ -36,6 +39,9 @@ from storage.leases import Attempt, AttemptOutcome
 #: An actor that declares no retry policy is never retried; policies live in ``Settings``
 #: and reach the actors' options through ``pipeline.core.declare.bind``.
 NO_RETRIES = {"max_retries": 0, "retry_delay": 0, "max_retry_delay": 0}
+#: A message whose database was unreachable runs again after this long (ms), doubling per deferral.
+DATABASE_RETRY_MS = 2_000
+MAX_DATABASE_RETRY_MS = 30_000
 #: A 429 without a usable retry-after waits this long (ms).
 DEFAULT_RATE_LIMIT_DELAY_MS = 1_000
 
@@ -106,6 +112,11 @@ class Backoff(Middleware):
         actor_options = broker.get_actor(message.actor_name).options
         hooks: Optional[ItemHooks] = actor_options.get("item_hooks")
         error = describe(exception)
+        deferral_ms = self._deferral_ms(message, exception)
+        if deferral_ms is not None:
+            self.logger.info("Message %s runs again in %d ms (%s).", message.message_id, deferral_ms, error)
+            send_later(broker, message, deferral_ms, self.max_hold_ms)
+            return
         if isinstance(exception, RateLimited):
             delay_ms = max(int(exception.retry_after * 1000), DEFAULT_RATE_LIMIT_DELAY_MS)
             self._retry(broker, message, hooks, error=error, delay_ms=delay_ms, refund=True)
@@ -127,6 +138,25 @@ class Backoff(Middleware):
         message.options["retries"] = retries + 1
         message.options["traceback"] = traceback.format_exc(limit=30)
         self._retry(broker, message, hooks, error=error, delay_ms=delay_ms, refund=False)
+
+    @staticmethod
+    def _deferral_ms(message: Message, exception: BaseException) -> Optional[int]:
+        """The wait before running ``message`` again untouched, when the failure was not its item's.
+
+        ``Deferred`` says when; a database that cannot be reached is asked again after
+        ``DATABASE_RETRY_MS``, doubling per deferral up to ``MAX_DATABASE_RETRY_MS``: the
+        row could not be told anything, so nothing is counted, and the message's own
+        lease lets it take its row back when it returns.
+        """
+        if isinstance(exception, Deferred):
+            return max(int(exception.retry_after * 1000), 1)
+        if isinstance(exception, (OperationalError, InterfaceError)) or (
+            isinstance(exception, DBAPIError) and exception.connection_invalidated
+        ):
+            deferrals = int(message.options.get("deferrals", 0))
+            message.options["deferrals"] = deferrals + 1
+            return min(DATABASE_RETRY_MS * 2**deferrals, MAX_DATABASE_RETRY_MS)
+        return None
 
     def _option(self, message: Message, actor_options: dict[str, Any], name: str) -> int:
         value = message.options.get(name, actor_options.get(name, NO_RETRIES[name]))

@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -34,8 +35,9 @@ class HookServer:
     posts: list[Post] = field(default_factory=list)
 
 
-@pytest.fixture(scope="module")
-def hook() -> Iterator[HookServer]:
+@contextmanager
+def hook_server() -> Iterator[HookServer]:
+    """A running stand-in for a Slack webhook, shut down at the end of the block."""
     server_box: dict[str, HookServer] = {}
 
     class Handler(BaseHTTPRequestHandler):
@@ -54,9 +56,17 @@ def hook() -> Iterator[HookServer]:
     server_box["hook"] = HookServer(url=f"http://127.0.0.1:{server.server_address[1]}/services/T0/B0/hook")
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
-    yield server_box["hook"]
-    server.shutdown()
-    server.server_close()
+    try:
+        yield server_box["hook"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def hook() -> Iterator[HookServer]:
+    with hook_server() as server:
+        yield server
 
 
 @pytest.fixture

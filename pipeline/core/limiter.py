@@ -1,0 +1,222 @@
+"""The fleet's pace at the email provider: take a slot, follow what the provider says.
+
+Every worker thread about to call the provider first ``acquire``\\ s a slot of the
+shared rate (``storage.rate_limits``). A thread that cannot have one now takes
+nothing and sleeps until the next slot could be its own, then asks again: waiting
+is normal (logged at DEBUG), spends no retry and holds no slot. Only a long wait
+(the provider paused us for longer than ``MAX_HOLD_SECONDS``) hands the email back
+to the broker, delayed until the pause ends, so no worker thread sits out a quota.
+
+What the provider says is followed (``observe``, ``refused``):
+
+* ``ratelimit-limit``: the team's requests per second, used from the next slot on
+  (less ``Rate.headroom``) instead of EMAIL_RATE_LIMIT_PER_SECOND, raised or
+  lowered, never above EMAIL_RATE_LIMIT_CAP;
+* ``ratelimit-remaining: 0``: another app of the team used the window; the fleet
+  waits for ``ratelimit-reset``;
+* a 429 ``rate_limit_exceeded``: the whole fleet pauses for ``retry-after``;
+* a 429 quota (``daily_quota_exceeded``, ``monthly_quota_exceeded``): the fleet
+  pauses until the provider's reset (or EMAIL_QUOTA_PAUSE_MINUTES), one alert goes
+  out, and after the pause one request probes: it resumes sending when it gets
+  through, or the pause starts over.
+
+Transactional sends go first: one that finds no free slot claims precedence for
+two slot intervals, during which bulk sends take none.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Optional
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from pipeline.core.errors import RateLimited
+from storage import rate_limits
+from storage.rate_limits import QUOTA_REASONS, Rate, Slot, SlotState
+
+logger = logging.getLogger(__name__)
+
+#: The rate-limit row of Resend.
+RESEND = "resend"
+#: A slot may be taken at most this far ahead; the taker sleeps until it.
+HORIZON_SECONDS = 1.0
+#: A thread waits in the limiter at most this long before its email goes back to the broker.
+MAX_HOLD_SECONDS = 30.0
+#: A pause longer than this is not waited out in a thread: the email is re-queued until it ends.
+MAX_PAUSE_HOLD_SECONDS = 5.0
+#: How long the probe after a quota pause holds the fleet back while its answer comes.
+PROBE_WINDOW_SECONDS = 30.0
+#: Poll bounds of a waiting thread (seconds).
+MIN_POLL_SECONDS = 0.005
+MAX_POLL_SECONDS = 1.0
+#: A 429 without a usable ``retry-after`` pauses the fleet this long (seconds).
+DEFAULT_RETRY_AFTER_SECONDS = 1.0
+#: Pause reasons that stop the whole fleet (a 409 for a key in flight concerns one email only).
+FLEET_REASONS = ("rate_limit_exceeded", *QUOTA_REASONS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuotaPause:
+    """A quota pause that just began, for the alert."""
+
+    reason: str
+    until: float
+    detail: str
+
+
+class SendLimiter:
+    """Paces this process's requests to the provider within the fleet's shared rate."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        *,
+        rate: Rate,
+        quota_pause_seconds: float,
+        on_quota_pause: Optional[Callable[[QuotaPause], None]] = None,
+        name: str = RESEND,
+    ) -> None:
+        self.sessions = sessions
+        self.rate = rate
+        self.quota_pause_seconds = quota_pause_seconds
+        self.on_quota_pause = on_quota_pause
+        self.name = name
+        #: The last ``ratelimit-limit`` this process recorded, so an unchanged one costs no write.
+        self._known_limit: Optional[float] = None
+
+    @property
+    def unlimited(self) -> bool:
+        """EMAIL_RATE_LIMIT_PER_SECOND=0: no pacing, no database write per email."""
+        return self.rate.configured == 0
+
+    def acquire(self, *, transactional: bool) -> Slot:
+        """Return when this request's slot has come; raise ``RateLimited`` to re-queue the email."""
+        if self.unlimited:
+            return Slot(at=time.time(), probe=False)
+        give_up_at = time.monotonic() + MAX_HOLD_SECONDS
+        while True:
+            now = time.time()
+            slot, state = self._try(now, transactional)
+            if slot is not None:
+                time.sleep(max(slot.at - time.time(), 0.0))
+                return slot
+            assert state is not None
+            self._raise_if_paused_long(state, now)
+            wait = self._wait(state, now, transactional)
+            if time.monotonic() + wait > give_up_at:
+                raise RateLimited(f"no send slot within {MAX_HOLD_SECONDS:.0f}s", retry_after=wait)
+            logger.debug("Waiting %.3fs for a send slot.", wait)
+            time.sleep(wait)
+
+    def _try(self, now: float, transactional: bool) -> tuple[Optional[Slot], Optional[SlotState]]:
+        with self.sessions.begin() as session:
+            slot = rate_limits.take_slot(
+                session,
+                self.name,
+                now=now,
+                rate=self.rate,
+                horizon=HORIZON_SECONDS,
+                transactional=transactional,
+                probe_window=PROBE_WINDOW_SECONDS,
+            )
+            if slot is not None:
+                return slot, None
+            state = rate_limits.current(session, self.name, now=now)
+            if transactional and not _paused(state, now):
+                interval = 1.0 / state.per_second(self.rate)
+                rate_limits.claim_precedence(session, self.name, until=now + 2 * interval)
+            return None, state
+
+    def _raise_if_paused_long(self, state: SlotState, now: float) -> None:
+        if _paused(state, now) and state.paused_until is not None:
+            remaining = state.paused_until - now
+            if remaining > MAX_PAUSE_HOLD_SECONDS:
+                raise RateLimited(f"sending paused ({state.pause_reason}) for {remaining:.0f}s", retry_after=remaining)
+
+    def _wait(self, state: SlotState, now: float, transactional: bool) -> float:
+        """Until the next slot could be ours: its time less the horizon, a pause's end, a precedence's end."""
+        candidates = [state.next_slot - HORIZON_SECONDS - now]
+        if _paused(state, now) and state.paused_until is not None:
+            candidates.append(state.paused_until - now)
+        if not transactional and state.priority_until is not None:
+            candidates.append(state.priority_until - now)
+        return min(max(max(candidates), MIN_POLL_SECONDS), MAX_POLL_SECONDS)
+
+    # --- what the provider says -------------------------------------------------------------
+
+    def observe(self, headers: Mapping[str, str], slot: Slot) -> None:
+        """A request got through: follow its ``ratelimit-*`` headers; a probe ends the quota pause."""
+        if self.unlimited:
+            return
+        lowered = {key.lower(): value for key, value in headers.items()}
+        limit = _number(lowered.get("ratelimit-limit"))
+        remaining = _number(lowered.get("ratelimit-remaining"))
+        reset = _number(lowered.get("ratelimit-reset"))
+        now = time.time()
+        writes_needed = (limit and limit != self._known_limit) or remaining == 0
+        if not writes_needed and not slot.probe:
+            return
+        with self.sessions.begin() as session:
+            if limit and limit != self._known_limit:
+                rate_limits.record_limit(session, self.name, limit=limit, now=now)
+                logger.info("The provider allows %g requests/s; pacing at %g/s.", limit, self.rate.per_second(limit))
+                self._known_limit = limit
+            if remaining == 0:
+                rate_limits.hold_until(session, self.name, until=now + max(reset or 1.0, 0.0), now=now)
+            if slot.probe and rate_limits.resume(session, self.name):
+                logger.warning("The provider accepts requests again: sending resumed.")
+
+    def refused(self, error: RateLimited) -> None:
+        """A 429: pause the whole fleet for as long as the provider said (a quota: until its reset)."""
+        if self.unlimited or error.reason not in FLEET_REASONS:
+            return
+        now = time.time()
+        quota = error.reason in QUOTA_REASONS
+        wait = error.retry_after if error.retry_after > 0 else None
+        seconds = (wait or self.quota_pause_seconds) if quota else (wait or DEFAULT_RETRY_AFTER_SECONDS)
+        with self.sessions.begin() as session:
+            began = rate_limits.pause(session, self.name, until=now + seconds, reason=error.reason, now=now)
+        error.retry_after = seconds
+        if began:
+            logger.error("Provider quota reached (%s): sending paused for %.0fs.", error.reason, seconds)
+            if self.on_quota_pause is not None:
+                self.on_quota_pause(QuotaPause(reason=error.reason, until=now + seconds, detail=str(error)))
+        else:
+            logger.info("The provider refused a request (%s): the fleet waits %.1fs.", error.reason, seconds)
+
+    def per_second(self) -> float:
+        """The requests per second the fleet uses now (what the provider said, within the cap)."""
+        with self.sessions.begin() as session:
+            return rate_limits.current(session, self.name, now=time.time()).per_second(self.rate)
+
+    def state(self) -> dict[str, object]:
+        """For ``stats``: the rate in use, what the provider said, any pause."""
+        now = time.time()
+        with self.sessions.begin() as session:
+            state = rate_limits.current(session, self.name, now=now)
+        paused = _paused(state, now) and state.pause_reason is not None
+        return {
+            "per_second": 0 if self.unlimited else round(state.per_second(self.rate), 3),
+            "configured_per_second": self.rate.configured,
+            "cap_per_second": self.rate.cap,
+            "provider_limit": state.provider_limit,
+            "paused": paused or state.paused_since is not None,
+            "pause_reason": state.pause_reason,
+            "paused_until": state.paused_until,
+            "paused_since": state.paused_since,
+        }
+
+
+def _paused(state: SlotState, now: float) -> bool:
+    return state.paused_until is not None and state.paused_until > now
+
+
+def _number(value: Optional[str]) -> Optional[float]:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
