@@ -25,25 +25,29 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Callable
 
-MAX_IDEMPOTENCY_KEY_LENGTH = 256
+from tests.support.fake_resend_rules import (
+    MISSING_API_KEY_MESSAGE,
+    Answer,
+    ApiError,
+    idempotency_key,
+    method_not_allowed,
+    normalize_address,
+    recipients_of,
+    validated_send,
+)
+
+__all__ = ["ApiError", "Delivery", "FakeResend", "RecordedRequest", "normalize_address", "recipients_of"]
+
 POLL_INTERVAL_SECONDS = 0.02
 RATE_WINDOW_SECONDS = 1.0
 DEFAULT_RATE_LIMIT = 2
 
-MISSING_API_KEY_MESSAGE = (
-    "Missing API key in the authorization header. Include the following "
-    "header Authorization: Bearer YOUR_API_KEY in the request."
-)
-INVALID_TO_MESSAGE = (
-    "Invalid `to` field. The email address needs to follow the "
-    "`email@example.com` or `Name <email@example.com>` format."
-)
 RATE_LIMIT_MESSAGE = (
     "Too many requests. You can only make 2 requests per second. See rate "
     "limit response headers for more information. Or contact support to "
@@ -51,48 +55,6 @@ RATE_LIMIT_MESSAGE = (
 )
 
 _EMAIL_PATH = re.compile(r"/emails/(?P<id>[^/]+)")
-_ANGLE_ADDRESS = re.compile(r"<([^<>]+)>")
-
-
-def normalize_address(value: str) -> str:
-    """Reduce ``"Name <A@x.org>"`` to ``"a@x.org"`` so matching ignores display names and case."""
-    match = _ANGLE_ADDRESS.search(value)
-    address = match.group(1) if match else value
-    return address.strip().lower()
-
-
-def recipients_of(body: Any) -> list[str]:
-    """The ``to`` addresses of a parsed body, tolerant of bad input because it also serves the recordings."""
-    if not isinstance(body, dict):
-        return []
-    to = body.get("to")
-    if isinstance(to, str):
-        return [to]
-    if isinstance(to, list):
-        return [item for item in to if isinstance(item, str)]
-    return []
-
-
-class ApiError(Exception):
-    """A non-success answer; raised by the checks so each one stays a short function."""
-
-    def __init__(
-        self,
-        status: int,
-        name: str,
-        message: str,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(f"{status} {name}: {message}")
-        self.status = status
-        self.name = name
-        self.message = message
-        self.headers = headers or {}
-
-    def answer(self) -> _Answer:
-        """Render as Resend does: exactly statusCode, name and message."""
-        body = {"statusCode": self.status, "name": self.name, "message": self.message}
-        return _Answer(self.status, body, dict(self.headers))
 
 
 @dataclass
@@ -144,15 +106,6 @@ class Delivery:
 
 
 @dataclass
-class _Answer:
-    """Status, JSON body and extra headers of one response."""
-
-    status: int
-    body: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
 class _Failure:
     """A scripted error for one recipient; ``remaining`` None means forever.
 
@@ -183,7 +136,7 @@ class _Outcome:
     claimed during ``delay_seconds`` so concurrent retries can be observed.
     """
 
-    ready: _Answer | None = None
+    ready: Answer | None = None
     error: ApiError | None = None
     send: dict[str, Any] | None = None
     key: str | None = None
@@ -360,7 +313,7 @@ class FakeResend:
 
     # -- request handling (called from server threads) -------------------
 
-    def _respond_to(self, record: RecordedRequest) -> _Answer:
+    def _respond_to(self, record: RecordedRequest) -> Answer:
         """Decide, wait ``delay_seconds``, then complete; the key stays claimed meanwhile."""
         try:
             outcome = self._decide(record)
@@ -382,11 +335,11 @@ class FakeResend:
         match = _EMAIL_PATH.fullmatch(path)
         if path == "/emails":
             if record.method != "POST":
-                return _Outcome(error=_method_not_allowed())
+                return _Outcome(error=method_not_allowed())
             return self._decide_send(record)
         if match is not None:
             if record.method != "GET":
-                return _Outcome(error=_method_not_allowed())
+                return _Outcome(error=method_not_allowed())
             return self._decide_get(record, match["id"])
         return _Outcome(error=ApiError(404, "not_found", "The requested endpoint does not exist."))
 
@@ -400,14 +353,14 @@ class FakeResend:
             found = next((d for d in self._deliveries if d.id == email_id), None)
         if found is None:
             return _Outcome(error=ApiError(404, "not_found", "Email not found"))
-        return _Outcome(ready=_Answer(200, found.as_resource()))
+        return _Outcome(ready=Answer(200, found.as_resource()))
 
     def _decide_send(self, record: RecordedRequest) -> _Outcome:
         """``POST /emails``: auth, validation, idempotency, then scripted errors."""
         try:
             self._authorize(record.headers)
-            key = _idempotency_key(record.headers)
-            send = _validated_send(record)
+            key = idempotency_key(record.headers)
+            send = validated_send(record.body, record.is_json)
         except ApiError as error:
             return _Outcome(error=error)
         with self._lock:
@@ -428,7 +381,7 @@ class FakeResend:
         if token != self.api_key:
             raise ApiError(403, "invalid_api_key", "API key is invalid")
 
-    def _claim_key(self, key: str | None, body: Any) -> _Answer | None:
+    def _claim_key(self, key: str | None, body: Any) -> Answer | None:
         """Claim ``key`` for this request, or return the stored answer to replay (lock held)."""
         if key is None:
             return None
@@ -451,7 +404,7 @@ class FakeResend:
                 "Same idempotency key used with a different request payload. "
                 "Change your idempotency key or payload.",
             )
-        return _Answer(200, dict(entry.response))
+        return Answer(200, dict(entry.response))
 
     def _scripted_error(self, to: list[str]) -> ApiError | None:
         """Forced 429s, then the per-second window, then recipient failures (lock held)."""
@@ -502,7 +455,7 @@ class FakeResend:
             return ApiError(failure.status, failure.name, message)
         return None
 
-    def _complete(self, outcome: _Outcome) -> _Answer:
+    def _complete(self, outcome: _Outcome) -> Answer:
         """Turn a decision into the answer: release a failed key or store the delivery."""
         if outcome.ready is not None:
             return outcome.ready
@@ -521,7 +474,7 @@ class FakeResend:
             if entry is not None and entry.response is None:
                 del self._idempotency[key]
 
-    def _accept(self, send: dict[str, Any], key: str | None) -> _Answer:
+    def _accept(self, send: dict[str, Any], key: str | None) -> Answer:
         """Record the delivery and remember the response for idempotent replays."""
         delivery = Delivery(
             id=str(uuid.uuid4()),
@@ -538,68 +491,7 @@ class FakeResend:
             self._deliveries.append(delivery)
             if key is not None and key in self._idempotency:
                 self._idempotency[key].response = response
-        return _Answer(200, dict(response))
-
-
-def _method_not_allowed() -> ApiError:
-    """405 for a known path with the wrong verb."""
-    return ApiError(405, "method_not_allowed", "Method is not allowed for the requested path.")
-
-
-def _idempotency_key(headers: dict[str, str]) -> str | None:
-    """The ``Idempotency-Key`` header, validated as Resend does (1-256 characters)."""
-    key = headers.get("idempotency-key")
-    if key is None:
-        return None
-    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
-        raise ApiError(
-            400,
-            "validation_error",
-            f"Idempotency key must be between 1-{MAX_IDEMPOTENCY_KEY_LENGTH} characters.",
-        )
-    return key
-
-
-def _validated_send(record: RecordedRequest) -> dict[str, Any]:
-    """Check the send body; return it with ``to`` normalised to a list."""
-    body = record.body
-    if not record.is_json or not isinstance(body, dict):
-        raise ApiError(400, "validation_error", "Invalid JSON body: expected a JSON object.")
-    for name in ("from", "to", "subject"):
-        if _blank(body.get(name)):
-            raise _missing(f"`{name}`")
-    if _blank(body.get("html")) and _blank(body.get("text")):
-        raise _missing("`html` or `text`")
-    for name in ("from", "subject"):
-        _require_string(body, name)
-    for name in ("html", "text"):
-        if body.get(name) is not None:
-            _require_string(body, name)
-    return {**body, "to": _validated_to(body["to"])}
-
-
-def _validated_to(value: Any) -> list[str]:
-    """``to`` is one address or a list of them, each containing "@"."""
-    to = [value] if isinstance(value, str) else value
-    if not isinstance(to, list) or not all(isinstance(a, str) and "@" in a for a in to):
-        raise ApiError(422, "validation_error", INVALID_TO_MESSAGE)
-    return list(to)
-
-
-def _require_string(body: dict[str, Any], name: str) -> None:
-    """422 ``validation_error`` when a field has the wrong type."""
-    if not isinstance(body[name], str):
-        raise ApiError(422, "validation_error", f"Invalid `{name}` field: expected a string.")
-
-
-def _blank(value: Any) -> bool:
-    """Absent, null, empty string and empty list all count as missing."""
-    return value is None or value == "" or value == []
-
-
-def _missing(what: str) -> ApiError:
-    """422 ``missing_required_field`` with Resend's wording."""
-    return ApiError(422, "missing_required_field", f"Missing {what} field.")
+        return Answer(200, dict(response))
 
 
 class _Server(ThreadingHTTPServer):
@@ -667,7 +559,7 @@ class _Handler(BaseHTTPRequestHandler):
             length = 0
         return self.rfile.read(length) if length > 0 else b""
 
-    def _write(self, answer: _Answer) -> None:
+    def _write(self, answer: Answer) -> None:
         """Send JSON; a client that already hung up (timeout) is not an error here."""
         payload = json.dumps(answer.body).encode()
         try:
