@@ -31,6 +31,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Callable
 
+from tests.support.fake_resend_limits import (
+    DEFAULT_RATE_LIMIT,
+    RateWindow,
+    rate_headers,
+    rate_limit_error,
+)
 from tests.support.fake_resend_rules import (
     MISSING_API_KEY_MESSAGE,
     Answer,
@@ -45,14 +51,6 @@ from tests.support.fake_resend_rules import (
 __all__ = ["ApiError", "Delivery", "FakeResend", "RecordedRequest", "normalize_address", "recipients_of"]
 
 POLL_INTERVAL_SECONDS = 0.02
-RATE_WINDOW_SECONDS = 1.0
-DEFAULT_RATE_LIMIT = 2
-
-RATE_LIMIT_MESSAGE = (
-    "Too many requests. You can only make 2 requests per second. See rate "
-    "limit response headers for more information. Or contact support to "
-    "increase rate limit."
-)
 
 _EMAIL_PATH = re.compile(r"/emails/(?P<id>[^/]+)")
 
@@ -134,12 +132,17 @@ class _Outcome:
 
     Why: the decision claims the idempotency key, and the key must stay
     claimed during ``delay_seconds`` so concurrent retries can be observed.
+    The endpoint functions fill it in as they go, so whatever they raise, the
+    rate headers and the claimed key are still known when answering.
     """
 
     ready: Answer | None = None
     error: ApiError | None = None
     send: dict[str, Any] | None = None
     key: str | None = None
+    """Set only once this request has claimed the key, so only it may release it."""
+    rate: dict[str, str] | None = None
+    """The ``ratelimit-*`` headers as of this request's admission (or arrival, if never admitted)."""
 
 
 class FakeResend:
@@ -154,17 +157,23 @@ class FakeResend:
         api_key: str = "re_test_key",
         *,
         max_requests_per_second: float | None = None,
+        advertised_limit: float | None = None,
         delay_seconds: float = 0.0,
     ) -> None:
+        """``max_requests_per_second`` None enforces nothing; ``advertised_limit``
+        is the ``ratelimit-limit`` answered, by default the enforced limit or
+        Resend's default of 2, so clients that pace on headers see one either way.
+        """
         self.api_key = api_key
         self.max_requests_per_second = max_requests_per_second
+        self._advertised_limit = advertised_limit
         self.delay_seconds = delay_seconds
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
         self._deliveries: list[Delivery] = []
         self._failures: dict[str, _Failure] = {}
         self._forced_rate_limits: deque[int] = deque()
-        self._window: deque[float] = deque()
+        self._window = RateWindow()
         self._idempotency: dict[str, _IdempotencyEntry] = {}
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -249,6 +258,28 @@ class FakeResend:
         with self._lock:
             self._forced_rate_limits.extend([retry_after] * n)
 
+    def set_rate_limit(self, n: float) -> None:
+        """Enforce and advertise ``n`` requests per second from now on, as when Resend raises a team's limit."""
+        if n <= 0:
+            raise ValueError("a rate limit must be positive")
+        with self._lock:
+            self.max_requests_per_second = n
+            self._advertised_limit = n
+
+    @property
+    def advertised_limit(self) -> float:
+        """The ``ratelimit-limit`` answered: explicit, else the enforced limit, else Resend's default."""
+        return self._advertised_limit or self.max_requests_per_second or DEFAULT_RATE_LIMIT
+
+    def consume_from_other_app(self, n: int) -> None:
+        """Take ``n`` slots of the current window, as another app of the same team would.
+
+        Why: Resend's limit is per team, so our sender can meet 429s and a low
+        ``ratelimit-remaining`` it did not cause; the slots free one second later.
+        """
+        with self._lock:
+            self._window.occupy(time.monotonic(), n)
+
     # -- recordings ------------------------------------------------------
 
     @property
@@ -315,62 +346,66 @@ class FakeResend:
 
     def _respond_to(self, record: RecordedRequest) -> Answer:
         """Decide, wait ``delay_seconds``, then complete; the key stays claimed meanwhile."""
+        outcome = _Outcome()
         try:
-            outcome = self._decide(record)
+            self._decide(record, outcome)
+        except ApiError as error:
+            outcome.error = error
         finally:
             with self._lock:
                 self._requests.append(record)
+                if outcome.rate is None:
+                    outcome.rate = self._rate_headers(time.monotonic())
         try:
             if self.delay_seconds > 0:
                 time.sleep(self.delay_seconds)
         finally:
             answer = self._complete(outcome)
+            answer.headers = {**outcome.rate, **answer.headers}
             with self._lock:
                 record.status = answer.status
         return answer
 
-    def _decide(self, record: RecordedRequest) -> _Outcome:
-        """Route the request to its endpoint."""
+    def _decide(self, record: RecordedRequest, outcome: _Outcome) -> None:
+        """Route the request to its endpoint; an endpoint raises ApiError to refuse."""
         path = record.path.split("?", 1)[0]
         match = _EMAIL_PATH.fullmatch(path)
         if path == "/emails":
             if record.method != "POST":
-                return _Outcome(error=method_not_allowed())
-            return self._decide_send(record)
-        if match is not None:
+                raise method_not_allowed()
+            self._decide_send(record, outcome)
+        elif match is not None:
             if record.method != "GET":
-                return _Outcome(error=method_not_allowed())
-            return self._decide_get(record, match["id"])
-        return _Outcome(error=ApiError(404, "not_found", "The requested endpoint does not exist."))
+                raise method_not_allowed()
+            self._decide_get(record, outcome, match["id"])
+        else:
+            raise ApiError(404, "not_found", "The requested endpoint does not exist.")
 
-    def _decide_get(self, record: RecordedRequest, email_id: str) -> _Outcome:
+    def _decide_get(self, record: RecordedRequest, outcome: _Outcome, email_id: str) -> None:
         """``GET /emails/{id}``: the stored delivery or 404."""
-        try:
-            self._authorize(record.headers)
-        except ApiError as error:
-            return _Outcome(error=error)
+        self._authorize(record.headers)
         with self._lock:
+            self._admit(outcome, send=False)
             found = next((d for d in self._deliveries if d.id == email_id), None)
         if found is None:
-            return _Outcome(error=ApiError(404, "not_found", "Email not found"))
-        return _Outcome(ready=Answer(200, found.as_resource()))
+            raise ApiError(404, "not_found", "Email not found")
+        outcome.ready = Answer(200, found.as_resource())
 
-    def _decide_send(self, record: RecordedRequest) -> _Outcome:
-        """``POST /emails``: auth, validation, idempotency, then scripted errors."""
-        try:
-            self._authorize(record.headers)
-            key = idempotency_key(record.headers)
-            send = validated_send(record.body, record.is_json)
-        except ApiError as error:
-            return _Outcome(error=error)
+    def _decide_send(self, record: RecordedRequest, outcome: _Outcome) -> None:
+        """``POST /emails``: auth, the limiter, validation, idempotency, then scripted errors."""
+        self._authorize(record.headers)
         with self._lock:
-            try:
-                replay = self._claim_key(key, record.body)
-            except ApiError as error:
-                return _Outcome(error=error)
+            self._admit(outcome, send=True)
+        key = idempotency_key(record.headers)
+        send = validated_send(record.body, record.is_json)
+        with self._lock:
+            replay = self._claim_key(key, record.body)
             if replay is not None:
-                return _Outcome(ready=replay)
-            return _Outcome(send=send, key=key, error=self._scripted_error(send["to"]))
+                outcome.ready = replay
+                return
+            outcome.key = key
+            outcome.send = send
+            outcome.error = self._recipient_failure(send["to"])
 
     def _authorize(self, headers: dict[str, str]) -> None:
         """401 without a bearer token, 403 with the wrong one, like Resend."""
@@ -406,39 +441,27 @@ class FakeResend:
             )
         return Answer(200, dict(entry.response))
 
-    def _scripted_error(self, to: list[str]) -> ApiError | None:
-        """Forced 429s, then the per-second window, then recipient failures (lock held)."""
-        return self._forced_rate_limit() or self._window_rate_limit() or self._recipient_failure(to)
+    def _admit(self, outcome: _Outcome, *, send: bool) -> None:
+        """The team's limiter (lock held): forced 429s for sends, then the window.
 
-    def _forced_rate_limit(self) -> ApiError | None:
-        """Consume one ``rate_limit_next`` slot if any is left."""
-        if not self._forced_rate_limits:
-            return None
-        return self._rate_limit_error(self._forced_rate_limits.popleft())
-
-    def _window_rate_limit(self) -> ApiError | None:
-        """Sliding one-second window; only requests let through occupy it."""
-        limit = self.max_requests_per_second
-        if limit is None:
-            return None
+        Why here, after authentication and before validation: Resend limits
+        per team, so it must know the team, and a malformed request still
+        spends a slot.  A refused request takes no slot.
+        """
         now = time.monotonic()
-        while self._window and self._window[0] <= now - RATE_WINDOW_SECONDS:
-            self._window.popleft()
-        if len(self._window) >= limit:
-            return self._rate_limit_error(1)
-        self._window.append(now)
-        return None
+        limit = self.advertised_limit
+        if send and self._forced_rate_limits:
+            raise rate_limit_error(limit, int(self._forced_rate_limits.popleft()))
+        enforced = self.max_requests_per_second
+        if enforced is not None and self._window.used(now) >= enforced:
+            raise rate_limit_error(limit, self._window.reset_seconds(now))
+        self._window.occupy(now)
+        outcome.rate = self._rate_headers(now)
 
-    def _rate_limit_error(self, retry_after: int) -> ApiError:
-        """429 with the headers Resend sends, so client back-off code can read them."""
-        limit = self.max_requests_per_second or DEFAULT_RATE_LIMIT
-        headers = {
-            "retry-after": str(int(retry_after)),
-            "ratelimit-limit": f"{limit:g}",
-            "ratelimit-remaining": "0",
-            "ratelimit-reset": str(int(retry_after)),
-        }
-        return ApiError(429, "rate_limit_exceeded", RATE_LIMIT_MESSAGE, headers)
+    def _rate_headers(self, now: float) -> dict[str, str]:
+        """``ratelimit-*`` as of ``now`` (lock held): what is left of the advertised limit."""
+        limit = self.advertised_limit
+        return rate_headers(limit, int(limit) - self._window.used(now), self._window.reset_seconds(now))
 
     def _recipient_failure(self, to: list[str]) -> ApiError | None:
         """The scripted error of the first failing recipient, counting down ``times``."""

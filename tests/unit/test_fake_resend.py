@@ -8,6 +8,7 @@ silently make those tests meaningless.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -280,3 +281,66 @@ def test_stop_closes_the_port() -> None:
 
     with pytest.raises(requests.ConnectionError):
         requests.post(f"{url}/emails", json=params(), timeout=2)
+
+
+def rate(response: requests.Response) -> tuple[str, str, str]:
+    """The three rate headers Resend puts on every answer."""
+    headers = response.headers
+    return headers["ratelimit-limit"], headers["ratelimit-remaining"], headers["ratelimit-reset"]
+
+
+def test_every_answer_carries_rate_headers_and_only_admitted_requests_spend_slots() -> None:
+    with FakeResend(max_requests_per_second=3) as fake:
+        sent = post(fake, params())
+        invalid = post(fake, {"from": SENDER})
+        unauthenticated = requests.post(f"{fake.url}/emails", json=params(), timeout=5)
+        last = post(fake, params())
+        refused = post(fake, params())
+
+        assert [r.status_code for r in (sent, invalid, unauthenticated, last, refused)] == [200, 422, 401, 200, 429]
+        assert rate(sent) == ("3", "2", "1")
+        assert rate(invalid) == ("3", "1", "1")  # a malformed send still spends a slot
+        assert rate(unauthenticated) == ("3", "1", "1")  # no team known: nothing spent
+        assert rate(last) == ("3", "0", "1")
+        assert rate(refused) == ("3", "0", "1") and refused.headers["retry-after"] == "1"
+        assert "retry-after" not in sent.headers
+        assert fake.delivery_count() == 2
+
+
+def test_without_enforcement_a_limit_is_still_advertised(sdk: FakeResend) -> None:
+    answers = [resend.Emails.send(params()) for _ in range(3)]
+
+    assert [a["http_headers"]["ratelimit-limit"] for a in answers] == ["2", "2", "2"]
+    assert [a["http_headers"]["ratelimit-remaining"] for a in answers] == ["1", "0", "0"]
+    assert sdk.delivery_count() == 3
+    with FakeResend(advertised_limit=10) as other:
+        assert rate(post(other, params()))[:2] == ("10", "9")
+
+
+def test_set_rate_limit_raises_the_enforced_and_advertised_limit() -> None:
+    with FakeResend(max_requests_per_second=1) as fake:
+        first, refused = post(fake, params()), post(fake, params())
+        fake.set_rate_limit(3)
+        raised = post(fake, params())
+
+        assert [r.status_code for r in (first, refused, raised)] == [200, 429, 200]
+        assert rate(refused)[0] == "1" and "1 requests per second" in refused.json()["message"]
+        assert rate(raised)[:2] == ("3", "1")
+        assert fake.delivery_count() == 2
+
+
+def test_another_app_of_the_team_spends_the_same_window(sdk: FakeResend) -> None:
+    sdk.set_rate_limit(2)
+    sdk.consume_from_other_app(1)
+
+    answer = resend.Emails.send(params())
+    with pytest.raises(RateLimitError) as caught:
+        resend.Emails.send(params())
+
+    assert answer["http_headers"]["ratelimit-remaining"] == "0"
+    assert caught.value.error_type == "rate_limit_exceeded"
+    assert caught.value.headers["retry-after"] == "1"
+    assert sdk.delivery_count() == 1
+    time_to_free = sdk.requests[-1].arrived_at + 1.0
+    sdk.wait_for(lambda: time.monotonic() > time_to_free, timeout=2, description="the window to pass")
+    assert resend.Emails.send(params())["http_headers"]["ratelimit-remaining"] == "1"
