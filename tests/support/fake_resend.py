@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 from tests.support.fake_resend_limits import (
     DEFAULT_RATE_LIMIT,
+    Quota,
     RateWindow,
     rate_headers,
     rate_limit_error,
@@ -174,6 +175,7 @@ class FakeResend:
         self._failures: dict[str, _Failure] = {}
         self._forced_rate_limits: deque[int] = deque()
         self._window = RateWindow()
+        self._quota: Quota | None = None
         self._idempotency: dict[str, _IdempotencyEntry] = {}
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -279,6 +281,24 @@ class FakeResend:
         """
         with self._lock:
             self._window.occupy(time.monotonic(), n)
+
+    def exhaust_quota(self, kind: str = "daily_quota_exceeded", reset_after: float = 86_400.0) -> None:
+        """Answer every send (single and batch) 429 ``kind`` for ``reset_after`` seconds.
+
+        ``kind`` is ``daily_quota_exceeded`` or ``monthly_quota_exceeded``;
+        ``retry-after`` and ``ratelimit-reset`` count down to the reset, so a
+        sender can tell "stop for hours" from "slow down for a second".
+        """
+        if reset_after <= 0:
+            raise ValueError("reset_after must be positive")
+        quota = Quota(kind, time.monotonic() + reset_after)
+        with self._lock:
+            self._quota = quota
+
+    def restore_quota(self) -> None:
+        """End an exhausted quota now, as a plan upgrade would."""
+        with self._lock:
+            self._quota = None
 
     # -- recordings ------------------------------------------------------
 
@@ -392,10 +412,11 @@ class FakeResend:
         outcome.ready = Answer(200, found.as_resource())
 
     def _decide_send(self, record: RecordedRequest, outcome: _Outcome) -> None:
-        """``POST /emails``: auth, the limiter, validation, idempotency, then scripted errors."""
+        """``POST /emails``: auth, the limiter, the quota, validation, idempotency, then scripted errors."""
         self._authorize(record.headers)
         with self._lock:
             self._admit(outcome, send=True)
+            self._check_quota(outcome)
         key = idempotency_key(record.headers)
         send = validated_send(record.body, record.is_json)
         with self._lock:
@@ -457,6 +478,20 @@ class FakeResend:
             raise rate_limit_error(limit, self._window.reset_seconds(now))
         self._window.occupy(now)
         outcome.rate = self._rate_headers(now)
+
+    def _check_quota(self, outcome: _Outcome) -> None:
+        """429 while the sending quota is used up (lock held); forget it once it has reset.
+
+        Checked after the limiter (the request spent a slot) and before
+        validation and idempotency, so every send meets it, replays included.
+        """
+        if self._quota is None:
+            return
+        now = time.monotonic()
+        if self._quota.seconds_left(now) <= 0:
+            self._quota = None
+            return
+        raise self._quota.error(now, outcome.rate or self._rate_headers(now))
 
     def _rate_headers(self, now: float) -> dict[str, str]:
         """``ratelimit-*`` as of ``now`` (lock held): what is left of the advertised limit."""

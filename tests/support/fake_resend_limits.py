@@ -80,3 +80,32 @@ def rate_limit_error(limit: float, retry_after: int) -> ApiError:
     """429 ``rate_limit_exceeded`` with the headers client back-off code reads."""
     headers = {**rate_headers(limit, 0, retry_after), "retry-after": str(retry_after)}
     return ApiError(429, "rate_limit_exceeded", rate_limit_message(limit), headers)
+
+
+QUOTA_PERIODS = {"daily_quota_exceeded": "daily", "monthly_quota_exceeded": "monthly"}
+"""The 429 names Resend gives a used-up sending quota, and the period each names."""
+
+
+class Quota:
+    """A used-up daily or monthly sending quota, until a moment on ``time.monotonic()``.
+
+    Why it differs from the rate window: a quota 429 lasts hours, not a
+    second, so a sender must read ``retry-after`` rather than retry blindly.
+    """
+
+    def __init__(self, kind: str, until: float) -> None:
+        if kind not in QUOTA_PERIODS:
+            raise ValueError(f"unknown quota kind {kind!r}; expected one of {sorted(QUOTA_PERIODS)}")
+        self.kind = kind
+        self.until = until
+
+    def seconds_left(self, now: float) -> float:
+        """Seconds until the quota resets; zero or less once it has."""
+        return self.until - now
+
+    def error(self, now: float, rate: dict[str, str]) -> ApiError:
+        """429 named after the quota, with ``retry-after`` and ``ratelimit-reset`` at the quota's reset."""
+        reset = str(whole_seconds(self.seconds_left(now)))
+        headers = {**rate, "ratelimit-reset": reset, "retry-after": reset}
+        message = f"You have reached your {QUOTA_PERIODS[self.kind]} email sending quota."
+        return ApiError(429, self.kind, message, headers)

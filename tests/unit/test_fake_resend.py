@@ -344,3 +344,32 @@ def test_another_app_of_the_team_spends_the_same_window(sdk: FakeResend) -> None
     time_to_free = sdk.requests[-1].arrived_at + 1.0
     sdk.wait_for(lambda: time.monotonic() > time_to_free, timeout=2, description="the window to pass")
     assert resend.Emails.send(params())["http_headers"]["ratelimit-remaining"] == "1"
+
+
+def test_exhausted_daily_quota_refuses_every_send_until_restored(sdk: FakeResend) -> None:
+    sdk.exhaust_quota("daily_quota_exceeded", reset_after=120)
+
+    with pytest.raises(RateLimitError) as caught:
+        resend.Emails.send(params(), options={"idempotency_key": "q1"})
+    sdk.restore_quota()
+    answer = resend.Emails.send(params(), options={"idempotency_key": "q1"})
+
+    assert caught.value.code == 429
+    assert caught.value.error_type == "daily_quota_exceeded"
+    assert caught.value.message == "You have reached your daily email sending quota."
+    assert caught.value.headers["retry-after"] == caught.value.headers["ratelimit-reset"] == "120"
+    assert [r.status for r in sdk.requests] == [429, 200]
+    assert [d.id for d in sdk.deliveries] == [answer["id"]]
+
+
+def test_monthly_quota_resets_by_itself_after_its_time(fake: FakeResend) -> None:
+    fake.exhaust_quota("monthly_quota_exceeded", reset_after=0.3)
+
+    refused = post(fake, params())
+    fake.wait_for(lambda: post(fake, params()).status_code == 200, timeout=2, description="the quota to reset")
+
+    assert_error(refused, 429, "monthly_quota_exceeded")
+    assert refused.json()["message"] == "You have reached your monthly email sending quota."
+    assert refused.headers["retry-after"] == "1"
+    assert fake.requests[-1].arrived_at - fake.requests[0].arrived_at >= 0.3
+    assert fake.delivery_count() == 1
