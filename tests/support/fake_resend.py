@@ -42,9 +42,12 @@ from tests.support.fake_resend_rules import (
     MISSING_API_KEY_MESSAGE,
     Answer,
     ApiError,
+    BatchPlan,
+    batch_mode,
     idempotency_key,
     method_not_allowed,
     normalize_address,
+    plan_batch,
     recipients_of,
     validated_send,
 )
@@ -88,7 +91,15 @@ class Delivery:
     html: str | None
     text: str | None
     idempotency_key: str | None
+    """The request's key; a batch's one key covers all its emails."""
     created_at: str
+    batch_index: int | None = None
+    """Index of this email in its ``POST /emails/batch`` request; None for a single send."""
+
+    @property
+    def in_batch(self) -> bool:
+        """True when the email came in a batch request."""
+        return self.batch_index is not None
 
     def as_resource(self) -> dict[str, Any]:
         """The JSON shape of ``GET /emails/{id}``."""
@@ -140,6 +151,7 @@ class _Outcome:
     ready: Answer | None = None
     error: ApiError | None = None
     send: dict[str, Any] | None = None
+    batch: BatchPlan | None = None
     key: str | None = None
     """Set only once this request has claimed the key, so only it may release it."""
     rate: dict[str, str] | None = None
@@ -388,12 +400,15 @@ class FakeResend:
 
     def _decide(self, record: RecordedRequest, outcome: _Outcome) -> None:
         """Route the request to its endpoint; an endpoint raises ApiError to refuse."""
-        path = record.path.split("?", 1)[0]
+        path = _path_of(record)
         match = _EMAIL_PATH.fullmatch(path)
-        if path == "/emails":
+        if path in ("/emails", "/emails/batch"):
             if record.method != "POST":
                 raise method_not_allowed()
-            self._decide_send(record, outcome)
+            if path == "/emails":
+                self._decide_send(record, outcome)
+            else:
+                self._decide_batch(record, outcome)
         elif match is not None:
             if record.method != "GET":
                 raise method_not_allowed()
@@ -420,13 +435,51 @@ class FakeResend:
         key = idempotency_key(record.headers)
         send = validated_send(record.body, record.is_json)
         with self._lock:
-            replay = self._claim_key(key, record.body)
+            replay = self._claim_key(key, record)
             if replay is not None:
                 outcome.ready = replay
                 return
             outcome.key = key
             outcome.send = send
             outcome.error = self._recipient_failure(send["to"])
+
+    def _decide_batch(self, record: RecordedRequest, outcome: _Outcome) -> None:
+        """``POST /emails/batch``: one request for the limiter, the quota and the key; emails judged one by one."""
+        self._authorize(record.headers)
+        with self._lock:
+            self._admit(outcome, send=True)
+            self._check_quota(outcome)
+        key = idempotency_key(record.headers)
+        plan = plan_batch(record.body, record.is_json, batch_mode(record.headers))
+        with self._lock:
+            replay = self._claim_key(key, record)
+            if replay is not None:
+                outcome.ready = replay
+                return
+            outcome.key = key
+            try:
+                self._script_batch(plan)
+            except ApiError as error:
+                outcome.error = error
+                return
+            outcome.batch = plan
+
+    def _script_batch(self, plan: BatchPlan) -> None:
+        """Apply ``fail_recipient`` per email (lock held).
+
+        A 5xx-scripted recipient fails the whole request, as a server error
+        would, before any email is judged (so no 4xx countdown is spent on a
+        request that crashed); a 4xx-scripted one is refused like an invalid
+        email: the whole batch in strict mode, only that email in permissive.
+        """
+        for _, send in plan.items:
+            address = self._failing_address(send["to"], server_error=True)
+            if address is not None:
+                raise self._spend_failure(address)
+        for index, send in list(plan.items):
+            error = self._recipient_failure(send["to"])
+            if error is not None:
+                plan.reject(index, error)
 
     def _authorize(self, headers: dict[str, str]) -> None:
         """401 without a bearer token, 403 with the wrong one, like Resend."""
@@ -437,11 +490,15 @@ class FakeResend:
         if token != self.api_key:
             raise ApiError(403, "invalid_api_key", "API key is invalid")
 
-    def _claim_key(self, key: str | None, body: Any) -> Answer | None:
-        """Claim ``key`` for this request, or return the stored answer to replay (lock held)."""
+    def _claim_key(self, key: str | None, record: RecordedRequest) -> Answer | None:
+        """Claim ``key`` for this request, or return the stored answer to replay (lock held).
+
+        The endpoint is part of the payload, so a key reused across
+        ``/emails`` and ``/emails/batch`` is a different request (409).
+        """
         if key is None:
             return None
-        fingerprint = json.dumps(body, sort_keys=True)
+        fingerprint = json.dumps([_path_of(record), record.body], sort_keys=True)
         entry = self._idempotency.get(key)
         if entry is None:
             self._idempotency[key] = _IdempotencyEntry(fingerprint)
@@ -460,7 +517,7 @@ class FakeResend:
                 "Same idempotency key used with a different request payload. "
                 "Change your idempotency key or payload.",
             )
-        return Answer(200, dict(entry.response))
+        return Answer(200, json.loads(json.dumps(entry.response)))
 
     def _admit(self, outcome: _Outcome, *, send: bool) -> None:
         """The team's limiter (lock held): forced 429s for sends, then the window.
@@ -499,19 +556,28 @@ class FakeResend:
         return rate_headers(limit, int(limit) - self._window.used(now), self._window.reset_seconds(now))
 
     def _recipient_failure(self, to: list[str]) -> ApiError | None:
-        """The scripted error of the first failing recipient, counting down ``times``."""
+        """The scripted error of the first failing recipient, counting down ``times`` (lock held)."""
+        address = self._failing_address(to)
+        return None if address is None else self._spend_failure(address)
+
+    def _failing_address(self, to: list[str], *, server_error: bool = False) -> str | None:
+        """The first recipient with a scripted failure (only 5xx ones if ``server_error``), spending nothing."""
         for address in map(normalize_address, to):
             failure = self._failures.get(address)
-            if failure is None:
-                continue
-            if failure.remaining is not None:
-                failure.remaining -= 1
-                if failure.remaining <= 0:
-                    del self._failures[address]
-            failure.answered += 1
-            message = failure.message.replace("{attempt}", str(failure.answered))
-            return ApiError(failure.status, failure.name, message)
+            if failure is not None and (not server_error or failure.status >= 500):
+                return address
         return None
+
+    def _spend_failure(self, address: str) -> ApiError:
+        """Answer one scripted failure of ``address``: count down ``times`` and number the attempt."""
+        failure = self._failures[address]
+        if failure.remaining is not None:
+            failure.remaining -= 1
+            if failure.remaining <= 0:
+                del self._failures[address]
+        failure.answered += 1
+        message = failure.message.replace("{attempt}", str(failure.answered))
+        return ApiError(failure.status, failure.name, message)
 
     def _complete(self, outcome: _Outcome) -> Answer:
         """Turn a decision into the answer: release a failed key or store the delivery."""
@@ -520,6 +586,8 @@ class FakeResend:
         if outcome.error is not None:
             self._release_key(outcome.key)
             return outcome.error.answer()
+        if outcome.batch is not None:
+            return self._accept_batch(outcome.batch, outcome.key)
         assert outcome.send is not None
         return self._accept(outcome.send, outcome.key)
 
@@ -534,22 +602,44 @@ class FakeResend:
 
     def _accept(self, send: dict[str, Any], key: str | None) -> Answer:
         """Record the delivery and remember the response for idempotent replays."""
-        delivery = Delivery(
-            id=str(uuid.uuid4()),
-            to=list(send["to"]),
-            from_=send["from"],
-            subject=send["subject"],
-            html=send.get("html"),
-            text=send.get("text"),
-            idempotency_key=key,
-            created_at=datetime.now(timezone.utc).isoformat(),
-        )
-        response = {"id": delivery.id}
+        delivery = _delivery(send, key)
+        return self._deliver([delivery], key, {"id": delivery.id})
+
+    def _accept_batch(self, plan: BatchPlan, key: str | None) -> Answer:
+        """Deliver the batch's valid emails in request order; permissive mode also lists the refused."""
+        deliveries = [_delivery(send, key, index) for index, send in plan.items]
+        response: dict[str, Any] = {"data": [{"id": d.id} for d in deliveries]}
+        if plan.mode == "permissive":
+            response["errors"] = list(plan.errors)
+        return self._deliver(deliveries, key, response)
+
+    def _deliver(self, deliveries: list[Delivery], key: str | None, response: dict[str, Any]) -> Answer:
+        """Store the deliveries and the answer a replay of ``key`` will get, in one step."""
         with self._lock:
-            self._deliveries.append(delivery)
+            self._deliveries.extend(deliveries)
             if key is not None and key in self._idempotency:
                 self._idempotency[key].response = response
-        return Answer(200, dict(response))
+        return Answer(200, json.loads(json.dumps(response)))
+
+
+def _delivery(send: dict[str, Any], key: str | None, batch_index: int | None = None) -> Delivery:
+    """What a provider would deliver for one validated email."""
+    return Delivery(
+        id=str(uuid.uuid4()),
+        to=list(send["to"]),
+        from_=send["from"],
+        subject=send["subject"],
+        html=send.get("html"),
+        text=send.get("text"),
+        idempotency_key=key,
+        created_at=datetime.now(timezone.utc).isoformat(),
+        batch_index=batch_index,
+    )
+
+
+def _path_of(record: RecordedRequest) -> str:
+    """The request path without its query string."""
+    return record.path.split("?", 1)[0]
 
 
 class _Server(ThreadingHTTPServer):

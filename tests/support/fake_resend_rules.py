@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 256
+MAX_BATCH_SIZE = 100
+BATCH_MODES = ("strict", "permissive")
+NOT_IN_BATCH = ("attachments", "scheduled_at")
+"""Fields a single send accepts but a batch item may not carry."""
 
 MISSING_API_KEY_MESSAGE = (
     "Missing API key in the authorization header. Include the following "
@@ -34,7 +38,12 @@ def normalize_address(value: str) -> str:
 
 
 def recipients_of(body: Any) -> list[str]:
-    """The ``to`` addresses of a parsed body, tolerant of bad input because it also serves the recordings."""
+    """The ``to`` addresses of a parsed body, tolerant of bad input because it also serves the recordings.
+
+    A batch body (a list of emails) names the recipients of all its items.
+    """
+    if isinstance(body, list):
+        return [address for item in body if isinstance(item, dict) for address in recipients_of(item)]
     if not isinstance(body, dict):
         return []
     to = body.get("to")
@@ -115,6 +124,71 @@ def validated_email(body: dict[str, Any]) -> dict[str, Any]:
         if body.get(name) is not None:
             _require_string(body, name)
     return {**body, "to": _validated_to(body["to"])}
+
+
+def batch_mode(headers: dict[str, str]) -> str:
+    """The ``x-batch-validation`` header: ``strict`` (the default) or ``permissive``."""
+    mode = headers.get("x-batch-validation", "strict").strip().lower()
+    if mode not in BATCH_MODES:
+        raise ApiError(
+            422,
+            "validation_error",
+            "Invalid `x-batch-validation` header: expected `strict` or `permissive`.",
+        )
+    return mode
+
+
+@dataclass
+class BatchPlan:
+    """A batch request sorted into the emails to deliver and the ones refused.
+
+    Why a plan rather than a yes/no: in permissive mode the answer lists the
+    delivered ids in request order and each refused email by its index in
+    the request, so both must be kept with their index until answering.
+    """
+
+    mode: str
+    items: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    """(index in the request, validated email) of each email still to deliver."""
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    """``{"index", "message"}`` of each email refused in permissive mode."""
+
+    def reject(self, index: int, error: ApiError) -> None:
+        """Refuse one email: strict mode refuses the whole batch, naming it; permissive drops only it."""
+        if self.mode == "strict":
+            raise ApiError(error.status, error.name, f"emails[{index}]: {error.message}")
+        self.items = [(i, send) for i, send in self.items if i != index]
+        self.errors.append({"index": index, "message": error.message})
+        self.errors.sort(key=lambda entry: entry["index"])
+
+
+def plan_batch(body: Any, is_json: bool, mode: str) -> BatchPlan:
+    """Check a ``POST /emails/batch`` body: a JSON array of 1 to 100 emails, each valid on its own."""
+    if not is_json or not isinstance(body, list):
+        raise ApiError(400, "validation_error", "Invalid JSON body: expected a JSON array of emails.")
+    if not 1 <= len(body) <= MAX_BATCH_SIZE:
+        raise ApiError(
+            422,
+            "validation_error",
+            f"A batch must contain between 1 and {MAX_BATCH_SIZE} emails; this one has {len(body)}.",
+        )
+    plan = BatchPlan(mode)
+    for index, item in enumerate(body):
+        try:
+            plan.items.append((index, _validated_batch_email(item)))
+        except ApiError as error:
+            plan.reject(index, error)
+    return plan
+
+
+def _validated_batch_email(item: Any) -> dict[str, Any]:
+    """One batch item: an email object without the fields batches do not support."""
+    if not isinstance(item, dict):
+        raise ApiError(422, "validation_error", "Invalid email: expected a JSON object.")
+    for name in NOT_IN_BATCH:
+        if item.get(name) is not None:
+            raise ApiError(422, "validation_error", f"The `{name}` field is not supported in batch emails.")
+    return validated_email(item)
 
 
 def _validated_to(value: Any) -> list[str]:

@@ -373,3 +373,157 @@ def test_monthly_quota_resets_by_itself_after_its_time(fake: FakeResend) -> None
     assert refused.headers["retry-after"] == "1"
     assert fake.requests[-1].arrived_at - fake.requests[0].arrived_at >= 0.3
     assert fake.delivery_count() == 1
+
+
+def batch_post(fake: FakeResend, body: Any, headers: dict[str, str] | None = None) -> requests.Response:
+    """POST /emails/batch with the right key."""
+    sent = {"Authorization": f"Bearer {fake.api_key}", **(headers or {})}
+    return requests.post(f"{fake.url}/emails/batch", json=body, headers=sent, timeout=5)
+
+
+def addressed(*names: str) -> list[dict[str, Any]]:
+    """One valid email per name, to ``<name>@example.com``."""
+    return [params(to=f"{name}@example.com", subject=f"For {name}") for name in names]
+
+
+def test_batch_delivers_each_email_in_order_and_counts_once_against_the_limit(sdk: FakeResend) -> None:
+    sdk.set_rate_limit(2)
+
+    answer = resend.Batch.send(addressed("a", "b", "c"), options={"idempotency_key": "batch-1"})  # type: ignore[arg-type]
+    single = resend.Emails.send(params())
+
+    ids = [item["id"] for item in answer["data"]]
+    assert "errors" not in answer  # strict mode lists no errors
+    assert answer["http_headers"]["ratelimit-remaining"] == "1"
+    assert single["http_headers"]["ratelimit-remaining"] == "0"
+    assert sdk.delivery_count() == 4
+    batch = [d for d in sdk.deliveries if d.in_batch]
+    assert [d.id for d in batch] == ids
+    assert [(d.batch_index, d.to, d.idempotency_key) for d in batch] == [
+        (0, ["a@example.com"], "batch-1"),
+        (1, ["b@example.com"], "batch-1"),
+        (2, ["c@example.com"], "batch-1"),
+    ]
+    assert sdk.deliveries_to("b@example.com")[0].subject == "For b"
+    assert sdk.attempts_for("c@example.com") == 1
+    assert sdk.deliveries[-1].in_batch is False
+
+
+def test_batch_replay_returns_the_first_answer_and_a_changed_payload_is_409(sdk: FakeResend) -> None:
+    first = resend.Batch.send(addressed("a", "b"), options={"idempotency_key": "batch-1"})  # type: ignore[arg-type]
+    again = resend.Batch.send(addressed("a", "b"), options={"idempotency_key": "batch-1"})  # type: ignore[arg-type]
+    with pytest.raises(ResendError) as changed:
+        resend.Batch.send(addressed("a", "c"), options={"idempotency_key": "batch-1"})  # type: ignore[arg-type]
+    with pytest.raises(ResendError) as other_endpoint:
+        resend.Emails.send(params(), options={"idempotency_key": "batch-1"})
+
+    assert again["data"] == first["data"]
+    assert sdk.delivery_count() == 2
+    assert (changed.value.code, changed.value.error_type) == (409, "invalid_idempotent_request")
+    assert (other_endpoint.value.code, other_endpoint.value.error_type) == (409, "invalid_idempotent_request")
+    assert [r.status for r in sdk.requests] == [200, 200, 409, 409]
+
+
+def test_batch_retried_while_the_first_is_in_flight_is_409_concurrent(fake: FakeResend) -> None:
+    fake.delay_seconds = 0.5
+    answers: list[int] = []
+    key = {"Idempotency-Key": "batch-1"}
+    first = threading.Thread(target=lambda: answers.append(batch_post(fake, addressed("a", "b"), key).status_code))
+    first.start()
+    fake.wait_for(lambda: len(fake.requests) == 1, description="first batch to arrive")
+
+    second = batch_post(fake, addressed("a", "b"), key)
+    first.join(timeout=5)
+
+    assert_error(second, 409, "concurrent_idempotent_requests")
+    assert answers == [200]
+    assert fake.delivery_count() == 2
+
+
+@pytest.mark.parametrize("size", [0, 101])
+def test_batch_of_no_or_more_than_100_emails_is_422(sdk: FakeResend, size: int) -> None:
+    with pytest.raises(ResendError) as caught:
+        resend.Batch.send([params()] * size)  # type: ignore[list-item]
+
+    assert (caught.value.code, caught.value.error_type) == (422, "validation_error")
+    assert str(size) in caught.value.message
+    assert sdk.delivery_count() == 0
+
+
+def test_batch_of_100_emails_is_accepted(fake: FakeResend) -> None:
+    response = batch_post(fake, [params()] * 100)
+
+    assert response.status_code == 200 and len(response.json()["data"]) == 100
+    assert fake.delivery_count() == 100
+    assert [d.batch_index for d in fake.deliveries] == list(range(100))
+
+
+def test_strict_batch_with_one_invalid_email_is_refused_whole_naming_it(sdk: FakeResend) -> None:
+    emails = addressed("a", "b", "c")
+    emails[1]["attachments"] = [{"filename": "x.txt", "content": "eA=="}]
+
+    with pytest.raises(ResendError) as caught:
+        resend.Batch.send(emails, options={"idempotency_key": "batch-1", "batch_validation": "strict"})  # type: ignore[arg-type]
+    del emails[1]["attachments"]
+    answer = resend.Batch.send(emails, options={"idempotency_key": "batch-1"})  # type: ignore[arg-type]
+
+    assert (caught.value.code, caught.value.error_type) == (422, "validation_error")
+    assert "emails[1]" in caught.value.message and "attachments" in caught.value.message
+    assert len(answer["data"]) == 3  # the refused batch did not claim the key
+    assert sdk.delivery_count() == 3
+
+
+def test_permissive_batch_delivers_the_valid_emails_and_lists_the_others(sdk: FakeResend) -> None:
+    emails = addressed("a", "b", "c", "d", "e")
+    emails[1]["scheduled_at"] = "in 1 hour"
+    del emails[3]["to"]
+    emails[4]["to"] = "not-an-address"
+
+    answer = resend.Batch.send(emails, options={"batch_validation": "permissive"})  # type: ignore[arg-type]
+
+    assert [e["index"] for e in answer["errors"]] == [1, 3, 4]
+    assert "scheduled_at" in answer["errors"][0]["message"] and "`to`" in answer["errors"][1]["message"]
+    assert [item["id"] for item in answer["data"]] == [d.id for d in sdk.deliveries]
+    assert [(d.batch_index, d.to) for d in sdk.deliveries] == [(0, ["a@example.com"]), (2, ["c@example.com"])]
+    assert sdk.requests[0].headers["x-batch-validation"] == "permissive"
+
+
+def test_scripted_recipients_in_a_batch_fail_per_email_or_the_whole_request(sdk: FakeResend) -> None:
+    sdk.fail_recipient("b@example.com", status=422, name="validation_error", message="b refused", times=2)
+    sdk.fail_recipient("c@example.com", status=500, name="application_error", message="crash", times=1)
+    options: Any = {"idempotency_key": "batch-1", "batch_validation": "permissive"}
+
+    with pytest.raises(ResendError) as crashed:
+        resend.Batch.send(addressed("a", "b", "c"), options=options)
+    answer = resend.Batch.send(addressed("a", "b", "c"), options=options)
+    with pytest.raises(ResendError) as strict:
+        resend.Batch.send(addressed("b", "d"))
+
+    assert (crashed.value.code, crashed.value.error_type, crashed.value.message) == (500, "application_error", "crash")
+    assert answer["errors"] == [{"index": 1, "message": "b refused"}]
+    assert [d.to for d in sdk.deliveries] == [["a@example.com"], ["c@example.com"]]
+    assert (strict.value.code, strict.value.message) == (422, "emails[0]: b refused")
+    assert sdk.deliveries_to("d@example.com") == []
+    assert [r.status for r in sdk.requests] == [500, 200, 422]
+
+
+def test_exhausted_quota_refuses_a_batch_too(sdk: FakeResend) -> None:
+    sdk.exhaust_quota("monthly_quota_exceeded", reset_after=30)
+
+    with pytest.raises(RateLimitError) as caught:
+        resend.Batch.send(addressed("a", "b"))
+
+    assert caught.value.error_type == "monthly_quota_exceeded"
+    assert caught.value.headers["retry-after"] == "30"
+    assert sdk.delivery_count() == 0
+
+
+def test_batch_body_must_be_an_array_of_objects_and_the_mode_known(fake: FakeResend) -> None:
+    not_array = batch_post(fake, params())
+    unknown_mode = batch_post(fake, [params()], {"x-batch-validation": "lenient"})
+    odd_item = batch_post(fake, [params(), "not an email"], {"x-batch-validation": "permissive"})
+
+    assert_error(not_array, 400, "validation_error")
+    assert_error(unknown_mode, 422, "validation_error")
+    assert odd_item.status_code == 200 and [e["index"] for e in odd_item.json()["errors"]] == [1]
+    assert fake.delivery_count() == 1
