@@ -130,6 +130,14 @@ class _Failure:
     answered: int = 0
 
 
+@dataclass(frozen=True)
+class _Delay:
+    """A ``delay_next`` slot: hold the answer ``seconds``; ``delivered`` says whether the send goes through."""
+
+    seconds: float
+    delivered: bool
+
+
 @dataclass
 class _IdempotencyEntry:
     """A claimed key; ``response`` stays None while the first request is in flight."""
@@ -156,6 +164,10 @@ class _Outcome:
     """Set only once this request has claimed the key, so only it may release it."""
     rate: dict[str, str] | None = None
     """The ``ratelimit-*`` headers as of this request's admission (or arrival, if never admitted)."""
+    delay: float = 0.0
+    """Seconds to hold the answer after deciding."""
+    delivered: bool = True
+    """False when ``delay_next(delivered=False)`` dropped this request: nothing is delivered."""
 
 
 class FakeResend:
@@ -186,6 +198,8 @@ class FakeResend:
         self._deliveries: list[Delivery] = []
         self._failures: dict[str, _Failure] = {}
         self._forced_rate_limits: deque[int] = deque()
+        self._delays: deque[_Delay] = deque()
+        self._forced_failures: deque[ApiError] = deque()
         self._window = RateWindow()
         self._quota: Quota | None = None
         self._idempotency: dict[str, _IdempotencyEntry] = {}
@@ -271,6 +285,36 @@ class FakeResend:
         """Answer the next ``n`` sends (any recipient) with 429 ``rate_limit_exceeded``."""
         with self._lock:
             self._forced_rate_limits.extend([retry_after] * n)
+
+    def delay_next(self, n: int, seconds: float, *, delivered: bool = True) -> None:
+        """Hold the answers to the next ``n`` requests (any endpoint) for ``seconds``.
+
+        The request is decided on arrival (its key is claimed, so a retry meanwhile
+        gets 409 ``concurrent_idempotent_requests``) and completed after the delay
+        whether or not the client is still waiting, as a real server would.
+        ``delivered=True`` delivers a send even though its client timed out: the
+        hard case, where only the Idempotency-Key keeps a retry from sending twice.
+        ``delivered=False`` drops it: nothing delivered, the key released, and 500
+        ``application_error`` answered after the delay.
+        """
+        with self._lock:
+            self._delays.extend([_Delay(seconds, delivered)] * n)
+
+    def fail_next(
+        self,
+        n: int,
+        status: int = 500,
+        name: str = "application_error",
+        message: str = "An unexpected error occurred.",
+    ) -> None:
+        """Answer the next ``n`` requests (any endpoint, any recipient) with this error, deciding nothing.
+
+        Why before authentication and the limiter: a crashing or overloaded
+        server fails a request before looking at it, so it spends no slot, no
+        quota and no key, and nothing is delivered.
+        """
+        with self._lock:
+            self._forced_failures.extend([ApiError(status, name, message)] * n)
 
     def set_rate_limit(self, n: float) -> None:
         """Enforce and advertise ``n`` requests per second from now on, as when Resend raises a team's limit."""
@@ -377,9 +421,13 @@ class FakeResend:
     # -- request handling (called from server threads) -------------------
 
     def _respond_to(self, record: RecordedRequest) -> Answer:
-        """Decide, wait ``delay_seconds``, then complete; the key stays claimed meanwhile."""
+        """Decide, hold the answer (``delay_seconds`` or ``delay_next``), then complete.
+
+        The key stays claimed while the answer is held, so retries meanwhile see 409.
+        """
         outcome = _Outcome()
         try:
+            self._take_scripts(outcome)
             self._decide(record, outcome)
         except ApiError as error:
             outcome.error = error
@@ -389,14 +437,24 @@ class FakeResend:
                 if outcome.rate is None:
                     outcome.rate = self._rate_headers(time.monotonic())
         try:
-            if self.delay_seconds > 0:
-                time.sleep(self.delay_seconds)
+            if outcome.delay > 0:
+                time.sleep(outcome.delay)
         finally:
             answer = self._complete(outcome)
             answer.headers = {**outcome.rate, **answer.headers}
             with self._lock:
                 record.status = answer.status
         return answer
+
+    def _take_scripts(self, outcome: _Outcome) -> None:
+        """Spend this request's ``delay_next`` and ``fail_next`` slots, if any are left."""
+        with self._lock:
+            delay = self._delays.popleft() if self._delays else None
+            failure = self._forced_failures.popleft() if self._forced_failures else None
+        outcome.delay = self.delay_seconds if delay is None else delay.seconds
+        outcome.delivered = True if delay is None else delay.delivered
+        if failure is not None:
+            raise ApiError(failure.status, failure.name, failure.message)
 
     def _decide(self, record: RecordedRequest, outcome: _Outcome) -> None:
         """Route the request to its endpoint; an endpoint raises ApiError to refuse."""
@@ -586,6 +644,9 @@ class FakeResend:
         if outcome.error is not None:
             self._release_key(outcome.key)
             return outcome.error.answer()
+        if not outcome.delivered:
+            self._release_key(outcome.key)
+            return ApiError(500, "application_error", "The request timed out; nothing was sent.").answer()
         if outcome.batch is not None:
             return self._accept_batch(outcome.batch, outcome.key)
         assert outcome.send is not None

@@ -17,11 +17,13 @@ import pytest
 import requests
 import resend
 from resend.exceptions import (
+    ApplicationError,
     InvalidApiKeyError,
     MissingRequiredFieldsError,
     RateLimitError,
     ResendError,
 )
+from resend.http_client_requests import RequestsClient
 
 from tests.support.fake_resend import FakeResend
 
@@ -527,3 +529,58 @@ def test_batch_body_must_be_an_array_of_objects_and_the_mode_known(fake: FakeRes
     assert_error(unknown_mode, 422, "validation_error")
     assert odd_item.status_code == 200 and [e["index"] for e in odd_item.json()["errors"]] == [1]
     assert fake.delivery_count() == 1
+
+
+def test_delay_next_delivers_though_the_client_timed_out(sdk: FakeResend, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(resend, "default_http_client", RequestsClient(timeout=0.2))  # type: ignore[arg-type]
+    sdk.delay_next(1, 0.8)
+    options: Any = {"idempotency_key": "k1"}
+
+    with pytest.raises(ResendError) as timed_out:
+        resend.Emails.send(params(), options=options)
+    with pytest.raises(ResendError) as in_flight:
+        resend.Emails.send(params(), options=options)
+    sdk.wait_for(lambda: sdk.requests[0].status == 200, timeout=5, description="the held send to complete")
+    replay = resend.Emails.send(params(), options=options)
+
+    assert timed_out.value.error_type == "HttpClientError"
+    assert (in_flight.value.code, in_flight.value.error_type) == (409, "concurrent_idempotent_requests")
+    assert [d.id for d in sdk.deliveries] == [replay["id"]]
+    assert [r.status for r in sdk.requests] == [200, 409, 200]
+
+
+def test_delay_next_not_delivered_releases_the_key(fake: FakeResend) -> None:
+    fake.delay_next(1, 0.5, delivered=False)
+    headers = {"Authorization": f"Bearer {fake.api_key}", "Idempotency-Key": "k1"}
+
+    with pytest.raises(requests.Timeout):
+        requests.post(f"{fake.url}/emails", json=params(), headers=headers, timeout=0.1)
+    fake.wait_for(lambda: fake.requests[0].status is not None, timeout=5, description="the held send to end")
+    retry = post(fake, params(), {"Idempotency-Key": "k1"})
+
+    assert fake.requests[0].status == 500
+    assert retry.status_code == 200
+    assert [d.id for d in fake.deliveries] == [retry.json()["id"]]
+    assert fake.requests[1].arrived_at - fake.requests[0].arrived_at >= 0.5
+
+
+def test_fail_next_fails_whole_requests_before_anything_is_decided(sdk: FakeResend) -> None:
+    sdk.set_rate_limit(5)
+    sdk.fail_next(2, status=503, name="service_unavailable", message="try later")
+    codes: list[int | str] = []
+
+    for _ in range(2):
+        with pytest.raises(ResendError) as caught:
+            resend.Emails.send(params(), options={"idempotency_key": "k1"})
+        codes.append(caught.value.code)
+    answer = resend.Emails.send(params(), options={"idempotency_key": "k1"})
+
+    assert codes == [503, 503]
+    assert caught.value.error_type == "service_unavailable" and caught.value.message == "try later"
+    assert caught.value.headers["ratelimit-remaining"] == "5"  # the failed requests spent no slot
+    assert answer["http_headers"]["ratelimit-remaining"] == "4"
+    assert [d.id for d in sdk.deliveries] == [answer["id"]]
+    sdk.fail_next(1)  # any endpoint, not only sends
+    with pytest.raises(ApplicationError) as failed_get:
+        resend.Emails.get(answer["id"])
+    assert (failed_get.value.code, failed_get.value.error_type) == (500, "application_error")
