@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import time
 import uuid
@@ -203,6 +204,8 @@ class FakeResend:
         self._window = RateWindow()
         self._quota: Quota | None = None
         self._idempotency: dict[str, _IdempotencyEntry] = {}
+        self._connections: set[socket.socket] = set()
+        self._connections_opened = 0
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -223,13 +226,24 @@ class FakeResend:
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the listening socket; safe to call twice."""
+        """Stop serving, close the listening socket and every kept-alive connection; safe to call twice.
+
+        Why close kept-alive connections too: otherwise a pooled client would
+        keep talking to a "stopped" fake through a connection it already had.
+        """
         server, thread = self._server, self._thread
         self._server, self._thread = None, None
         if server is None:
             return
         server.shutdown()
         server.server_close()
+        with self._lock:
+            open_connections = list(self._connections)
+        for connection in open_connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed by its handler
         if thread is not None:
             thread.join(timeout=5)
 
@@ -389,6 +403,21 @@ class FakeResend:
             if r.method == "POST" and wanted in map(normalize_address, r.to)
         )
 
+    def count_429(self) -> int:
+        """Requests answered 429, whatever the cause (rate limit, quota, scripted)."""
+        with self._lock:
+            return sum(1 for r in self._requests if r.status == 429)
+
+    def requests_to(self, path: str) -> int:
+        """Requests to ``path`` (query string ignored), any method, whatever they were answered."""
+        with self._lock:
+            return sum(1 for r in self._requests if _path_of(r) == path)
+
+    def connections_opened(self) -> int:
+        """TCP connections the server accepted; fewer than requests means a client reused them."""
+        with self._lock:
+            return self._connections_opened
+
     def wait_for(
         self,
         predicate: Callable[[], object],
@@ -419,6 +448,17 @@ class FakeResend:
         )
 
     # -- request handling (called from server threads) -------------------
+
+    def _connection_opened(self, connection: socket.socket) -> None:
+        """Count and remember an accepted connection, so ``stop`` can close it."""
+        with self._lock:
+            self._connections_opened += 1
+            self._connections.add(connection)
+
+    def _connection_closed(self, connection: socket.socket) -> None:
+        """Forget a connection its handler is done with."""
+        with self._lock:
+            self._connections.discard(connection)
 
     def _respond_to(self, record: RecordedRequest) -> Answer:
         """Decide, hold the answer (``delay_seconds`` or ``delay_next``), then complete.
@@ -717,11 +757,27 @@ class _Server(ThreadingHTTPServer):
         super().__init__(address, handler)
         self.fake = fake
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """One accepted TCP connection: counted, then served in its own thread."""
+        self.fake._connection_opened(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        """The connection's handler is done (the client closed it, or asked to)."""
+        self.fake._connection_closed(request)
+        super().shutdown_request(request)
+
 
 class _Handler(BaseHTTPRequestHandler):
-    """Thin HTTP adapter: read, delegate to FakeResend, write JSON."""
+    """Thin HTTP adapter: read, delegate to FakeResend, write JSON.
+
+    HTTP/1.1 with keep-alive, as Resend's API is, so a pooled client reuses
+    connections and ``connections_opened`` can show it; ``Connection: close``
+    from the client is honoured and echoed.
+    """
 
     server: _Server
+    protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:  # noqa: N802 - http.server naming
         self._serve()
@@ -761,12 +817,27 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def _read_body(self) -> bytes:
-        """Read exactly Content-Length bytes (the SDK always sends it)."""
+        """Read exactly the body, so the next request on a kept-alive connection starts where it should."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return self._read_chunked()
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = 0
         return self.rfile.read(length) if length > 0 else b""
+
+    def _read_chunked(self) -> bytes:
+        """A chunked body (RFC 9112 section 7.1), trailers skipped."""
+        chunks = []
+        while True:
+            size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                break
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline()  # the CRLF after each chunk
+        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+            pass
+        return b"".join(chunks)
 
     def _write(self, answer: Answer) -> None:
         """Send JSON; a client that already hung up (timeout) is not an error here."""
@@ -777,9 +848,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(payload)))
             for name, value in answer.headers.items():
                 self.send_header(name, value)
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(payload)
-        except (BrokenPipeError, ConnectionResetError):
+        except OSError:  # the client hung up (timeout) or stop() closed the connection
             self.close_connection = True
 
 

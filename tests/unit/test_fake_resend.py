@@ -584,3 +584,47 @@ def test_fail_next_fails_whole_requests_before_anything_is_decided(sdk: FakeRese
     with pytest.raises(ApplicationError) as failed_get:
         resend.Emails.get(answer["id"])
     assert (failed_get.value.code, failed_get.value.error_type) == (500, "application_error")
+
+
+def test_counters_of_429s_paths_and_connections() -> None:
+    with FakeResend(max_requests_per_second=2) as fake:
+        fake.exhaust_quota(reset_after=60)
+        quota = post(fake, params())
+        fake.restore_quota()
+        statuses = [post(fake, params()).status_code, post(fake, params()).status_code]
+        batch = batch_post(fake, addressed("a"))
+
+        assert [quota.status_code, *statuses, batch.status_code] == [429, 200, 429, 429]
+        assert fake.count_429() == 3
+        assert fake.requests_to("/emails") == 3
+        assert fake.requests_to("/emails/batch") == 1
+        assert fake.requests_to("/domains") == 0
+        assert fake.connections_opened() == 4  # requests.post opens one connection per call
+
+
+def test_pooled_client_reuses_a_connection_until_it_asks_to_close(fake: FakeResend) -> None:
+    with requests.Session() as session:
+        session.headers["Authorization"] = f"Bearer {fake.api_key}"
+        kept = [session.post(f"{fake.url}/emails", json=params(), timeout=5) for _ in range(3)]
+        reused = fake.connections_opened()
+        closing = session.post(f"{fake.url}/emails", json=params(), headers={"Connection": "close"}, timeout=5)
+        after_close = session.get(f"{fake.url}/emails/{kept[0].json()['id']}", timeout=5)
+
+    assert [r.status_code for r in (*kept, closing, after_close)] == [200, 200, 200, 200, 200]
+    assert reused == 1
+    assert all(r.headers.get("Connection") != "close" for r in kept)
+    assert closing.headers["Connection"] == "close"
+    assert fake.connections_opened() == 2
+    assert fake.requests_to("/emails") == 4
+
+
+def test_stop_closes_kept_alive_connections_too() -> None:
+    fake = FakeResend().start()
+    with requests.Session() as session:
+        assert session.post(f"{fake.url}/emails", json=params(), timeout=5).status_code == 401
+        url = fake.url
+        fake.stop()
+
+        with pytest.raises(requests.ConnectionError):
+            session.post(f"{url}/emails", json=params(), timeout=2)
+    assert fake.connections_opened() == 1
