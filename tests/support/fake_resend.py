@@ -1,12 +1,22 @@
 """A fake Resend HTTP API served on loopback for integration tests.
 
 Why: the email actors talk to Resend through the real ``resend`` SDK, and the
-failure modes that matter (rate limits, idempotent retries, a provider that
-rejects one recipient, a slow provider) can only be exercised honestly over
-real HTTP.  This server speaks the parts of the Resend API the workers use,
-answers with the same status codes, error names and headers, records every
-request so tests can assert on what was really sent, and can be scripted
-while it runs.  It uses the standard library only so it adds no dependency.
+failure modes that matter (rate limits, quotas, idempotent retries, a provider
+that rejects one recipient, a slow provider, a client that times out while the
+provider still delivers) can only be exercised honestly over real HTTP.  This
+server speaks the parts of the Resend API the workers use (``POST /emails``,
+``POST /emails/batch``, ``GET /emails/{id}``) over HTTP/1.1 with keep-alive,
+answers with the same status codes, error names and ``ratelimit-*`` headers,
+records every request so tests can assert on what was really sent, and can be
+scripted while it runs.  It uses the standard library only so it adds no
+dependency.
+
+Every request passes, in order: ``fail_next``/``delay_next`` slots (taken on
+arrival), routing, authentication, the team's limiter (``rate_limit_next``,
+then the sliding one-second window, shared with ``consume_from_other_app``),
+the sending quota (sends only), validation, the Idempotency-Key, and
+``fail_recipient``.  The request rules live in ``fake_resend_rules``, the
+limits in ``fake_resend_limits``.
 
 Typical use::
 
@@ -152,8 +162,8 @@ class _Outcome:
     """What was decided before the (optional) delay; completed after it.
 
     Why: the decision claims the idempotency key, and the key must stay
-    claimed during ``delay_seconds`` so concurrent retries can be observed.
-    The endpoint functions fill it in as they go, so whatever they raise, the
+    claimed while the answer is held (``delay_seconds``, ``delay_next``) so
+    concurrent retries can be observed.  The endpoint functions fill it in as they go, so whatever they raise, the
     rate headers and the claimed key are still known when answering.
     """
 
@@ -481,7 +491,7 @@ class FakeResend:
                 time.sleep(outcome.delay)
         finally:
             answer = self._complete(outcome)
-            answer.headers = {**outcome.rate, **answer.headers}
+            answer.headers = _with_rate_headers(answer, outcome.rate or {})
             with self._lock:
                 record.status = answer.status
         return answer
@@ -736,6 +746,18 @@ def _delivery(send: dict[str, Any], key: str | None, batch_index: int | None = N
         created_at=datetime.now(timezone.utc).isoformat(),
         batch_index=batch_index,
     )
+
+
+def _with_rate_headers(answer: Answer, rate: dict[str, str]) -> dict[str, str]:
+    """The answer's headers over the request's rate headers; any 429 also says when to retry.
+
+    Why every answer: Resend sends ``ratelimit-*`` on successes and errors
+    alike, so a sender can pace itself before it is ever refused.
+    """
+    headers = {**rate, **answer.headers}
+    if answer.status == 429:
+        headers.setdefault("retry-after", headers["ratelimit-reset"])
+    return headers
 
 
 def _path_of(record: RecordedRequest) -> str:

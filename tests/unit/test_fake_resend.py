@@ -628,3 +628,13 @@ def test_stop_closes_kept_alive_connections_too() -> None:
         with pytest.raises(requests.ConnectionError):
             session.post(f"{url}/emails", json=params(), timeout=2)
     assert fake.connections_opened() == 1
+
+
+def test_any_429_says_when_to_retry_even_a_scripted_one(fake: FakeResend) -> None:
+    fake.fail_next(1, status=429, name="rate_limit_exceeded", message="slow down")
+    fake.fail_recipient(CUSTOMER, status=429, name="rate_limit_exceeded", times=1)
+
+    scripted, recipient = post(fake, params()), post(fake, params())
+
+    assert [r.headers["retry-after"] for r in (scripted, recipient)] == ["1", "1"]
+    assert fake.count_429() == 2 and fake.delivery_count() == 0
