@@ -1,12 +1,22 @@
 """A fake Resend HTTP API served on loopback for integration tests.
 
 Why: the email actors talk to Resend through the real ``resend`` SDK, and the
-failure modes that matter (rate limits, idempotent retries, a provider that
-rejects one recipient, a slow provider) can only be exercised honestly over
-real HTTP.  This server speaks the parts of the Resend API the workers use,
-answers with the same status codes, error names and headers, records every
-request so tests can assert on what was really sent, and can be scripted
-while it runs.  It uses the standard library only so it adds no dependency.
+failure modes that matter (rate limits, quotas, idempotent retries, a provider
+that rejects one recipient, a slow provider, a client that times out while the
+provider still delivers) can only be exercised honestly over real HTTP.  This
+server speaks the parts of the Resend API the workers use (``POST /emails``,
+``POST /emails/batch``, ``GET /emails/{id}``) over HTTP/1.1 with keep-alive,
+answers with the same status codes, error names and ``ratelimit-*`` headers,
+records every request so tests can assert on what was really sent, and can be
+scripted while it runs.  It uses the standard library only so it adds no
+dependency.
+
+Every request passes, in order: ``fail_next``/``delay_next`` slots (taken on
+arrival), routing, authentication, the team's limiter (``rate_limit_next``,
+then the sliding one-second window, shared with ``consume_from_other_app``),
+the sending quota (sends only), validation, the Idempotency-Key, and
+``fail_recipient``.  The request rules live in ``fake_resend_rules``, the
+limits in ``fake_resend_limits``.
 
 Typical use::
 
@@ -21,78 +31,43 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Callable
 
-MAX_IDEMPOTENCY_KEY_LENGTH = 256
-POLL_INTERVAL_SECONDS = 0.02
-RATE_WINDOW_SECONDS = 1.0
-DEFAULT_RATE_LIMIT = 2
+from tests.support.fake_resend_limits import (
+    DEFAULT_RATE_LIMIT,
+    Quota,
+    RateWindow,
+    rate_headers,
+    rate_limit_error,
+)
+from tests.support.fake_resend_rules import (
+    MISSING_API_KEY_MESSAGE,
+    Answer,
+    ApiError,
+    BatchPlan,
+    batch_mode,
+    idempotency_key,
+    method_not_allowed,
+    normalize_address,
+    plan_batch,
+    recipients_of,
+    validated_send,
+)
 
-MISSING_API_KEY_MESSAGE = (
-    "Missing API key in the authorization header. Include the following "
-    "header Authorization: Bearer YOUR_API_KEY in the request."
-)
-INVALID_TO_MESSAGE = (
-    "Invalid `to` field. The email address needs to follow the "
-    "`email@example.com` or `Name <email@example.com>` format."
-)
-RATE_LIMIT_MESSAGE = (
-    "Too many requests. You can only make 2 requests per second. See rate "
-    "limit response headers for more information. Or contact support to "
-    "increase rate limit."
-)
+__all__ = ["ApiError", "Delivery", "FakeResend", "RecordedRequest", "normalize_address", "recipients_of"]
+
+POLL_INTERVAL_SECONDS = 0.02
 
 _EMAIL_PATH = re.compile(r"/emails/(?P<id>[^/]+)")
-_ANGLE_ADDRESS = re.compile(r"<([^<>]+)>")
-
-
-def normalize_address(value: str) -> str:
-    """Reduce ``"Name <A@x.org>"`` to ``"a@x.org"`` so matching ignores display names and case."""
-    match = _ANGLE_ADDRESS.search(value)
-    address = match.group(1) if match else value
-    return address.strip().lower()
-
-
-def recipients_of(body: Any) -> list[str]:
-    """The ``to`` addresses of a parsed body, tolerant of bad input because it also serves the recordings."""
-    if not isinstance(body, dict):
-        return []
-    to = body.get("to")
-    if isinstance(to, str):
-        return [to]
-    if isinstance(to, list):
-        return [item for item in to if isinstance(item, str)]
-    return []
-
-
-class ApiError(Exception):
-    """A non-success answer; raised by the checks so each one stays a short function."""
-
-    def __init__(
-        self,
-        status: int,
-        name: str,
-        message: str,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(f"{status} {name}: {message}")
-        self.status = status
-        self.name = name
-        self.message = message
-        self.headers = headers or {}
-
-    def answer(self) -> _Answer:
-        """Render as Resend does: exactly statusCode, name and message."""
-        body = {"statusCode": self.status, "name": self.name, "message": self.message}
-        return _Answer(self.status, body, dict(self.headers))
 
 
 @dataclass
@@ -127,7 +102,15 @@ class Delivery:
     html: str | None
     text: str | None
     idempotency_key: str | None
+    """The request's key; a batch's one key covers all its emails."""
     created_at: str
+    batch_index: int | None = None
+    """Index of this email in its ``POST /emails/batch`` request; None for a single send."""
+
+    @property
+    def in_batch(self) -> bool:
+        """True when the email came in a batch request."""
+        return self.batch_index is not None
 
     def as_resource(self) -> dict[str, Any]:
         """The JSON shape of ``GET /emails/{id}``."""
@@ -141,15 +124,6 @@ class Delivery:
             "text": self.text,
             "created_at": self.created_at,
         }
-
-
-@dataclass
-class _Answer:
-    """Status, JSON body and extra headers of one response."""
-
-    status: int
-    body: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -167,6 +141,14 @@ class _Failure:
     answered: int = 0
 
 
+@dataclass(frozen=True)
+class _Delay:
+    """A ``delay_next`` slot: hold the answer ``seconds``; ``delivered`` says whether the send goes through."""
+
+    seconds: float
+    delivered: bool
+
+
 @dataclass
 class _IdempotencyEntry:
     """A claimed key; ``response`` stays None while the first request is in flight."""
@@ -180,13 +162,23 @@ class _Outcome:
     """What was decided before the (optional) delay; completed after it.
 
     Why: the decision claims the idempotency key, and the key must stay
-    claimed during ``delay_seconds`` so concurrent retries can be observed.
+    claimed while the answer is held (``delay_seconds``, ``delay_next``) so
+    concurrent retries can be observed.  The endpoint functions fill it in as they go, so whatever they raise, the
+    rate headers and the claimed key are still known when answering.
     """
 
-    ready: _Answer | None = None
+    ready: Answer | None = None
     error: ApiError | None = None
     send: dict[str, Any] | None = None
+    batch: BatchPlan | None = None
     key: str | None = None
+    """Set only once this request has claimed the key, so only it may release it."""
+    rate: dict[str, str] | None = None
+    """The ``ratelimit-*`` headers as of this request's admission (or arrival, if never admitted)."""
+    delay: float = 0.0
+    """Seconds to hold the answer after deciding."""
+    delivered: bool = True
+    """False when ``delay_next(delivered=False)`` dropped this request: nothing is delivered."""
 
 
 class FakeResend:
@@ -201,18 +193,29 @@ class FakeResend:
         api_key: str = "re_test_key",
         *,
         max_requests_per_second: float | None = None,
+        advertised_limit: float | None = None,
         delay_seconds: float = 0.0,
     ) -> None:
+        """``max_requests_per_second`` None enforces nothing; ``advertised_limit``
+        is the ``ratelimit-limit`` answered, by default the enforced limit or
+        Resend's default of 2, so clients that pace on headers see one either way.
+        """
         self.api_key = api_key
         self.max_requests_per_second = max_requests_per_second
+        self._advertised_limit = advertised_limit
         self.delay_seconds = delay_seconds
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
         self._deliveries: list[Delivery] = []
         self._failures: dict[str, _Failure] = {}
         self._forced_rate_limits: deque[int] = deque()
-        self._window: deque[float] = deque()
+        self._delays: deque[_Delay] = deque()
+        self._forced_failures: deque[ApiError] = deque()
+        self._window = RateWindow()
+        self._quota: Quota | None = None
         self._idempotency: dict[str, _IdempotencyEntry] = {}
+        self._connections: set[socket.socket] = set()
+        self._connections_opened = 0
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -233,13 +236,24 @@ class FakeResend:
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the listening socket; safe to call twice."""
+        """Stop serving, close the listening socket and every kept-alive connection; safe to call twice.
+
+        Why close kept-alive connections too: otherwise a pooled client would
+        keep talking to a "stopped" fake through a connection it already had.
+        """
         server, thread = self._server, self._thread
         self._server, self._thread = None, None
         if server is None:
             return
         server.shutdown()
         server.server_close()
+        with self._lock:
+            open_connections = list(self._connections)
+        for connection in open_connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed by its handler
         if thread is not None:
             thread.join(timeout=5)
 
@@ -296,6 +310,76 @@ class FakeResend:
         with self._lock:
             self._forced_rate_limits.extend([retry_after] * n)
 
+    def delay_next(self, n: int, seconds: float, *, delivered: bool = True) -> None:
+        """Hold the answers to the next ``n`` requests (any endpoint) for ``seconds``.
+
+        The request is decided on arrival (its key is claimed, so a retry meanwhile
+        gets 409 ``concurrent_idempotent_requests``) and completed after the delay
+        whether or not the client is still waiting, as a real server would.
+        ``delivered=True`` delivers a send even though its client timed out: the
+        hard case, where only the Idempotency-Key keeps a retry from sending twice.
+        ``delivered=False`` drops it: nothing delivered, the key released, and 500
+        ``application_error`` answered after the delay.
+        """
+        with self._lock:
+            self._delays.extend([_Delay(seconds, delivered)] * n)
+
+    def fail_next(
+        self,
+        n: int,
+        status: int = 500,
+        name: str = "application_error",
+        message: str = "An unexpected error occurred.",
+    ) -> None:
+        """Answer the next ``n`` requests (any endpoint, any recipient) with this error, deciding nothing.
+
+        Why before authentication and the limiter: a crashing or overloaded
+        server fails a request before looking at it, so it spends no slot, no
+        quota and no key, and nothing is delivered.
+        """
+        with self._lock:
+            self._forced_failures.extend([ApiError(status, name, message)] * n)
+
+    def set_rate_limit(self, n: float) -> None:
+        """Enforce and advertise ``n`` requests per second from now on, as when Resend raises a team's limit."""
+        if n <= 0:
+            raise ValueError("a rate limit must be positive")
+        with self._lock:
+            self.max_requests_per_second = n
+            self._advertised_limit = n
+
+    @property
+    def advertised_limit(self) -> float:
+        """The ``ratelimit-limit`` answered: explicit, else the enforced limit, else Resend's default."""
+        return self._advertised_limit or self.max_requests_per_second or DEFAULT_RATE_LIMIT
+
+    def consume_from_other_app(self, n: int) -> None:
+        """Take ``n`` slots of the current window, as another app of the same team would.
+
+        Why: Resend's limit is per team, so our sender can meet 429s and a low
+        ``ratelimit-remaining`` it did not cause; the slots free one second later.
+        """
+        with self._lock:
+            self._window.occupy(time.monotonic(), n)
+
+    def exhaust_quota(self, kind: str = "daily_quota_exceeded", reset_after: float = 86_400.0) -> None:
+        """Answer every send (single and batch) 429 ``kind`` for ``reset_after`` seconds.
+
+        ``kind`` is ``daily_quota_exceeded`` or ``monthly_quota_exceeded``;
+        ``retry-after`` and ``ratelimit-reset`` count down to the reset, so a
+        sender can tell "stop for hours" from "slow down for a second".
+        """
+        if reset_after <= 0:
+            raise ValueError("reset_after must be positive")
+        quota = Quota(kind, time.monotonic() + reset_after)
+        with self._lock:
+            self._quota = quota
+
+    def restore_quota(self) -> None:
+        """End an exhausted quota now, as a plan upgrade would."""
+        with self._lock:
+            self._quota = None
+
     # -- recordings ------------------------------------------------------
 
     @property
@@ -329,6 +413,21 @@ class FakeResend:
             if r.method == "POST" and wanted in map(normalize_address, r.to)
         )
 
+    def count_429(self) -> int:
+        """Requests answered 429, whatever the cause (rate limit, quota, scripted)."""
+        with self._lock:
+            return sum(1 for r in self._requests if r.status == 429)
+
+    def requests_to(self, path: str) -> int:
+        """Requests to ``path`` (query string ignored), any method, whatever they were answered."""
+        with self._lock:
+            return sum(1 for r in self._requests if _path_of(r) == path)
+
+    def connections_opened(self) -> int:
+        """TCP connections the server accepted; fewer than requests means a client reused them."""
+        with self._lock:
+            return self._connections_opened
+
     def wait_for(
         self,
         predicate: Callable[[], object],
@@ -360,64 +459,135 @@ class FakeResend:
 
     # -- request handling (called from server threads) -------------------
 
-    def _respond_to(self, record: RecordedRequest) -> _Answer:
-        """Decide, wait ``delay_seconds``, then complete; the key stays claimed meanwhile."""
+    def _connection_opened(self, connection: socket.socket) -> None:
+        """Count and remember an accepted connection, so ``stop`` can close it."""
+        with self._lock:
+            self._connections_opened += 1
+            self._connections.add(connection)
+
+    def _connection_closed(self, connection: socket.socket) -> None:
+        """Forget a connection its handler is done with."""
+        with self._lock:
+            self._connections.discard(connection)
+
+    def _respond_to(self, record: RecordedRequest) -> Answer:
+        """Decide, hold the answer (``delay_seconds`` or ``delay_next``), then complete.
+
+        The key stays claimed while the answer is held, so retries meanwhile see 409.
+        """
+        outcome = _Outcome()
         try:
-            outcome = self._decide(record)
+            self._take_scripts(outcome)
+            self._decide(record, outcome)
+        except ApiError as error:
+            outcome.error = error
         finally:
             with self._lock:
                 self._requests.append(record)
+                if outcome.rate is None:
+                    outcome.rate = self._rate_headers(time.monotonic())
         try:
-            if self.delay_seconds > 0:
-                time.sleep(self.delay_seconds)
+            if outcome.delay > 0:
+                time.sleep(outcome.delay)
         finally:
             answer = self._complete(outcome)
+            answer.headers = _with_rate_headers(answer, outcome.rate or {})
             with self._lock:
                 record.status = answer.status
         return answer
 
-    def _decide(self, record: RecordedRequest) -> _Outcome:
-        """Route the request to its endpoint."""
-        path = record.path.split("?", 1)[0]
-        match = _EMAIL_PATH.fullmatch(path)
-        if path == "/emails":
-            if record.method != "POST":
-                return _Outcome(error=_method_not_allowed())
-            return self._decide_send(record)
-        if match is not None:
-            if record.method != "GET":
-                return _Outcome(error=_method_not_allowed())
-            return self._decide_get(record, match["id"])
-        return _Outcome(error=ApiError(404, "not_found", "The requested endpoint does not exist."))
-
-    def _decide_get(self, record: RecordedRequest, email_id: str) -> _Outcome:
-        """``GET /emails/{id}``: the stored delivery or 404."""
-        try:
-            self._authorize(record.headers)
-        except ApiError as error:
-            return _Outcome(error=error)
+    def _take_scripts(self, outcome: _Outcome) -> None:
+        """Spend this request's ``delay_next`` and ``fail_next`` slots, if any are left."""
         with self._lock:
+            delay = self._delays.popleft() if self._delays else None
+            failure = self._forced_failures.popleft() if self._forced_failures else None
+        outcome.delay = self.delay_seconds if delay is None else delay.seconds
+        outcome.delivered = True if delay is None else delay.delivered
+        if failure is not None:
+            raise ApiError(failure.status, failure.name, failure.message)
+
+    def _decide(self, record: RecordedRequest, outcome: _Outcome) -> None:
+        """Route the request to its endpoint; an endpoint raises ApiError to refuse."""
+        path = _path_of(record)
+        match = _EMAIL_PATH.fullmatch(path)
+        if path in ("/emails", "/emails/batch"):
+            if record.method != "POST":
+                raise method_not_allowed()
+            if path == "/emails":
+                self._decide_send(record, outcome)
+            else:
+                self._decide_batch(record, outcome)
+        elif match is not None:
+            if record.method != "GET":
+                raise method_not_allowed()
+            self._decide_get(record, outcome, match["id"])
+        else:
+            raise ApiError(404, "not_found", "The requested endpoint does not exist.")
+
+    def _decide_get(self, record: RecordedRequest, outcome: _Outcome, email_id: str) -> None:
+        """``GET /emails/{id}``: the stored delivery or 404."""
+        self._authorize(record.headers)
+        with self._lock:
+            self._admit(outcome, send=False)
             found = next((d for d in self._deliveries if d.id == email_id), None)
         if found is None:
-            return _Outcome(error=ApiError(404, "not_found", "Email not found"))
-        return _Outcome(ready=_Answer(200, found.as_resource()))
+            raise ApiError(404, "not_found", "Email not found")
+        outcome.ready = Answer(200, found.as_resource())
 
-    def _decide_send(self, record: RecordedRequest) -> _Outcome:
-        """``POST /emails``: auth, validation, idempotency, then scripted errors."""
-        try:
-            self._authorize(record.headers)
-            key = _idempotency_key(record.headers)
-            send = _validated_send(record)
-        except ApiError as error:
-            return _Outcome(error=error)
+    def _decide_send(self, record: RecordedRequest, outcome: _Outcome) -> None:
+        """``POST /emails``: auth, the limiter, the quota, validation, idempotency, then scripted errors."""
+        self._authorize(record.headers)
         with self._lock:
-            try:
-                replay = self._claim_key(key, record.body)
-            except ApiError as error:
-                return _Outcome(error=error)
+            self._admit(outcome, send=True)
+            self._check_quota(outcome)
+        key = idempotency_key(record.headers)
+        send = validated_send(record.body, record.is_json)
+        with self._lock:
+            replay = self._claim_key(key, record)
             if replay is not None:
-                return _Outcome(ready=replay)
-            return _Outcome(send=send, key=key, error=self._scripted_error(send["to"]))
+                outcome.ready = replay
+                return
+            outcome.key = key
+            outcome.send = send
+            outcome.error = self._recipient_failure(send["to"])
+
+    def _decide_batch(self, record: RecordedRequest, outcome: _Outcome) -> None:
+        """``POST /emails/batch``: one request for the limiter, the quota and the key; emails judged one by one."""
+        self._authorize(record.headers)
+        with self._lock:
+            self._admit(outcome, send=True)
+            self._check_quota(outcome)
+        key = idempotency_key(record.headers)
+        plan = plan_batch(record.body, record.is_json, batch_mode(record.headers))
+        with self._lock:
+            replay = self._claim_key(key, record)
+            if replay is not None:
+                outcome.ready = replay
+                return
+            outcome.key = key
+            try:
+                self._script_batch(plan)
+            except ApiError as error:
+                outcome.error = error
+                return
+            outcome.batch = plan
+
+    def _script_batch(self, plan: BatchPlan) -> None:
+        """Apply ``fail_recipient`` per email (lock held).
+
+        A 5xx-scripted recipient fails the whole request, as a server error
+        would, before any email is judged (so no 4xx countdown is spent on a
+        request that crashed); a 4xx-scripted one is refused like an invalid
+        email: the whole batch in strict mode, only that email in permissive.
+        """
+        for _, send in plan.items:
+            address = self._failing_address(send["to"], server_error=True)
+            if address is not None:
+                raise self._spend_failure(address)
+        for index, send in list(plan.items):
+            error = self._recipient_failure(send["to"])
+            if error is not None:
+                plan.reject(index, error)
 
     def _authorize(self, headers: dict[str, str]) -> None:
         """401 without a bearer token, 403 with the wrong one, like Resend."""
@@ -428,11 +598,15 @@ class FakeResend:
         if token != self.api_key:
             raise ApiError(403, "invalid_api_key", "API key is invalid")
 
-    def _claim_key(self, key: str | None, body: Any) -> _Answer | None:
-        """Claim ``key`` for this request, or return the stored answer to replay (lock held)."""
+    def _claim_key(self, key: str | None, record: RecordedRequest) -> Answer | None:
+        """Claim ``key`` for this request, or return the stored answer to replay (lock held).
+
+        The endpoint is part of the payload, so a key reused across
+        ``/emails`` and ``/emails/batch`` is a different request (409).
+        """
         if key is None:
             return None
-        fingerprint = json.dumps(body, sort_keys=True)
+        fingerprint = json.dumps([_path_of(record), record.body], sort_keys=True)
         entry = self._idempotency.get(key)
         if entry is None:
             self._idempotency[key] = _IdempotencyEntry(fingerprint)
@@ -451,64 +625,80 @@ class FakeResend:
                 "Same idempotency key used with a different request payload. "
                 "Change your idempotency key or payload.",
             )
-        return _Answer(200, dict(entry.response))
+        return Answer(200, json.loads(json.dumps(entry.response)))
 
-    def _scripted_error(self, to: list[str]) -> ApiError | None:
-        """Forced 429s, then the per-second window, then recipient failures (lock held)."""
-        return self._forced_rate_limit() or self._window_rate_limit() or self._recipient_failure(to)
+    def _admit(self, outcome: _Outcome, *, send: bool) -> None:
+        """The team's limiter (lock held): forced 429s for sends, then the window.
 
-    def _forced_rate_limit(self) -> ApiError | None:
-        """Consume one ``rate_limit_next`` slot if any is left."""
-        if not self._forced_rate_limits:
-            return None
-        return self._rate_limit_error(self._forced_rate_limits.popleft())
-
-    def _window_rate_limit(self) -> ApiError | None:
-        """Sliding one-second window; only requests let through occupy it."""
-        limit = self.max_requests_per_second
-        if limit is None:
-            return None
+        Why here, after authentication and before validation: Resend limits
+        per team, so it must know the team, and a malformed request still
+        spends a slot.  A refused request takes no slot.
+        """
         now = time.monotonic()
-        while self._window and self._window[0] <= now - RATE_WINDOW_SECONDS:
-            self._window.popleft()
-        if len(self._window) >= limit:
-            return self._rate_limit_error(1)
-        self._window.append(now)
-        return None
+        limit = self.advertised_limit
+        if send and self._forced_rate_limits:
+            raise rate_limit_error(limit, int(self._forced_rate_limits.popleft()))
+        enforced = self.max_requests_per_second
+        if enforced is not None and self._window.used(now) >= enforced:
+            raise rate_limit_error(limit, self._window.reset_seconds(now))
+        self._window.occupy(now)
+        outcome.rate = self._rate_headers(now)
 
-    def _rate_limit_error(self, retry_after: int) -> ApiError:
-        """429 with the headers Resend sends, so client back-off code can read them."""
-        limit = self.max_requests_per_second or DEFAULT_RATE_LIMIT
-        headers = {
-            "retry-after": str(int(retry_after)),
-            "ratelimit-limit": f"{limit:g}",
-            "ratelimit-remaining": "0",
-            "ratelimit-reset": str(int(retry_after)),
-        }
-        return ApiError(429, "rate_limit_exceeded", RATE_LIMIT_MESSAGE, headers)
+    def _check_quota(self, outcome: _Outcome) -> None:
+        """429 while the sending quota is used up (lock held); forget it once it has reset.
+
+        Checked after the limiter (the request spent a slot) and before
+        validation and idempotency, so every send meets it, replays included.
+        """
+        if self._quota is None:
+            return
+        now = time.monotonic()
+        if self._quota.seconds_left(now) <= 0:
+            self._quota = None
+            return
+        raise self._quota.error(now, outcome.rate or self._rate_headers(now))
+
+    def _rate_headers(self, now: float) -> dict[str, str]:
+        """``ratelimit-*`` as of ``now`` (lock held): what is left of the advertised limit."""
+        limit = self.advertised_limit
+        return rate_headers(limit, int(limit) - self._window.used(now), self._window.reset_seconds(now))
 
     def _recipient_failure(self, to: list[str]) -> ApiError | None:
-        """The scripted error of the first failing recipient, counting down ``times``."""
+        """The scripted error of the first failing recipient, counting down ``times`` (lock held)."""
+        address = self._failing_address(to)
+        return None if address is None else self._spend_failure(address)
+
+    def _failing_address(self, to: list[str], *, server_error: bool = False) -> str | None:
+        """The first recipient with a scripted failure (only 5xx ones if ``server_error``), spending nothing."""
         for address in map(normalize_address, to):
             failure = self._failures.get(address)
-            if failure is None:
-                continue
-            if failure.remaining is not None:
-                failure.remaining -= 1
-                if failure.remaining <= 0:
-                    del self._failures[address]
-            failure.answered += 1
-            message = failure.message.replace("{attempt}", str(failure.answered))
-            return ApiError(failure.status, failure.name, message)
+            if failure is not None and (not server_error or failure.status >= 500):
+                return address
         return None
 
-    def _complete(self, outcome: _Outcome) -> _Answer:
+    def _spend_failure(self, address: str) -> ApiError:
+        """Answer one scripted failure of ``address``: count down ``times`` and number the attempt."""
+        failure = self._failures[address]
+        if failure.remaining is not None:
+            failure.remaining -= 1
+            if failure.remaining <= 0:
+                del self._failures[address]
+        failure.answered += 1
+        message = failure.message.replace("{attempt}", str(failure.answered))
+        return ApiError(failure.status, failure.name, message)
+
+    def _complete(self, outcome: _Outcome) -> Answer:
         """Turn a decision into the answer: release a failed key or store the delivery."""
         if outcome.ready is not None:
             return outcome.ready
         if outcome.error is not None:
             self._release_key(outcome.key)
             return outcome.error.answer()
+        if not outcome.delivered:
+            self._release_key(outcome.key)
+            return ApiError(500, "application_error", "The request timed out; nothing was sent.").answer()
+        if outcome.batch is not None:
+            return self._accept_batch(outcome.batch, outcome.key)
         assert outcome.send is not None
         return self._accept(outcome.send, outcome.key)
 
@@ -521,85 +711,58 @@ class FakeResend:
             if entry is not None and entry.response is None:
                 del self._idempotency[key]
 
-    def _accept(self, send: dict[str, Any], key: str | None) -> _Answer:
+    def _accept(self, send: dict[str, Any], key: str | None) -> Answer:
         """Record the delivery and remember the response for idempotent replays."""
-        delivery = Delivery(
-            id=str(uuid.uuid4()),
-            to=list(send["to"]),
-            from_=send["from"],
-            subject=send["subject"],
-            html=send.get("html"),
-            text=send.get("text"),
-            idempotency_key=key,
-            created_at=datetime.now(timezone.utc).isoformat(),
-        )
-        response = {"id": delivery.id}
+        delivery = _delivery(send, key)
+        return self._deliver([delivery], key, {"id": delivery.id})
+
+    def _accept_batch(self, plan: BatchPlan, key: str | None) -> Answer:
+        """Deliver the batch's valid emails in request order; permissive mode also lists the refused."""
+        deliveries = [_delivery(send, key, index) for index, send in plan.items]
+        response: dict[str, Any] = {"data": [{"id": d.id} for d in deliveries]}
+        if plan.mode == "permissive":
+            response["errors"] = list(plan.errors)
+        return self._deliver(deliveries, key, response)
+
+    def _deliver(self, deliveries: list[Delivery], key: str | None, response: dict[str, Any]) -> Answer:
+        """Store the deliveries and the answer a replay of ``key`` will get, in one step."""
         with self._lock:
-            self._deliveries.append(delivery)
+            self._deliveries.extend(deliveries)
             if key is not None and key in self._idempotency:
                 self._idempotency[key].response = response
-        return _Answer(200, dict(response))
+        return Answer(200, json.loads(json.dumps(response)))
 
 
-def _method_not_allowed() -> ApiError:
-    """405 for a known path with the wrong verb."""
-    return ApiError(405, "method_not_allowed", "Method is not allowed for the requested path.")
+def _delivery(send: dict[str, Any], key: str | None, batch_index: int | None = None) -> Delivery:
+    """What a provider would deliver for one validated email."""
+    return Delivery(
+        id=str(uuid.uuid4()),
+        to=list(send["to"]),
+        from_=send["from"],
+        subject=send["subject"],
+        html=send.get("html"),
+        text=send.get("text"),
+        idempotency_key=key,
+        created_at=datetime.now(timezone.utc).isoformat(),
+        batch_index=batch_index,
+    )
 
 
-def _idempotency_key(headers: dict[str, str]) -> str | None:
-    """The ``Idempotency-Key`` header, validated as Resend does (1-256 characters)."""
-    key = headers.get("idempotency-key")
-    if key is None:
-        return None
-    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
-        raise ApiError(
-            400,
-            "validation_error",
-            f"Idempotency key must be between 1-{MAX_IDEMPOTENCY_KEY_LENGTH} characters.",
-        )
-    return key
+def _with_rate_headers(answer: Answer, rate: dict[str, str]) -> dict[str, str]:
+    """The answer's headers over the request's rate headers; any 429 also says when to retry.
+
+    Why every answer: Resend sends ``ratelimit-*`` on successes and errors
+    alike, so a sender can pace itself before it is ever refused.
+    """
+    headers = {**rate, **answer.headers}
+    if answer.status == 429:
+        headers.setdefault("retry-after", headers["ratelimit-reset"])
+    return headers
 
 
-def _validated_send(record: RecordedRequest) -> dict[str, Any]:
-    """Check the send body; return it with ``to`` normalised to a list."""
-    body = record.body
-    if not record.is_json or not isinstance(body, dict):
-        raise ApiError(400, "validation_error", "Invalid JSON body: expected a JSON object.")
-    for name in ("from", "to", "subject"):
-        if _blank(body.get(name)):
-            raise _missing(f"`{name}`")
-    if _blank(body.get("html")) and _blank(body.get("text")):
-        raise _missing("`html` or `text`")
-    for name in ("from", "subject"):
-        _require_string(body, name)
-    for name in ("html", "text"):
-        if body.get(name) is not None:
-            _require_string(body, name)
-    return {**body, "to": _validated_to(body["to"])}
-
-
-def _validated_to(value: Any) -> list[str]:
-    """``to`` is one address or a list of them, each containing "@"."""
-    to = [value] if isinstance(value, str) else value
-    if not isinstance(to, list) or not all(isinstance(a, str) and "@" in a for a in to):
-        raise ApiError(422, "validation_error", INVALID_TO_MESSAGE)
-    return list(to)
-
-
-def _require_string(body: dict[str, Any], name: str) -> None:
-    """422 ``validation_error`` when a field has the wrong type."""
-    if not isinstance(body[name], str):
-        raise ApiError(422, "validation_error", f"Invalid `{name}` field: expected a string.")
-
-
-def _blank(value: Any) -> bool:
-    """Absent, null, empty string and empty list all count as missing."""
-    return value is None or value == "" or value == []
-
-
-def _missing(what: str) -> ApiError:
-    """422 ``missing_required_field`` with Resend's wording."""
-    return ApiError(422, "missing_required_field", f"Missing {what} field.")
+def _path_of(record: RecordedRequest) -> str:
+    """The request path without its query string."""
+    return record.path.split("?", 1)[0]
 
 
 class _Server(ThreadingHTTPServer):
@@ -616,11 +779,27 @@ class _Server(ThreadingHTTPServer):
         super().__init__(address, handler)
         self.fake = fake
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """One accepted TCP connection: counted, then served in its own thread."""
+        self.fake._connection_opened(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        """The connection's handler is done (the client closed it, or asked to)."""
+        self.fake._connection_closed(request)
+        super().shutdown_request(request)
+
 
 class _Handler(BaseHTTPRequestHandler):
-    """Thin HTTP adapter: read, delegate to FakeResend, write JSON."""
+    """Thin HTTP adapter: read, delegate to FakeResend, write JSON.
+
+    HTTP/1.1 with keep-alive, as Resend's API is, so a pooled client reuses
+    connections and ``connections_opened`` can show it; ``Connection: close``
+    from the client is honoured and echoed.
+    """
 
     server: _Server
+    protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:  # noqa: N802 - http.server naming
         self._serve()
@@ -660,14 +839,29 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def _read_body(self) -> bytes:
-        """Read exactly Content-Length bytes (the SDK always sends it)."""
+        """Read exactly the body, so the next request on a kept-alive connection starts where it should."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return self._read_chunked()
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = 0
         return self.rfile.read(length) if length > 0 else b""
 
-    def _write(self, answer: _Answer) -> None:
+    def _read_chunked(self) -> bytes:
+        """A chunked body (RFC 9112 section 7.1), trailers skipped."""
+        chunks = []
+        while True:
+            size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                break
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline()  # the CRLF after each chunk
+        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+            pass
+        return b"".join(chunks)
+
+    def _write(self, answer: Answer) -> None:
         """Send JSON; a client that already hung up (timeout) is not an error here."""
         payload = json.dumps(answer.body).encode()
         try:
@@ -676,9 +870,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(payload)))
             for name, value in answer.headers.items():
                 self.send_header(name, value)
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(payload)
-        except (BrokenPipeError, ConnectionResetError):
+        except OSError:  # the client hung up (timeout) or stop() closed the connection
             self.close_connection = True
 
 
