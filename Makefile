@@ -22,3 +22,4 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench.email_throughput
+	$(VENV)/bin/python -m bench.sending

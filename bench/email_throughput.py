@@ -21,13 +21,13 @@ from dramatiq import Worker
 from sqlalchemy import text
 
 from actors.emails import enqueue_due_emails
+from bench.harness import services
+from bench.harness.fake_resend import FakeResend
 from pipeline.bootstrap import bootstrap
 from pipeline.core.mailer import ResendMailer
 from pipeline.core.settings import DEFAULT_EMAIL_RATE_LIMIT, Settings
 from storage import emails, leases, migrate
 from storage.database import get_engine
-from tests.support import services
-from tests.support.fake_resend import FakeResend
 
 RUNS = 5
 CLAIM_ROWS = 10_000

@@ -11,6 +11,8 @@ from dramatiq import Worker
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from sqlalchemy.orm import Session, sessionmaker
 
+from bench.harness import services
+from bench.harness.fake_resend import FakeResend
 from pipeline.archiver import RabbitmqArchiver
 from pipeline.bootstrap import bootstrap
 from pipeline.core.mailer import ResendMailer
@@ -18,8 +20,6 @@ from pipeline.core.runtime import Runtime
 from pipeline.core.settings import Settings
 from storage import migrate
 from storage.database import get_engine
-from tests.support import services
-from tests.support.fake_resend import FakeResend
 
 #: Fast schedule for tests: retries after 0.3 s, 0.6 s, 1.2 s (the last in two hops of 0.6 s).
 TEST_ENVIRONMENT = {

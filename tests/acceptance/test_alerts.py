@@ -10,7 +10,9 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from tests.support import services
+from bench.harness import services
+from bench.harness.fake_resend import FakeResend
+from bench.harness.processes import running
 from tests.support.alert_support import HookServer, hook, quiet, refused_url  # noqa: F401  (fixtures)
 from tests.support.dlq_support import (  # noqa: F401  (fixtures)
     dramatiq_body,
@@ -20,9 +22,7 @@ from tests.support.dlq_support import (  # noqa: F401  (fixtures)
     own_sessions,
     publish,
 )
-from tests.support.fake_resend import FakeResend
 from tests.support.helpers import unique_address, wait_until
-from tests.support.processes import running
 
 
 def declare_emails_queues(broker_url: str) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.harness.processes import running
 from tests.support.helpers import wait_until
-from tests.support.processes import running
 
 pytestmark = pytest.mark.slow
 

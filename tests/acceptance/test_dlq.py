@@ -12,14 +12,14 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
+from bench.harness.fake_resend import FakeResend
+from bench.harness.processes import run_cli
 from pipeline.core.runtime import Runtime
 from pipeline.dlq import ReplayStatus
 from storage import leases, webhooks
 from storage.clock import utcnow
 from tests.support.dlq_support import add_dead_letter, dead_email, dlq_json, letter, replay
-from tests.support.fake_resend import FakeResend
 from tests.support.helpers import wait_until
-from tests.support.processes import run_cli
 from tests.support.webhook_support import new_id, payment
 
 pytestmark = pytest.mark.usefixtures("runtime")

@@ -11,7 +11,9 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from tests.support import services
+from bench.harness import services
+from bench.harness.fake_resend import FakeResend
+from bench.harness.processes import run_cli, running
 from tests.support.dlq_support import (  # noqa: F401  (fixtures)
     dlq_json,
     dramatiq_body,
@@ -23,9 +25,7 @@ from tests.support.dlq_support import (  # noqa: F401  (fixtures)
     queue_depth,
     raw_id,
 )
-from tests.support.fake_resend import FakeResend
 from tests.support.helpers import insert_email, wait_until
-from tests.support.processes import run_cli, running
 
 pytestmark = pytest.mark.slow
 

@@ -8,13 +8,13 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from actors.emails import send_email
+from bench.harness.fake_resend import FakeResend
+from bench.harness.processes import run_cli
 from pipeline.core.runtime import Runtime
 from storage import dead_letters, emails
 from storage.models import DeadLetter
 from tests.support.dlq_support import dlq_json, dramatiq_body, garbage, publish, raw_id
-from tests.support.fake_resend import FakeResend
 from tests.support.helpers import insert_email, unique_address, wait_until
-from tests.support.processes import run_cli
 
 pytestmark = pytest.mark.usefixtures("runtime")
 

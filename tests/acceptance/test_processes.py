@@ -14,11 +14,11 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
+from bench.harness import services
+from bench.harness.fake_resend import FakeResend
+from bench.harness.processes import CLI, run_cli, running, stop
 from storage.database import get_engine, get_sessionmaker
-from tests.support import services
-from tests.support.fake_resend import FakeResend
 from tests.support.helpers import insert_email, wait_until
-from tests.support.processes import CLI, run_cli, running, stop
 
 pytestmark = pytest.mark.slow
 

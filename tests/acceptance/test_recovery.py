@@ -23,11 +23,11 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from bench.harness import services
+from bench.harness.fake_resend import FakeResend
+from bench.harness.shipped import Fleet, default_environment, fleet, insert_emails, sessions_of, statuses
 from storage.database import get_engine
-from tests.support import services
-from tests.support.fake_resend import FakeResend
 from tests.support.helpers import unique_address, wait_until
-from tests.support.shipped import Fleet, default_environment, fleet, insert_emails, sessions_of, statuses
 
 pytestmark = pytest.mark.slow
 
@@ -92,7 +92,7 @@ def test_every_email_is_delivered_once_within_60s_of_the_fault(
     with fleet(env, tmp_path) as running:
         wait_until(lambda: "listening" in (tmp_path / "ticker.log").read_text(), timeout=30, what="the wake-up")
         ids = insert_emails(sessions, addresses)
-        wait_until(lambda: len(provider.deliveries()) >= FAULT_AFTER, timeout=120, what=running.logs())
+        wait_until(lambda: len(provider.deliveries) >= FAULT_AFTER, timeout=120, what=running.logs())
         fault(running)
         fault_ended = time.monotonic()
         wait_until(
@@ -101,7 +101,7 @@ def test_every_email_is_delivered_once_within_60s_of_the_fault(
             what=f"every email sent after {fault.__name__}\n{running.logs()}",
         )
         recovered = time.monotonic() - fault_ended
-    per_address = Counter(to for delivery in provider.deliveries() for to in delivery.to)
+    per_address = Counter(to for delivery in provider.deliveries for to in delivery.to)
     assert len(per_address) == EMAILS, "an email was lost"
     assert max(per_address.values()) == 1, f"delivered twice: {[a for a, n in per_address.items() if n > 1][:5]}"
     assert recovered <= RECOVERY_SECONDS, f"{fault.__name__}: done {recovered:.1f}s after the fault"

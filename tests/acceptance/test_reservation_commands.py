@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
+from bench.harness.processes import CLI, run_cli
 from storage import inventory
 from storage.database import get_sessionmaker
-from tests.support.processes import CLI, run_cli
 
 pytestmark = pytest.mark.slow
 

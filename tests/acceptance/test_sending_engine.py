@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from bench.harness import services
+from bench.harness.fake_resend import FakeResend
+from bench.harness.processes import run_cli
+from bench.harness.shipped import default_environment, fleet, insert_emails, sessions_of, statuses
 from storage.database import get_engine
-from tests.support import services
 from tests.support.alert_support import hook_server
-from tests.support.fake_resend import FakeResend
 from tests.support.helpers import unique_address, wait_until
-from tests.support.processes import run_cli
-from tests.support.shipped import default_environment, fleet, insert_emails, sessions_of, statuses
 
 pytestmark = pytest.mark.slow
 
@@ -46,13 +46,9 @@ def provider() -> Iterator[FakeResend]:
         yield fake
 
 
-def answered_429(provider: FakeResend) -> int:
-    return sum(1 for request in provider.requests() if request.status == 429)
-
-
 def deliveries_per_address(provider: FakeResend, addresses: list[str]) -> Counter[str]:
     wanted = set(addresses)
-    return Counter(to for delivery in provider.deliveries() for to in delivery.to if to in wanted)
+    return Counter(to for delivery in provider.deliveries for to in delivery.to if to in wanted)
 
 
 @pytest.mark.parametrize("workers", [1, 2], ids=["one worker command", "two worker commands"])
@@ -75,7 +71,7 @@ def test_a_burst_is_sent_once_at_the_limit_without_a_429(
         elapsed = time.monotonic() - started
     per_address = deliveries_per_address(provider, addresses)
     assert sorted(per_address.values()) == [1] * BURST
-    assert answered_429(provider) == 0
+    assert provider.count_429() == 0
     assert elapsed <= BURST_SECONDS, f"{BURST} emails took {elapsed:.1f}s"
     print(f"\n[figures] {BURST} emails, {workers} worker command(s) -p 2 -t 8: {elapsed:.1f}s, 0 x 429")
 
@@ -109,14 +105,14 @@ def test_a_transactional_email_overtakes_a_bulk_drain(
     urgent = unique_address("reset")
     with fleet(env, tmp_path) as running:
         insert_emails(sessions, bulk, priority="bulk")
-        wait_until(lambda: len(provider.deliveries()) >= 10, timeout=60, what=f"the drain\n{running.logs()}")
-        bulk_before = len(provider.deliveries())
+        wait_until(lambda: len(provider.deliveries) >= 10, timeout=60, what=f"the drain\n{running.logs()}")
+        bulk_before = len(provider.deliveries)
         insert_emails(sessions, [urgent])
         wait_until(lambda: provider.deliveries_to(urgent), timeout=30, what=f"the reset\n{running.logs()}")
-        bulk_overtaken = len(provider.deliveries()) - 1 - bulk_before
-        wait_until(lambda: len(provider.deliveries()) >= 40, timeout=60, what="the drain going on")
+        bulk_overtaken = len(provider.deliveries) - 1 - bulk_before
+        wait_until(lambda: len(provider.deliveries) >= 40, timeout=60, what="the drain going on")
     assert bulk_overtaken <= 6, f"{bulk_overtaken} bulk emails went before the transactional one"
-    assert answered_429(provider) == 0
+    assert provider.count_429() == 0
     print(f"\n[figures] transactional behind a bulk drain: {bulk_overtaken} bulk sends before it")
 
 
@@ -130,7 +126,7 @@ def test_a_quota_429_pauses_the_fleet_alerts_once_and_resumes_by_itself(
         with fleet(env, tmp_path) as running:
             provider.exhaust_quota(kind="daily_quota_exceeded", reset_after=6)
             ids = insert_emails(sessions, addresses)
-            wait_until(lambda: answered_429(provider) >= 1, timeout=30, what=f"the quota 429\n{running.logs()}")
+            wait_until(lambda: provider.count_429() >= 1, timeout=30, what=f"the quota 429\n{running.logs()}")
             stats = json.loads(run_cli("stats", "--json", env=env, cwd=tmp_path).stdout)
             wait_until(lambda: statuses(sessions, ids).get("sent") == len(ids), timeout=90, what=running.logs())
         alerts = [post.body for post in hook.posts]
@@ -138,6 +134,6 @@ def test_a_quota_429_pauses_the_fleet_alerts_once_and_resumes_by_itself(
     with sessions() as session:
         retries = list(session.scalars(text("SELECT retry_count FROM email_queue WHERE id = ANY(:ids)"), {"ids": ids}))
     assert retries == [0] * len(ids), "a 429 spent a retry"
-    assert answered_429(provider) <= 3, "more than the first refusals and one probe met the quota"
+    assert provider.count_429() <= 3, "more than the first refusals and one probe met the quota"
     assert sorted(deliveries_per_address(provider, addresses).values()) == [1] * len(ids)
     assert len(alerts) == 1 and "daily_quota_exceeded" in str(alerts[0]["text"])

@@ -8,12 +8,12 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from bench.harness.fake_resend import FakeResend
 from pipeline.alerts import Alerter, Outcome
 from pipeline.core.mailer import ResendMailer
 from storage.clock import utcnow
 from tests.support.alert_support import HookServer, hook, quiet, refused_url  # noqa: F401  (fixtures)
 from tests.support.dlq_support import add_dead_letter, own_services, own_sessions  # noqa: F401  (fixtures)
-from tests.support.fake_resend import FakeResend
 from tests.support.helpers import unique_address
 
 # --- the digest and its throttle ----------------------------------------------------------------

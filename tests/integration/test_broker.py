@@ -11,10 +11,10 @@ from dramatiq import Message
 from sqlalchemy.orm import Session, sessionmaker
 
 from actors.emails import enqueue_due_emails
+from bench.harness import services
 from pipeline.core.runtime import Runtime
 from pipeline.middleware.long_delays import send_later
 from storage import emails
-from tests.support import services
 from tests.support.helpers import insert_email, unique_address, wait_until
 
 

@@ -18,15 +18,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from actors.emails import enqueue_due_emails
 from actors.maintenance import prune_dead_letters
+from bench.harness import services
+from bench.harness.fake_resend import FakeResend
 from pipeline.core.runtime import Runtime
 from pipeline.dlq import ReplayOutcome, ReplayStatus
 from storage import dead_letters, inventory
 from storage.clock import utcnow
 from storage.database import get_engine
 from storage.models import Base
-from tests.support import services
 from tests.support.dlq_support import add_dead_letter, dead_email, email, letter, letters_for, replay
-from tests.support.fake_resend import FakeResend
 from tests.support.helpers import wait_until
 from tests.support.webhook_support import new_id
 

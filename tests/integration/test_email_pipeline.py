@@ -9,9 +9,9 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from actors.emails import enqueue_due_emails, send_email
+from bench.harness.fake_resend import FakeResend
 from pipeline.core.runtime import Runtime
 from storage.models import DeadLetter, EmailQueue
-from tests.support.fake_resend import FakeResend
 from tests.support.helpers import insert_email, unique_address, wait_until
 
 pytestmark = pytest.mark.usefixtures("runtime")

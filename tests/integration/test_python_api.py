@@ -7,11 +7,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from bench.harness.fake_resend import FakeResend
 from pipeline.api import queue_email
 from storage import emails
 from storage.clock import utcnow
 from storage.emails import InvalidEmail
-from tests.support.fake_resend import FakeResend
 from tests.support.helpers import unique_address, wait_until
 
 pytestmark = pytest.mark.usefixtures("runtime")

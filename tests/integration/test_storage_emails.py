@@ -10,12 +10,12 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from bench.harness.services import RunServices
 from storage import emails, leases
 from storage.database import get_sessionmaker
 from storage.emails import InvalidEmail
 from storage.leases import AttemptOutcome
 from tests.support.helpers import insert_email, unique_address
-from tests.support.services import RunServices
 
 LEASE = timedelta(minutes=5)
 

@@ -19,12 +19,12 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from actors.webhooks import process_webhook_event
+from bench.harness import services
+from bench.harness.fake_resend import FakeResend
 from pipeline.core.runtime import Runtime
 from pipeline.webhook_server import MAX_BODY_BYTES, signature_header
 from storage import inventory
 from storage.clock import utcnow
-from tests.support import services
-from tests.support.fake_resend import FakeResend
 from tests.support.helpers import unique_address, wait_until
 from tests.support.webhook_support import (
     SHARED_SECRET,

@@ -24,13 +24,13 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from actors.webhooks import enqueue_due_webhooks, process_webhook_event
+from bench.harness import services
 from pipeline.bootstrap import periodic_actors
 from pipeline.core.runtime import Runtime
 from storage import leases, webhooks
 from storage.clock import utcnow
 from storage.database import get_engine
 from storage.models import Base, WebhookEvent
-from tests.support import services
 from tests.support.helpers import wait_until
 from tests.support.webhook_support import (
     MONITORING_QUERY,

@@ -16,6 +16,9 @@ from dramatiq import Message
 from sqlalchemy.orm import Session, sessionmaker
 
 from actors.emails import send_email
+from bench.harness import services
+from bench.harness.fake_resend import FakeResend
+from bench.harness.processes import run_cli
 from pipeline import dlq
 from pipeline.core.runtime import Runtime
 from pipeline.dlq import ReplayOutcome
@@ -23,10 +26,7 @@ from storage import dead_letters, emails, migrate
 from storage.database import get_engine, get_sessionmaker
 from storage.dead_letters import DeadMessage
 from storage.models import DeadLetter, EmailQueue
-from tests.support import services
-from tests.support.fake_resend import FakeResend
 from tests.support.helpers import insert_email, unique_address, wait_until
-from tests.support.processes import run_cli
 
 
 @pytest.fixture(scope="module")

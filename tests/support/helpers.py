@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from bench.harness.waiting import wait_until
+
+__all__ = ["insert_email", "unique_address", "wait_until"]
+
 T = TypeVar("T")
-
-
-def wait_until(condition: Callable[[], T], *, timeout: float = 20.0, what: str = "condition") -> T:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {value!r}")
-        time.sleep(0.02)
 
 
 def insert_email(session: Session, recipient: str, **columns: Any) -> int:

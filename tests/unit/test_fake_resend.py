@@ -25,7 +25,7 @@ from resend.exceptions import (
 )
 from resend.http_client_requests import RequestsClient
 
-from tests.support.fake_resend import FakeResend
+from bench.harness.fake_resend import FakeResend
 
 SENDER = "Minalesh <orders@minalesh.test>"
 CUSTOMER = "customer@example.com"

@@ -42,14 +42,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Callable
 
-from tests.support.fake_resend_limits import (
+from bench.harness.fake_resend_limits import (
     DEFAULT_RATE_LIMIT,
     Quota,
     RateWindow,
     rate_headers,
     rate_limit_error,
 )
-from tests.support.fake_resend_rules import (
+from bench.harness.fake_resend_rules import (
     MISSING_API_KEY_MESSAGE,
     Answer,
     ApiError,

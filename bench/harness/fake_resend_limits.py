@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
-from tests.support.fake_resend_rules import ApiError
+from bench.harness.fake_resend_rules import ApiError
 
 RATE_WINDOW_SECONDS = 1.0
 DEFAULT_RATE_LIMIT = 2

@@ -18,10 +18,10 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
+from bench.harness import services
+from bench.harness.fake_resend import FakeResend
+from bench.harness.processes import run_cli, running, stop
 from storage.database import get_sessionmaker
-from tests.support import services
-from tests.support.fake_resend import FakeResend
-from tests.support.processes import run_cli, running, stop
 
 #: Every variable the project reads; none leaks in from the test run's own environment.
 _OURS = (
