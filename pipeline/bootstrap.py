@@ -14,15 +14,16 @@ from typing import Optional
 
 import dramatiq
 from dramatiq import Broker
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import CurrentMessage, TimeLimit
 from periodiq import PeriodiqMiddleware
 from sqlalchemy.orm import Session, sessionmaker
 
 import actors
+from actors.emails import BULK_EMAIL_QUEUE
 from pipeline import alerts
 from pipeline.core import runtime
+from pipeline.core.broker import RabbitmqBroker
 from pipeline.core.declare import PeriodicJob, actors_in, bind, jobs_in, minutes_ms
 from pipeline.core.limiter import SendLimiter
 from pipeline.core.mailer import Mailer, OutboxMailer, ResendMailer
@@ -34,6 +35,9 @@ from pipeline.middleware.poison import RejectPoison
 from storage.database import get_sessionmaker
 from storage.rate_limits import Rate
 
+#: Bulk sends one worker process holds at once: enough to keep the provider's rate busy, few
+#: enough to leave its other threads to transactional emails and webhooks (``pipeline.core.broker``).
+BULK_PREFETCH = 3
 #: A periodic tick older than this when a worker gets to it is skipped (the next comes).
 TICK_SKIP_SECONDS = 60
 
@@ -44,7 +48,12 @@ def build_broker(settings: Settings, *, embedded: bool = False) -> Broker:
     if embedded:
         broker = StubBroker(middleware=[])
     else:
-        broker = RabbitmqBroker(url=settings.broker_url, confirm_delivery=True, middleware=[])
+        broker = RabbitmqBroker(
+            url=settings.broker_url,
+            confirm_delivery=True,
+            middleware=[],
+            prefetch_caps={BULK_EMAIL_QUEUE: BULK_PREFETCH},
+        )
     sessions = get_sessionmaker(settings.database_url)
     max_hold_ms = minutes_ms(settings.broker_max_hold_minutes)
     for middleware in (

@@ -1,8 +1,10 @@
 """Sub-second pickup: the email fan-out runs when an email is inserted, not at the next tick.
 
 The ticker runs ``EmailWakeUp`` in a thread: it LISTENs for the ``email_queue``
-insert trigger's notifications and fans out as soon as one arrives, and again when
-the earliest scheduled email comes due. Notifications are hints, never the only
+insert trigger's notifications and fans out as soon as one arrives, when the
+earliest scheduled email comes due, every second while a drain goes on (a fan-out
+claims only what the provider's rate sends within part of a lease) and every
+``IDLE_SECONDS`` otherwise. Notifications are hints, never the only
 path: every (re)connect is followed by one fan-out (anything inserted while the
 listener was away), and the cron tick (EMAIL_SCHEDULE) stays the safety net. A
 PostgreSQL restart costs the listener its connection; it reconnects by itself,
@@ -14,11 +16,10 @@ cannot carry LISTEN); emails then wait for the cron tick.
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 from collections.abc import Callable
-from datetime import datetime
-from typing import Optional
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -27,10 +28,18 @@ from storage.notifications import Listener, next_scheduled_at
 
 logger = logging.getLogger(__name__)
 
-#: Longest wait without a notification: the connection is pinged and scheduled emails looked up.
+
+class _Outcome(enum.Enum):
+    IDLE = "nothing was due"
+    ENQUEUED = "emails were enqueued"
+    FAILED = "the fan-out failed"
+
+
+#: Longest wait without a notification: the connection is pinged, and a fan-out polls (a
+#: notification lost while the listener reconnected is picked up within this long).
 IDLE_SECONDS = 10.0
-#: A fan-out that failed (the broker was away) is tried again after this long.
-FAN_OUT_RETRY_SECONDS = 2.0
+#: After a fan-out that failed (the broker was away) or claimed emails, the next one comes this soon.
+AGAIN_SECONDS = 1.0
 #: Backoff of a failed (re)connect, doubling up to the maximum.
 FIRST_RECONNECT_SECONDS = 0.5
 MAX_RECONNECT_SECONDS = 10.0
@@ -78,35 +87,33 @@ class EmailWakeUp:
                 listener.close()
 
     def _listen(self, listener: Listener, stop: threading.Event) -> None:
-        owed = not self._fan_out("connected")  # whatever was inserted while nobody listened
+        """Fan out on connect, then on every notification and at the end of every wait."""
+        outcome = self._fan_out("connected")  # whatever was inserted while nobody listened
         while not stop.is_set():
-            timeout, scheduled = self._timeout()
-            notified = listener.wait(FAN_OUT_RETRY_SECONDS if owed else timeout)
-            if notified:
-                owed = not self._fan_out(f"{notified} notification(s)")
-            elif owed:
-                owed = not self._fan_out("retrying a failed fan-out")
-            elif scheduled is not None and scheduled <= utcnow():
-                owed = not self._fan_out("a scheduled email is due")
+            timeout = self._timeout()
+            if outcome is not _Outcome.IDLE:
+                timeout = min(timeout, AGAIN_SECONDS)
+            notified = listener.wait(timeout)
+            outcome = self._fan_out(f"{notified} notification(s)" if notified else "poll")
 
-    def _timeout(self) -> tuple[float, Optional[datetime]]:
-        """Until the next scheduled email (if sooner than ``IDLE_SECONDS``), and that time."""
+    def _timeout(self) -> float:
+        """Until the next scheduled email comes due, at most ``IDLE_SECONDS``."""
         now = utcnow()
         with self.sessions() as session:
             scheduled = next_scheduled_at(session, after=now)
         if scheduled is None:
-            return IDLE_SECONDS, None
-        return min(max((scheduled - now).total_seconds(), 0.0), IDLE_SECONDS), scheduled
+            return IDLE_SECONDS
+        return min(max((scheduled - now).total_seconds(), 0.0), IDLE_SECONDS)
 
-    def _fan_out(self, why: str) -> bool:
-        """One fan-out; False when it failed (RabbitMQ away): it is tried again shortly."""
+    def _fan_out(self, why: str) -> _Outcome:
+        """One fan-out. A failed one (RabbitMQ away), or one that claimed emails (its budget
+        may have left some behind), is followed by another after ``AGAIN_SECONDS``."""
         try:
             count = self.fan_out()
         except Exception as exc:
-            logger.warning(
-                "Email wake-up could not fan out (%s); again in %.0fs.", type(exc).__name__, FAN_OUT_RETRY_SECONDS
-            )
-            return False
-        if count:
-            logger.info("Email wake-up (%s): enqueued %d emails.", why, count)
-        return True
+            logger.warning("Email wake-up could not fan out (%s); again in %.0fs.", type(exc).__name__, AGAIN_SECONDS)
+            return _Outcome.FAILED
+        if not count:
+            return _Outcome.IDLE
+        logger.info("Email wake-up (%s): enqueued %d emails.", why, count)
+        return _Outcome.ENQUEUED

@@ -26,7 +26,6 @@ import pytest
 from bench.harness import services
 from bench.harness.fake_resend import FakeResend
 from bench.harness.shipped import Fleet, default_environment, fleet, insert_emails, sessions_of, statuses
-from storage.database import get_engine
 from tests.support.helpers import unique_address, wait_until
 
 pytestmark = pytest.mark.slow
@@ -35,14 +34,6 @@ EMAILS = 1000
 #: The fault comes once this many are delivered.
 FAULT_AFTER = 250
 RECOVERY_SECONDS = 60
-
-
-@pytest.fixture
-def run() -> Iterator[services.RunServices]:
-    created = services.create()
-    yield created
-    get_engine(created.database_url).dispose()
-    services.destroy(created)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ documented team limit) and answers its ``ratelimit-*`` headers.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import time
 from collections import Counter
@@ -21,7 +22,6 @@ from bench.harness import services
 from bench.harness.fake_resend import FakeResend
 from bench.harness.processes import run_cli
 from bench.harness.shipped import default_environment, fleet, insert_emails, sessions_of, statuses
-from storage.database import get_engine
 from tests.support.alert_support import hook_server
 from tests.support.helpers import unique_address, wait_until
 
@@ -30,14 +30,6 @@ pytestmark = pytest.mark.slow
 #: The issue's burst, and how long it may take at 2 requests/s with the default 1.8/s.
 BURST = 60
 BURST_SECONDS = 40
-
-
-@pytest.fixture
-def run() -> Iterator[services.RunServices]:
-    created = services.create()
-    yield created
-    get_engine(created.database_url).dispose()
-    services.destroy(created)
 
 
 @pytest.fixture
@@ -137,3 +129,33 @@ def test_a_quota_429_pauses_the_fleet_alerts_once_and_resumes_by_itself(
     assert provider.count_429() <= 3, "more than the first refusals and one probe met the quota"
     assert sorted(deliveries_per_address(provider, addresses).values()) == [1] * len(ids)
     assert len(alerts) == 1 and "daily_quota_exceeded" in str(alerts[0]["text"])
+
+
+def test_a_drain_lasting_several_leases_publishes_each_email_once(run: services.RunServices, tmp_path: Path) -> None:
+    """Claims sized to the wait: an email waiting its turn is never claimed and published again.
+
+    Scaled down: a 6-second lease and a provider limit of 20/s (18/s used), so the
+    300 emails drain over about three leases. Before, one fan-out claimed them all and
+    the unsent ones were claimed and published again whenever their lease ran out.
+    """
+    emails = 300
+    with FakeResend(api_key="re_drain", max_requests_per_second=20) as fast:
+        env = default_environment(run, fast, EMAIL_LEASE_MINUTES="0.1")
+        sessions = sessions_of(run)
+        addresses = [unique_address(f"drain{n}") for n in range(emails)]
+        with fleet(env, tmp_path) as running:
+            wait_until(lambda: "listening" in (tmp_path / "ticker.log").read_text(), timeout=30, what="the wake-up")
+            started = time.monotonic()
+            ids = insert_emails(sessions, addresses)
+            wait_until(lambda: statuses(sessions, ids).get("sent") == emails, timeout=120, what=running.logs())
+            drained = time.monotonic() - started
+        published = sum(
+            int(count)
+            for log in tmp_path.glob("*.log")
+            for count in re.findall(r"[Ee]nqueued (\d+) emails", log.read_text(errors="replace"))
+        )
+        delivered = deliveries_per_address(fast, addresses)
+    assert sorted(delivered.values()) == [1] * emails
+    assert drained > 12, "the drain must outlast two leases for this test to mean anything"
+    assert published <= 1.05 * emails, f"{published} send messages published for {emails} emails"
+    print(f"\n[figures] drain of {emails} over {drained:.1f}s (6 s lease): {published / emails:.3f} messages per email")

@@ -1,0 +1,128 @@
+"""The one lease lifecycle (``storage.leases``), on both tables, on the dev mode's SQLite."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage import emails, leases, webhooks
+from storage.database import get_engine, get_sessionmaker
+from storage.leases import AttemptOutcome, LeasedTable
+from storage.migrate import upgrade
+from storage.models import EmailPriority
+
+LEASE = timedelta(minutes=5)
+
+
+@pytest.fixture
+def lite(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    url = f"sqlite:///{tmp_path / 'leases.sqlite3'}"
+    upgrade(url)
+    yield get_sessionmaker(url)
+    get_engine(url).dispose()
+
+
+def new_email(session: Session, **fields: object) -> int:
+    return emails.enqueue(session, recipient="a@example.com", subject="s", html="<p>x</p>", **fields)  # type: ignore[arg-type]
+
+
+def new_event(session: Session, event_id: str = "e1") -> int:
+    return webhooks.store(
+        session,
+        provider="generic",
+        event_id=event_id,
+        event_type="payment.failed",
+        payload={},
+        order_id="o1",
+        lease=timedelta(0),
+    ).id
+
+
+@pytest.fixture(params=["email_queue", "webhook_events"])
+def table_and_row(request: pytest.FixtureRequest, lite: sessionmaker[Session]) -> tuple[LeasedTable[object], int]:
+    with lite.begin() as session:
+        if request.param == "email_queue":
+            return emails.TABLE, new_email(session)  # type: ignore[return-value]
+        return webhooks.TABLE, new_event(session)  # type: ignore[return-value]
+
+
+def test_an_attempt_is_counted_and_a_second_message_waits_for_the_lease(
+    lite: sessionmaker[Session], table_and_row: tuple[LeasedTable[object], int]
+) -> None:
+    table, row_id = table_and_row
+    with lite.begin() as session:
+        first = leases.start_attempt(table, session, row_id, lease=LEASE, max_attempts=4, holder="m1")
+        other = leases.start_attempt(table, session, row_id, lease=LEASE, max_attempts=4, holder="m2")
+    assert first.outcome is AttemptOutcome.GO and other.outcome is AttemptOutcome.SKIP
+
+
+def test_the_same_message_takes_its_lease_back_at_once(
+    lite: sessionmaker[Session], table_and_row: tuple[LeasedTable[object], int]
+) -> None:
+    """A redelivery after its worker died: before lease holders it waited the whole lease out."""
+    table, row_id = table_and_row
+    with lite.begin() as session:
+        leases.start_attempt(table, session, row_id, lease=LEASE, max_attempts=4, holder="m1")
+        again = leases.start_attempt(table, session, row_id, lease=LEASE, max_attempts=4, holder="m1")
+    assert again.outcome is AttemptOutcome.GO
+    assert again.item.attempts == 2
+
+
+def test_a_message_back_before_its_retry_is_due_is_told_when(
+    lite: sessionmaker[Session], table_and_row: tuple[LeasedTable[object], int]
+) -> None:
+    table, row_id = table_and_row
+    with lite.begin() as session:
+        leases.start_attempt(table, session, row_id, lease=LEASE, max_attempts=4, holder="m1")
+        leases.schedule_retry(table, session, row_id, error="E", delay=timedelta(minutes=1), lease=LEASE, refund=False)
+        early = leases.start_attempt(table, session, row_id, lease=LEASE, max_attempts=4, holder="m1")
+        stranger = leases.start_attempt(table, session, row_id, lease=LEASE, max_attempts=4, holder="m2")
+    assert early.outcome is AttemptOutcome.NOT_DUE and early.due_at is not None
+    assert stranger.outcome is AttemptOutcome.SKIP
+
+
+def test_a_refund_gives_the_attempt_back_and_never_goes_below_zero(
+    lite: sessionmaker[Session], table_and_row: tuple[LeasedTable[object], int]
+) -> None:
+    table, row_id = table_and_row
+    with lite.begin() as session:
+        leases.start_attempt(table, session, row_id, lease=LEASE, max_attempts=4, holder="m1")
+        leases.schedule_retry(table, session, row_id, error="429", delay=timedelta(0), lease=LEASE, refund=True)
+        leases.schedule_retry(table, session, row_id, error="429", delay=timedelta(0), lease=LEASE, refund=True)
+        row = session.get(table.model, row_id)
+    assert row.attempts == 0 and row.retry_count == 0
+
+
+def test_exhausted_give_up_and_revive(
+    lite: sessionmaker[Session], table_and_row: tuple[LeasedTable[object], int]
+) -> None:
+    table, row_id = table_and_row
+    with lite.begin() as session:
+        for holder in ("m1", "m2"):
+            leases.start_attempt(table, session, row_id, lease=timedelta(seconds=-1), max_attempts=1, holder=holder)
+    with lite.begin() as session:
+        assert leases.give_up(table, session, row_id, error="E: gone") is True
+        assert leases.give_up(table, session, row_id, error="again") is False  # idempotent
+        assert leases.start_attempt(table, session, row_id, lease=LEASE, max_attempts=1).outcome is AttemptOutcome.SKIP
+        assert leases.revive(table, session, row_id, lease=LEASE) is True
+        assert leases.revive(table, session, row_id, lease=LEASE) is False
+        revived = session.get(table.model, row_id)
+        assert revived.attempts == 0 and revived.last_error is None
+
+
+def test_claims_take_transactional_emails_by_filter_and_release_unsent_ones(lite: sessionmaker[Session]) -> None:
+    with lite.begin() as session:
+        bulk = new_email(session, priority=EmailPriority.BULK)
+        urgent = new_email(session)
+    with lite.begin() as session:
+        claimed = leases.claim_due(
+            emails.TABLE, session, lease=LEASE, limit=10, only=emails.of_priority(EmailPriority.TRANSACTIONAL)
+        )
+        assert claimed == [urgent]
+        assert leases.claim_due(emails.TABLE, session, lease=LEASE, limit=0) == []
+        assert leases.release_claims(emails.TABLE, session, claimed) == 1
+        assert leases.claim_due(emails.TABLE, session, lease=LEASE, limit=10) == sorted([bulk, urgent])

@@ -1,0 +1,87 @@
+"""The shared send rate's statements, on the dev mode's SQLite: slots, precedence, pauses, probes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage import rate_limits
+from storage.database import get_engine, get_sessionmaker
+from storage.migrate import upgrade
+from storage.rate_limits import Rate
+
+NAME = "resend"
+RATE = Rate(configured=2.0)
+
+
+@pytest.fixture
+def lite(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    url = f"sqlite:///{tmp_path / 'limits.sqlite3'}"
+    upgrade(url)
+    yield get_sessionmaker(url)
+    get_engine(url).dispose()
+
+
+def take(lite: sessionmaker[Session], now: float, *, transactional: bool = True, horizon: float = 1.0) -> object:
+    with lite.begin() as session:
+        rate_limits.current(session, NAME, now=now)  # the row exists from the first look on
+        return rate_limits.take_slot(
+            session, NAME, now=now, rate=RATE, horizon=horizon, transactional=transactional, probe_window=30
+        )
+
+
+def test_slots_are_handed_out_in_order_and_never_beyond_the_horizon(lite: sessionmaker[Session]) -> None:
+    now = 1000.0
+    slots = [take(lite, now) for _ in range(4)]
+    # At 2/s: now, +0.5, +1.0 (the horizon), and then nothing: no slot is reserved to be abandoned.
+    assert [getattr(slot, "at", None) for slot in slots] == [1000.0, 1000.5, 1001.0, None]
+    later = take(lite, now + 0.6)
+    assert getattr(later, "at", None) == 1001.5
+
+
+def test_the_provider_limit_replaces_the_configured_rate_less_the_headroom(lite: sessionmaker[Session]) -> None:
+    with lite.begin() as session:
+        rate_limits.record_limit(session, NAME, limit=10, now=0.0)
+        state = rate_limits.current(session, NAME, now=0.0)
+    assert state.per_second(RATE) == pytest.approx(9.0)
+    assert state.per_second(Rate(configured=2.0, cap=4.0)) == 4.0
+    first, second = take(lite, 50.0), take(lite, 50.0)
+    assert second.at - first.at == pytest.approx(1 / 9.0)
+
+
+def test_bulk_takes_no_slot_while_a_transactional_send_claims_precedence(lite: sessionmaker[Session]) -> None:
+    with lite.begin() as session:
+        rate_limits.current(session, NAME, now=100.0)
+        rate_limits.claim_precedence(session, NAME, until=101.0)
+    assert take(lite, 100.0, transactional=False) is None
+    assert take(lite, 100.0, transactional=True) is not None
+    assert take(lite, 101.5, transactional=False) is not None
+
+
+def test_a_quota_pause_starts_once_lets_one_probe_through_and_ends_on_its_success(
+    lite: sessionmaker[Session],
+) -> None:
+    with lite.begin() as session:
+        assert rate_limits.pause(session, NAME, until=200.0, reason="daily_quota_exceeded", now=100.0) is True
+        assert rate_limits.pause(session, NAME, until=210.0, reason="daily_quota_exceeded", now=101.0) is False
+    assert take(lite, 150.0) is None  # paused
+    probe = take(lite, 211.0)
+    assert probe is not None and probe.probe is True
+    assert take(lite, 212.0) is None  # the probe's answer is awaited
+    with lite.begin() as session:
+        assert rate_limits.resume(session, NAME) is True
+        state = rate_limits.current(session, NAME, now=213.0)
+    assert state.paused_until is None and state.paused_since is None
+    after = take(lite, 213.0)
+    assert after is not None and after.probe is False
+
+
+def test_a_rate_429_holds_the_fleet_without_a_probe(lite: sessionmaker[Session]) -> None:
+    with lite.begin() as session:
+        assert rate_limits.pause(session, NAME, until=101.0, reason="rate_limit_exceeded", now=100.0) is False
+    assert take(lite, 100.5) is None
+    slot = take(lite, 101.0)
+    assert slot is not None and slot.probe is False
