@@ -14,10 +14,14 @@ What a unit test needs instead: ``Settings.from_env({...})``, Dramatiq's
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from pathlib import Path
 
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
+from storage import migrate
+from storage.database import get_engine, get_sessionmaker
 from tests.support.service_guard import ServiceGuard
 
 #: Root fixtures that create a database and a vhost.
@@ -30,6 +34,15 @@ _guard = ServiceGuard()
 def service_guard() -> ServiceGuard:
     """The guard itself, for the test that checks it."""
     return _guard
+
+
+@pytest.fixture
+def lite(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    """Sessions on a migrated SQLite database of this test's own (the dev mode's database)."""
+    url = f"sqlite:///{tmp_path / 'unit.sqlite3'}"
+    migrate.upgrade(url)
+    yield get_sessionmaker(url)
+    get_engine(url).dispose()
 
 
 def _guarded(phase: str) -> Generator[None, object, object]:
