@@ -17,7 +17,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from actors.emails import enqueue_due_emails
 from actors.maintenance import prune_dead_letters
-from pipeline import dlq
 from pipeline.core.errors import EnqueueFailed
 from pipeline.core.runtime import Runtime
 from pipeline.dlq import ReplayOutcome, ReplayStatus
@@ -229,22 +228,6 @@ def test_the_prune_tick_deletes_what_is_older_than_the_retention(
     with sessions() as session:
         assert session.scalar(text("SELECT COUNT(*) FROM final_errors WHERE message_id = :id"), {"id": stale_id}) == 0
     assert runtime.broker.get_actor("prune_dead_letters").options["periodic"] is not None
-
-
-def test_prune_deletes_in_batches(sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dlq, "DELETE_BATCH_SIZE", 3)
-    now = utcnow()
-    ids = [add_dead_letter(sessions, actor="x", args=[], dead_at=now - timedelta(days=400)) for _ in range(7)]
-    calls: list[int] = []
-    delete_dead_before = dead_letters.delete_dead_before
-
-    def counting(session: Session, cutoff: Any, *, limit: int) -> int:
-        calls.append(deleted := delete_dead_before(session, cutoff, limit=limit))
-        return deleted
-
-    monkeypatch.setattr(dead_letters, "delete_dead_before", counting)
-    assert dlq.prune(sessions, retention_days=365) == 7
-    assert calls == [3, 3, 1] and all(letter(sessions, i) is None for i in ids)
 
 
 # --- schema -------------------------------------------------------------------------------------
