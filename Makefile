@@ -1,11 +1,11 @@
-# The two commands of a fresh machine: `make dev` and `make test`.
+# The two commands of a fresh machine: `make dev` and `make test` (`make unit`: the tier without services).
 # Each creates the virtual environment and installs the project first.
 
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test bench
+.PHONY: dev test unit bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ dev: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check actors pipeline storage tests bench
 	$(VENV)/bin/python -m pytest -q
+
+unit: $(STAMP)
+	$(VENV)/bin/python -m pytest -q tests/unit
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench.email_throughput

@@ -7,7 +7,7 @@ models are what the code reads, the migrations are what the database gets.
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Optional
 
@@ -30,7 +30,9 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 #: Stable constraint names, so Alembic migrations can name what they alter.
 NAMING_CONVENTION = {
@@ -46,6 +48,22 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 #: JSONB on PostgreSQL (indexable, what the shop's other tables use); JSON elsewhere.
 JsonDocument = JSON().with_variant(JSONB(), "postgresql")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """``DateTime(timezone=True)`` that reads back aware UTC on SQLite too, which stores no zone.
+
+    Without it the dev mode compared naive values read back with aware ones computed
+    here (``TypeError: can't subtract offset-naive and offset-aware datetimes``).
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: Optional[datetime], dialect: Dialect) -> Optional[datetime]:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
 
 
 class Base(DeclarativeBase):
@@ -104,7 +122,7 @@ class EmailQueue(Base):
     text: Mapped[Optional[str]] = mapped_column(Text)
     template: Mapped[Optional[str]] = mapped_column(Text)
     template_data: Mapped[Optional[dict[str, Any]]] = mapped_column(JsonDocument)
-    scheduled_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    scheduled_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
     status: Mapped[str] = mapped_column(Text, server_default=EmailStatus.PENDING.value)
     #: Retries made so far (attempts after the first), as the shop's dashboards expect.
     retry_count: Mapped[int] = mapped_column(Integer, server_default="0")
@@ -113,17 +131,17 @@ class EmailQueue(Base):
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     last_error: Mapped[Optional[str]] = mapped_column(Text)
     provider_message_id: Mapped[Optional[str]] = mapped_column(Text)
-    sent_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
     #: When the next attempt may start (set while ``retrying``).
-    next_attempt_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
     #: Until when a claim holds; past it, a fan-out claims the email again.
-    locked_until: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    locked_until: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
     #: ``transactional`` or ``bulk`` (see ``EmailPriority``); the host may set it in its INSERT.
     priority: Mapped[str] = mapped_column(Text, server_default=EmailPriority.TRANSACTIONAL.value)
     #: The message whose attempt holds the lease: that message coming back takes it over at once.
     lease_holder: Mapped[Optional[str]] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    updated_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
+    updated_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
 
 
 class DeadLetter(Base):
@@ -153,11 +171,11 @@ class DeadLetter(Base):
     error: Mapped[str] = mapped_column(Text)
     traceback: Mapped[Optional[str]] = mapped_column(Text)
     retries: Mapped[int] = mapped_column(Integer, server_default="0")
-    dead_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    archived_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    replayed_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    dead_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
+    archived_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
+    replayed_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
     #: When an alert digest counted it (``pipeline.alerts``); NULL while no alert has.
-    alerted_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    alerted_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
 
 
 class FinalError(Base):
@@ -173,7 +191,7 @@ class FinalError(Base):
     error: Mapped[str] = mapped_column(Text)
     traceback: Mapped[Optional[str]] = mapped_column(Text)
     retries: Mapped[int] = mapped_column(Integer, server_default="0")
-    failed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    failed_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
 
 
 class RateLimitSlot(Base):
@@ -214,7 +232,7 @@ class Product(Base):
     sku: Mapped[str] = mapped_column(Text, unique=True)
     name: Mapped[str] = mapped_column(Text)
     stock: Mapped[int] = mapped_column(Integer, server_default="0")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
 
 
 class ReservationStatus(str, enum.Enum):
@@ -255,12 +273,12 @@ class InventoryReservation(Base):
     order_id: Mapped[Optional[str]] = mapped_column(Text)
     quantity: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(Text, server_default=ReservationStatus.ACTIVE.value)
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    updated_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
+    updated_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
     #: When the quantity was given back, by ``release`` or by the cleanup.
-    released_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
-    committed_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    released_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
+    committed_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
 
 
 class Order(Base):
@@ -285,9 +303,9 @@ class Order(Base):
     total: Mapped[Decimal] = mapped_column(Numeric(12, 2))
     currency: Mapped[str] = mapped_column(Text, server_default="ETB")
     customer_email: Mapped[Optional[str]] = mapped_column(Text)
-    paid_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    updated_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    paid_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
+    updated_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
 
 
 class WebhookStatus(str, enum.Enum):
@@ -333,18 +351,18 @@ class WebhookEvent(Base):
     retry_count: Mapped[int] = mapped_column(Integer, server_default="0")
     #: Attempts started, counted before the work, so attempts of workers that died count too.
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
-    next_retry_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    next_retry_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
     last_error: Mapped[Optional[str]] = mapped_column(Text)
     archived: Mapped[bool] = mapped_column(Boolean, server_default=false())
     #: Until when whoever holds the event (message, worker, waiting retry) is trusted with it.
-    locked_until: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    locked_until: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
     #: Set while an attempt runs; a set value with an expired lease means the worker died.
-    attempt_started_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    attempt_started_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
     #: The message whose attempt holds the lease: that message coming back takes it over at once.
     lease_holder: Mapped[Optional[str]] = mapped_column(Text)
-    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    processed_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
+    processed_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
+    updated_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
 
 
 class AlertState(Base):
@@ -359,5 +377,5 @@ class AlertState(Base):
     __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    last_alert_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
-    counted_since: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    last_alert_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
+    counted_since: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())

@@ -230,22 +230,6 @@ def test_the_prune_tick_deletes_what_is_older_than_the_retention(
     assert runtime.broker.get_actor("prune_dead_letters").options["periodic"] is not None
 
 
-def test_prune_deletes_in_batches(sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dead_letters, "DELETE_BATCH_SIZE", 3)
-    now = utcnow()
-    ids = [add_dead_letter(sessions, actor="x", args=[], dead_at=now - timedelta(days=400)) for _ in range(7)]
-    calls: list[int] = []
-    delete_dead_before = dead_letters.delete_dead_before
-
-    def counting(session: Session, cutoff: Any, *, limit: int) -> int:
-        calls.append(deleted := delete_dead_before(session, cutoff, limit=limit))
-        return deleted
-
-    monkeypatch.setattr(dead_letters, "delete_dead_before", counting)
-    assert dead_letters.prune(sessions, retention_days=365) == 7
-    assert calls == [3, 3, 1] and all(letter(sessions, i) is None for i in ids)
-
-
 # --- schema -------------------------------------------------------------------------------------
 
 

@@ -1,11 +1,18 @@
-"""Dead-letter alerts: their settings."""
+"""Dead-letter alerts: their settings, and the throttle on SQLite."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+from pathlib import Path
+
 import pytest
 
+from pipeline.alerts import Alerter, Outcome
 from pipeline.core.errors import ConfigError
 from pipeline.core.settings import Settings
+from storage.database import get_engine, get_sessionmaker
+from storage.migrate import upgrade
+from tests.support.dlq_support import add_dead_letter
 
 
 def test_alert_and_retention_settings() -> None:
@@ -35,3 +42,19 @@ def test_alert_and_retention_settings() -> None:
     ):
         with pytest.raises(ConfigError, match=f"^{name}="):
             Settings.from_env({name: value})
+
+
+def test_the_digest_throttle_works_on_the_dev_modes_sqlite(tmp_path: Path) -> None:
+    """SQLite gives datetimes back without a zone; the second check compared them with aware ones and crashed."""
+    url = f"sqlite:///{tmp_path / 'alerts.sqlite3'}"
+    upgrade(url)
+    lite = get_sessionmaker(url)
+    alerter = Alerter(lite, min_interval=timedelta(minutes=10))
+    try:
+        add_dead_letter(lite, actor="send_email", args=[1])
+        first, _ = alerter.check()
+        add_dead_letter(lite, actor="send_email", args=[2])
+        second, _ = alerter.check()
+    finally:
+        get_engine(url).dispose()
+    assert (first, second) == (Outcome.SENT, Outcome.HELD)

@@ -1,17 +1,19 @@
-"""Dead letters without services: the statements on the dev mode's SQLite, durations and times."""
+"""Dead letters without services: the statements on the dev mode's SQLite, pruning in batches, durations."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline import dlq
 from storage import alerts, dead_letters, emails, leases, migrate
 from storage.clock import utcnow
 from storage.database import get_engine, get_sessionmaker
-from tests.support.dlq_support import add_dead_letter
+from tests.support.dlq_support import add_dead_letter, letter
 
 
 def test_the_dead_letter_statements_run_on_the_dev_modes_sqlite(tmp_path: Path) -> None:
@@ -54,3 +56,19 @@ def test_durations_and_times() -> None:
     for wrong in ("30", "d", "-1d", "3w"):
         with pytest.raises(ValueError):
             dlq.parse_duration(wrong)
+
+
+def test_prune_deletes_in_batches(lite: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dead_letters, "DELETE_BATCH_SIZE", 3)
+    now = utcnow()
+    ids = [add_dead_letter(lite, actor="x", args=[], dead_at=now - timedelta(days=400)) for _ in range(7)]
+    calls: list[int] = []
+    delete_dead_before = dead_letters.delete_dead_before
+
+    def counting(session: Session, cutoff: Any, *, limit: int) -> int:
+        calls.append(deleted := delete_dead_before(session, cutoff, limit=limit))
+        return deleted
+
+    monkeypatch.setattr(dead_letters, "delete_dead_before", counting)
+    assert dead_letters.prune(lite, retention_days=365) == 7
+    assert calls == [3, 3, 1] and all(letter(lite, i) is None for i in ids)

@@ -62,3 +62,55 @@ def test_platform_database_urls_use_psycopg2(scheme: str) -> None:
     url = f"{scheme}://user:pw@db.example.com:5432/shop"
     assert normalize_url(url) == "postgresql+psycopg2://user:pw@db.example.com:5432/shop"
     assert get_engine(url).dialect.driver == "psycopg2"
+
+
+def test_blank_values_mean_the_default_and_values_are_trimmed() -> None:
+    settings = Settings.from_env({"EMAIL_MAX_RETRIES": "  ", "LOG_LEVEL": "", "EMAIL_BATCH_SIZE": " 50 "})
+    assert (settings.email_max_retries, settings.log_level, settings.email_batch_size) == (3, "INFO", 50)
+
+
+def test_accepted_values_are_normalized() -> None:
+    settings = Settings.from_env(
+        {
+            "LOG_LEVEL": "debug",
+            "RESEND_API_URL": "http://127.0.0.1:9999/",
+            "EMAIL_SCHEDULE": "@hourly",
+            "BROKER_URL": "amqps://user:pw@mq.example.com:5671/shop",
+            "DATABASE_URL": "sqlite:///dev.sqlite3",
+        }
+    )
+    assert settings.log_level == "DEBUG" and settings.resend_api_url == "http://127.0.0.1:9999"
+    assert settings.email_schedule == "@hourly" and settings.broker_url.startswith("amqps://")
+    assert settings.database_url == "sqlite:///dev.sqlite3"
+
+
+def test_zero_retries_leave_one_attempt() -> None:
+    settings = Settings.from_env({"EMAIL_MAX_RETRIES": "0", "WEBHOOK_MAX_RETRIES": "0"})
+    assert (settings.email_max_attempts, settings.webhook_max_attempts) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("EMAIL_LEASE_MINUTES", "nan"),
+        ("BROKER_MAX_HOLD_MINUTES", "inf"),
+        ("EMAIL_QUOTA_PAUSE_MINUTES", "-1"),
+        ("EMAIL_RATE_LIMIT_PER_SECOND", "-1"),
+        ("EMAIL_RATE_LIMIT_CAP", "0"),
+        ("EMAIL_LISTEN", "maybe"),
+        ("RESERVATION_BATCH_SIZE", "1.5"),
+        ("EMAIL_SCHEDULE", "* * * * * *"),
+        ("RESERVATION_SCHEDULE", "0 24 * * *"),
+        ("ALERT_EMAIL", "ops@localhost"),
+    ],
+)
+def test_more_invalid_values_fail_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({name: value})
+    assert str(raised.value).startswith(f"{name}={value!r} is invalid")
+
+
+def test_only_the_known_providers_have_secrets_of_their_own() -> None:
+    settings = Settings.from_env({"PAYPAL_WEBHOOK_SECRET": "pp", "TELEBIRR_WEBHOOK_SECRET": "tb"})
+    assert settings.webhook_secret("telebirr") == "tb"
+    assert settings.webhook_secret("paypal") is None and settings.webhook_secret("cbe") is None

@@ -211,3 +211,50 @@ def test_fractional_minutes_give_the_test_schedule() -> None:
     base = minutes_ms(settings.webhook_initial_retry_delay_minutes)
     cap = minutes_ms(settings.webhook_max_retry_delay_minutes)
     assert [retry_delay_ms(n, base_ms=base, cap_ms=cap) for n in range(5)] == [120, 240, 480, 720, 720]
+
+
+def test_a_timestamp_is_trimmed_but_must_be_at_most_12_ascii_digits() -> None:
+    verify(timestamp=f" {NOW} ")  # signed over the digits alone
+    for stamp in ("000" + str(NOW), "١٨٠٠٠٠٠٠٠٠"):  # the same number padded to 13 digits; Arabic-Indic digits
+        with pytest.raises(SignatureRejected, match="unix seconds"):
+            verify(timestamp=stamp)
+
+
+def test_the_signature_scheme_is_matched_exactly() -> None:
+    with pytest.raises(SignatureRejected, match="no v1= value"):
+        verify(signature="V1=" + compute_signature(SECRET, str(NOW), BODY))
+
+
+def test_identifiers_are_trimmed_and_at_most_200_characters() -> None:
+    parsed = parse_event(event(event_id="  evt_9 ", order_id=" MN-9"))
+    assert (parsed.event_id, parsed.order_id) == ("evt_9", "MN-9")
+    assert parsed.payload["event_id"] == "  evt_9 "  # the payload is kept as sent
+    assert parse_event(event(event_id="e" * 200)).event_id == "e" * 200
+
+
+@pytest.mark.parametrize(
+    ("amount", "accepted"),
+    [(0, True), ("  12.50 ", True), (12.5, True), ("1e3", True), ("Infinity", False), ("-0.01", False)],
+)
+def test_amounts_are_finite_numbers_of_zero_or_more(amount: Any, accepted: bool) -> None:
+    if accepted:
+        assert parse_event(event(amount=amount)).payload["amount"] == amount
+    else:
+        with pytest.raises(InvalidEvent, match="finite number, 0 or more"):
+            parse_event(event(amount=amount))
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (event(event_id="e" * 201), "event_id must be 1 to 200 characters"),
+        (event(order_id="   "), "order_id must be 1 to 200 characters"),
+        (event(event_id=True), "event_id must be a string"),
+        (event(currency="  "), "currency must be a string"),
+        (event().replace(b'"10.50"', b"1e999"), "finite number, 0 or more"),  # a float overflowing to inf
+        (event().replace(b'"10.50"', b"Infinity"), "not JSON"),
+    ],
+)
+def test_more_malformed_events_are_rejected_naming_the_problem(body: bytes, message: str) -> None:
+    with pytest.raises(InvalidEvent, match=message):
+        parse_event(body)

@@ -1,0 +1,179 @@
+"""The archiver without services: what a dead message's body says, and archiving it on SQLite."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import dramatiq
+import pytest
+from dramatiq import Message
+from dramatiq.brokers.stub import StubBroker
+from sqlalchemy.orm import Session, sessionmaker
+
+from pipeline.archiver import archive_body, dead_letter_queues, decode_dead_message
+from pipeline.middleware.backoff import Backoff
+from storage import dead_letters
+from storage.clock import utcnow
+from storage.models import FinalError
+
+TRACEBACK = (
+    "Traceback (most recent call last):\n"
+    '  File "actors/emails.py", line 120, in send_email\n'
+    "pipeline.core.errors.TransientError: Resend 500: down\n"
+    "\n"
+)
+
+
+def message(**options: Any) -> Message:  # type: ignore[type-arg]
+    return Message(
+        queue_name="emails", actor_name="send_email", args=(42,), kwargs={"urgent": True}, options=options
+    )
+
+
+def test_a_dramatiq_message_is_kept_with_its_call_its_retries_and_the_last_line_of_its_traceback() -> None:
+    sent = message(retries=3, traceback=TRACEBACK, replay_of="m-0")
+
+    dead, decoded = decode_dead_message("emails.XQ", sent.encode())
+
+    assert decoded == sent
+    assert (dead.message_id, dead.queue, dead.actor) == (sent.message_id, "emails.XQ", "send_email")
+    assert (dead.args, dead.kwargs, dead.retries) == ([42], {"urgent": True}, 3)
+    assert dead.options == {"retries": 3, "traceback": TRACEBACK, "replay_of": "m-0"}
+    assert dead.fallback_error == "pipeline.core.errors.TransientError: Resend 500: down"
+    assert dead.fallback_traceback == TRACEBACK and dead.raw_body is None
+
+
+def test_a_message_without_a_traceback_died_of_an_unknown_error() -> None:
+    dead, _ = decode_dead_message("emails.XQ", message().encode())
+    assert (dead.fallback_error, dead.fallback_traceback, dead.retries) == ("unknown error", None, 0)
+
+
+def body_with(**fields: Any) -> bytes:
+    """A Dramatiq body with some fields replaced (or, given ``...``, left out)."""
+    decoded = json.loads(message(retries=1).encode())
+    decoded.update(fields)
+    return json.dumps({name: value for name, value in decoded.items() if value is not ...}).encode()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\x00\xff not a message {",
+        b"[1, 2]",
+        b'"send_email"',
+        body_with(actor_name=...),
+        body_with(options=["retries", 1]),
+        body_with(options={"retries": "3"}),
+        body_with(message_id=12345),
+        body_with(actor_name=None),
+        body_with(kwargs=[1]),
+    ],
+    ids=[
+        "not-json",
+        "array",
+        "string",
+        "no-actor",
+        "options-not-object",
+        "retries-not-int",
+        "id-not-string",
+        "actor-null",
+        "kwargs-not-object",
+    ],
+)
+def test_a_body_that_does_not_decode_to_a_well_formed_message_is_kept_raw(body: bytes) -> None:
+    dead, decoded = decode_dead_message("ticks.XQ", body)
+
+    assert decoded is None
+    assert dead.message_id == f"raw-{hashlib.sha256(body).hexdigest()[:32]}"
+    assert (dead.queue, dead.actor, dead.args, dead.kwargs) == ("ticks.XQ", None, None, None)
+    assert dead.raw_body == body.decode("utf-8", errors="replace")
+    assert dead.fallback_error.startswith("DecodeError: ")
+
+
+# --- archiving on SQLite --------------------------------------------------------------------------
+
+
+class RecordingHooks:
+    """Item hooks recording which items the archiver marked failed, and why."""
+
+    def __init__(self) -> None:
+        self.failed: list[tuple[object, str]] = []
+
+    def given_up(self, session: Session, message: Message, *, error: str) -> None:  # type: ignore[type-arg]
+        self.failed.append((message.args[0], error))
+
+
+@pytest.fixture
+def hooks() -> RecordingHooks:
+    return RecordingHooks()
+
+
+@pytest.fixture
+def broker(lite: sessionmaker[Session], hooks: RecordingHooks) -> Iterator[StubBroker]:
+    stub = StubBroker(middleware=[])
+    stub.add_middleware(Backoff(lite))
+
+    def send_email(email_id: int, urgent: bool = False) -> None:
+        pass
+
+    def cleanup() -> None:
+        pass
+
+    dramatiq.actor(send_email, queue_name="emails", broker=stub, item_hooks=hooks)
+    dramatiq.actor(cleanup, queue_name="ticks", broker=stub)
+    yield stub
+    stub.close()
+
+
+def test_the_archiver_consumes_the_dead_letter_queue_of_every_actors_queue(broker: StubBroker) -> None:
+    assert dead_letter_queues(broker) == ["emails.XQ", "ticks.XQ"]
+
+
+def test_a_redelivered_dead_message_is_archived_once_with_the_final_error_the_pipeline_recorded(
+    lite: sessionmaker[Session], broker: StubBroker, hooks: RecordingHooks
+) -> None:
+    sent = message(retries=2, traceback=TRACEBACK)  # RabbitMQ keeps the bytes of the attempt before the last
+    with lite.begin() as session:
+        error = "TransientError: Resend 500: still down"
+        dead_letters.record_final_error(session, message_id=sent.message_id, error=error, traceback="T3", retries=3)
+
+    written = [archive_body(lite, broker, "emails.XQ", sent.encode()) for _ in range(2)]
+
+    assert written == [True, False]
+    with lite() as session:
+        stored = dead_letters.get_by_message_id(session, sent.message_id)
+        leftover = session.get(FinalError, sent.message_id)
+    assert stored is not None and leftover is None
+    assert (stored.error, stored.traceback, stored.retries) == ("TransientError: Resend 500: still down", "T3", 3)
+    assert hooks.failed == [(42, "TransientError: Resend 500: still down")] * 2  # marking failed is idempotent
+
+
+def test_a_redelivery_after_a_replay_leaves_the_revived_item_alone(
+    lite: sessionmaker[Session], broker: StubBroker, hooks: RecordingHooks
+) -> None:
+    sent = message(retries=3, traceback=TRACEBACK)
+    assert archive_body(lite, broker, "emails.XQ", sent.encode())
+    with lite.begin() as session:
+        stored = dead_letters.get_by_message_id(session, sent.message_id)
+        assert stored is not None
+        dead_letters.mark_replayed(session, stored.id, at=utcnow())
+
+    assert not archive_body(lite, broker, "emails.XQ", sent.encode())
+
+    assert hooks.failed == [(42, "pipeline.core.errors.TransientError: Resend 500: down")]
+
+
+def test_a_tick_has_no_item_to_mark_failed(
+    lite: sessionmaker[Session], broker: StubBroker, hooks: RecordingHooks
+) -> None:
+    tick: Message = Message(queue_name="ticks", actor_name="cleanup", args=(), kwargs={}, options={})  # type: ignore[type-arg]
+
+    assert archive_body(lite, broker, "ticks.XQ", tick.encode())
+
+    assert hooks.failed == []
+    with lite() as session:
+        stored = dead_letters.get_by_message_id(session, tick.message_id)
+    assert stored is not None and (stored.actor, stored.args, stored.error) == ("cleanup", [], "unknown error")

@@ -1,0 +1,88 @@
+"""Email bodies from the shipped templates: rendered, escaped where HTML, and strict about their data."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import pytest
+
+from pipeline.core.errors import PermanentError
+from pipeline.core.rendering import RenderedEmail, TemplateFailed, render, templates
+
+#: The least data each shipped template needs, and a value it must show.
+MINIMAL: dict[str, tuple[dict[str, Any], str]] = {
+    "order_confirmation": ({"order_id": "MN-77", "total": "99.50"}, "MN-77"),
+    "password_reset": ({"reset_url": "https://minalesh.et/reset/abc"}, "https://minalesh.et/reset/abc"),
+    "payment_failed": ({"order_id": "MN-78"}, "MN-78"),
+    "shipping_update": ({"order_id": "MN-79", "status": "shipped"}, "shipped"),
+}
+
+
+def rendered(template: Optional[str], data: Optional[dict[str, Any]] = None, subject: str = "Subject") -> RenderedEmail:
+    return render(subject=subject, html="<p>stored</p>", text="stored", template=template, data=data)
+
+
+def test_without_a_template_the_stored_bodies_go_out_as_they_are() -> None:
+    email = render(subject="Order {{ order_id }}", html="<p>{{ x }}</p>", text=None, template=None, data={"x": 1})
+    assert email == RenderedEmail(subject="Order {{ order_id }}", html="<p>{{ x }}</p>", text=None)
+
+
+def test_the_shipped_templates_are_listed_without_the_layout() -> None:
+    assert templates() == sorted(MINIMAL)
+
+
+@pytest.mark.parametrize("template", sorted(MINIMAL))
+def test_every_shipped_template_renders_both_bodies_from_its_least_data(template: str) -> None:
+    data, shown = MINIMAL[template]
+
+    email = rendered(template, data, subject="About {{ order_id | default('your account') }}")
+
+    assert email.html is not None and email.text is not None
+    assert shown in email.html and shown in email.text
+    assert "Hello there," in email.text and "<p>Hello there,</p>" in email.html  # customer_name's default
+    assert email.html.lstrip().startswith("<!doctype html>") and "<html" not in email.text
+    assert email.subject == f"About {data.get('order_id', 'your account')}"
+
+
+def test_html_is_escaped_and_text_and_subject_are_not() -> None:
+    data = {"order_id": "MN-<1>", "total": "5", "customer_name": "Abebe & <b>Kebede</b>"}
+
+    email = rendered("order_confirmation", data, subject="Order {{ order_id }} for {{ customer_name }}")
+
+    assert "Hello Abebe &amp; &lt;b&gt;Kebede&lt;/b&gt;," in (email.html or "")
+    assert "<strong>MN-&lt;1&gt;</strong>" in (email.html or "")
+    assert "Hello Abebe & <b>Kebede</b>," in (email.text or "")
+    assert email.subject == "Order MN-<1> for Abebe & <b>Kebede</b>"
+
+
+def test_optional_parts_appear_only_with_their_data() -> None:
+    items = [{"quantity": 2, "name": "Jebena"}, {"quantity": 1, "name": "Mesob"}]
+    with_items = rendered("order_confirmation", {"order_id": "MN-1", "total": "10", "currency": "USD", "items": items})
+    without = rendered("order_confirmation", {"order_id": "MN-1", "total": "10"})
+    reason = rendered("payment_failed", {"order_id": "MN-2", "reason": "card declined"})
+
+    assert "<li>2 × Jebena</li><li>1 × Mesob</li>" in (with_items.html or "")
+    assert "- 2 x Jebena\n- 1 x Mesob" in (with_items.text or "")
+    assert "10 USD" in (with_items.text or "") and "10 ETB" in (without.text or "")
+    assert "<ul>" not in (without.html or "") and "- " not in (without.text or "").split("— Minalesh")[0]
+    assert "did not go through: card declined." in (reason.text or "")
+
+
+@pytest.mark.parametrize(
+    ("template", "data", "subject", "message"),
+    [
+        ("order_confirmation", {"total": "5"}, "Subject", "template 'order_confirmation': 'order_id' is undefined"),
+        ("shipping_update", {"order_id": "MN-1"}, "Subject", "template 'shipping_update': 'status' is undefined"),
+        ("payment_failed", {"order_id": "MN-1"}, "Order {{ number }}", "'number' is undefined"),
+        ("order_confirmation", {"order_id": "MN-1", "total": "5"}, "{{ oops", "template 'order_confirmation': "),
+        ("invoice", {}, "Subject", "unknown template 'invoice'; shipped: order_confirmation, password_reset, "),
+    ],
+    ids=["missing-variable", "missing-status", "missing-in-subject", "broken-subject", "unknown-template"],
+)
+def test_a_template_that_cannot_render_fails_permanently_naming_the_problem(
+    template: str, data: dict[str, Any], subject: str, message: str
+) -> None:
+    with pytest.raises(TemplateFailed) as raised:
+        rendered(template, data, subject=subject)
+    assert message in str(raised.value)
+    assert isinstance(raised.value, PermanentError)  # never retried: the data will not fix itself
