@@ -38,6 +38,9 @@ EMAIL_QUEUE = "emails"
 BULK_EMAIL_QUEUE = "emails_bulk"
 #: Dramatiq's priority of bulk sends among prefetched messages (lower runs first; the rest are 0).
 BULK_PRIORITY = 100
+#: Bulk claims leave this share of a fan-out's room to transactional emails, so one inserted
+#: during a bulk drain is claimed at once rather than when the drain frees room.
+TRANSACTIONAL_RESERVE = 0.1
 #: One fan-out claims at most this many batches, so a tick always ends.
 MAX_BATCHES_PER_TICK = 20
 #: A fan-out claims at most what the provider's rate sends in this share of a lease, so an
@@ -70,31 +73,29 @@ def fan_out_emails() -> JobReport:
 
 
 def enqueue_due_emails() -> int:
-    """One fan-out: claim due emails, transactional first, within the budget; return how many."""
-    budget = claim_budget()
-    total = 0
-    for priority in (EmailPriority.TRANSACTIONAL, EmailPriority.BULK):
-        claimed = _claim_and_send(priority, budget - total)
-        total += claimed
-    return total
+    """One fan-out: claim due emails, transactional first, within the room; return how many."""
+    room, reserve = claim_room()
+    transactional = _claim_and_send(EmailPriority.TRANSACTIONAL, room)
+    bulk = _claim_and_send(EmailPriority.BULK, room - transactional - reserve)
+    return transactional + bulk
 
 
-def claim_budget() -> int:
-    """How many emails this fan-out may claim: what the current rate sends in part of a lease.
+def claim_room() -> tuple[int, int]:
+    """How many emails this fan-out may claim, and how many of those bulk must leave to transactional.
 
-    Claims beyond that would wait behind the limiter past their lease and be
-    claimed and published again; without a limit, the batch bound alone applies.
+    The room is what the current rate sends in part of a lease, less what is already
+    claimed: claims beyond that would wait behind the limiter past their lease and be
+    claimed and published again. Without a limit, the batch bound alone applies.
     """
     current = runtime.current()
     settings = current.settings
     most = settings.email_batch_size * MAX_BATCHES_PER_TICK
     if current.limiter.unlimited:
-        return most
-    per_second = current.limiter.per_second()
-    sendable = int(per_second * settings.email_lease_minutes * 60 * LEASE_SHARE_CLAIMED)
+        return most, 0
+    sendable = int(current.limiter.per_second() * settings.email_lease_minutes * 60 * LEASE_SHARE_CLAIMED)
     with current.sessions() as session:
         waiting = emails.in_flight(session)
-    return max(min(most, sendable - waiting), 0)
+    return max(min(most, sendable - waiting), 0), int(sendable * TRANSACTIONAL_RESERVE)
 
 
 def _claim_and_send(priority: EmailPriority, budget: int) -> int:
