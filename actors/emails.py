@@ -15,19 +15,16 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from dramatiq.middleware import CurrentMessage
-
 from pipeline.core import runtime
 from pipeline.core.declare import DeclaredActor, JobReport, actor, periodic
-from pipeline.core.errors import Deferred, PermanentError, RateLimited
+from pipeline.core.errors import PermanentError, RateLimited
 from pipeline.core.mailer import OutgoingEmail
 from pipeline.core.rendering import render
-from pipeline.middleware.backoff import counted_attempt
+from pipeline.middleware.backoff import counted_attempt, current_message_id, must_run
 from pipeline.middleware.item_hooks import LeasedItemHooks
 from storage import emails, leases
-from storage.clock import minutes, utcnow
+from storage.clock import minutes
 from storage.emails import EmailMessage
-from storage.leases import AttemptOutcome
 from storage.models import EmailPriority
 
 logger = logging.getLogger(__name__)
@@ -164,7 +161,6 @@ def deliver(email_id: int, *, transactional: bool) -> None:
     """Count the attempt, render, wait for a slot of the provider's rate, send, record."""
     current = runtime.current()
     settings = current.settings
-    message = CurrentMessage.get_current_message()
     with current.sessions.begin() as session:
         attempt = leases.start_attempt(
             emails.TABLE,
@@ -172,13 +168,12 @@ def deliver(email_id: int, *, transactional: bool) -> None:
             email_id,
             lease=_lease(),
             max_attempts=settings.email_max_attempts,
-            holder=message.message_id if message is not None else None,
+            holder=current_message_id(),
         )
-    if attempt.outcome is AttemptOutcome.NOT_DUE and attempt.due_at is not None:
-        raise Deferred(f"email {email_id}: its retry is due later", retry_after=_seconds_until(attempt))
-    if attempt.outcome is AttemptOutcome.SKIP or attempt.item is None:
+    if not must_run(attempt, label=f"email {email_id}"):
         logger.info("Email %s needs no attempt now (sent, failed, not due or in flight).", email_id)
         return
+    assert attempt.item is not None
     email = attempt.item
     with counted_attempt(attempt, label=f"email {email_id}", max_attempts=settings.email_max_attempts):
         body = render(
@@ -203,8 +198,3 @@ def deliver(email_id: int, *, transactional: bool) -> None:
     with current.sessions.begin() as session:
         emails.mark_sent(session, email_id, sent.provider_id)
     logger.info("Email %s sent (%s).", email_id, sent.provider_id)
-
-
-def _seconds_until(attempt: leases.Attempt[EmailMessage]) -> float:
-    assert attempt.due_at is not None
-    return max((attempt.due_at - utcnow()).total_seconds(), 0.0)

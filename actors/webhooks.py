@@ -18,11 +18,10 @@ from datetime import timedelta
 from actors.emails import send_email
 from pipeline.core import runtime
 from pipeline.core.declare import JobReport, actor, periodic
-from pipeline.middleware.backoff import counted_attempt
+from pipeline.middleware.backoff import counted_attempt, current_message_id, must_run
 from pipeline.middleware.item_hooks import LeasedItemHooks
 from storage import leases, payments, webhooks
 from storage.clock import minutes
-from storage.leases import AttemptOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +44,17 @@ def process_webhook_event(event_id: int) -> None:
     settings = current.settings
     with current.sessions.begin() as session:
         attempt = leases.start_attempt(
-            webhooks.TABLE, session, event_id, lease=_lease(), max_attempts=settings.webhook_max_attempts
+            webhooks.TABLE,
+            session,
+            event_id,
+            lease=_lease(),
+            max_attempts=settings.webhook_max_attempts,
+            holder=current_message_id(),
         )
-    if attempt.outcome is AttemptOutcome.SKIP or attempt.item is None:
+    if not must_run(attempt, label=f"webhook event {event_id}"):
         logger.info("Webhook event %s needs no attempt now (processed, archived, not due or in flight).", event_id)
         return
+    assert attempt.item is not None
     event = attempt.item
     with counted_attempt(attempt, label=f"webhook event {event_id}", max_attempts=settings.webhook_max_attempts):
         with current.sessions.begin() as session:

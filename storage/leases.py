@@ -48,6 +48,9 @@ class AttemptOutcome(enum.Enum):
     EXHAUSTED = "exhausted"
     #: This message holds the row's retry, which is not due yet: come back at ``due_at``.
     NOT_DUE = "not due"
+    #: This message gave the row up, and came back: the nack that should have dead-lettered
+    #: it was lost (its worker died, its connection dropped). Dead-letter it again.
+    GIVEN_UP = "given up"
 
 
 @dataclass(frozen=True)
@@ -198,22 +201,29 @@ def start_attempt(
 def _skipped(
     table: LeasedTable[T], session: Session, row_id: int, *, holder: Optional[str], now: datetime
 ) -> Attempt[T]:
-    """SKIP, or NOT_DUE when ``holder`` carries the row's retry and came back early.
+    """SKIP, or what the row's own message must do when it comes back.
 
-    That happens when RabbitMQ redelivers a message whose delayed retry could not be
-    enqueued (the broker was restarting): acking it would leave the row to its lease.
+    NOT_DUE: it carries the row's retry and came back early (RabbitMQ redelivered it
+    because its delayed retry could not be enqueued while the broker restarted); acking
+    it would leave the row to its lease. GIVEN_UP: it gave the row up and came back;
+    acking it would leave a failed row without its dead letter.
     """
     if holder is None:
         return Attempt(AttemptOutcome.SKIP)
     model = table.model
-    due_at = session.scalar(
-        select(table.next_attempt_at).where(
-            model.id == row_id, table.open, model.lease_holder == holder, table.next_attempt_at > now
+    row = session.execute(
+        select(table.next_attempt_at, table.open, table.given_up).where(
+            model.id == row_id, model.lease_holder == holder
         )
-    )
-    if due_at is None:
+    ).one_or_none()
+    if row is None:
         return Attempt(AttemptOutcome.SKIP)
-    return Attempt(AttemptOutcome.NOT_DUE, due_at=due_at)
+    due_at, is_open, given_up = row
+    if given_up:
+        return Attempt(AttemptOutcome.GIVEN_UP)
+    if is_open and due_at is not None and due_at > now:
+        return Attempt(AttemptOutcome.NOT_DUE, due_at=due_at)
+    return Attempt(AttemptOutcome.SKIP)
 
 
 def schedule_retry(

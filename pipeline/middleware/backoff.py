@@ -27,6 +27,7 @@ from typing import Any, Optional, Protocol
 
 from dramatiq import Broker, Message, Middleware
 from dramatiq.logging import get_logger
+from dramatiq.middleware import CurrentMessage
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -34,6 +35,7 @@ from pipeline.core.errors import Deferred, PermanentError, RateLimited, RetriesE
 from pipeline.middleware.item_hooks import ItemHooks
 from pipeline.middleware.long_delays import DEFAULT_MAX_HOLD_MS, send_later
 from storage import dead_letters
+from storage.clock import utcnow
 from storage.leases import Attempt, AttemptOutcome
 
 #: An actor that declares no retry policy is never retried; policies live in ``Settings``
@@ -82,6 +84,31 @@ def counted_attempt(attempt: Attempt[CountedItem], *, label: str, max_attempts: 
         if attempt.outcome is AttemptOutcome.EXHAUSTED:
             raise RetriesExhausted(f"{label}: attempt {item.attempts} started, {max_attempts} allowed")
         yield
+
+
+class GivenUpEarlier(PermanentError):
+    """This message's earlier delivery gave its item up, and its nack was lost: dead-letter it again."""
+
+
+def current_message_id() -> Optional[str]:
+    """The id of the message this worker thread processes: the lease holder of its attempt."""
+    message = CurrentMessage.get_current_message()
+    return message.message_id if message is not None else None
+
+
+def must_run(attempt: Attempt[Any], *, label: str) -> bool:
+    """Whether an actor goes on with what ``start_attempt`` said; False: nothing to do now.
+
+    Its own message coming back early is deferred to the retry's time (``Deferred``);
+    coming back after it gave the item up, it is dead-lettered again (the first
+    recorded error stays the final one), so a failed item never lacks its dead letter.
+    """
+    if attempt.outcome is AttemptOutcome.NOT_DUE and attempt.due_at is not None:
+        wait = max((attempt.due_at - utcnow()).total_seconds(), 0.0)
+        raise Deferred(f"{label}: its retry is due later", retry_after=wait)
+    if attempt.outcome is AttemptOutcome.GIVEN_UP:
+        raise GivenUpEarlier(f"{label}: given up by an earlier delivery of this message")
+    return attempt.outcome is not AttemptOutcome.SKIP and attempt.item is not None
 
 
 def retry_delay_ms(retries_made: int, *, base_ms: int, cap_ms: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from actors.emails import enqueue_due_emails, send_email
 from bench.harness.fake_resend import FakeResend
 from pipeline.core.runtime import Runtime
+from storage import dead_letters, emails, leases
 from storage.models import DeadLetter, EmailQueue
 from tests.support.helpers import insert_email, unique_address, wait_until
 
@@ -182,3 +184,29 @@ def test_scheduled_email_waits_for_its_time(sessions: sessionmaker[Session], fak
 
     assert email_row(sessions, email_id).status == "pending"
     assert fake_resend.attempts_for(address) == 0
+
+
+def test_a_message_whose_nack_was_lost_is_dead_lettered_when_it_comes_back(
+    runtime: Runtime, sessions: sessionmaker[Session]
+) -> None:
+    """Issue 11, hole 3: the give-up committed, then the worker died (or its connection dropped)
+    before the nack. RabbitMQ redelivers the message; it used to be skipped and acked, leaving a
+    failed email with no dead letter, no alert and nothing to replay."""
+    address = unique_address("lostnack")
+    with sessions.begin() as session:
+        email_id = insert_email(session, address)
+    message = send_email.message(email_id)
+    with sessions.begin() as session:  # what Backoff committed for that message before the lost nack
+        leases.start_attempt(
+            emails.TABLE, session, email_id, lease=timedelta(minutes=15), max_attempts=4, holder=message.message_id
+        )
+        dead_letters.record_final_error(
+            session, message_id=message.message_id, error="PermanentError: refused", traceback=None, retries=0
+        )
+        leases.give_up(emails.TABLE, session, email_id, error="PermanentError: refused")
+
+    runtime.broker.enqueue(message)  # the redelivery
+
+    (letter,) = wait_until(lambda: dead_letters_for(sessions, email_id), what="the dead letter archived")
+    assert letter.message_id == message.message_id and letter.error == "PermanentError: refused"
+    assert email_row(sessions, email_id).status == "failed"

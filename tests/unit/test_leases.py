@@ -126,3 +126,16 @@ def test_claims_take_transactional_emails_by_filter_and_release_unsent_ones(lite
         assert leases.claim_due(emails.TABLE, session, lease=LEASE, limit=0) == []
         assert leases.release_claims(emails.TABLE, session, claimed) == 1
         assert leases.claim_due(emails.TABLE, session, lease=LEASE, limit=10) == sorted([bulk, urgent])
+
+
+def test_a_message_back_after_giving_its_row_up_is_told_so(
+    lite: sessionmaker[Session], table_and_row: tuple[LeasedTable[object], int]
+) -> None:
+    """Its nack was lost: it must be dead-lettered again, not skipped (issue 11, hole 3)."""
+    table, row_id = table_and_row
+    with lite.begin() as session:
+        leases.start_attempt(table, session, row_id, lease=LEASE, max_attempts=4, holder="m1")
+        leases.give_up(table, session, row_id, error="E: refused")
+        back = leases.start_attempt(table, session, row_id, lease=LEASE, max_attempts=4, holder="m1")
+        other = leases.start_attempt(table, session, row_id, lease=LEASE, max_attempts=4, holder="m2")
+    assert back.outcome is AttemptOutcome.GIVEN_UP and other.outcome is AttemptOutcome.SKIP
