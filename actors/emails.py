@@ -35,6 +35,8 @@ EMAIL_QUEUE = "emails"
 BULK_EMAIL_QUEUE = "emails_bulk"
 #: Dramatiq's priority of bulk sends among prefetched messages (lower runs first; the rest are 0).
 BULK_PRIORITY = 100
+#: Resend keeps an idempotency key this long: a repeat within it is answered, not sent again.
+PROVIDER_KEY_LIFETIME = timedelta(hours=24)
 #: Bulk claims leave this share of a fan-out's room to transactional emails, so one inserted
 #: during a bulk drain is claimed at once rather than when the drain frees room.
 TRANSACTIONAL_RESERVE = 0.1
@@ -131,7 +133,9 @@ def sender_of(priority: EmailPriority | str) -> DeclaredActor:
 
 # --- the send ------------------------------------------------------------------------------------
 
-_HOOKS = LeasedItemHooks(emails.TABLE, lease=_lease, describe=emails.describe)
+_HOOKS = LeasedItemHooks(
+    emails.TABLE, lease=_lease, describe=emails.describe, idempotent_for=PROVIDER_KEY_LIFETIME
+)
 
 
 @actor(

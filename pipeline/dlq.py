@@ -34,6 +34,7 @@ the actors' hooks' business.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import re
@@ -100,6 +101,8 @@ class ReplayOutcome:
     message_id: Optional[str] = None
     #: The dead message's id.
     replay_of: Optional[str] = None
+    #: What the operator should know before trusting the replay (it may do the work twice).
+    warning: Optional[str] = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -108,6 +111,7 @@ class ReplayOutcome:
             "detail": self.detail,
             "message_id": self.message_id,
             "replay_of": self.replay_of,
+            "warning": self.warning,
         }
 
 
@@ -201,7 +205,22 @@ def _decide(session: Session, broker: Broker, dead_letter_id: int, *, dry_run: b
     verb = "would send" if dry_run else "sent"
     detail = f"{verb} {message.actor_name}{_call(message)} as message {message.message_id}{item}"
     outcome = _outcome(dead_letter_id, status, detail, message_id=message.message_id, replay_of=original)
+    warning = _beyond_idempotency(hooks, letter)
+    if warning is not None:
+        outcome = dataclasses.replace(outcome, warning=warning)
     return _Decision(outcome, message=message, revived=revived)
+
+
+def _beyond_idempotency(hooks: Optional[ItemHooks], letter: DeadLetter) -> Optional[str]:
+    """A warning when the provider may have forgotten the item's key since it died."""
+    window = getattr(hooks, "idempotent_for", None)
+    if window is None or letter.dead_at is None or utcnow() - letter.dead_at <= window:
+        return None
+    age = utcnow() - letter.dead_at
+    return (
+        f"its last attempt was {age.total_seconds() / 3600:.0f} h ago and the provider keeps idempotency keys "
+        f"{window.total_seconds() / 3600:.0f} h: if an earlier attempt reached it, this replay does it again"
+    )
 
 
 def replay_message(broker: Broker, letter: DeadLetter) -> Message | str:

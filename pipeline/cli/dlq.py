@@ -220,6 +220,8 @@ def _report(outcomes: Iterable[ReplayOutcome], *, as_json: bool, dry_run: bool) 
         done.append(outcome)
         if not as_json:
             click.echo(f"#{outcome.dead_letter_id} {outcome.status.value.replace('_', ' ')}: {outcome.detail}")
+            if outcome.warning:
+                click.echo(f"#{outcome.dead_letter_id} warning: {outcome.warning}", err=True)
     if as_json:
         click.echo(json.dumps([outcome.as_json() for outcome in done], indent=2))
         return done

@@ -57,10 +57,14 @@ class LeasedItemHooks:
         *,
         lease: Callable[[], timedelta],
         describe: Callable[[Session, int], Optional[dict[str, Any]]],
+        idempotent_for: Optional[timedelta] = None,
     ) -> None:
         self.table = table
         self.lease = lease
         self.describe_row = describe
+        #: How long the provider remembers an attempt's idempotency key (Resend: 24 hours);
+        #: a replay of an item that died longer ago than this may be done twice.
+        self.idempotent_for = idempotent_for
 
     def retrying(self, session: Session, message: Message, *, error: str, delay: timedelta, refund: bool) -> None:
         leases.schedule_retry(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any, Optional
 
 import dramatiq
@@ -201,3 +202,22 @@ def test_replay_all_takes_the_unreplayed_letters_of_a_queue_and_actor_oldest_fir
     assert things.status == {1: "queued", 2: "failed", 3: "queued"}
     assert not stamped(lite, tick) and not stamped(lite, other_queue)
     assert [o.dead_letter_id for o in dlq.replay_all(broker, lite, actor="cleanup", dry_run=True)] == [tick]
+
+
+@pytest.mark.parametrize(("hours_ago", "warned"), [(30, True), (2, False)])
+def test_a_replay_past_the_providers_key_lifetime_warns_that_it_may_send_again(
+    lite: sessionmaker[Session], broker: StubBroker, things: Things, hours_ago: int, warned: bool
+) -> None:
+    """Resend forgets an idempotency key after 24 hours; a replay cannot be sure to be answered by replay."""
+    things.idempotent_for = timedelta(hours=24)  # type: ignore[attr-defined]
+    things.status[5] = "failed"
+    dead = add_dead_letter(
+        lite, actor="send_thing", args=[5], queue="things.XQ", dead_at=utcnow() - timedelta(hours=hours_ago)
+    )
+
+    outcome = dlq.replay(broker, lite, dead, dry_run=True)
+
+    assert outcome.status is ReplayStatus.WOULD_REPLAY
+    assert (outcome.warning is not None) is warned
+    if warned:
+        assert "30 h ago" in str(outcome.warning) and "24 h" in str(outcome.warning)
