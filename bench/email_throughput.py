@@ -20,7 +20,7 @@ from datetime import timedelta
 from dramatiq import Worker
 from sqlalchemy import text
 
-from actors.emails import enqueue_due_emails
+from actors.fan_out import enqueue_due_emails
 from bench.harness import services
 from bench.harness.fake_resend import FakeResend
 from pipeline.bootstrap import bootstrap

@@ -16,11 +16,11 @@ from pathlib import Path
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 
-from actors.emails import enqueue_due_emails
+from actors.fan_out import enqueue_due_emails
 from pipeline.archiver import StubArchiver
 from pipeline.bootstrap import bootstrap, default_mailer
 from pipeline.core.errors import PermanentError, TransientError
-from pipeline.core.mailer import Mailer, OutgoingEmail, Sent
+from pipeline.core.mailer import BatchSent, Mailer, OutgoingEmail, Refused, Sent
 from pipeline.core.runtime import Runtime
 from pipeline.core.settings import Settings
 from pipeline.stats import collect
@@ -53,6 +53,16 @@ class DemoMailer:
         if domain == FLAKY_DOMAIN:
             raise TransientError(f"Resend 500 application_error: upstream timeout for {email.recipient} (demo)")
         return self.inner.send(email)
+
+    def send_batch(self, emails: list[OutgoingEmail], *, idempotency_key: str) -> BatchSent:
+        """As a permissive batch: bouncing members refused, a flaky one fails the whole request."""
+        results: list[str | Refused] = []
+        for email in emails:
+            try:
+                results.append(self.send(email).provider_id)
+            except PermanentError as refused:
+                results.append(Refused(str(refused)))
+        return BatchSent(results)
 
 
 def dev_settings(settings: Settings, *, database: str, demo: bool) -> Settings:

@@ -13,7 +13,7 @@ import threading
 from dramatiq import Actor
 from periodiq import Scheduler
 
-from actors.emails import enqueue_due_emails
+from actors.fan_out import enqueue_due_emails
 from pipeline.bootstrap import periodic_actors
 from pipeline.core.runtime import Runtime
 from pipeline.wakeup import EmailWakeUp

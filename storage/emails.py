@@ -193,6 +193,11 @@ def of_priority(priority: EmailPriority) -> Any:
     return EmailQueue.priority == priority.value
 
 
+def rows(session: Session, email_ids: list[int]) -> list[EmailQueue]:
+    """These emails' rows, by id."""
+    return list(session.scalars(select(EmailQueue).where(EmailQueue.id.in_(email_ids)).order_by(EmailQueue.id)))
+
+
 def get(session: Session, email_id: int) -> Optional[EmailQueue]:
     """The row of ``email_id``, or None."""
     return session.get(EmailQueue, email_id)

@@ -19,10 +19,10 @@ statement of the lifecycle is written here, once.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Generic, Optional, TypeVar
+from typing import Any, Generic, Optional, TypeVar, Union
 
 from sqlalchemy import and_, case, false, not_, or_, select, true, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
@@ -31,6 +31,8 @@ from sqlalchemy.sql import ColumnElement
 from storage.clock import utcnow
 
 T = TypeVar("T")
+#: One row id, or several (a batch's members): the statement applies to all of them.
+Rows = Union[int, Sequence[int]]
 #: Values of an UPDATE, computed from the statement's ``now``.
 Values = Callable[[datetime], dict[str, Any]]
 #: A WHERE condition, computed from the statement's ``now``.
@@ -164,11 +166,27 @@ def start_attempt(
     redelivery after its worker died, a retry after the database came back) takes
     it over at once instead of waiting it out.
     """
+    started = start_attempts(table, session, [row_id], lease=lease, max_attempts=max_attempts, holder=holder)
+    if not started:
+        return not_started(table, session, row_id, holder=holder, now=utcnow())
+    return started[0]
+
+
+def start_attempts(
+    table: LeasedTable[T],
+    session: Session,
+    row_ids: Sequence[int],
+    *,
+    lease: timedelta,
+    max_attempts: int,
+    holder: Optional[str] = None,
+) -> list[Attempt[T]]:
+    """``start_attempt`` on several rows in one statement (a batch's members); the started ones, by id."""
     now = utcnow()
     model = table.model
     mine = model.lease_holder == holder if holder is not None else false()
     startable = and_(
-        model.id == row_id,
+        model.id.in_(row_ids),
         table.open,
         or_(not_(table.running), model.locked_until < now, mine),
         or_(table.next_attempt_at.is_(None), table.next_attempt_at <= now),
@@ -189,16 +207,14 @@ def start_attempt(
         .returning(model)
         .execution_options(synchronize_session=False)
     )
-    row = session.scalars(statement).one_or_none()
-    if row is None:
-        return _skipped(table, session, row_id, holder=holder, now=now)
-    item = table.snapshot(row)
-    if row.attempts > max_attempts:
-        return Attempt(AttemptOutcome.EXHAUSTED, item)
-    return Attempt(AttemptOutcome.GO, item)
+    rows = sorted(session.scalars(statement), key=lambda row: row.id)
+    return [
+        Attempt(AttemptOutcome.EXHAUSTED if row.attempts > max_attempts else AttemptOutcome.GO, table.snapshot(row))
+        for row in rows
+    ]
 
 
-def _skipped(
+def not_started(
     table: LeasedTable[T], session: Session, row_id: int, *, holder: Optional[str], now: datetime
 ) -> Attempt[T]:
     """SKIP, or what the row's own message must do when it comes back.
@@ -229,7 +245,7 @@ def _skipped(
 def schedule_retry(
     table: LeasedTable[Any],
     session: Session,
-    row_id: int,
+    row_id: Rows,
     *,
     error: str,
     delay: timedelta,
@@ -256,20 +272,20 @@ def schedule_retry(
         values["retry_count"] = case((model.attempts > 1, model.attempts - 2), else_=0)
     statement = (
         update(model)
-        .where(model.id == row_id, table.open)
+        .where(_which(model, row_id), table.open)
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    return session.execute(statement).rowcount == 1
+    return session.execute(statement).rowcount >= 1
 
 
-def give_up(table: LeasedTable[Any], session: Session, row_id: int, *, error: str) -> bool:
+def give_up(table: LeasedTable[Any], session: Session, row_id: Rows, *, error: str) -> bool:
     """No more attempts (idempotent: a done row stays done, a given-up one is left as it is)."""
     now = utcnow()
     model = table.model
     statement = (
         update(model)
-        .where(model.id == row_id, table.open)
+        .where(_which(model, row_id), table.open)
         .values(
             **table.given_up_values,
             **{table.next_attempt_at.key: None},
@@ -279,10 +295,10 @@ def give_up(table: LeasedTable[Any], session: Session, row_id: int, *, error: st
         )
         .execution_options(synchronize_session=False)
     )
-    return session.execute(statement).rowcount == 1
+    return session.execute(statement).rowcount >= 1
 
 
-def revive(table: LeasedTable[Any], session: Session, row_id: int, *, lease: timedelta) -> bool:
+def revive(table: LeasedTable[Any], session: Session, row_id: Rows, *, lease: timedelta) -> bool:
     """Put a given-up row back in play for a replayed message; False unless it was given up.
 
     It starts over with a fresh attempt budget (``attempts`` and ``retry_count`` 0)
@@ -294,7 +310,7 @@ def revive(table: LeasedTable[Any], session: Session, row_id: int, *, lease: tim
     model = table.model
     statement = (
         update(model)
-        .where(model.id == row_id, table.given_up)
+        .where(_which(model, row_id), table.given_up)
         .values(
             **table.revived_values(now),
             attempts=0,
@@ -305,4 +321,8 @@ def revive(table: LeasedTable[Any], session: Session, row_id: int, *, lease: tim
         )
         .execution_options(synchronize_session=False)
     )
-    return session.execute(statement).rowcount == 1
+    return session.execute(statement).rowcount >= 1
+
+
+def _which(model: Any, rows: Rows) -> ColumnElement[bool]:
+    return model.id.in_(rows) if isinstance(rows, Sequence) else model.id == rows

@@ -140,8 +140,21 @@ class EmailQueue(Base):
     priority: Mapped[str] = mapped_column(Text, server_default=EmailPriority.TRANSACTIONAL.value)
     #: The message whose attempt holds the lease: that message coming back takes it over at once.
     lease_holder: Mapped[Optional[str]] = mapped_column(Text)
+    #: The batch request carrying this email (``email_batches``); NULL: sent on its own.
+    batch_id: Mapped[Optional[int]] = mapped_column(BigId, index=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
     updated_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
+
+
+class EmailBatch(Base):
+    """One ``POST /emails/batch``: its members (``email_queue.batch_id``) and key never change."""
+
+    __tablename__ = "email_batches"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    #: Same key, same emails: the provider delivers them once (24 hours at Resend).
+    idempotency_key: Mapped[str] = mapped_column(Text, unique=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
 
 
 class DeadLetter(Base):

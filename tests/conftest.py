@@ -76,7 +76,8 @@ def settings(environment: dict[str, str]) -> Settings:
 @pytest.fixture(scope="session")
 def runtime(settings: Settings) -> Iterator[Runtime]:
     """This process bootstrapped on the run's RabbitMQ vhost, with a worker and an archiver."""
-    mailer = ResendMailer(api_key=settings.resend_api_key or "", api_url=settings.resend_api_url)
+    # A short timeout, so a test of a request the provider answers too late runs in seconds.
+    mailer = ResendMailer(api_key=settings.resend_api_key or "", api_url=settings.resend_api_url, timeout=3)
     current = bootstrap(settings, mailer=mailer)
     for actor in current.broker.actors.values():
         current.broker.declare_queue(actor.queue_name, ensure=True)

@@ -528,7 +528,7 @@ class FakeResend:
         """``GET /emails/{id}``: the stored delivery or 404."""
         self._authorize(record.headers)
         with self._lock:
-            self._admit(outcome, send=False)
+            self._admit(outcome, send=False, arrived_at=record.arrived_at)
             found = next((d for d in self._deliveries if d.id == email_id), None)
         if found is None:
             raise ApiError(404, "not_found", "Email not found")
@@ -538,7 +538,7 @@ class FakeResend:
         """``POST /emails``: auth, the limiter, the quota, validation, idempotency, then scripted errors."""
         self._authorize(record.headers)
         with self._lock:
-            self._admit(outcome, send=True)
+            self._admit(outcome, send=True, arrived_at=record.arrived_at)
             self._check_quota(outcome)
         key = idempotency_key(record.headers)
         send = validated_send(record.body, record.is_json)
@@ -555,7 +555,7 @@ class FakeResend:
         """``POST /emails/batch``: one request for the limiter, the quota and the key; emails judged one by one."""
         self._authorize(record.headers)
         with self._lock:
-            self._admit(outcome, send=True)
+            self._admit(outcome, send=True, arrived_at=record.arrived_at)
             self._check_quota(outcome)
         key = idempotency_key(record.headers)
         plan = plan_batch(record.body, record.is_json, batch_mode(record.headers))
@@ -627,14 +627,16 @@ class FakeResend:
             )
         return Answer(200, json.loads(json.dumps(entry.response)))
 
-    def _admit(self, outcome: _Outcome, *, send: bool) -> None:
+    def _admit(self, outcome: _Outcome, *, send: bool, arrived_at: float) -> None:
         """The team's limiter (lock held): forced 429s for sends, then the window.
 
         Why here, after authentication and before validation: Resend limits
         per team, so it must know the team, and a malformed request still
-        spends a slot.  A refused request takes no slot.
+        spends a slot.  A refused request takes no slot.  The window counts the
+        request at its arrival, as the provider's edge does, not when a busy
+        handler thread gets to it (a 100-email batch takes a while to read).
         """
-        now = time.monotonic()
+        now = arrived_at
         limit = self.advertised_limit
         if send and self._forced_rate_limits:
             raise rate_limit_error(limit, int(self._forced_rate_limits.popleft()))

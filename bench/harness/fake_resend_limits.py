@@ -9,6 +9,7 @@ guards these objects, so a test sees one consistent state.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 
@@ -64,9 +65,10 @@ class RateWindow:
         return len(self._stamps)
 
     def occupy(self, now: float, n: int = 1) -> None:
-        """Take ``n`` slots at ``now``; each frees one window later."""
+        """Take ``n`` slots at ``now``; each frees one window later (kept in time order)."""
         self._prune(now)
-        self._stamps.extend([now] * n)
+        for _ in range(n):
+            bisect.insort(self._stamps, now)
 
     def reset_seconds(self, now: float) -> int:
         """Whole seconds until the oldest slot frees (1 when the window is empty)."""

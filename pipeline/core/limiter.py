@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
@@ -111,6 +112,20 @@ class SendLimiter:
                 raise RateLimited(f"no send slot within {MAX_HOLD_SECONDS:.0f}s", retry_after=wait)
             logger.debug("Waiting %.3fs for a send slot.", wait)
             time.sleep(wait)
+
+    @contextmanager
+    def request(self, *, transactional: bool) -> Iterator[Request]:
+        """One request to the provider: wait for its slot; follow its answer; a 429 pauses the fleet.
+
+        The caller reports a successful answer's headers with ``answered``; a
+        ``RateLimited`` raised inside the block is handed to ``refused`` and re-raised.
+        """
+        request = Request(self, self.acquire(transactional=transactional))
+        try:
+            yield request
+        except RateLimited as error:
+            self.refused(error)
+            raise
 
     def _try(self, now: float, transactional: bool) -> tuple[Optional[Slot], Optional[SlotState]]:
         with self.sessions.begin() as session:
@@ -209,6 +224,18 @@ class SendLimiter:
             "paused_until": state.paused_until,
             "paused_since": state.paused_since,
         }
+
+
+@dataclass(frozen=True)
+class Request:
+    """A request whose slot has come (see ``SendLimiter.request``)."""
+
+    limiter: SendLimiter
+    slot: Slot
+
+    def answered(self, headers: Mapping[str, str]) -> None:
+        """The provider took it: follow the answer's ``ratelimit-*`` headers."""
+        self.limiter.observe(headers, self.slot)
 
 
 def _paused(state: SlotState, now: float) -> bool:

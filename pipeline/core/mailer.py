@@ -51,9 +51,27 @@ class Sent:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class BatchSent:
+    """The provider answered a batch: per email, in request order, its message id or why it refused it."""
+
+    results: list[Union[str, Refused]]
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The provider's reason for refusing one email of a batch (the rest were sent)."""
+
+    reason: str
+
+
 class Mailer(Protocol):
     def send(self, email: OutgoingEmail) -> Sent:
         """Hand ``email`` to the provider; return its message id and the answer's headers."""
+
+    def send_batch(self, emails: list[OutgoingEmail], *, idempotency_key: str) -> BatchSent:
+        """Hand ``emails`` over in one request under one key; a whole-batch failure raises."""
 
 
 class PooledClient(HTTPClient):
@@ -93,27 +111,41 @@ class PooledClient(HTTPClient):
 class ResendMailer:
     """Sends through the Resend SDK with an idempotency key per email, on a pooled connection."""
 
-    def __init__(self, *, api_key: str, api_url: str) -> None:
+    def __init__(self, *, api_key: str, api_url: str, timeout: float = REQUEST_TIMEOUT_SECONDS) -> None:
         # The SDK keeps its settings in module globals; this process talks to one account.
         resend.api_key = api_key
         resend.api_url = api_url
-        resend.default_http_client = PooledClient(timeout=REQUEST_TIMEOUT_SECONDS)
+        resend.default_http_client = PooledClient(timeout=timeout)
 
     def send(self, email: OutgoingEmail) -> Sent:
-        params: resend.Emails.SendParams = {
-            "from": email.sender,
-            "to": [email.recipient],
-            "subject": email.subject,
-        }
-        if email.html is not None:
-            params["html"] = email.html
-        if email.text is not None:
-            params["text"] = email.text
+        params = _params(email)
         try:
             response = resend.Emails.send(params, {"idempotency_key": email.idempotency_key})
         except ResendError as exc:
             raise classify(exc) from exc
         return Sent(str(response["id"]), dict(response.get("http_headers") or {}))
+
+    def send_batch(self, emails: list[OutgoingEmail], *, idempotency_key: str) -> BatchSent:
+        """``POST /emails/batch`` in permissive mode: the valid emails are sent, the others listed."""
+        params = [_params(email) for email in emails]
+        options: resend.Batch.SendOptions = {"idempotency_key": idempotency_key, "batch_validation": "permissive"}
+        try:
+            response = resend.Batch.send(params, options)
+        except ResendError as exc:
+            raise classify(exc) from exc
+        refused = {int(error["index"]): Refused(str(error["message"])) for error in response.get("errors") or []}
+        ids = iter(str(item["id"]) for item in response.get("data") or [])
+        results: list[Union[str, Refused]] = [refused.get(index) or next(ids) for index in range(len(emails))]
+        return BatchSent(results, dict(response.get("http_headers") or {}))
+
+
+def _params(email: OutgoingEmail) -> resend.Emails.SendParams:
+    params: resend.Emails.SendParams = {"from": email.sender, "to": [email.recipient], "subject": email.subject}
+    if email.html is not None:
+        params["html"] = email.html
+    if email.text is not None:
+        params["text"] = email.text
+    return params
 
 
 def classify(exc: ResendError) -> Exception:
@@ -164,6 +196,10 @@ class OutboxMailer:
             path.write_bytes(_as_mime(email, message_id))
             logger.info("Outbox: %s to %s — %s (%s)", message_id, email.recipient, email.subject, path)
         return Sent(message_id)
+
+    def send_batch(self, emails: list[OutgoingEmail], *, idempotency_key: str) -> BatchSent:
+        """Each email to its own file, as ``send`` does: a batch resent writes nothing twice."""
+        return BatchSent([self.send(email).provider_id for email in emails])
 
 
 def _as_mime(email_: OutgoingEmail, message_id: str) -> bytes:

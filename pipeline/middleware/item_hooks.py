@@ -58,8 +58,11 @@ class LeasedItemHooks:
         lease: Callable[[], timedelta],
         describe: Callable[[Session, int], Optional[dict[str, Any]]],
         idempotent_for: Optional[timedelta] = None,
+        rows: Callable[[Session, int], leases.Rows] = lambda _session, row_id: row_id,
     ) -> None:
         self.table = table
+        #: The rows a message's first argument stands for: itself, or a batch's members.
+        self.rows = rows
         self.lease = lease
         self.describe_row = describe
         #: How long the provider remembers an attempt's idempotency key (Resend: 24 hours);
@@ -67,15 +70,14 @@ class LeasedItemHooks:
         self.idempotent_for = idempotent_for
 
     def retrying(self, session: Session, message: Message, *, error: str, delay: timedelta, refund: bool) -> None:
-        leases.schedule_retry(
-            self.table, session, _row_id(message), error=error, delay=delay, lease=self.lease(), refund=refund
-        )
+        rows = self.rows(session, _row_id(message))
+        leases.schedule_retry(self.table, session, rows, error=error, delay=delay, lease=self.lease(), refund=refund)
 
     def given_up(self, session: Session, message: Message, *, error: str) -> None:
-        leases.give_up(self.table, session, _row_id(message), error=error)
+        leases.give_up(self.table, session, self.rows(session, _row_id(message)), error=error)
 
     def revive(self, session: Session, message: Message) -> bool:
-        return leases.revive(self.table, session, _row_id(message), lease=self.lease())
+        return leases.revive(self.table, session, self.rows(session, _row_id(message)), lease=self.lease())
 
     def describe(self, session: Session, message: Message) -> Optional[dict[str, Any]]:
         return self.describe_row(session, _row_id(message))

@@ -159,3 +159,24 @@ def test_a_drain_lasting_several_leases_publishes_each_email_once(run: services.
     assert drained > 12, "the drain must outlast two leases for this test to mean anything"
     assert published <= 1.05 * emails, f"{published} send messages published for {emails} emails"
     print(f"\n[figures] drain of {emails} over {drained:.1f}s (6 s lease): {published / emails:.3f} messages per email")
+
+
+def test_bulk_drains_in_batches_at_the_limit(
+    run: services.RunServices, provider: FakeResend, tmp_path: Path
+) -> None:
+    """2,000 bulk emails at 2 requests/s: one request carries up to 100, so the drain goes at ≥ 150 emails/s."""
+    env = default_environment(run, provider)
+    sessions = sessions_of(run)
+    addresses = [unique_address(f"news{n}") for n in range(2000)]
+    with fleet(env, tmp_path) as running:
+        wait_until(lambda: "listening" in (tmp_path / "ticker.log").read_text(), timeout=30, what="the wake-up")
+        ids = insert_emails(sessions, addresses, priority="bulk")
+        started = time.monotonic()  # from the INSERT's commit: the drain, not the 2,000 inserts
+        wait_until(lambda: statuses(sessions, ids).get("sent") == len(ids), timeout=120, what=running.logs())
+        drained = time.monotonic() - started
+    rate = len(ids) / drained
+    assert sorted(deliveries_per_address(provider, addresses).values()) == [1] * len(ids)
+    assert provider.count_429() == 0
+    assert rate >= 150, f"{rate:.0f} emails/s"
+    requests = provider.requests_to("/emails/batch") + provider.requests_to("/emails")
+    print(f"\n[figures] 2,000 bulk at 2 req/s: {rate:.0f} emails/s in {drained:.1f}s, {requests} requests, 0 x 429")

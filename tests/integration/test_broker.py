@@ -10,7 +10,7 @@ import pytest
 from dramatiq import Message
 from sqlalchemy.orm import Session, sessionmaker
 
-from actors.emails import enqueue_due_emails
+from actors.fan_out import enqueue_due_emails
 from bench.harness import services
 from pipeline.core.runtime import Runtime
 from pipeline.middleware.long_delays import send_later

@@ -16,7 +16,7 @@ from dramatiq.errors import ConnectionClosed
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from actors.emails import enqueue_due_emails
+from actors.fan_out import enqueue_due_emails
 from actors.maintenance import prune_dead_letters
 from bench.harness import services
 from bench.harness.fake_resend import FakeResend

@@ -9,7 +9,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from actors.emails import enqueue_due_emails, send_email
+from actors.emails import send_email
+from actors.fan_out import enqueue_due_emails
 from bench.harness.fake_resend import FakeResend
 from pipeline.core.runtime import Runtime
 from storage import dead_letters, emails, leases

@@ -1,0 +1,116 @@
+"""The batch actor: several bulk emails in one request to the provider.
+
+A batch (``storage.batches``) was formed and committed with the claim, so every
+attempt sends the same emails, in the same order, under the same idempotency key:
+a retry after a timeout or a 5xx is answered by the provider once. One request
+takes one slot of the provider's rate and carries up to 100 emails. The provider
+validates each email (permissive mode): a refused one fails at once, with the
+provider's reason in its ``last_error`` and a dead letter of its own; the rest are
+sent. Every member keeps its own row, status, counts and provider id.
+
+Dead letters: a batch that fails as a whole until its retries run out dead-letters
+as one message (``send_bulk_email_batch(batch_id)``, its members listed by ``dlq show``);
+replaying it revives the members and sends the same batch under the same key.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from actors.emails import BULK_EMAIL_QUEUE, BULK_PRIORITY, PROVIDER_KEY_LIFETIME, compose, lease
+from pipeline.core import runtime
+from pipeline.core.declare import actor
+from pipeline.core.errors import PermanentError, describe
+from pipeline.core.mailer import OutgoingEmail, Refused
+from pipeline.middleware.backoff import counted_attempt, current_message_id, must_run
+from pipeline.middleware.item_hooks import LeasedItemHooks
+from storage import batches, emails, leases
+
+logger = logging.getLogger(__name__)
+
+_HOOKS = LeasedItemHooks(
+    emails.TABLE,
+    lease=lease,
+    describe=batches.describe,
+    idempotent_for=PROVIDER_KEY_LIFETIME,
+    rows=batches.member_ids,
+)
+
+
+@actor(
+    queue_name=BULK_EMAIL_QUEUE,
+    priority=BULK_PRIORITY,
+    retries=lambda settings: settings.email_retries,
+    item_hooks=_HOOKS,
+    throws=(PermanentError,),
+)
+def send_bulk_email_batch(batch_id: int) -> None:
+    """Send a batch of bulk emails with what the provider's limit leaves, at most once each.
+
+    Counts the members' attempts, renders them, takes one slot, sends, records each result.
+    """
+    current = runtime.current()
+    settings = current.settings
+    label = f"email batch {batch_id}"
+    with current.sessions.begin() as session:
+        members = batches.member_ids(session, batch_id)
+        key = batches.idempotency_key(session, batch_id)
+        started = leases.start_attempts(
+            emails.TABLE,
+            session,
+            members,
+            lease=lease(),
+            max_attempts=settings.email_max_attempts,
+            holder=current_message_id(),
+        )
+        payload = [emails.EmailMessage.from_row(row) for row in emails.rows(session, members)]
+        first = (
+            started[0]
+            if started
+            else leases.not_started(emails.TABLE, session, members[0], holder=current_message_id())
+        )
+    if not members or key is None or not must_run(first, label=label):
+        logger.info("Email batch %s needs no attempt now (sent, failed or in flight).", batch_id)
+        return
+    ours = {attempt.item.id for attempt in started if attempt.item is not None}
+    with counted_attempt(first, label=label, max_attempts=settings.email_max_attempts):
+        outgoing, unrenderable = _compose_all(payload)
+        with current.limiter.request(transactional=False) as request:
+            answer = current.mailer.send_batch([email for _, email in outgoing], idempotency_key=key)
+            request.answered(answer.headers)
+    queue, actor_name = BULK_EMAIL_QUEUE, "send_bulk_email"
+    with current.sessions.begin() as session:
+        for (email_id, _), result in zip(outgoing, answer.results, strict=True):
+            if email_id not in ours:
+                continue
+            if isinstance(result, Refused):
+                batches.fail_member(
+                    session,
+                    email_id,
+                    error=f"Resend refused it: {result.reason}",
+                    queue=f"{queue}.XQ",
+                    actor=actor_name,
+                )
+            else:
+                emails.mark_sent(session, email_id, result)
+        for email_id, error in unrenderable.items():
+            if email_id in ours:
+                batches.fail_member(session, email_id, error=error, queue=f"{queue}.XQ", actor=actor_name)
+    refused = sum(isinstance(result, Refused) for result in answer.results)
+    logger.info("Email batch %s sent: %d emails, %d refused.", batch_id, len(answer.results) - refused, refused)
+
+
+def _compose_all(members: list[emails.EmailMessage]) -> tuple[list[tuple[int, OutgoingEmail]], dict[int, str]]:
+    """Every member rendered, in order; those whose template fails, apart (they fail alone, at once).
+
+    Rendering is deterministic, so every attempt leaves out the same members and the
+    request stays the same under the batch's key.
+    """
+    outgoing: list[tuple[int, OutgoingEmail]] = []
+    unrenderable: dict[int, str] = {}
+    for email in members:
+        try:
+            outgoing.append((email.id, compose(email)))
+        except PermanentError as exc:
+            unrenderable[email.id] = describe(exc)
+    return outgoing, unrenderable

@@ -1,0 +1,104 @@
+"""The email fan-out: claim due emails and send their messages, transactional first.
+
+It runs on ``EMAIL_SCHEDULE``, and whenever the ticker's wake-up hears of a new
+email (``pipeline.wakeup``). Bulk emails claimed together go out together, in
+batches of up to 100 (``actors.email_batches``), one request each; nothing is held
+back to fill a batch. Transactional emails go one per request: they are few and
+urgent, and alone each one's failure stays its own (a provider error answering a
+batch fails all its members' attempt). The batch endpoint cannot carry attachments
+or ``scheduled_at``; we send neither (scheduling is ours), so every bulk email can
+travel in a batch: should a field it cannot carry be added, this is the one place
+that decides.
+
+A fan-out claims no more than the provider's current rate sends within half a lease,
+less what is already claimed, so an email waiting its turn behind the limiter is
+never claimed (and published) twice; bulk claims leave a tenth of that room to
+transactional emails, so one inserted during a bulk drain is claimed at once.
+"""
+
+from __future__ import annotations
+
+from actors.email_batches import send_bulk_email_batch
+from actors.emails import lease, sender_of
+from pipeline.core import runtime
+from pipeline.core.declare import JobReport, periodic
+from storage import batches, emails, leases
+from storage.models import EmailPriority
+
+#: One fan-out claims at most this many claims of EMAIL_BATCH_SIZE, so a tick always ends.
+MAX_BATCHES_PER_TICK = 20
+#: A fan-out claims at most what the provider's rate sends in this share of a lease.
+LEASE_SHARE_CLAIMED = 0.5
+#: Bulk claims leave this share of the room to transactional emails.
+TRANSACTIONAL_RESERVE = 0.1
+
+
+@periodic(schedule="email_schedule", tick="emails")
+def fan_out_emails() -> JobReport:
+    """Claim every due email and enqueue its send."""
+    return JobReport(f"Enqueued {enqueue_due_emails()} emails.")
+
+
+def enqueue_due_emails() -> int:
+    """One fan-out: claim due emails, transactional first, within the room; return how many."""
+    room, reserve = claim_room()
+    transactional = _claim_and_send(EmailPriority.TRANSACTIONAL, room)
+    bulk = _claim_and_send(EmailPriority.BULK, room - transactional - reserve)
+    return transactional + bulk
+
+
+def claim_room() -> tuple[int, int]:
+    """How many emails this fan-out may claim, and how many of those bulk must leave to transactional.
+
+    The room is what the current rate sends (up to a batch per request) in part of a
+    lease, less what is claimed already: claims beyond that would wait behind the
+    limiter past their lease and be claimed and published again. Without a limit,
+    the batch bound alone applies.
+    """
+    current = runtime.current()
+    settings = current.settings
+    most = settings.email_batch_size * MAX_BATCHES_PER_TICK
+    if current.limiter.unlimited:
+        return most, 0
+    requests = current.limiter.per_second() * settings.email_lease_minutes * 60 * LEASE_SHARE_CLAIMED
+    sendable = int(requests * batches.MAX_BATCH_SIZE)  # bulk travels 100 to a request
+    with current.sessions() as session:
+        waiting = emails.in_flight(session)
+    return max(min(most, sendable - waiting), 0), int(min(most, sendable) * TRANSACTIONAL_RESERVE)
+
+
+def _claim_and_send(priority: EmailPriority, budget: int) -> int:
+    """Claim in statements of EMAIL_BATCH_SIZE until the budget or the due emails run out."""
+    current = runtime.current()
+    batch_size = current.settings.email_batch_size
+    total = 0
+    while total < budget:
+        limit = min(batch_size, budget - total)
+        with current.sessions.begin() as session:
+            claimed = leases.claim_due(
+                emails.TABLE, session, lease=lease(), limit=limit, only=emails.of_priority(priority)
+            )
+            formed = batches.form(session, claimed) if _batched(priority, claimed) else []
+        _send(claimed, formed, priority)
+        total += len(claimed)
+        if len(claimed) < limit:
+            break
+    return total
+
+
+def _batched(priority: EmailPriority, claimed: list[int]) -> bool:
+    """Whether these claimed emails travel in batches (see the module docstring)."""
+    return priority is EmailPriority.BULK and len(claimed) > 1
+
+
+def _send(claimed: list[int], formed: list[int], priority: EmailPriority) -> None:
+    """One message per batch (or for the lone email); what could not be sent goes back at once."""
+    actor, items = (send_bulk_email_batch, formed) if formed else (sender_of(priority), claimed)
+    for position, item in enumerate(items):
+        try:
+            actor.send(item)
+        except Exception:
+            with runtime.current().sessions.begin() as session:
+                unsent = batches.release(session, items[position:]) if formed else items[position:]
+                leases.release_claims(emails.TABLE, session, unsent)
+            raise

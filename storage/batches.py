@@ -1,0 +1,107 @@
+"""Batch sends: emails that go to the provider in one ``POST /emails/batch``.
+
+A batch is formed from claimed emails before its first request, and never changes:
+its members (``email_queue.batch_id``) and its idempotency key are committed with
+the claim, so a retry after a timeout or a 5xx sends exactly the same emails under
+the same key, and the provider delivers each once (a different payload under a used
+key would be refused with a 409). Every member keeps its own row, status, counts and
+provider id; the lifecycle statements are ``storage.leases``'s, run on the members.
+
+An email that fails inside a batch the provider accepted (``errors[i]`` of a
+permissive batch) gets its own dead letter here, written with its failure in one
+transaction, so it is listed and replayed like any other (alone, under its own key:
+the provider refused it, so nothing was delivered).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any, Optional
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from storage import dead_letters, emails, leases
+from storage.clock import utcnow
+from storage.dead_letters import DeadMessage
+from storage.models import EmailBatch, EmailQueue
+
+#: Resend takes at most this many emails in one batch request.
+MAX_BATCH_SIZE = 100
+
+
+def form(session: Session, email_ids: Sequence[int]) -> list[int]:
+    """Split claimed emails into batches of at most ``MAX_BATCH_SIZE``; the new batch ids.
+
+    Call in the claiming transaction: the membership is committed with the claim.
+    """
+    batch_ids = []
+    for start in range(0, len(email_ids), MAX_BATCH_SIZE):
+        batch = EmailBatch(idempotency_key=f"minalesh-batch-{uuid.uuid4()}")
+        session.add(batch)
+        session.flush()
+        session.execute(
+            update(EmailQueue)
+            .where(EmailQueue.id.in_(email_ids[start : start + MAX_BATCH_SIZE]))
+            .values(batch_id=batch.id)
+            .execution_options(synchronize_session=False)
+        )
+        batch_ids.append(batch.id)
+    return batch_ids
+
+
+def member_ids(session: Session, batch_id: int) -> list[int]:
+    """The batch's emails, in the order of its request."""
+    return list(session.scalars(select(EmailQueue.id).where(EmailQueue.batch_id == batch_id).order_by(EmailQueue.id)))
+
+
+def idempotency_key(session: Session, batch_id: int) -> Optional[str]:
+    return session.scalar(select(EmailBatch.idempotency_key).where(EmailBatch.id == batch_id))
+
+
+def release(session: Session, batch_ids: Sequence[int]) -> list[int]:
+    """Batches whose message could not be sent: their members' claims go back; the members' ids."""
+    members = list(session.scalars(select(EmailQueue.id).where(EmailQueue.batch_id.in_(batch_ids))))
+    session.execute(
+        update(EmailQueue)
+        .where(EmailQueue.id.in_(members))
+        .values(batch_id=None)
+        .execution_options(synchronize_session=False)
+    )
+    return members
+
+
+def fail_member(session: Session, email_id: int, *, error: str, queue: str, actor: str) -> None:
+    """A member the provider refused: failed, with its own dead letter (replayable alone)."""
+    leases.give_up(emails.TABLE, session, email_id, error=error)
+    dead_letters.archive(
+        session,
+        DeadMessage(
+            message_id=str(uuid.uuid4()),
+            queue=queue,
+            actor=actor,
+            args=[email_id],
+            kwargs={},
+            options={},
+            raw_body=None,
+            fallback_error=error,
+            dead_at=utcnow(),
+        ),
+    )
+
+
+def describe(session: Session, batch_id: int) -> Optional[dict[str, Any]]:
+    """``dlq show`` of a batch: its key and its members' states now."""
+    key = idempotency_key(session, batch_id)
+    if key is None:
+        return None
+    members = [emails.describe(session, email_id) for email_id in member_ids(session, batch_id)]
+    statuses = sorted({str(member["status"]) for member in members if member})
+    return {
+        "kind": "email batch",
+        "id": batch_id,
+        "status": ", ".join(statuses) or "empty",
+        "idempotency_key": key,
+        "members": members,
+    }
