@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import logging
 
-from actors.emails import BULK_EMAIL_QUEUE, BULK_PRIORITY, PROVIDER_KEY_LIFETIME, compose, lease
+from actors.emails import BULK_EMAIL_QUEUE, PROVIDER_KEY_LIFETIME, compose, email_actor, lease
 from pipeline.core import runtime
-from pipeline.core.declare import actor
 from pipeline.core.errors import PermanentError, describe
 from pipeline.core.mailer import OutgoingEmail, Refused
 from pipeline.middleware.backoff import counted_attempt, current_message_id, must_run
@@ -37,13 +36,7 @@ _HOOKS = LeasedItemHooks(
 )
 
 
-@actor(
-    queue_name=BULK_EMAIL_QUEUE,
-    priority=BULK_PRIORITY,
-    retries=lambda settings: settings.email_retries,
-    item_hooks=_HOOKS,
-    throws=(PermanentError,),
-)
+@email_actor(bulk=True, hooks=_HOOKS)
 def send_bulk_email_batch(batch_id: int) -> None:
     """Send a batch of bulk emails with what the provider's limit leaves, at most once each.
 

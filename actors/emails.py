@@ -15,7 +15,9 @@ are not used: quorum queues do not have them on RabbitMQ 3.x.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 from pipeline.core import runtime
 from pipeline.core.declare import DeclaredActor, actor
@@ -63,24 +65,24 @@ _HOOKS = LeasedItemHooks(
 )
 
 
-@actor(
-    queue_name=EMAIL_QUEUE,
-    retries=lambda settings: settings.email_retries,
-    item_hooks=_HOOKS,
-    throws=(PermanentError,),
-)
+def email_actor(*, bulk: bool, hooks: LeasedItemHooks) -> Callable[[Callable[..., Any]], DeclaredActor]:
+    """The declaration every email actor shares: its queue and priority, the email retry policy."""
+    return actor(
+        queue_name=BULK_EMAIL_QUEUE if bulk else EMAIL_QUEUE,
+        priority=BULK_PRIORITY if bulk else 0,
+        retries=lambda settings: settings.email_retries,
+        item_hooks=hooks,
+        throws=(PermanentError,),
+    )
+
+
+@email_actor(bulk=False, hooks=_HOOKS)
 def send_email(email_id: int) -> None:
     """Send one transactional email, at most once whatever is redelivered."""
     deliver(email_id, transactional=True)
 
 
-@actor(
-    queue_name=BULK_EMAIL_QUEUE,
-    priority=BULK_PRIORITY,
-    retries=lambda settings: settings.email_retries,
-    item_hooks=_HOOKS,
-    throws=(PermanentError,),
-)
+@email_actor(bulk=True, hooks=_HOOKS)
 def send_bulk_email(email_id: int) -> None:
     """Send one bulk email with what the provider's limit leaves, at most once."""
     deliver(email_id, transactional=False)
