@@ -1,4 +1,4 @@
-"""The batch actor: several bulk emails in one request to the provider.
+"""The batch actors: emails that were ready together, in one request to the provider.
 
 A batch (``storage.batches``) was formed and committed with the claim, so every
 attempt sends the same emails, in the same order, under the same idempotency key:
@@ -9,7 +9,8 @@ provider's reason in its ``last_error`` and a dead letter of its own; the rest a
 sent. Every member keeps its own row, status, counts and provider id.
 
 Dead letters: a batch that fails as a whole until its retries run out dead-letters
-as one message (``send_bulk_email_batch(batch_id)``, its members listed by ``dlq show``);
+as one message (``send_email_batch`` or ``send_bulk_email_batch(batch_id)``, its members
+listed by ``dlq show``);
 replaying it revives the members and sends the same batch under the same key.
 """
 
@@ -17,13 +18,15 @@ from __future__ import annotations
 
 import logging
 
-from actors.emails import BULK_EMAIL_QUEUE, PROVIDER_KEY_LIFETIME, compose, email_actor, lease
+from actors.emails import PROVIDER_KEY_LIFETIME, compose, email_actor, lease, sender_of
 from pipeline.core import runtime
+from pipeline.core.declare import DeclaredActor
 from pipeline.core.errors import PermanentError, describe
 from pipeline.core.mailer import OutgoingEmail, Refused
 from pipeline.middleware.backoff import counted_attempt, current_message_id, must_run
 from pipeline.middleware.item_hooks import LeasedItemHooks
 from storage import batches, emails, leases
+from storage.models import EmailPriority
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +39,25 @@ _HOOKS = LeasedItemHooks(
 )
 
 
+@email_actor(bulk=False, hooks=_HOOKS)
+def send_email_batch(batch_id: int) -> None:
+    """Send transactional emails that were ready together in one request, at most once each."""
+    deliver_batch(batch_id, transactional=True)
+
+
 @email_actor(bulk=True, hooks=_HOOKS)
 def send_bulk_email_batch(batch_id: int) -> None:
-    """Send a batch of bulk emails with what the provider's limit leaves, at most once each.
+    """Send bulk emails in one request with what the provider's limit leaves, at most once each."""
+    deliver_batch(batch_id, transactional=False)
 
-    Counts the members' attempts, renders them, takes one slot, sends, records each result.
-    """
+
+def batch_sender_of(priority: EmailPriority) -> DeclaredActor:
+    """The actor whose queue carries batches of ``priority``."""
+    return send_bulk_email_batch if priority is EmailPriority.BULK else send_email_batch
+
+
+def deliver_batch(batch_id: int, *, transactional: bool) -> None:
+    """Count the members' attempts, render them, take one slot, send, record each result."""
     current = runtime.current()
     settings = current.settings
     label = f"email batch {batch_id}"
@@ -68,10 +84,11 @@ def send_bulk_email_batch(batch_id: int) -> None:
     ours = {attempt.item.id for attempt in started if attempt.item is not None}
     with counted_attempt(first, label=label, max_attempts=settings.email_max_attempts):
         outgoing, unrenderable = _compose_all(payload)
-        with current.limiter.request(transactional=False) as request:
+        with current.limiter.request(transactional=transactional) as request:
             answer = current.mailer.send_batch([email for _, email in outgoing], idempotency_key=key)
             request.answered(answer.headers)
-    queue, actor_name = BULK_EMAIL_QUEUE, "send_bulk_email"
+    single = sender_of(EmailPriority.TRANSACTIONAL if transactional else EmailPriority.BULK)
+    queue, actor_name = f"{single.queue_name}.XQ", single.actor_name
     with current.sessions.begin() as session:
         for (email_id, _), result in zip(outgoing, answer.results, strict=True):
             if email_id not in ours:
@@ -88,7 +105,7 @@ def send_bulk_email_batch(batch_id: int) -> None:
                 emails.mark_sent(session, email_id, result)
         for email_id, error in unrenderable.items():
             if email_id in ours:
-                batches.fail_member(session, email_id, error=error, queue=f"{queue}.XQ", actor=actor_name)
+                batches.fail_member(session, email_id, error=error, queue=queue, actor=actor_name)
     refused = sum(isinstance(result, Refused) for result in answer.results)
     logger.info("Email batch %s sent: %d emails, %d refused.", batch_id, len(answer.results) - refused, refused)
 

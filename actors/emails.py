@@ -60,9 +60,7 @@ def lease() -> timedelta:
 
 # --- the send ------------------------------------------------------------------------------------
 
-_HOOKS = LeasedItemHooks(
-    emails.TABLE, lease=lease, describe=emails.describe, idempotent_for=PROVIDER_KEY_LIFETIME
-)
+_HOOKS = LeasedItemHooks(emails.TABLE, lease=lease, describe=emails.describe, idempotent_for=PROVIDER_KEY_LIFETIME)
 
 
 def email_actor(*, bulk: bool, hooks: LeasedItemHooks) -> Callable[[Callable[..., Any]], DeclaredActor]:

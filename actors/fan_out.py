@@ -1,14 +1,13 @@
 """The email fan-out: claim due emails and send their messages, transactional first.
 
 It runs on ``EMAIL_SCHEDULE``, and whenever the ticker's wake-up hears of a new
-email (``pipeline.wakeup``). Bulk emails claimed together go out together, in
-batches of up to 100 (``actors.email_batches``), one request each; nothing is held
-back to fill a batch. Transactional emails go one per request: they are few and
-urgent, and alone each one's failure stays its own (a provider error answering a
-batch fails all its members' attempt). The batch endpoint cannot carry attachments
-or ``scheduled_at``; we send neither (scheduling is ours), so every bulk email can
-travel in a batch: should a field it cannot carry be added, this is the one place
-that decides.
+email (``pipeline.wakeup``). Emails of one priority claimed together go out
+together, in batches of up to EMAIL_PER_REQUEST (100) (``actors.email_batches``),
+one request each; a lone email goes alone: nothing is ever held back to fill a
+batch, so a password reset inserted on its own is sent on its own, at once. The
+batch endpoint cannot carry attachments or ``scheduled_at``; we send neither
+(scheduling is ours), so every email can travel in a batch: should a field it
+cannot carry be added, ``_batched`` is the one place that decides.
 
 A fan-out claims no more than the provider's current rate sends within half a lease,
 less what is already claimed, so an email waiting its turn behind the limiter is
@@ -18,7 +17,7 @@ transactional emails, so one inserted during a bulk drain is claimed at once.
 
 from __future__ import annotations
 
-from actors.email_batches import send_bulk_email_batch
+from actors.email_batches import batch_sender_of
 from actors.emails import lease, sender_of
 from pipeline.core import runtime
 from pipeline.core.declare import JobReport, periodic
@@ -61,7 +60,7 @@ def claim_room() -> tuple[int, int]:
     if current.limiter.unlimited:
         return most, 0
     requests = current.limiter.per_second() * settings.email_lease_minutes * 60 * LEASE_SHARE_CLAIMED
-    sendable = int(requests * batches.MAX_BATCH_SIZE)  # bulk travels 100 to a request
+    sendable = int(requests * settings.email_per_request)
     with current.sessions() as session:
         waiting = emails.in_flight(session)
     return max(min(most, sendable - waiting), 0), int(min(most, sendable) * TRANSACTIONAL_RESERVE)
@@ -78,7 +77,8 @@ def _claim_and_send(priority: EmailPriority, budget: int) -> int:
             claimed = leases.claim_due(
                 emails.TABLE, session, lease=lease(), limit=limit, only=emails.of_priority(priority)
             )
-            formed = batches.form(session, claimed) if _batched(priority, claimed) else []
+            per_request = current.settings.email_per_request
+            formed = batches.form(session, claimed, size=per_request) if _batched(claimed, per_request) else []
         _send(claimed, formed, priority)
         total += len(claimed)
         if len(claimed) < limit:
@@ -86,14 +86,14 @@ def _claim_and_send(priority: EmailPriority, budget: int) -> int:
     return total
 
 
-def _batched(priority: EmailPriority, claimed: list[int]) -> bool:
+def _batched(claimed: list[int], per_request: int) -> bool:
     """Whether these claimed emails travel in batches (see the module docstring)."""
-    return priority is EmailPriority.BULK and len(claimed) > 1
+    return per_request > 1 and len(claimed) > 1
 
 
 def _send(claimed: list[int], formed: list[int], priority: EmailPriority) -> None:
     """One message per batch (or for the lone email); what could not be sent goes back at once."""
-    actor, items = (send_bulk_email_batch, formed) if formed else (sender_of(priority), claimed)
+    actor, items = (batch_sender_of(priority), formed) if formed else (sender_of(priority), claimed)
     for position, item in enumerate(items):
         try:
             actor.send(item)

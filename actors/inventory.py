@@ -17,8 +17,6 @@ def cleanup_reservations() -> JobReport:
     """Expire every active reservation past its expires_at, giving its stock back."""
     current = runtime.current()
     expired = inventory.expire_all_due(current.sessions, batch_size=current.settings.reservation_batch_size)
-    details = [
-        f"released reservation {r.id}: product {r.product_id}, {r.quantity} units" for r in expired
-    ]
+    details = [f"released reservation {r.id}: product {r.product_id}, {r.quantity} units" for r in expired]
     units = sum(r.quantity for r in expired)
     return JobReport(f"Expired {len(expired)} reservations, {units} units back in stock.", details)

@@ -27,23 +27,20 @@ from storage.clock import utcnow
 from storage.dead_letters import DeadMessage
 from storage.models import EmailBatch, EmailQueue
 
-#: Resend takes at most this many emails in one batch request.
-MAX_BATCH_SIZE = 100
 
-
-def form(session: Session, email_ids: Sequence[int]) -> list[int]:
-    """Split claimed emails into batches of at most ``MAX_BATCH_SIZE``; the new batch ids.
+def form(session: Session, email_ids: Sequence[int], *, size: int) -> list[int]:
+    """Split claimed emails into batches of at most ``size``; the new batch ids.
 
     Call in the claiming transaction: the membership is committed with the claim.
     """
     batch_ids = []
-    for start in range(0, len(email_ids), MAX_BATCH_SIZE):
+    for start in range(0, len(email_ids), size):
         batch = EmailBatch(idempotency_key=f"minalesh-batch-{uuid.uuid4()}")
         session.add(batch)
         session.flush()
         session.execute(
             update(EmailQueue)
-            .where(EmailQueue.id.in_(email_ids[start : start + MAX_BATCH_SIZE]))
+            .where(EmailQueue.id.in_(email_ids[start : start + size]))
             .values(batch_id=batch.id)
             .execution_options(synchronize_session=False)
         )

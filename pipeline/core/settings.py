@@ -28,6 +28,8 @@ DEFAULT_RESEND_API_URL = "https://api.resend.com"
 #: Resend's default team limit is 2 requests a second; 10% below it absorbs network
 #: jitter, which otherwise lets three requests meet inside one second now and then.
 DEFAULT_EMAIL_RATE_LIMIT = 1.8
+#: Resend's batch endpoint takes at most this many emails in one request.
+MAX_PER_REQUEST = 100
 #: The payment providers that may call the webhook intake; each may have ``{NAME}_WEBHOOK_SECRET``.
 PAYMENT_PROVIDERS = ("telebirr", "cbe", "awash", "generic")
 
@@ -91,6 +93,13 @@ def _positive_float(raw: str) -> float:
     value = float(raw)
     if not value > 0 or value == float("inf"):
         raise ValueError("must be a positive number")
+    return value
+
+
+def _per_request(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= MAX_PER_REQUEST:
+        raise ValueError(f"must be 1 to {MAX_PER_REQUEST} (Resend's batch endpoint takes at most {MAX_PER_REQUEST})")
     return value
 
 
@@ -174,6 +183,8 @@ class Settings:
     email_rate_limit_per_second: float = setting("EMAIL_RATE_LIMIT_PER_SECOND", _rate, DEFAULT_EMAIL_RATE_LIMIT)
     #: Never more than this, whatever the provider allows (a share of the team's limit); None: no cap.
     email_rate_limit_cap: Optional[float] = setting("EMAIL_RATE_LIMIT_CAP", _positive_float)
+    #: Emails per provider request when several are ready together (a batch); 1: one per request.
+    email_per_request: int = setting("EMAIL_PER_REQUEST", _per_request, 100)
     #: How long a quota 429 pauses sending when the provider does not say when its quota resets.
     email_quota_pause_minutes: float = setting("EMAIL_QUOTA_PAUSE_MINUTES", _positive_minutes, 60.0)
     #: Wake the email fan-out on PostgreSQL NOTIFY (needs a direct connection, not a
