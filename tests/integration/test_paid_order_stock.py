@@ -10,22 +10,29 @@ and the order.
 from __future__ import annotations
 
 import functools
+import json
+import logging
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from pipeline.alerts import Alerter, forward_alert_logs
 from pipeline.core.runtime import Runtime
 from storage import inventory, payments, webhooks
 from storage.database import normalize_url
 from storage.inventory import InsufficientStock
 from storage.payments import Applied
 from storage.webhooks import EventData
-from tests.support.helpers import unique_address
+from tests.support.alert_support import hook_server
+from tests.support.helpers import unique_address, wait_until
 from tests.support.inventory_support import run_together
 from tests.support.webhook_support import (
     add_order,
@@ -38,6 +45,8 @@ from tests.support.webhook_support import (
     stock,
     wait_for_event,
 )
+
+CLI = str(Path(sys.executable).with_name("minalesh-workers"))
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +136,8 @@ def test_a_success_after_the_hold_expired_and_was_cleaned_up_takes_the_stock(
 # --- (c): the stock was sold meanwhile ---------------------------------------------------------------
 
 
-def test_stock_sold_meanwhile_pays_the_order_flags_it_and_never_oversells(
-    intake: str, sessions: sessionmaker[Session]
+def test_stock_sold_meanwhile_pays_the_order_flags_it_alerts_and_never_oversells(
+    intake: str, sessions: sessionmaker[Session], environment: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     gone, plenty = new_product(sessions, 2), new_product(sessions, 5)
     late = add_order(sessions)
@@ -140,7 +149,13 @@ def test_stock_sold_meanwhile_pays_the_order_flags_it_and_never_oversells(
     apply(intake, sessions, buyer)  # the last two units are sold to someone else
     assert stock(sessions, gone) == 0
 
-    apply(intake, sessions, late)  # the customer pays on a second try
+    with hook_server() as hook, caplog.at_level(logging.ERROR, logger="actors"):
+        forward_alert_logs(Alerter(sessions, min_interval=timedelta(minutes=10), webhook_url=hook.url))
+        try:
+            apply(intake, sessions, late)  # the customer pays on a second try
+            (alert,) = wait_until(lambda: hook.posts, what="the stock alert")
+        finally:
+            forward_alert_logs(None)
 
     paid = order(sessions, late)
     assert (paid["status"], paid["payment_status"]) == ("paid", "paid")  # the money was taken: recorded
@@ -152,6 +167,15 @@ def test_stock_sold_meanwhile_pays_the_order_flags_it_and_never_oversells(
     assert reservation_statuses(sessions, late) == ["released", "released"]
     assert (stock(sessions, gone), available(sessions, gone)) == (0, 0)
     assert (stock(sessions, plenty), available(sessions, plenty)) == (5, 5)
+    assert alert.body["order_id"] == late and alert.body["stock_shortfall"] == lines
+    assert f"Order {late} is paid but its stock is gone" in alert.body["text"]
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR and late in r.getMessage()]
+    assert len(errors) == 1 and f"product {gone}: 2 needed, 0 available" in errors[0].getMessage()
+
+    shown = subprocess.run([CLI, "stats", "--json"], env=environment, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    figures = json.loads(shown.stdout)["orders"]
+    assert figures["stock_short"] >= 1 and late in figures["stock_short_newest"]
 
 
 # --- (d): reservers racing a late success ------------------------------------------------------------

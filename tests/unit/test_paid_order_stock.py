@@ -1,21 +1,26 @@
-"""A paid order takes its stock back after its holds lapsed: the rules on SQLite.
+"""A paid order takes its stock back after its holds lapsed: the rules on SQLite, the alert without services.
 
 The races are the integration tier's (``tests/integration/test_paid_order_stock.py``);
 here each rule of ``storage.inventory.settle_paid_order`` on rows written as a host
-or the workers leave them, ``apply_event``'s success path and the migration.
+or the workers leave them, ``apply_event``'s success path, the migration, and the
+log record that carries the alert.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
+import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import inspect, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from actors.webhooks import _report_stock_short
+from pipeline.alerts import ALERT_LOGGER, Alerter, AlertLogHandler, forward_alert_logs
 from storage import inventory, orders, payments, webhooks
 from storage.clock import utcnow
 from storage.database import get_engine
@@ -232,3 +237,52 @@ def test_the_migration_adds_the_flag_to_existing_orders_and_goes_back(tmp_path: 
         assert "stock_shortfall" not in columns and "paid_at" in columns
     finally:
         get_engine(url).dispose()
+
+
+# --- the alert the actor's log line carries ---------------------------------------------------
+
+
+class RecordingAlerter(Alerter):
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def notify(self, *, subject: str, text: str, payload: dict[str, Any], key: str) -> dict[str, bool]:
+        self.sent.append({"subject": subject, "text": text, "payload": payload, "key": key})
+        return {"webhook": True}
+
+
+@pytest.fixture
+def alerter() -> Any:
+    recording = RecordingAlerter()
+    forward_alert_logs(recording)
+    yield recording
+    forward_alert_logs(None)
+
+
+def test_a_short_paid_order_is_logged_at_error_and_alerted_once(
+    alerter: RecordingAlerter, caplog: pytest.LogCaptureFixture
+) -> None:
+    lines = (StockLine(product_id=7, needed=2, available=0), StockLine(product_id=9, needed=1, available=4))
+    with caplog.at_level(logging.ERROR, logger=ALERT_LOGGER):
+        _report_stock_short("MN-9", lines)
+        logging.getLogger("actors.webhooks").error("No alert in this one.")
+
+    (record, plain) = caplog.records
+    assert record.levelno == logging.ERROR and "Order MN-9 is paid but its stock is gone" in record.getMessage()
+    assert "product 7: 2 needed, 0 available" in record.getMessage() and "product 9" not in record.getMessage()
+    (sent,) = alerter.sent
+    assert sent["subject"] == "[minalesh-workers] paid order MN-9 is short of stock"
+    assert sent["key"] == "minalesh-stock-short-MN-9"
+    assert sent["text"] == f"[minalesh-workers] {record.getMessage()}" == sent["payload"]["text"]
+    assert sent["payload"]["order_id"] == "MN-9"
+    assert sent["payload"]["stock_shortfall"] == [line.as_json() for line in lines]
+    assert plain.getMessage() == "No alert in this one."
+
+
+def test_alert_log_forwarding_is_installed_once_and_removed() -> None:
+    target = logging.getLogger(ALERT_LOGGER)
+    forward_alert_logs(RecordingAlerter())
+    forward_alert_logs(RecordingAlerter())
+    assert sum(isinstance(handler, AlertLogHandler) for handler in target.handlers) == 1
+    forward_alert_logs(None)
+    assert not any(isinstance(handler, AlertLogHandler) for handler in target.handlers)
