@@ -8,6 +8,12 @@ An event whose order is not in ``orders`` yet (the webhook raced the checkout)
 raises ``OrderNotFound``, a transient error: the backoff middleware retries it on
 the WEBHOOK_* schedule (1, 2, 4, 8, 16 minutes), the row says when, and after
 the last retry the event is archived and its message lands in ``dead_letters``.
+
+A success that paid an order whose stock was gone (``Applied.stock_short``; the
+order is flagged in the same transaction) is logged at ERROR once the
+transaction has committed, carrying an ``alert``: ``pipeline.bootstrap`` forwards
+such records to the ALERT_* channels (``pipeline.alerts.AlertLogHandler``), which
+this layer may not import.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from pipeline.middleware.backoff import counted_attempt, current_message_id, mus
 from pipeline.middleware.item_hooks import LeasedItemHooks
 from storage import leases, payments, webhooks
 from storage.clock import minutes
+from storage.inventory import StockLine
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +68,8 @@ def process_webhook_event(event_id: int) -> None:
             outcome = payments.apply_event(session, event, email_lease=minutes(settings.email_lease_minutes))
     if outcome.email_id is not None:
         _send_now(outcome.email_id)
+    if outcome.stock_short:
+        _report_stock_short(event.order_id or "", outcome.stock_short)
     logger.info(
         "Webhook event %s (%s %s for order %s) %s.",
         event_id,
@@ -77,6 +86,26 @@ def _send_now(email_id: int) -> None:
         send_email.send(email_id)
     except Exception:
         logger.exception("Could not enqueue email %s now; the email fan-out will send it.", email_id)
+
+
+def _report_stock_short(order_id: str, lines: tuple[StockLine, ...]) -> None:
+    """The order is paid and flagged short of stock: tell the operator (the log, and the alert it carries)."""
+    short = ", ".join(
+        f"product {line.product_id}: {line.needed} needed, {line.available} available" for line in lines if line.short
+    )
+    logger.error(
+        "Order %s is paid but its stock is gone (%s); none of its lapsed reservations was taken. "
+        "It is flagged in orders.stock_shortfall: restock, substitute or refund, then set that to NULL.",
+        order_id,
+        short,
+        extra={
+            "alert": {
+                "subject": f"[minalesh-workers] paid order {order_id} is short of stock",
+                "key": f"minalesh-stock-short-{order_id}",
+                "details": {"order_id": order_id, "stock_shortfall": [line.as_json() for line in lines]},
+            }
+        },
+    )
 
 
 @periodic(schedule="webhook_schedule", tick="webhooks")

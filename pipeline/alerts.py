@@ -17,6 +17,10 @@ How, and why so:
 * The email goes straight through the process's mailer with its own idempotency
   key, never through ``email_queue``: an alert about failing email must not become
   one more email that fails and alerts again.
+
+The same channels carry the few alerts that are not digests: a quota pause
+(``announce_quota_pause``) and, through ``AlertLogHandler``, what the actors log
+for a person to act on (a paid order whose stock was gone), once each.
 """
 
 from __future__ import annotations
@@ -294,6 +298,47 @@ def announce_quota_pause(alerter: Optional[Alerter], pause: QuotaPause) -> None:
         payload=payload,
         key=f"minalesh-pause-{pause.reason}-{int(pause.until)}",
     )
+
+
+#: The logger whose ERROR records may carry an alert: the actors', which log once their transaction committed.
+ALERT_LOGGER = "actors"
+
+
+class AlertLogHandler(logging.Handler):
+    """Forwards ERROR records that carry an ``alert`` to the channels of ``alerter``.
+
+    An actor that must tell a person something logs it at ERROR, after its
+    transaction committed, with ``extra={"alert": {"subject": ..., "key": ...,
+    "details": {...}}}``: the record's message becomes the alert's text,
+    ``details`` go into the webhook's JSON, ``key`` is the email's idempotency key.
+    Actors sit below this module and cannot call an ``Alerter``; ``bootstrap``
+    installs this handler instead, so the log line and the alert say the same.
+    A record without ``alert`` is ignored; a channel failure is logged by ``notify``.
+    """
+
+    def __init__(self, alerter: Alerter) -> None:
+        super().__init__(level=logging.ERROR)
+        self.alerter = alerter
+
+    def emit(self, record: logging.LogRecord) -> None:
+        alert = getattr(record, "alert", None)
+        if not isinstance(alert, dict):
+            return
+        try:
+            text = f"[minalesh-workers] {record.getMessage()}"
+            payload = {"text": text, **alert.get("details", {}), "host": socket.gethostname()}
+            self.alerter.notify(subject=str(alert["subject"]), text=text, payload=payload, key=str(alert["key"]))
+        except Exception:
+            self.handleError(record)
+
+
+def forward_alert_logs(alerter: Optional[Alerter]) -> None:
+    """Install this process's ``AlertLogHandler`` on ``ALERT_LOGGER`` (replacing any), or with None remove it."""
+    target = logging.getLogger(ALERT_LOGGER)
+    for handler in [h for h in target.handlers if isinstance(h, AlertLogHandler)]:
+        target.removeHandler(handler)
+    if alerter is not None:
+        target.addHandler(AlertLogHandler(alerter))
 
 
 def from_runtime() -> Optional[Alerter]:

@@ -94,6 +94,7 @@ def bootstrap(settings: Settings, *, embedded: bool = False, mailer: Optional[Ma
         limiter=build_limiter(settings, sessions, mailer),
     )
     runtime.install(installed)
+    alerts.forward_alert_logs(alerts.from_settings(settings, sessions, mailer))  # actors' alerts (paid, short)
     return installed
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.core.runtime import Runtime
-from storage import dead_letters, emails, inventory, webhooks
+from storage import dead_letters, emails, inventory, orders, webhooks
 
 
 def collect(current: Runtime) -> dict[str, Any]:
-    """Every figure; ``sending`` is the provider limiter's state (the rate in use, any pause)."""
+    """Every figure; ``sending`` is the provider limiter's state (the rate in use, any pause).
+
+    ``orders``: paid orders flagged short of stock (``stock_short``) and the newest of their ids.
+    """
     with current.sessions() as session:
         figures = {
             "emails": emails.count_by_status(session),
@@ -17,6 +20,7 @@ def collect(current: Runtime) -> dict[str, Any]:
             "dead_letters": dead_letters.count(session),
             "dead_letters_by_queue": dead_letters.count_by_queue(session),
             "reservations": inventory.reservation_stats(session),
+            "orders": orders.stock_stats(session),
             "webhooks": webhooks.stats(session),
         }
     figures["sending"] = current.limiter.state()

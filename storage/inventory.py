@@ -3,8 +3,8 @@
 How available stock is computed
 -------------------------------
 ``products.stock`` is the number of units on hand and not yet sold; only a paid
-order (``commit``) takes units out of it. An active reservation leaves it alone
-and holds its quantity out of what others may reserve::
+order (``commit``, ``settle_paid_order``) takes units out of it. An active
+reservation leaves it alone and holds its quantity out of what others may reserve::
 
     available = products.stock
               - COALESCE(SUM(inventory_reservations.quantity), 0)
@@ -32,6 +32,45 @@ keep), every reservation committed before the lock was granted. ``commit`` takes
 stock with ``stock >= quantity`` in its WHERE clause, so the ``stock >= 0`` CHECK
 is never the one to object. On SQLite the database-wide write lock plays the
 product lock's part.
+
+A payment that arrives after the hold
+-------------------------------------
+``payment.failed`` releases an order's reservations and the cleanup expires a
+hold after 15 minutes, but a provider retries a success for 31 minutes and a
+customer may pay on a second try. The money is then taken while nothing is
+held. ``settle_paid_order`` (what a ``payment.succeeded`` does, in the
+transaction that marks the order paid, under the order's row lock):
+
+* commits the order's ``active`` reservations, as ``commit_order`` does;
+* takes back the units of the order's ``released``/``expired`` reservations
+  from ``available`` stock, and marks those reservations ``committed``
+  (``committed_at`` set, ``released_at`` kept as their history: committed after
+  released means taken back). No new status: ``committed`` already means "the
+  units left ``products.stock`` for good", and every query on ``active`` (the
+  monitoring one below, the cleanup's) keeps its meaning;
+* all or nothing: if ``available`` does not cover every product of the lapsed
+  reservations, none of them is taken (the held ones are still committed), and
+  the caller flags the order (``orders.stock_shortfall``) with every lapsed line,
+  what it needed and what was available. A paid order short of anything needs a
+  person anyway (refund, substitute, wait for a restock); taking part of it would
+  leave units an operator must add back by hand if they refund, and this model
+  never adds stock back by counting.
+
+Never oversold: every product involved is locked ``FOR UPDATE`` in id order
+before any stock moves, as ``reserve`` locks it, so no reserver can slip in
+between the check and the take; the UPDATE that takes the units also carries
+``available >= quantity`` in its WHERE clause. Only the first success takes
+anything back (``take_back=False`` for a repeated one), so a paid order's stock
+is taken once.
+
+Which lapsed reservations are the order's: all of its released or expired ones,
+except where the host reserved again. A lapsed reservation is skipped when the
+order holds or has committed the same product in another reservation, or
+reserved that product again after the lapse (``created_at`` after its
+``released_at``). The host's newer reservation then stands for the product, and
+re-reserving after a failure never takes the units twice. (That comparison reads
+the database clock against the worker's: keep hosts NTP-synchronised, as for the
+leases.)
 
 Reservations inserted by the host in SQL
 ----------------------------------------
@@ -67,8 +106,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Optional, TypeVar
 
-from sqlalchemy import DateTime, Integer, Text, func, insert, literal, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import DateTime, Integer, Text, and_, func, insert, literal, or_, select, update
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from storage.clock import minutes, utcnow
 from storage.database import default_sessionmaker
@@ -88,6 +127,10 @@ DEFAULT_EXPIRY_BATCH_SIZE = 500
 DEFAULT_MAX_EXPIRY_BATCHES = 20
 
 _ACTIVE = ReservationStatus.ACTIVE.value
+#: Final statuses that gave the units back: what a payment after the hold takes back.
+_LAPSED = (ReservationStatus.RELEASED.value, ReservationStatus.EXPIRED.value)
+#: Statuses that hold or have taken a product's units for their order.
+_HELD_OR_TAKEN = (_ACTIVE, ReservationStatus.COMMITTED.value)
 _T = TypeVar("_T")
 
 
@@ -263,6 +306,110 @@ def release_order(session: Session, order_id: str) -> int:
     return len(session.execute(statement).all())
 
 
+@dataclass(frozen=True, kw_only=True)
+class StockLine:
+    """One product a paid order needs again after its hold lapsed, and what was available of it."""
+
+    product_id: int
+    #: Units of the order's lapsed reservations of this product.
+    needed: int
+    #: ``available`` of the product when the payment was applied.
+    available: int
+
+    @property
+    def short(self) -> bool:
+        return self.available < self.needed
+
+    def as_json(self) -> dict[str, int]:
+        return {"product_id": self.product_id, "needed": self.needed, "available": self.available}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settlement:
+    """What paying an order did to its stock (``settle_paid_order``)."""
+
+    #: Active reservations committed: their units were held for the order.
+    committed: int = 0
+    #: Lapsed reservations committed again: their units taken from what was available.
+    taken_back: int = 0
+    #: Set when some product was short: every lapsed line, none of them taken. Empty otherwise.
+    not_taken: tuple[StockLine, ...] = ()
+
+    @property
+    def short(self) -> bool:
+        return bool(self.not_taken)
+
+
+def settle_paid_order(session: Session, order_id: str, *, take_back: bool = True) -> Settlement:
+    """The order was paid: commit its active reservations and take back the stock of lapsed ones.
+
+    See "A payment that arrives after the hold" in the module doc. ``take_back``
+    is False for a repeated success: it then commits what is active, as
+    ``commit_order`` does, and takes nothing back. Runs in the caller's
+    transaction, which should hold the order's row lock (``storage.orders.lock``).
+    """
+    held = session.execute(_finish(ReservationStatus.COMMITTED, InventoryReservation.order_id == order_id)).all()
+    lapsed = _lapsed_reservations(session, order_id) if take_back else []
+    for product_id in sorted({row.product_id for row in [*held, *lapsed]}):
+        _lock_product(session, product_id)  # all of them, in id order, before any stock moves
+    _take_stock(session, held)
+    if not lapsed:
+        return Settlement(committed=len(held))
+    needed: Counter[int] = Counter()
+    for row in lapsed:
+        needed[row.product_id] += row.quantity
+    lines = tuple(
+        StockLine(product_id=product_id, needed=quantity, available=available(session, product_id))
+        for product_id, quantity in sorted(needed.items())
+    )
+    if any(line.short for line in lines):
+        return Settlement(committed=len(held), not_taken=lines)
+    taken = session.execute(_take_back([row.id for row in lapsed])).all()
+    _take_stock(session, taken, unheld=True)
+    return Settlement(committed=len(held), taken_back=len(taken))
+
+
+def _lapsed_reservations(session: Session, order_id: str) -> list[Any]:
+    """The order's released or expired reservations that nothing replaced (module doc), oldest first.
+
+    A lapsed reservation is left alone when the order holds or has committed the
+    same product in another reservation, or reserved it again after the lapse:
+    the host's newer reservation stands for it.
+    """
+    mine, other = InventoryReservation, aliased(InventoryReservation)
+    replaced = (
+        select(other.id)
+        .where(
+            other.order_id == mine.order_id,
+            other.product_id == mine.product_id,
+            other.id != mine.id,
+            or_(
+                other.status.in_(_HELD_OR_TAKEN),
+                and_(other.id > mine.id, other.created_at > mine.released_at),
+            ),
+        )
+        .exists()
+    )
+    statement = (
+        select(mine.id, mine.product_id, mine.quantity)
+        .where(mine.order_id == order_id, mine.status.in_(_LAPSED), ~replaced)
+        .order_by(mine.id)
+    )
+    return list(session.execute(statement).all())
+
+
+def _take_back(ids: list[int]) -> Any:
+    """UPDATE the lapsed reservations ``ids`` to ``committed``; ``released_at`` stays as their history."""
+    now = utcnow()
+    return (
+        update(InventoryReservation)
+        .where(InventoryReservation.id.in_(ids), InventoryReservation.status.in_(_LAPSED))
+        .values(status=ReservationStatus.COMMITTED.value, committed_at=now, updated_at=now)
+        .returning(InventoryReservation.product_id, InventoryReservation.quantity)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def _finish(status: ReservationStatus, which: Any) -> Any:
     """UPDATE active reservations matching ``which`` to a final ``status``.
 
@@ -280,27 +427,31 @@ def _finish(status: ReservationStatus, which: Any) -> Any:
     )
 
 
-def _take_stock(session: Session, taken: Iterable[Any]) -> None:
+def _take_stock(session: Session, taken: Iterable[Any], *, unheld: bool = False) -> None:
     """Take committed units out of ``products.stock``, products in id order (no deadlocks).
 
-    Only a write outside this module (stock lowered below what is reserved) can
-    make a product short here; that raises instead of tripping the CHECK.
+    Held units (``unheld=False``) need only be on hand: their reservation kept
+    them out of ``available``. Units taken back for a lapsed hold (``unheld=True``)
+    must be *available*, or they would be another buyer's. Either guard sits in
+    the UPDATE itself; a product it refuses raises instead of tripping the CHECK
+    (the caller's checks make that unreachable but for writes outside this module).
     """
     per_product: Counter[int] = Counter()
     for product_id, quantity in taken:
         per_product[product_id] += quantity
+    covering = _available_stock() if unheld else Product.stock
     for product_id in sorted(per_product):
         quantity = per_product[product_id]
         statement = (
             update(Product)
-            .where(Product.id == product_id, Product.stock >= quantity)
+            .where(Product.id == product_id, covering >= quantity)
             .values(stock=Product.stock - quantity)
             .returning(Product.id)
             .execution_options(synchronize_session=False)
         )
         if session.scalar(statement) is None:
-            on_hand = session.scalar(select(Product.stock).where(Product.id == product_id))
-            raise InsufficientStock(product_id, quantity, on_hand or 0)
+            left = session.scalar(select(covering).where(Product.id == product_id))
+            raise InsufficientStock(product_id, quantity, int(left or 0))
 
 
 def _require_reservation(session: Session, reservation_id: int) -> None:

@@ -49,6 +49,9 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 #: JSONB on PostgreSQL (indexable, what the shop's other tables use); JSON elsewhere.
 JsonDocument = JSON().with_variant(JSONB(), "postgresql")
 
+#: The same, where Python's None is SQL NULL (not JSON ``null``), so ``IS NULL`` finds it.
+NullableJson = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+
 
 class UtcDateTime(TypeDecorator[datetime]):
     """``DateTime(timezone=True)`` that reads back aware UTC on SQLite too, which stores no zone.
@@ -308,6 +311,14 @@ class Order(Base):
     """
 
     __tablename__ = "orders"
+    __table_args__ = (
+        Index(
+            "ix_orders_stock_short",
+            "paid_at",
+            postgresql_where=text("stock_shortfall IS NOT NULL"),
+            sqlite_where=text("stock_shortfall IS NOT NULL"),
+        ),
+    )
 
     #: The shop's order id, as the payment providers echo it back.
     id: Mapped[str] = mapped_column(Text, primary_key=True)
@@ -319,6 +330,10 @@ class Order(Base):
     paid_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
     updated_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
+    #: NULL unless the order was paid after its holds lapsed and the stock was gone: then the
+    #: lapsed lines, none taken (``[{"product_id", "needed", "available"}, ...]``). For an operator
+    #: to settle (restock, substitute, refund) and then set back to NULL (``storage.inventory``).
+    stock_shortfall: Mapped[Optional[list[dict[str, int]]]] = mapped_column(NullableJson)
 
 
 class WebhookStatus(str, enum.Enum):

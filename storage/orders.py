@@ -6,16 +6,25 @@ total, currency) VALUES (...)``, ``customer_email`` when it has one) and may mov
 ``payment_status`` goes ``pending`` → ``paid`` | ``failed``, and ``status`` follows
 while the order has not gone further (``pending`` or ``failed``). A paid order
 stays paid: a late ``payment.failed`` does not undo it.
+
+``stock_shortfall`` flags a paid order whose stock was gone: its payment
+succeeded after its holds lapsed and available stock no longer covered them
+(``storage.inventory``, "A payment that arrives after the hold"). The payment is
+recorded all the same (the money was taken); the flag holds the lapsed lines,
+none taken, until an operator settles the order and sets it back to NULL::
+
+    SELECT id, paid_at, stock_shortfall FROM orders WHERE stock_shortfall IS NOT NULL;
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Optional
+from typing import Any, Optional
 
-from sqlalchemy import Text, case, cast, select, update
+from sqlalchemy import Text, case, cast, func, select, update
 from sqlalchemy.orm import Session
 
 from storage.clock import utcnow
@@ -118,3 +127,28 @@ def mark_payment_failed(session: Session, order_id: str) -> bool:
         .execution_options(synchronize_session=False)
     )
     return session.execute(statement).rowcount == 1
+
+
+def flag_stock_shortfall(session: Session, order_id: str, lines: Sequence[Mapping[str, int]]) -> bool:
+    """Flag the paid order as short of stock, with the lapsed ``lines`` none of which was taken."""
+    statement = (
+        update(Order)
+        .where(Order.id == order_id)
+        .values(stock_shortfall=[dict(line) for line in lines], updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return session.execute(statement).rowcount == 1
+
+
+#: Flagged orders ``stock_stats`` names, newest payment first.
+STOCK_SHORT_SHOWN = 10
+
+
+def stock_stats(session: Session) -> dict[str, Any]:
+    """``stock_short``: paid orders flagged short of stock; ``stock_short_newest``: their ids, newest first."""
+    flagged = Order.stock_shortfall.is_not(None)
+    count = session.scalar(select(func.count()).select_from(Order).where(flagged))
+    newest = session.scalars(
+        select(Order.id).where(flagged).order_by(Order.paid_at.desc(), Order.id).limit(STOCK_SHORT_SHOWN)
+    )
+    return {"stock_short": int(count or 0), "stock_short_newest": list(newest)}

@@ -134,15 +134,20 @@ class Applied:
     applied: bool
     #: The email it queued, to be sent once the transaction has committed.
     email_id: Optional[int] = None
+    #: A success paid the order but its stock was gone: the lapsed lines, none taken (the order is flagged).
+    stock_short: tuple[inventory.StockLine, ...] = ()
 
 
 def apply_event(session: Session, event: EventData, *, email_lease: timedelta) -> Applied:
     """Apply ``event`` inside the caller's transaction and mark it processed.
 
-    ``payment.succeeded``: the order is paid, its active reservations committed and
-    the confirmation email queued. ``payment.failed``: the order's payment failed,
-    its reservations released and the payment-failed email queued. A paid order
-    stays paid (a late failure, a second success change nothing but the event).
+    ``payment.succeeded``: the order is paid, its active reservations committed, the
+    stock of its released or expired ones taken back (``inventory.settle_paid_order``)
+    and the confirmation email queued; if that stock is gone the payment is recorded
+    all the same and the order flagged (``orders.stock_shortfall``, ``stock_short``).
+    ``payment.failed``: the order's payment failed, its reservations released and
+    the payment-failed email queued. A paid order stays paid (a late failure, a
+    second success change nothing but the event).
     """
     if not webhooks.lock_unprocessed(session, event.id):
         return Applied(applied=False)
@@ -152,11 +157,22 @@ def apply_event(session: Session, event: EventData, *, email_lease: timedelta) -
     if order is None:
         raise OrderNotFound(f"order {event.order_id} does not exist (yet)")
     email_id: Optional[int] = None
+    stock_short: tuple[inventory.StockLine, ...] = ()
     if event.type == PAYMENT_SUCCEEDED:
         _check_amount(event, order)
         changed = orders.mark_paid(session, order.id)
-        committed = inventory.commit_order(session, order.id)
-        logger.info("Order %s paid (%s); %d reservations committed.", order.id, changed, committed)
+        settled = inventory.settle_paid_order(session, order.id, take_back=changed)
+        if settled.short:
+            stock_short = settled.not_taken
+            orders.flag_stock_shortfall(session, order.id, [line.as_json() for line in stock_short])
+        logger.info(
+            "Order %s paid (%s); %d reservations committed, %d taken back%s.",
+            order.id,
+            changed,
+            settled.committed,
+            settled.taken_back,
+            ", stock short: flagged" if settled.short else "",
+        )
     else:
         changed = orders.mark_payment_failed(session, order.id)
         released = inventory.release_order(session, order.id) if changed else 0
@@ -164,7 +180,7 @@ def apply_event(session: Session, event: EventData, *, email_lease: timedelta) -
     if changed:
         email_id = _queue_email(session, event, order, lease=email_lease)
     webhooks.mark_processed(session, event.id)
-    return Applied(applied=True, email_id=email_id)
+    return Applied(applied=True, email_id=email_id, stock_short=stock_short)
 
 
 def _check_amount(event: EventData, order: OrderSnapshot) -> None:

@@ -13,7 +13,6 @@ drops it at the end; each test starts from empty tables.
 from __future__ import annotations
 
 import os
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -47,7 +46,7 @@ from storage.inventory import (
 )
 from storage.migrate import upgrade
 from storage.models import Base, InventoryReservation, Product
-from tests.support.inventory_support import PAST, reservation
+from tests.support.inventory_support import PAST, reservation, run_together
 
 PG_HOST = "127.0.0.1"
 PG_PORT = 5432
@@ -140,29 +139,6 @@ def add_reservation(
         session.add(row)
         session.flush()
         return row.id
-
-
-def run_together(workers: list[Callable[[Callable[[], object]], Any]]) -> list[Any]:
-    """Run each worker in its own thread; each calls its argument when ready to race.
-
-    Returns each worker's result, or the exception it raised.
-    """
-    barrier = threading.Barrier(len(workers))
-    results: list[Any] = [None] * len(workers)
-
-    def run(index: int, work: Callable[[Callable[[], object]], Any]) -> None:
-        try:
-            results[index] = work(lambda: barrier.wait(timeout=10))
-        except BaseException as exc:  # reported to the test, not lost in the thread
-            results[index] = exc
-
-    threads = [threading.Thread(target=run, args=pair) for pair in enumerate(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert not any(thread.is_alive() for thread in threads)
-    return results
 
 
 def documented_host_sql() -> list[str]:
