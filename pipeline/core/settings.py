@@ -33,6 +33,8 @@ DEFAULT_RESEND_API_URL = "https://api.resend.com"
 #: Resend's default team limit is 2 requests a second; 10% below it absorbs network
 #: jitter, which otherwise lets three requests meet inside one second now and then.
 DEFAULT_EMAIL_RATE_LIMIT = 1.8
+#: RabbitMQ's default ``consumer_timeout``: a consumer holding a delivery longer is cancelled.
+DEFAULT_CONSUMER_TIMEOUT_MINUTES = 30.0
 #: The payment providers that may call the webhook intake; each may have ``{NAME}_WEBHOOK_SECRET``.
 PAYMENT_PROVIDERS = ("telebirr", "cbe", "awash", "generic")
 
@@ -214,8 +216,13 @@ class Settings:
     #: transaction-pooling PgBouncer); false: only the cron tick picks emails up.
     email_listen: bool = setting("EMAIL_LISTEN", _boolean, True)
     email_outbox_dir: str = setting("EMAIL_OUTBOX_DIR", str, "outbox")
-    #: Longest a worker holds a delayed message; keep well below RabbitMQ's ``consumer_timeout``.
+    #: Longest a worker holds a delayed message; must be below RabbitMQ's ``consumer_timeout``.
     broker_max_hold_minutes: float = setting("BROKER_MAX_HOLD_MINUTES", _positive_minutes, 10.0)
+    #: RabbitMQ's ``consumer_timeout``, for the check of ``broker_max_hold_minutes``: set it
+    #: where the broker's own was raised (``rabbitmq.conf``), never above it.
+    broker_consumer_timeout_minutes: float = setting(
+        "BROKER_CONSUMER_TIMEOUT_MINUTES", _positive_minutes, DEFAULT_CONSUMER_TIMEOUT_MINUTES
+    )
     reservation_schedule: str = setting("RESERVATION_SCHEDULE", _cron, "*/5 * * * *")
     reservation_batch_size: int = setting("RESERVATION_BATCH_SIZE", _positive_count, 500)
     log_level: str = setting("LOG_LEVEL", _log_level, "INFO")
@@ -302,6 +309,7 @@ class Settings:
         _check_delays(
             settings.webhook_retries, "WEBHOOK_MAX_RETRY_DELAY_MINUTES", "WEBHOOK_INITIAL_RETRY_DELAY_MINUTES"
         )
+        _check_hold(settings)
         return settings
 
 
@@ -326,4 +334,19 @@ def _check_delays(policy: RetryPolicy, cap_variable: str, delay_variable: str) -
         raise ConfigError(
             f"{cap_variable} must not be below {delay_variable} "
             f"({policy.max_delay_minutes} < {policy.delay_minutes})"
+        )
+
+
+def _check_hold(settings: Settings) -> None:
+    """A delayed message held until RabbitMQ's ``consumer_timeout`` gets the worker's consumer cancelled.
+
+    RabbitMQ then closes the channel and requeues every unacked message of it, so
+    the hold that was meant to keep long delays cheap would redeliver all of them
+    each time. The hold must end before the timeout does.
+    """
+    hold, timeout = settings.broker_max_hold_minutes, settings.broker_consumer_timeout_minutes
+    if hold >= timeout:
+        raise ConfigError(
+            "BROKER_MAX_HOLD_MINUTES must be below BROKER_CONSUMER_TIMEOUT_MINUTES, RabbitMQ's consumer_timeout "
+            f"({DEFAULT_CONSUMER_TIMEOUT_MINUTES:g} minutes by default): {hold:g} >= {timeout:g}"
         )

@@ -194,3 +194,25 @@ def test_a_database_url_sqlalchemy_cannot_parse_is_refused_without_its_password(
     with pytest.raises(InvalidDatabaseUrl) as raised:
         normalize_url("postgresql//app:s3cr3t@db/shop")
     assert "postgresql//app:***@db/shop" in str(raised.value) and "s3cr3t" not in str(raised.value)
+
+
+# --- a delayed message held past RabbitMQ's consumer_timeout gets its consumer cancelled -------------
+
+
+@pytest.mark.parametrize("hold", ["30", "31", "600"])
+def test_a_hold_not_below_the_consumer_timeout_is_refused(hold: str) -> None:
+    """RabbitMQ cancels a consumer that holds a delivery past ``consumer_timeout`` (30 min by default)."""
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({"BROKER_MAX_HOLD_MINUTES": hold})
+    assert str(raised.value) == (
+        f"BROKER_MAX_HOLD_MINUTES must be below BROKER_CONSUMER_TIMEOUT_MINUTES, RabbitMQ's consumer_timeout "
+        f"(30 minutes by default): {float(hold):g} >= 30"
+    )
+
+
+def test_a_hold_below_the_consumer_timeout_is_accepted_and_a_raised_timeout_allows_longer() -> None:
+    assert Settings.from_env({"BROKER_MAX_HOLD_MINUTES": "29.5"}).broker_max_hold_minutes == 29.5
+    raised = Settings.from_env({"BROKER_MAX_HOLD_MINUTES": "45", "BROKER_CONSUMER_TIMEOUT_MINUTES": "60"})
+    assert (raised.broker_max_hold_minutes, raised.broker_consumer_timeout_minutes) == (45, 60)
+    with pytest.raises(ConfigError, match="BROKER_MAX_HOLD_MINUTES must be below"):
+        Settings.from_env({"BROKER_MAX_HOLD_MINUTES": "10", "BROKER_CONSUMER_TIMEOUT_MINUTES": "5"})
