@@ -86,3 +86,39 @@ def test_a_template_that_cannot_render_fails_permanently_naming_the_problem(
         rendered(template, data, subject=subject)
     assert message in str(raised.value)
     assert isinstance(raised.value, PermanentError)  # never retried: the data will not fix itself
+
+
+# --- customer text: data, never code -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "{{ ''.__class__.__mro__ }}",
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "{{ cycler.__init__.__globals__.os }}",
+        "{{ self._TemplateReference__context }}",
+        "{{ 'x{0.__class__}'.format(order_id) }}",
+    ],
+    ids=["mro", "subclasses", "globals", "context", "format"],
+)
+def test_a_subject_cannot_reach_python_internals(subject: str) -> None:
+    """A host that templated customer text into the subject must not hand that customer the worker."""
+    with pytest.raises(TemplateFailed, match="is unsafe") as raised:
+        rendered("payment_failed", {"order_id": "MN-1"}, subject=subject)
+    assert isinstance(raised.value, PermanentError)
+
+
+def test_customer_text_in_template_data_is_shown_as_written_never_run() -> None:
+    name = "{{ ''.__class__.__mro__ }} {% for x in range(3) %}x{% endfor %}"
+
+    email = rendered("payment_failed", {"order_id": "MN-1", "customer_name": name}, subject="Hi {{ customer_name }}")
+
+    assert email.subject == f"Hi {name}"
+    assert f"Hello {name}," in (email.text or "")
+
+
+def test_a_runaway_subject_fails_permanently_rather_than_being_retried() -> None:
+    """The sandbox's own limits raise errors that are not Jinja's (an OverflowError here)."""
+    with pytest.raises(TemplateFailed, match="OverflowError: Range too big"):
+        rendered("payment_failed", {"order_id": "MN-1"}, subject="{{ range(100001) | length }}")
