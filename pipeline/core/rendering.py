@@ -67,12 +67,17 @@ def render(
     html: Optional[str],
     text: Optional[str],
     template: Optional[str],
-    data: Optional[dict[str, Any]],
+    data: object,
 ) -> RenderedEmail:
-    """The email to send: the stored bodies, or the template rendered with ``data``."""
+    """The email to send: the stored bodies, or the template rendered with ``data``.
+
+    ``data`` is the row's ``template_data``, which the host's SQL may have set to
+    any JSON: only an object (or nothing) names variables, and anything else fails
+    the email permanently, naming what it got. Without a template it is not read.
+    """
     if template is None:
         return RenderedEmail(subject=subject, html=html, text=text)
-    context = dict(data or {})
+    context = _variables(data)
     environment = _environment()
     try:
         return RenderedEmail(
@@ -86,3 +91,25 @@ def render(
         raise TemplateFailed(f"template {template!r}: {exc}") from None
     except Exception as exc:  # the sandbox's limits (OverflowError), and errors of the data's own methods
         raise TemplateFailed(f"template {template!r}: {describe(exc)}") from None
+
+
+def _variables(data: object) -> dict[str, Any]:
+    """The template's variables from ``template_data``: a JSON object, or None for none."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise TemplateFailed(f"template_data must be a JSON object of the template's variables, not {_json_kind(data)}")
+    return dict(data)
+
+
+def _json_kind(value: object) -> str:
+    """What a decoded JSON value is, in JSON's words."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return f"a {type(value).__name__}"
