@@ -79,6 +79,11 @@ def parse_event(body: bytes) -> IncomingEvent:
         raise InvalidEvent(f"body is not JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise InvalidEvent("body must be a JSON object")
+    unstorable = _unstorable_text(payload)
+    if unstorable is not None:
+        raise InvalidEvent(
+            f"{unstorable} holds \\u0000 or an unpaired surrogate (\\ud800-\\udfff), which cannot be stored"
+        )
     missing = [name for name in REQUIRED_FIELDS if payload.get(name) in (None, "")]
     if missing:
         raise InvalidEvent(f"missing fields: {', '.join(missing)}")
@@ -106,6 +111,43 @@ def parse_amount(value: Any) -> Decimal:
     if not amount.is_finite() or amount < 0 or (isinstance(value, float) and not math.isfinite(value)):
         raise InvalidEvent("amount must be a finite number, 0 or more")
     return amount
+
+
+def _unstorable_text(payload: dict[str, Any]) -> Optional[str]:
+    """Where ``payload`` holds text PostgreSQL cannot store, or None.
+
+    JSON may escape any code point, so the parser takes ``"\\u0000"`` and a lone
+    ``"\\ud800"``; PostgreSQL's ``text`` has no NUL and its ``jsonb`` refuses the
+    escape, and an unpaired surrogate is not UTF-8 at all. Such a body is refused
+    here, as a 400 naming the field, rather than by the database as a 503 that
+    every retry of the provider would meet again. A key is named as ``a key in
+    PATH``, a value by its path (``extra.items[2]``).
+    """
+    pending: list[tuple[str, Any]] = [("", payload)]
+    while pending:
+        path, value = pending.pop()
+        if isinstance(value, str):
+            if not _storable(value):
+                return path
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if not _storable(key):
+                    return f"a key in {path}" if path else "a key"
+                pending.append((f"{path}.{key}" if path else key, item))
+        elif isinstance(value, list):
+            pending.extend((f"{path}[{index}]", item) for index, item in enumerate(value))
+    return None
+
+
+def _storable(text: str) -> bool:
+    """No NUL, and valid UTF-8 (a str holding a surrogate code point does not encode)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _no_constants(name: str) -> None:

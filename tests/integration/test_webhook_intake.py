@@ -34,6 +34,7 @@ from tests.support.webhook_support import (
     drain_tick,
     emails_for,
     event_row,
+    new_id,
     order,
     payment,
     post,
@@ -152,6 +153,9 @@ def test_intake_answers_quickly(intake: str, sessions: sessionmaker[Session]) ->
 
 # --- intake: refusals -----------------------------------------------------------------
 
+#: The end of the 400 answer to text PostgreSQL cannot store.
+UNSTORABLE = "which cannot be stored"
+
 
 @pytest.mark.parametrize(
     "case",
@@ -220,6 +224,30 @@ def test_signed_malformed_bodies_are_400(
     answer = post(intake, raw if isinstance(raw, bytes) else raw.encode())
     assert answer.status_code == 400 and message in answer.json()["error"]
     assert count_events(sessions, "e-bad-type") == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("reason", "card\u0000declined"), ("customer_name", "\ud800"), ("event_id", "evt-nul\u0000")],
+    ids=["nul", "lone-surrogate", "nul-in-event-id"],
+)
+def test_text_postgresql_cannot_store_is_400_naming_it_never_503(
+    intake: str, sessions: sessionmaker[Session], field: str, value: str
+) -> None:
+    """The parser takes \\u0000 and lone surrogates; PostgreSQL does not: 503 would be refused on every retry."""
+    order_id = add_order(sessions)
+    body = {**payment(order_id, "payment.failed"), field: value}
+
+    answer = post(intake, body)
+
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"] == f"{field} holds \\u0000 or an unpaired surrogate (\\ud800-\\udfff), {UNSTORABLE}"
+    with sessions() as session:
+        stored = session.execute(text("SELECT COUNT(*) FROM webhook_events WHERE order_id = :o"), {"o": order_id})
+        assert stored.scalar_one() == 0
+    fixed = {**body, field: new_id("fine")}
+    assert post(intake, fixed).status_code == 200  # the provider's corrected event goes through
+    wait_for_event(sessions, "generic", fixed["event_id"], lambda r: r.status == "processed", what="processed")
 
 
 def test_bodies_over_one_mib_are_413_whether_declared_or_streamed(intake: str, sessions: sessionmaker[Session]) -> None:
