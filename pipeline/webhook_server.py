@@ -12,7 +12,9 @@ The signature is the provider's HMAC-SHA256 of ``"{timestamp}.{raw body}"`` in
 a provider rotates its secret), with the unix seconds in ``X-Webhook-Timestamp``;
 a timestamp more than 300 s from this host's clock is a replay. The key is
 ``{PROVIDER}_WEBHOOK_SECRET``, or else PAYMENT_WEBHOOK_SECRET; a provider with
-neither is refused (401) rather than accepted unsigned.
+neither is refused (401) rather than accepted unsigned, with the very answer a
+bad signature gets (the server's log says which it was: a client must not learn
+which providers are left without a secret).
 
 Providers time out after a few seconds, so the answer waits only for the row:
 the event's message is sent to RabbitMQ after the response (a background task).
@@ -31,6 +33,7 @@ import hmac
 import logging
 import time
 from collections.abc import Callable, Mapping
+from secrets import token_hex
 from typing import Any, Optional
 
 import uvicorn
@@ -66,6 +69,11 @@ SIGNATURE_SCHEME = "v1"
 #: Default address of ``serve``; put it behind the TLS-terminating proxy (``--host 0.0.0.0`` in a container).
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+
+
+#: The key a provider without a secret is checked under, so that its refusal costs what any other
+#: does; the refusal does not rest on it (no secret never matches), a random key only makes sure.
+_UNKNOWABLE_KEY = token_hex(32)
 
 
 class SignatureRejected(MinaleshError):
@@ -113,9 +121,11 @@ def verify_signature(
 
     Every candidate is compared with ``hmac.compare_digest`` (constant time), and
     all of them are compared, so the answer's timing tells nothing of which was close.
+    Without a ``secret`` the request goes through the same checks and the same
+    computation, under a key nobody knows, and fails as a signature that does not
+    match: whether a provider has a secret is the server's business (the caller
+    logs it), not the client's.
     """
-    if not secret:
-        raise SignatureRejected("no webhook secret is configured for this provider")
     if not timestamp or not signature:
         raise SignatureRejected(f"{TIMESTAMP_HEADER} and {SIGNATURE_HEADER} are required")
     stamp = timestamp.strip()
@@ -126,11 +136,11 @@ def verify_signature(
     candidates = parse_signatures(signature)
     if not candidates:
         raise SignatureRejected(f"{SIGNATURE_HEADER} has no {SIGNATURE_SCHEME}= value")
-    expected = compute_signature(secret, stamp, body).encode("ascii")
+    expected = compute_signature(secret or _UNKNOWABLE_KEY, stamp, body).encode("ascii")
     matched = False
     for candidate in candidates:
         matched |= hmac.compare_digest(expected, candidate.encode("utf-8"))
-    if not matched:
+    if not matched or not secret:
         raise SignatureRejected("signature does not match")
 
 
@@ -176,17 +186,25 @@ class WebhookIntake:
             body = await read_body(request)
         except BodyTooLarge as exc:
             return _error(413, str(exc))
+        secret = self.secrets.get(provider)
         try:
             verify_signature(
-                secret=self.secrets.get(provider),
+                secret=secret,
                 timestamp=request.headers.get(TIMESTAMP_HEADER),
                 signature=request.headers.get(SIGNATURE_HEADER),
                 body=body,
                 now=self.clock(),
             )
         except SignatureRejected as exc:
-            level = logging.ERROR if self.secrets.get(provider) is None else logging.WARNING
-            logger.log(level, "Refused a %s webhook from %s: %s.", provider, _client(request), exc)
+            if secret:
+                logger.warning("Refused a %s webhook from %s: %s.", provider, _client(request), exc)
+            else:
+                logger.error(
+                    "Refused a %s webhook from %s: no %s_WEBHOOK_SECRET nor PAYMENT_WEBHOOK_SECRET is configured.",
+                    provider,
+                    _client(request),
+                    provider.upper(),
+                )
             return _error(401, f"invalid signature: {exc}")
         try:
             event = parse_event(body)
@@ -265,8 +283,13 @@ def app_for(current: Runtime) -> Starlette:
 
 def server_config(current: Runtime, *, host: str, port: int) -> uvicorn.Config:
     """uvicorn's configuration for ``app_for(current)``; tests build their server from it."""
+    return uvicorn_config(app_for(current), host=host, port=port)
+
+
+def uvicorn_config(app: Starlette, *, host: str, port: int) -> uvicorn.Config:
+    """uvicorn's options for the intake ``app``, whatever it is wired to."""
     return uvicorn.Config(
-        app_for(current),
+        app,
         host=host,
         port=port,
         http="auto",
