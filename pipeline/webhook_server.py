@@ -3,6 +3,7 @@
 ``POST /api/payments/webhook/{provider}`` checks, in this order, each answer
 final: an unknown provider is 404; a body over 1 MiB is 413, refused while it is
 being read (a declared Content-Length over the limit is refused before reading);
+a body still incomplete 10 s after the headers is 408 and its connection closed;
 a bad, missing or stale signature is 401; a body that is not an event is 400.
 A good event is stored once per (provider, event_id) and answered 200 — a
 repeat too, without storing or processing it again.
@@ -23,11 +24,15 @@ If that send fails, the event stays ``pending`` under its lease and the ticker's
 
 Starlette serves the app and uvicorn runs it: both are maintained by the
 encode team, uvicorn is the usual production ASGI server (h11 here, httptools
-when installed). The database work runs in Starlette's thread pool.
+when installed). The database work runs in Starlette's thread pool. A slow
+client is bounded by the body deadline and by uvicorn's keep-alive timeout
+between requests; uvicorn sets no deadline on the request headers, which is the
+job of the TLS-terminating proxy in front (nginx's ``client_header_timeout``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -59,6 +64,12 @@ logger = logging.getLogger(__name__)
 WEBHOOK_PATH = "/api/payments/webhook/{provider}"
 #: Larger bodies are refused with 413 (1 MiB).
 MAX_BODY_BYTES = 1024 * 1024
+#: The whole body must arrive within this many seconds of the headers, else 408 and the connection
+#: is closed: a client trickling bytes (slow loris) holds a connection no longer. 1 MiB in 10 s is
+#: 100 KB/s; providers send a few hundred bytes from their servers.
+BODY_TIMEOUT_SECONDS = 10.0
+#: uvicorn closes a keep-alive connection idle for this long (its default, stated here on purpose).
+KEEP_ALIVE_SECONDS = 5
 #: A signature timestamp further than this from now (either way) is refused as a replay.
 TIMESTAMP_TOLERANCE_SECONDS = 300
 #: The headers a provider signs with.
@@ -82,6 +93,10 @@ class SignatureRejected(MinaleshError):
 
 class BodyTooLarge(MinaleshError):
     """The body is larger than ``MAX_BODY_BYTES``."""
+
+
+class BodyTooSlow(MinaleshError):
+    """The body did not arrive within the intake's deadline (``BODY_TIMEOUT_SECONDS``)."""
 
 
 # --- signatures: pure functions ------------------------------------------------------
@@ -147,16 +162,27 @@ def verify_signature(
 # --- the app --------------------------------------------------------------------------
 
 
-async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The body, refused as soon as it is known to exceed ``limit`` bytes."""
+async def read_body(
+    request: Request, limit: int = MAX_BODY_BYTES, timeout: float = BODY_TIMEOUT_SECONDS
+) -> bytes:
+    """The body, refused as soon as it is known to exceed ``limit`` bytes or ``timeout`` seconds.
+
+    The deadline is on the whole body, not between chunks: a client sending one
+    byte a second never waits long between chunks, and would hold the connection
+    (and this coroutine) for as long as it likes.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.strip().isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"body of {declared} bytes is over {limit}")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise BodyTooLarge(f"body is over {limit} bytes")
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise BodyTooLarge(f"body is over {limit} bytes")
+    except TimeoutError:
+        raise BodyTooSlow(f"the body did not arrive within {timeout:g} s") from None
     return bytes(body)
 
 
@@ -171,21 +197,27 @@ class WebhookIntake:
         enqueue: Callable[[int], Any],
         lease_minutes: float,
         clock: Callable[[], float] = time.time,
+        body_timeout: float = BODY_TIMEOUT_SECONDS,
     ) -> None:
         self.secrets = dict(secrets)
         self.sessions = sessions
         self.enqueue = enqueue
         self.lease = minutes(lease_minutes)
         self.clock = clock
+        self.body_timeout = body_timeout
 
     async def handle(self, request: Request) -> JSONResponse:
         provider = str(request.path_params["provider"]).lower()
         if provider not in PAYMENT_PROVIDERS:
             return _error(404, f"unknown provider; known: {', '.join(PAYMENT_PROVIDERS)}")
         try:
-            body = await read_body(request)
+            body = await read_body(request, timeout=self.body_timeout)
         except BodyTooLarge as exc:
             return _error(413, str(exc))
+        except BodyTooSlow as exc:
+            logger.warning("Cut off a %s webhook from %s: %s.", provider, _client(request), exc)
+            # The rest of the body may still come: the connection is closed rather than kept alive.
+            return _error(408, str(exc), headers={"Connection": "close"})
         secret = self.secrets.get(provider)
         try:
             verify_signature(
@@ -246,8 +278,8 @@ class WebhookIntake:
             logger.exception("Could not enqueue webhook event %s; retry_webhooks will once its lease ends.", row_id)
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error(status: int, message: str, headers: Optional[Mapping[str, str]] = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def _client(request: Request) -> str:
@@ -296,6 +328,7 @@ def uvicorn_config(app: Starlette, *, host: str, port: int) -> uvicorn.Config:
         ws="none",
         lifespan="off",
         log_config=None,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=10,
     )
 

@@ -7,10 +7,13 @@ mode's SQLite) and its enqueue (a list) are this test's.
 
 from __future__ import annotations
 
+import json
 import logging
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any, Optional
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -67,3 +70,68 @@ def test_a_provider_without_a_secret_is_answered_like_a_bad_signature(
     refusals = [r for r in caplog.records if r.name == "pipeline.webhook_server" and "awash" in r.getMessage()]
     assert [r.levelno for r in refusals] == [logging.ERROR]
     assert "no AWASH_WEBHOOK_SECRET nor PAYMENT_WEBHOOK_SECRET is configured" in refusals[0].getMessage()
+
+
+# --- 408: a body must arrive within the intake's deadline -------------------------------------------
+
+
+@pytest.fixture
+def impatient_intake(lite: sessionmaker[Session], enqueued: list[int]) -> Iterator[str]:
+    """The intake with a one-second body deadline (production: ``BODY_TIMEOUT_SECONDS``)."""
+    intake = WebhookIntake(
+        secrets=SECRETS, sessions=lite, enqueue=enqueued.append, lease_minutes=5, body_timeout=BODY_TIMEOUT
+    )
+    with serving(uvicorn_config(create_app(intake), host="127.0.0.1", port=0)) as url:
+        yield url
+
+
+#: The deadline of ``impatient_intake``.
+BODY_TIMEOUT = 1.0
+
+
+def test_a_body_trickled_slower_than_the_deadline_is_408_and_the_connection_closed(
+    impatient_intake: str, enqueued: list[int]
+) -> None:
+    """A slow-loris client sends a byte at a time: it is cut off at the deadline, not when it pleases."""
+    host, port = urlsplit(impatient_intake).hostname, urlsplit(impatient_intake).port
+    body = json.dumps(payment("MN-1")).encode()
+    head = (
+        f"POST /api/payments/webhook/telebirr HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nX-Webhook-Timestamp: {int(time.time())}\r\nX-Webhook-Signature: v1=00\r\n\r\n"
+    ).encode()
+    with socket.create_connection((host, port), timeout=5) as client:
+        client.sendall(head)
+        started = time.monotonic()
+        client.settimeout(0.1)  # the pace of the trickle: one byte per wait for the answer
+        received = b""
+        for position in range(len(body)):
+            client.send(body[position : position + 1])
+            try:
+                received = client.recv(4096)
+            except TimeoutError:
+                continue
+            break
+        elapsed = time.monotonic() - started
+        client.settimeout(5)
+        rest = received
+        while chunk := client.recv(4096):  # the server closes the connection: recv ends with b""
+            rest += chunk
+
+    assert rest.startswith(b"HTTP/1.1 408 "), rest
+    assert b"connection: close" in rest.lower()
+    assert json.loads(rest.split(b"\r\n\r\n", 1)[1]) == {"error": f"the body did not arrive within {BODY_TIMEOUT:g} s"}
+    assert BODY_TIMEOUT <= elapsed < BODY_TIMEOUT + 2, elapsed
+    assert enqueued == []
+
+
+def test_a_body_sent_in_pieces_within_the_deadline_is_taken(impatient_intake: str) -> None:
+    """Chunks are fine; only the time the whole body takes counts."""
+    body = json.dumps(payment("MN-1")).encode()
+    pieces = iter([body[:10], body[10:20], body[20:]])
+    answer = requests.post(
+        f"{impatient_intake}/api/payments/webhook/telebirr",
+        data=pieces,
+        headers={"X-Webhook-Timestamp": "1", "X-Webhook-Signature": "v1=00"},
+        timeout=5,
+    )
+    assert answer.status_code == 401  # read whole, then refused for its signature (and its timestamp)
