@@ -6,7 +6,8 @@ being read (a declared Content-Length over the limit is refused before reading);
 a body still incomplete 10 s after the headers is 408 and its connection closed;
 a bad, missing or stale signature is 401; a body that is not an event is 400.
 A good event is stored once per (provider, event_id) and answered 200 — a
-repeat too, without storing or processing it again.
+repeat too, without storing or processing it again. The same event sent to
+another provider's path is 409 (see below).
 
 The signature is the provider's HMAC-SHA256 of ``"{timestamp}.{raw body}"`` in
 ``X-Webhook-Signature: v1=<hex>`` (several ``v1=`` values, comma-separated, while
@@ -16,6 +17,19 @@ a timestamp more than 300 s from this host's clock is a replay. The key is
 neither is refused (401) rather than accepted unsigned, with the very answer a
 bad signature gets (the server's log says which it was: a client must not learn
 which providers are left without a secret).
+
+**A request replayed to another provider's path.** Providers without a secret
+of their own share PAYMENT_WEBHOOK_SECRET, so a signed request verifies on each
+of their paths, and within the 300 s window anyone who saw it could send it to
+another path as a new event of that provider, stored and processed a second
+time. Binding the provider into what is signed would end
+that, but providers sign ``"{timestamp}.{body}"`` and cannot be asked to change.
+So ``storage.webhooks.store`` refuses an event whose event id is stored under
+another provider with the same payload, and the intake answers 409. It does not
+matter which path came first: whichever copy commits first is the event, on its
+path, and every other copy, replay or the provider's own retry on the other
+path, gets 409; the payment is applied once either way. The same event id with
+another payload is another provider's event (ids are unique per provider).
 
 Providers time out after a few seconds, so the answer waits only for the row:
 the event's message is sent to RabbitMQ after the response (a background task).
@@ -244,6 +258,9 @@ class WebhookIntake:
             return _error(400, str(exc))
         try:
             stored = await run_in_threadpool(self._store, provider, event)
+        except webhooks.ReplayedFromAnotherProvider as exc:
+            logger.warning("Refused a %s webhook from %s as a replay: %s.", provider, _client(request), exc)
+            return _error(409, f"event {event.event_id} was received from another provider")
         except Exception:
             logger.exception("Could not store %s webhook event %s.", provider, event.event_id)
             return _error(503, "could not store the event now; send it again later")

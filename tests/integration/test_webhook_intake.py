@@ -11,6 +11,7 @@ import json
 import statistics
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -294,7 +295,61 @@ def test_a_repeated_event_is_answered_200_stored_and_applied_once(intake: str, s
     assert count_events(sessions, body["event_id"]) == 1
     assert event_row(sessions, "generic", body["event_id"]).attempts == 1  # type: ignore[union-attr]
     assert len(emails_for(sessions, address)) == 1
-    assert post(intake, body, provider="awash").json()["duplicate"] is False  # unique per provider
+    another = {**body, "amount": "1.00"}  # unique per provider: Awash's event of the same id is another event
+    assert post(intake, another, provider="awash").json()["duplicate"] is False
+
+
+def signed_request(body: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+    """The exact bytes and headers of a provider's request, as someone who saw them would replay them."""
+    raw = json.dumps(body).encode()
+    stamp = str(int(time.time()))
+    return raw, {"X-Webhook-Timestamp": stamp, "X-Webhook-Signature": signature_header([SHARED_SECRET], stamp, raw)}
+
+
+def test_a_signed_request_replayed_to_other_providers_paths_makes_no_second_event(
+    intake: str, sessions: sessionmaker[Session]
+) -> None:
+    """CBE, Awash and generic share PAYMENT_WEBHOOK_SECRET: one's signed request verifies on the others' paths."""
+    address = unique_address("replayed")
+    order_id = add_order(sessions, email=address)
+    body = payment(order_id, "payment.failed")
+    raw, headers = signed_request(body)
+
+    answers = {
+        provider: requests.post(f"{intake}/api/payments/webhook/{provider}", data=raw, headers=headers, timeout=10)
+        for provider in ("cbe", "awash", "generic")
+    }
+
+    assert answers["cbe"].status_code == 200
+    for replayed in (answers["awash"], answers["generic"]):
+        assert replayed.status_code == 409
+        assert replayed.json() == {"error": f"event {body['event_id']} was received from another provider"}
+    assert count_events(sessions, body["event_id"]) == 1
+    wait_for_event(sessions, "cbe", body["event_id"], lambda r: r.status == "processed", what="processed")
+    assert len(emails_for(sessions, address)) == 1
+
+
+def test_replays_racing_the_original_on_every_path_store_one_event(
+    intake: str, sessions: sessionmaker[Session]
+) -> None:
+    """Simultaneous copies on three paths: the first to commit is the event, whichever path it took."""
+    body = payment(add_order(sessions))
+    raw, headers = signed_request(body)
+    paths = [provider for provider in ("cbe", "awash", "generic") for _ in range(4)]
+
+    def send(provider: str) -> tuple[str, int]:
+        url = f"{intake}/api/payments/webhook/{provider}"
+        return provider, requests.post(url, data=raw, headers=headers, timeout=10).status_code
+
+    with ThreadPoolExecutor(max_workers=len(paths)) as pool:
+        results = list(pool.map(send, paths))
+
+    with sessions() as session:
+        (stored,) = session.execute(
+            text("SELECT provider FROM webhook_events WHERE event_id = :e"), {"e": body["event_id"]}
+        ).scalars()
+    assert sorted(status for provider, status in results if provider == stored) == [200] * 4
+    assert [status for provider, status in results if provider != stored] == [409] * 8
 
 
 def test_intake_answers_200_when_rabbitmq_refuses_and_the_tick_enqueues_it_later(

@@ -17,9 +17,11 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.webhook_server import WebhookIntake, create_app, uvicorn_config
+from pipeline.webhook_server import WebhookIntake, create_app, signature_header, uvicorn_config
+from storage.models import WebhookEvent
 from tests.support.webhook_support import SHARED_SECRET, payment, post, serving
 
 #: Providers as an operator may configure them: ``awash`` has no secret at all.
@@ -135,3 +137,51 @@ def test_a_body_sent_in_pieces_within_the_deadline_is_taken(impatient_intake: st
         timeout=5,
     )
     assert answer.status_code == 401  # read whole, then refused for its signature (and its timestamp)
+
+
+# --- one signed request, one event, whatever path it is sent to ------------------------------------
+
+
+def signed_request(body: dict[str, Any], secret: str = SHARED_SECRET) -> tuple[bytes, dict[str, str]]:
+    """The exact bytes and headers a provider sent, as someone who saw them would replay them."""
+    raw = json.dumps(body).encode()
+    stamp = str(int(time.time()))
+    headers = {"X-Webhook-Timestamp": stamp, "X-Webhook-Signature": signature_header([secret], stamp, raw)}
+    return raw, headers
+
+
+def stored_events(sessions: sessionmaker[Session], event_id: str) -> list[tuple[str, str]]:
+    with sessions() as session:
+        statement = select(WebhookEvent.provider, WebhookEvent.event_id).where(WebhookEvent.event_id == event_id)
+        return sorted((provider, event) for provider, event in session.execute(statement))
+
+
+def test_a_signed_request_replayed_to_another_providers_path_is_409_and_stores_nothing(
+    intake: str, lite: sessionmaker[Session], enqueued: list[int]
+) -> None:
+    """Telebirr and CBE share PAYMENT_WEBHOOK_SECRET: Telebirr's signed request verifies on CBE's path too."""
+    body = payment("MN-1")
+    raw, headers = signed_request(body)
+
+    first = requests.post(f"{intake}/api/payments/webhook/telebirr", data=raw, headers=headers, timeout=5)
+    replayed = requests.post(f"{intake}/api/payments/webhook/cbe", data=raw, headers=headers, timeout=5)
+    again = requests.post(f"{intake}/api/payments/webhook/telebirr", data=raw, headers=headers, timeout=5)
+
+    assert first.status_code == 200 and first.json()["duplicate"] is False
+    assert answer(replayed) == (409, {"error": f"event {body['event_id']} was received from another provider"})
+    assert again.status_code == 200 and again.json()["duplicate"] is True  # the provider's own retry
+    assert stored_events(lite, body["event_id"]) == [("telebirr", body["event_id"])]
+    assert enqueued == [first.json()["id"]]
+
+
+def test_the_same_event_id_with_another_body_is_another_providers_event(
+    intake: str, lite: sessionmaker[Session]
+) -> None:
+    """Event ids are unique per provider: two providers may both number an event ``evt_1``."""
+    body = payment("MN-1")
+    other = {**body, "order_id": "MN-2"}
+
+    assert post(intake, body, provider="telebirr").status_code == 200
+    assert post(intake, other, provider="cbe").status_code == 200
+
+    assert stored_events(lite, body["event_id"]) == [("cbe", body["event_id"]), ("telebirr", body["event_id"])]
