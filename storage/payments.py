@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from storage import emails, inventory, orders, webhooks
 from storage.errors import MinaleshError, PermanentError, TransientError
-from storage.orders import OrderSnapshot
+from storage.orders import OrderSnapshot, PaymentStatus
 from storage.webhooks import EventData
 
 logger = logging.getLogger(__name__)
@@ -183,8 +183,9 @@ def apply_event(session: Session, event: EventData, *, email_lease: timedelta) -
 
     ``payment.succeeded``: the order is paid, its active reservations committed and
     the confirmation email queued. ``payment.failed``: the order's payment failed,
-    its reservations released and the payment-failed email queued. A paid order
-    stays paid (a late failure, a second success change nothing but the event).
+    its reservations released and the payment-failed email queued, unless the
+    order had failed already (``_is_news``). A paid order stays paid (a late
+    failure, a second success change nothing but the event).
     """
     if not webhooks.lock_unprocessed(session, event.id):
         return Applied(applied=False)
@@ -203,10 +204,21 @@ def apply_event(session: Session, event: EventData, *, email_lease: timedelta) -
         changed = orders.mark_payment_failed(session, order.id)
         released = inventory.release_order(session, order.id) if changed else 0
         logger.info("Order %s payment failed (%s); %d reservations released.", order.id, changed, released)
-    if changed:
+    if changed and _is_news(event, order):
         email_id = _queue_email(session, event, order, lease=email_lease)
     webhooks.mark_processed(session, event.id)
     return Applied(applied=True, email_id=email_id)
+
+
+def _is_news(event: EventData, order: OrderSnapshot) -> bool:
+    """Whether the customer has not been told this already.
+
+    A payment failure is told once per order: a second failed event (a retry with
+    another card, a provider reporting it twice under two ids) finds the order
+    ``failed`` already, in the snapshot read under its row lock, so two failures
+    racing each other are told once too. A success after a failure is news.
+    """
+    return event.type != PAYMENT_FAILED or order.payment_status != PaymentStatus.FAILED.value
 
 
 def _check_amount(event: EventData, order: OrderSnapshot) -> None:

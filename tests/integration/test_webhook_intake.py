@@ -108,6 +108,27 @@ def test_payment_failed_releases_stock_and_emails_the_event_address(
     assert email.template == "payment_failed" and (email.template_data or {}).get("reason") == "card declined"
 
 
+def test_a_repeated_payment_failure_sends_one_payment_failed_email(
+    intake: str, sessions: sessionmaker[Session], fake_resend: FakeResend
+) -> None:
+    """A second failed event for the order (a retry with another card), and redeliveries, email nobody again."""
+    address = unique_address("failed-twice")
+    order_id = add_order(sessions, email=address)
+    first, second = payment(order_id, "payment.failed"), payment(order_id, "payment.failed", reason="again")
+
+    assert post(intake, first).status_code == 200
+    row = wait_for_event(sessions, "generic", first["event_id"], lambda r: r.status == "processed", what="first")
+    assert post(intake, second).status_code == 200
+    wait_for_event(sessions, "generic", second["event_id"], lambda r: r.status == "processed", what="second")
+    assert post(intake, second).json()["duplicate"] is True
+    process_webhook_event.fn(row.id)  # a stray redelivery of the first event's message
+
+    (email,) = emails_for(sessions, address)
+    assert email.template == "payment_failed" and (email.template_data or {}).get("reason") is None
+    wait_until(lambda: len(fake_resend.deliveries_to(address)) == 1, what="the one payment-failed email")
+    assert order(sessions, order_id)["payment_status"] == "failed"
+
+
 def test_a_late_failure_does_not_unpay_and_an_order_without_address_gets_no_email(
     intake: str, sessions: sessionmaker[Session]
 ) -> None:
