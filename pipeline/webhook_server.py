@@ -22,14 +22,15 @@ which providers are left without a secret).
 of their own share PAYMENT_WEBHOOK_SECRET, so a signed request verifies on each
 of their paths, and within the 300 s window anyone who saw it could send it to
 another path as a new event of that provider, stored and processed a second
-time. Binding the provider into what is signed would end
-that, but providers sign ``"{timestamp}.{body}"`` and cannot be asked to change.
-So ``storage.webhooks.store`` refuses an event whose event id is stored under
-another provider with the same payload, and the intake answers 409. It does not
-matter which path came first: whichever copy commits first is the event, on its
-path, and every other copy, replay or the provider's own retry on the other
-path, gets 409; the payment is applied once either way. The same event id with
-another payload is another provider's event (ids are unique per provider).
+time. Binding the provider into what is signed would end that, but providers
+sign ``"{timestamp}.{body}"`` and cannot be asked to change. So
+``storage.webhooks.store`` refuses an event whose event id is stored under
+another provider with the same payload, and the intake answers 409. Whichever
+copy commits first is the event, on its path (a replay that beats the original
+wins it); every other copy, the provider's own retries on the other path
+included, gets 409, and the payment is applied once either way. The same event
+id with another payload is another provider's event (ids are unique per
+provider).
 
 Providers time out after a few seconds, so the answer waits only for the row:
 the event's message is sent to RabbitMQ after the response (a background task).
@@ -96,8 +97,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 
 
-#: The key a provider without a secret is checked under, so that its refusal costs what any other
-#: does; the refusal does not rest on it (no secret never matches), a random key only makes sure.
+#: The key a request to a provider without a secret is checked under, so that refusing it takes
+#: the time any refusal takes. The refusal does not depend on it: without a secret nothing matches.
 _UNKNOWABLE_KEY = token_hex(32)
 
 

@@ -145,8 +145,9 @@ def store(
 
     ``ReplayedFromAnotherProvider`` if another provider's row has this event id
     and this very payload. Copies racing on several paths queue on an advisory
-    lock of the event id (PostgreSQL; SQLite writes one at a time anyway), so the
-    first to commit is the event and the others see it.
+    lock of the event id, so the first to commit is the event and the others see
+    it. That lock is PostgreSQL's: on the dev mode's SQLite, copies racing within
+    the same milliseconds may still both be stored.
     """
     _lock_event_id(session, event_id)
     stored_under = _same_event_elsewhere(
