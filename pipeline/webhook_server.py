@@ -3,16 +3,34 @@
 ``POST /api/payments/webhook/{provider}`` checks, in this order, each answer
 final: an unknown provider is 404; a body over 1 MiB is 413, refused while it is
 being read (a declared Content-Length over the limit is refused before reading);
+a body still incomplete 10 s after the headers is 408 and its connection closed;
 a bad, missing or stale signature is 401; a body that is not an event is 400.
 A good event is stored once per (provider, event_id) and answered 200 — a
-repeat too, without storing or processing it again.
+repeat too, without storing or processing it again. The same event sent to
+another provider's path is 409 (see below).
 
 The signature is the provider's HMAC-SHA256 of ``"{timestamp}.{raw body}"`` in
 ``X-Webhook-Signature: v1=<hex>`` (several ``v1=`` values, comma-separated, while
 a provider rotates its secret), with the unix seconds in ``X-Webhook-Timestamp``;
 a timestamp more than 300 s from this host's clock is a replay. The key is
 ``{PROVIDER}_WEBHOOK_SECRET``, or else PAYMENT_WEBHOOK_SECRET; a provider with
-neither is refused (401) rather than accepted unsigned.
+neither is refused (401) rather than accepted unsigned, with the very answer a
+bad signature gets (the server's log says which it was: a client must not learn
+which providers are left without a secret).
+
+**A request replayed to another provider's path.** Providers without a secret
+of their own share PAYMENT_WEBHOOK_SECRET, so a signed request verifies on each
+of their paths, and within the 300 s window anyone who saw it could send it to
+another path as a new event of that provider, stored and processed a second
+time. Binding the provider into what is signed would end that, but providers
+sign ``"{timestamp}.{body}"`` and cannot be asked to change. So
+``storage.webhooks.store`` refuses an event whose event id is stored under
+another provider with the same payload, and the intake answers 409. Whichever
+copy commits first is the event, on its path (a replay that beats the original
+wins it); every other copy, the provider's own retries on the other path
+included, gets 409, and the payment is applied once either way. The same event
+id with another payload is another provider's event (ids are unique per
+provider).
 
 Providers time out after a few seconds, so the answer waits only for the row:
 the event's message is sent to RabbitMQ after the response (a background task).
@@ -21,16 +39,21 @@ If that send fails, the event stays ``pending`` under its lease and the ticker's
 
 Starlette serves the app and uvicorn runs it: both are maintained by the
 encode team, uvicorn is the usual production ASGI server (h11 here, httptools
-when installed). The database work runs in Starlette's thread pool.
+when installed). The database work runs in Starlette's thread pool. A slow
+client is bounded by the body deadline and by uvicorn's keep-alive timeout
+between requests; uvicorn sets no deadline on the request headers, which is the
+job of the TLS-terminating proxy in front (nginx's ``client_header_timeout``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
 import time
 from collections.abc import Callable, Mapping
+from secrets import token_hex
 from typing import Any, Optional
 
 import uvicorn
@@ -56,6 +79,12 @@ logger = logging.getLogger(__name__)
 WEBHOOK_PATH = "/api/payments/webhook/{provider}"
 #: Larger bodies are refused with 413 (1 MiB).
 MAX_BODY_BYTES = 1024 * 1024
+#: The whole body must arrive within this many seconds of the headers, else 408 and the connection
+#: is closed: a client trickling bytes (slow loris) holds a connection no longer. 1 MiB in 10 s is
+#: 100 KB/s; providers send a few hundred bytes from their servers.
+BODY_TIMEOUT_SECONDS = 10.0
+#: uvicorn closes a keep-alive connection idle for this long (its default, stated here on purpose).
+KEEP_ALIVE_SECONDS = 5
 #: A signature timestamp further than this from now (either way) is refused as a replay.
 TIMESTAMP_TOLERANCE_SECONDS = 300
 #: The headers a provider signs with.
@@ -68,12 +97,21 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 
 
+#: The key a request to a provider without a secret is checked under, so that refusing it takes
+#: the time any refusal takes. The refusal does not depend on it: without a secret nothing matches.
+_UNKNOWABLE_KEY = token_hex(32)
+
+
 class SignatureRejected(MinaleshError):
     """The request is not signed by the provider (the reason is safe to log and to answer)."""
 
 
 class BodyTooLarge(MinaleshError):
     """The body is larger than ``MAX_BODY_BYTES``."""
+
+
+class BodyTooSlow(MinaleshError):
+    """The body did not arrive within the intake's deadline (``BODY_TIMEOUT_SECONDS``)."""
 
 
 # --- signatures: pure functions ------------------------------------------------------
@@ -113,9 +151,11 @@ def verify_signature(
 
     Every candidate is compared with ``hmac.compare_digest`` (constant time), and
     all of them are compared, so the answer's timing tells nothing of which was close.
+    Without a ``secret`` the request goes through the same checks and the same
+    computation, under a key nobody knows, and fails as a signature that does not
+    match: whether a provider has a secret is the server's business (the caller
+    logs it), not the client's.
     """
-    if not secret:
-        raise SignatureRejected("no webhook secret is configured for this provider")
     if not timestamp or not signature:
         raise SignatureRejected(f"{TIMESTAMP_HEADER} and {SIGNATURE_HEADER} are required")
     stamp = timestamp.strip()
@@ -126,27 +166,38 @@ def verify_signature(
     candidates = parse_signatures(signature)
     if not candidates:
         raise SignatureRejected(f"{SIGNATURE_HEADER} has no {SIGNATURE_SCHEME}= value")
-    expected = compute_signature(secret, stamp, body).encode("ascii")
+    expected = compute_signature(secret or _UNKNOWABLE_KEY, stamp, body).encode("ascii")
     matched = False
     for candidate in candidates:
         matched |= hmac.compare_digest(expected, candidate.encode("utf-8"))
-    if not matched:
+    if not matched or not secret:
         raise SignatureRejected("signature does not match")
 
 
 # --- the app --------------------------------------------------------------------------
 
 
-async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The body, refused as soon as it is known to exceed ``limit`` bytes."""
+async def read_body(
+    request: Request, limit: int = MAX_BODY_BYTES, timeout: float = BODY_TIMEOUT_SECONDS
+) -> bytes:
+    """The body, refused as soon as it is known to exceed ``limit`` bytes or ``timeout`` seconds.
+
+    The deadline is on the whole body, not between chunks: a client sending one
+    byte a second never waits long between chunks, and would hold the connection
+    (and this coroutine) for as long as it likes.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.strip().isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"body of {declared} bytes is over {limit}")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise BodyTooLarge(f"body is over {limit} bytes")
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise BodyTooLarge(f"body is over {limit} bytes")
+    except TimeoutError:
+        raise BodyTooSlow(f"the body did not arrive within {timeout:g} s") from None
     return bytes(body)
 
 
@@ -161,32 +212,46 @@ class WebhookIntake:
         enqueue: Callable[[int], Any],
         lease_minutes: float,
         clock: Callable[[], float] = time.time,
+        body_timeout: float = BODY_TIMEOUT_SECONDS,
     ) -> None:
         self.secrets = dict(secrets)
         self.sessions = sessions
         self.enqueue = enqueue
         self.lease = minutes(lease_minutes)
         self.clock = clock
+        self.body_timeout = body_timeout
 
     async def handle(self, request: Request) -> JSONResponse:
         provider = str(request.path_params["provider"]).lower()
         if provider not in PAYMENT_PROVIDERS:
             return _error(404, f"unknown provider; known: {', '.join(PAYMENT_PROVIDERS)}")
         try:
-            body = await read_body(request)
+            body = await read_body(request, timeout=self.body_timeout)
         except BodyTooLarge as exc:
             return _error(413, str(exc))
+        except BodyTooSlow as exc:
+            logger.warning("Cut off a %s webhook from %s: %s.", provider, _client(request), exc)
+            # The rest of the body may still come: the connection is closed rather than kept alive.
+            return _error(408, str(exc), headers={"Connection": "close"})
+        secret = self.secrets.get(provider)
         try:
             verify_signature(
-                secret=self.secrets.get(provider),
+                secret=secret,
                 timestamp=request.headers.get(TIMESTAMP_HEADER),
                 signature=request.headers.get(SIGNATURE_HEADER),
                 body=body,
                 now=self.clock(),
             )
         except SignatureRejected as exc:
-            level = logging.ERROR if self.secrets.get(provider) is None else logging.WARNING
-            logger.log(level, "Refused a %s webhook from %s: %s.", provider, _client(request), exc)
+            if secret:
+                logger.warning("Refused a %s webhook from %s: %s.", provider, _client(request), exc)
+            else:
+                logger.error(
+                    "Refused a %s webhook from %s: no %s_WEBHOOK_SECRET nor PAYMENT_WEBHOOK_SECRET is configured.",
+                    provider,
+                    _client(request),
+                    provider.upper(),
+                )
             return _error(401, f"invalid signature: {exc}")
         try:
             event = parse_event(body)
@@ -194,6 +259,9 @@ class WebhookIntake:
             return _error(400, str(exc))
         try:
             stored = await run_in_threadpool(self._store, provider, event)
+        except webhooks.ReplayedFromAnotherProvider as exc:
+            logger.warning("Refused a %s webhook from %s as a replay: %s.", provider, _client(request), exc)
+            return _error(409, f"event {event.event_id} was received from another provider")
         except Exception:
             logger.exception("Could not store %s webhook event %s.", provider, event.event_id)
             return _error(503, "could not store the event now; send it again later")
@@ -228,8 +296,8 @@ class WebhookIntake:
             logger.exception("Could not enqueue webhook event %s; retry_webhooks will once its lease ends.", row_id)
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error(status: int, message: str, headers: Optional[Mapping[str, str]] = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def _client(request: Request) -> str:
@@ -265,14 +333,20 @@ def app_for(current: Runtime) -> Starlette:
 
 def server_config(current: Runtime, *, host: str, port: int) -> uvicorn.Config:
     """uvicorn's configuration for ``app_for(current)``; tests build their server from it."""
+    return uvicorn_config(app_for(current), host=host, port=port)
+
+
+def uvicorn_config(app: Starlette, *, host: str, port: int) -> uvicorn.Config:
+    """uvicorn's options for the intake ``app``, whatever it is wired to."""
     return uvicorn.Config(
-        app_for(current),
+        app,
         host=host,
         port=port,
         http="auto",
         ws="none",
         lifespan="off",
         log_config=None,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=10,
     )
 

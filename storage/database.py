@@ -3,11 +3,15 @@
 Platforms hand out ``postgres://`` or ``postgresql://`` URLs. SQLAlchemy 2.1 maps a
 bare ``postgresql://`` to psycopg 3, which we do not ship, so both spellings are
 pinned to psycopg2 here, the one place URLs are turned into engines.
+
+A URL carries its password, so a URL is never shown as it is: ``mask_password``
+gives the text that error messages and reprs print instead.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 
 from sqlalchemy import Engine, create_engine, event
@@ -21,6 +25,12 @@ from storage.errors import InvalidDatabaseUrl
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/minalesh"
 
 _POSTGRES_SCHEMES = {"postgres", "postgresql"}
+#: What a password is shown as: SQLAlchemy's own mask.
+PASSWORD_MASK = "***"
+#: Where an address of a URL starts: ``scheme://`` at the start or after a ``;``.
+_ADDRESS_START = re.compile(r"(?:^|;)\s*[A-Za-z][A-Za-z0-9+.-]*://")
+#: A ``password=`` query parameter (libpq accepts the password there too).
+_QUERY_PASSWORD = re.compile(r"(?i)([?&;]password=)[^&;#]*")
 
 
 def database_url_from_env() -> str:
@@ -32,12 +42,45 @@ def database_url_from_env() -> str:
     return os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
 
 
+def mask_password(url: str) -> str:
+    """``url`` fit to print: every password in it replaced by ``***``, whether the URL is valid or not.
+
+    It reads the text rather than a parsed URL because the URLs that end up in error
+    messages are the mistyped ones, which no parser accepts. An address starts at the
+    start of the text, or after a ``scheme://`` there or after a ``;`` (a broker URL
+    lists its nodes so); its user part runs to the last ``@`` before the next address,
+    and everything after that part's first ``:`` is masked, so a password holding
+    ``@``, ``:``, ``/`` or ``;`` is masked whole. When in doubt it masks too much (an
+    ``@`` further on), never too little.
+    """
+    spans = [(match.start(), match.end()) for match in _ADDRESS_START.finditer(url)]
+    if not spans or spans[0][0] > 0:
+        spans.insert(0, (0, 0))  # text before the first scheme is an address of its own
+    ends = [begin for begin, _ in spans[1:]] + [len(url)]
+    masked, done = [], 0
+    for (_, start), end in zip(spans, ends, strict=True):
+        at = url.rfind("@", start, end)
+        colon = url.find(":", start, at) if at >= 0 else -1
+        if colon < 0:
+            continue
+        masked.append(url[done : colon + 1] + PASSWORD_MASK)
+        done = at
+    masked.append(url[done:])
+    return _QUERY_PASSWORD.sub(rf"\g<1>{PASSWORD_MASK}", "".join(masked))
+
+
 def normalize_url(url: str) -> str:
-    """Return ``url`` with PostgreSQL schemes pinned to the psycopg2 driver."""
+    """Return ``url`` with PostgreSQL schemes pinned to the psycopg2 driver.
+
+    SQLAlchemy's own parse errors quote the whole URL (or its bad port), so they are
+    replaced by one that shows the URL with its password masked.
+    """
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
-        raise InvalidDatabaseUrl(f"DATABASE_URL is not a database URL: {exc}") from None
+    except (ArgumentError, ValueError):
+        raise InvalidDatabaseUrl(
+            f"not a database URL such as postgresql://user:password@host:5432/name: {mask_password(url)!r}"
+        ) from None
     if parsed.drivername in _POSTGRES_SCHEMES:
         parsed = parsed.set(drivername="postgresql+psycopg2")
     return parsed.render_as_string(hide_password=False)

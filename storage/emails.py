@@ -41,7 +41,8 @@ class EmailMessage:
     html: Optional[str]
     text: Optional[str]
     template: Optional[str]
-    template_data: Optional[dict[str, Any]]
+    #: As stored, so any JSON a host's SQL wrote; rendering accepts only an object (or None).
+    template_data: Any
     retry_count: int
     attempts: int
     created_at: datetime
@@ -126,7 +127,7 @@ def enqueue(
     caller is about to send its message itself (so the email must be due), and the
     lease hands it to the next fan-out should that message never be sent.
     """
-    _validate(recipient, subject, html, text, template)
+    _validate(recipient, subject, html, text, template, template_data)
     now = utcnow()
     claimed = claim_for is not None
     row = EmailQueue(
@@ -148,7 +149,7 @@ def enqueue(
 
 
 def _validate(
-    recipient: str, subject: str, html: Optional[str], text: Optional[str], template: Optional[str]
+    recipient: str, subject: str, html: Optional[str], text: Optional[str], template: Optional[str], data: object
 ) -> None:
     if "@" not in (recipient or ""):
         raise InvalidEmail(f"recipient {recipient!r} is not an email address")
@@ -156,6 +157,8 @@ def _validate(
         raise InvalidEmail("subject is empty")
     if html is None and text is None and template is None:
         raise InvalidEmail("an email needs html, text or a template")
+    if data is not None and not isinstance(data, dict):
+        raise InvalidEmail(f"template_data must be a dict of the template's variables, not {type(data).__name__}")
 
 
 def mark_sent(session: Session, email_id: int, provider_message_id: Optional[str]) -> bool:

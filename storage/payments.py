@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from storage import emails, inventory, orders, webhooks
 from storage.errors import MinaleshError, PermanentError, TransientError
-from storage.orders import OrderSnapshot
+from storage.orders import OrderSnapshot, PaymentStatus
 from storage.webhooks import EventData
 
 logger = logging.getLogger(__name__)
@@ -79,6 +79,11 @@ def parse_event(body: bytes) -> IncomingEvent:
         raise InvalidEvent(f"body is not JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise InvalidEvent("body must be a JSON object")
+    unstorable = _unstorable_text(payload)
+    if unstorable is not None:
+        raise InvalidEvent(
+            f"{unstorable} holds \\u0000 or an unpaired surrogate (\\ud800-\\udfff), which cannot be stored"
+        )
     missing = [name for name in REQUIRED_FIELDS if payload.get(name) in (None, "")]
     if missing:
         raise InvalidEvent(f"missing fields: {', '.join(missing)}")
@@ -106,6 +111,43 @@ def parse_amount(value: Any) -> Decimal:
     if not amount.is_finite() or amount < 0 or (isinstance(value, float) and not math.isfinite(value)):
         raise InvalidEvent("amount must be a finite number, 0 or more")
     return amount
+
+
+def _unstorable_text(payload: dict[str, Any]) -> Optional[str]:
+    """Where ``payload`` holds text PostgreSQL cannot store, or None.
+
+    JSON may escape any code point, so the parser takes ``"\\u0000"`` and a lone
+    ``"\\ud800"``; PostgreSQL's ``text`` has no NUL and its ``jsonb`` refuses the
+    escape, and an unpaired surrogate is not UTF-8 at all. Such a body is refused
+    here, as a 400 naming the field, rather than by the database as a 503 that
+    every retry of the provider would meet again. A key is named as ``a key in
+    PATH``, a value by its path (``extra.items[2]``).
+    """
+    pending: list[tuple[str, Any]] = [("", payload)]
+    while pending:
+        path, value = pending.pop()
+        if isinstance(value, str):
+            if not _storable(value):
+                return path
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if not _storable(key):
+                    return f"a key in {path}" if path else "a key"
+                pending.append((f"{path}.{key}" if path else key, item))
+        elif isinstance(value, list):
+            pending.extend((f"{path}[{index}]", item) for index, item in enumerate(value))
+    return None
+
+
+def _storable(text: str) -> bool:
+    """No NUL, and valid UTF-8 (a str holding a surrogate code point does not encode)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _no_constants(name: str) -> None:
@@ -146,8 +188,9 @@ def apply_event(session: Session, event: EventData, *, email_lease: timedelta) -
     and the confirmation email queued; if that stock is gone the payment is recorded
     all the same and the order flagged (``orders.stock_shortfall``, ``stock_short``).
     ``payment.failed``: the order's payment failed, its reservations released and
-    the payment-failed email queued. A paid order stays paid (a late failure, a
-    second success change nothing but the event).
+    the payment-failed email queued, unless the order had failed already
+    (``_is_news``). A paid order stays paid (a late failure, a second success change
+    nothing but the event).
     """
     if not webhooks.lock_unprocessed(session, event.id):
         return Applied(applied=False)
@@ -177,10 +220,21 @@ def apply_event(session: Session, event: EventData, *, email_lease: timedelta) -
         changed = orders.mark_payment_failed(session, order.id)
         released = inventory.release_order(session, order.id) if changed else 0
         logger.info("Order %s payment failed (%s); %d reservations released.", order.id, changed, released)
-    if changed:
+    if changed and _is_news(event, order):
         email_id = _queue_email(session, event, order, lease=email_lease)
     webhooks.mark_processed(session, event.id)
     return Applied(applied=True, email_id=email_id, stock_short=stock_short)
+
+
+def _is_news(event: EventData, order: OrderSnapshot) -> bool:
+    """Whether the customer has not been told this already.
+
+    A payment failure is told once per order: a second failed event (a retry with
+    another card, a provider reporting it twice under two ids) finds the order
+    ``failed`` already, in the snapshot read under its row lock, so two failures
+    racing each other are told once too. A success after a failure is news.
+    """
+    return event.type != PAYMENT_FAILED or order.payment_status != PaymentStatus.FAILED.value
 
 
 def _check_amount(event: EventData, order: OrderSnapshot) -> None:

@@ -11,6 +11,11 @@ intake's message, a running attempt, or a retry message waiting in RabbitMQ each
 hold it (the last until ``next_retry_at`` plus the lease). Once it runs out the
 event's message is taken as lost and the next claim hands it to the ticker. The
 statements of that lifecycle are ``storage.leases``'s, run on ``TABLE``.
+
+An event is stored once per (provider, event_id), and an event already stored
+under another provider with the same payload is refused: providers that share a
+secret verify each other's signed requests, so that is a replay of one request
+to another path, not a second event (``store``).
 """
 
 from __future__ import annotations
@@ -19,12 +24,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
-from sqlalchemy import and_, false, func, or_, select, true, update
+from sqlalchemy import and_, false, func, or_, select, text, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from storage.clock import utcnow
-from storage.errors import StorageError
+from storage.errors import MinaleshError, StorageError
 from storage.leases import LeasedTable
 from storage.models import WebhookEvent, WebhookStatus
 
@@ -99,6 +104,21 @@ TABLE: LeasedTable[EventData] = LeasedTable(
 )
 
 
+#: The first key of the advisory locks ``store`` takes per event id (the second is the id's hash);
+#: two-key locks never meet the migrations' one-key lock.
+EVENT_LOCK_SPACE = 746_271_002
+
+
+class ReplayedFromAnotherProvider(MinaleshError):
+    """The same event (event id and payload) is stored under another provider: this is a replay of its request."""
+
+    def __init__(self, *, event_id: str, provider: str, stored_under: str) -> None:
+        super().__init__(f"event {event_id} for {provider} is stored under {stored_under} already")
+        self.event_id = event_id
+        self.provider = provider
+        self.stored_under = stored_under
+
+
 @dataclass(frozen=True)
 class Stored:
     """The row an incoming event is kept in, and whether this call created it."""
@@ -122,7 +142,19 @@ def store(
     ``INSERT ... ON CONFLICT DO NOTHING`` makes two deliveries racing each other
     store one row. The new row is leased for ``lease``: the intake's own message
     should start it by then, and if it never does, the ticker will.
+
+    ``ReplayedFromAnotherProvider`` if another provider's row has this event id
+    and this very payload. Copies racing on several paths queue on an advisory
+    lock of the event id, so the first to commit is the event and the others see
+    it. That lock is PostgreSQL's: on the dev mode's SQLite, copies racing within
+    the same milliseconds may still both be stored.
     """
+    _lock_event_id(session, event_id)
+    stored_under = _same_event_elsewhere(
+        session, provider=provider, event_id=event_id, payload=payload, order_id=order_id
+    )
+    if stored_under is not None:
+        raise ReplayedFromAnotherProvider(event_id=event_id, provider=provider, stored_under=stored_under)
     now = utcnow()
     values = {
         "provider": provider,
@@ -151,6 +183,33 @@ def store(
     if existing is None:
         raise StorageError(f"webhook event {provider}/{event_id} conflicted but is not there")
     return Stored(int(existing), False)
+
+
+def _lock_event_id(session: Session, event_id: str) -> None:
+    """Hold, until the transaction ends, the advisory lock of ``event_id`` (PostgreSQL only)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(:space, hashtext(:event_id))"),
+            {"space": EVENT_LOCK_SPACE, "event_id": event_id},
+        )
+
+
+def _same_event_elsewhere(
+    session: Session, *, provider: str, event_id: str, payload: dict[str, Any], order_id: Optional[str]
+) -> Optional[str]:
+    """The other provider under which this event id is stored with this payload, or None.
+
+    The payloads are compared as decoded JSON, so the stored ``jsonb`` (which keeps
+    neither spacing nor key order) matches the body it came from. The order id
+    narrows the look-up to the order's few events, on its index.
+    """
+    statement = select(WebhookEvent.provider, WebhookEvent.payload).where(
+        WebhookEvent.order_id == order_id, WebhookEvent.event_id == event_id, WebhookEvent.provider != provider
+    )
+    for other, stored in session.execute(statement):
+        if stored == payload:
+            return str(other)
+    return None
 
 
 def lock_unprocessed(session: Session, event_row_id: int) -> bool:

@@ -3,6 +3,11 @@
 A bad value fails at start-up with a message that names the variable, rather
 than at the first email an hour later. Durations are minutes and accept
 fractions (0.01 = 0.6 s) so tests can run the real schedule quickly.
+
+Secrets are never printed: a ``secret`` setting is left out of the repr and its
+value out of error messages; the URLs, which carry passwords, are shown through
+``mask_password`` in both (``postgresql://app:***@db/shop``), and their parsers'
+messages never quote them.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from urllib.parse import urlsplit
 from periodiq import cron
 
 from pipeline.core.errors import ConfigError
-from storage.database import DEFAULT_DATABASE_URL, normalize_url
+from storage.database import DEFAULT_DATABASE_URL, mask_password, normalize_url
 from storage.errors import InvalidDatabaseUrl
 
 T = TypeVar("T")
@@ -30,6 +35,8 @@ DEFAULT_RESEND_API_URL = "https://api.resend.com"
 DEFAULT_EMAIL_RATE_LIMIT = 1.8
 #: Resend's batch endpoint takes at most this many emails in one request.
 MAX_PER_REQUEST = 100
+#: RabbitMQ's default ``consumer_timeout``: a consumer holding a delivery longer is cancelled.
+DEFAULT_CONSUMER_TIMEOUT_MINUTES = 30.0
 #: The payment providers that may call the webhook intake; each may have ``{NAME}_WEBHOOK_SECRET``.
 PAYMENT_PROVIDERS = ("telebirr", "cbe", "awash", "generic")
 
@@ -37,14 +44,27 @@ PAYMENT_PROVIDERS = ("telebirr", "cbe", "awash", "generic")
 def _database_url(raw: str) -> str:
     try:
         normalize_url(raw)
-    except InvalidDatabaseUrl as exc:
-        raise ValueError(str(exc)) from None
+    except InvalidDatabaseUrl:
+        raise ValueError("expected a URL such as postgresql://user:password@host:5432/name") from None
     return raw
 
 
 def _amqp_url(raw: str) -> str:
-    if not raw.startswith(("amqp://", "amqps://")):
-        raise ValueError("expected an amqp:// or amqps:// URL")
+    """One ``amqp://`` or ``amqps://`` URL, or several separated by ``;`` (the nodes of a cluster).
+
+    The port is checked here, where the error can mask the URL, rather than by pika at
+    bootstrap; the messages never quote the URL.
+    """
+    for node in raw.split(";"):
+        parsed = urlsplit(node.strip())
+        if parsed.scheme not in ("amqp", "amqps"):
+            raise ValueError("expected amqp:// or amqps:// URLs (a cluster's nodes separated by ';')")
+        try:
+            valid_port = parsed.port is None or parsed.port > 0
+        except ValueError:  # urllib's message quotes the port, which may be a misplaced password
+            valid_port = False
+        if not valid_port:
+            raise ValueError("a port is not a number from 1 to 65535")
     return raw
 
 
@@ -150,9 +170,25 @@ def _log_level(raw: str) -> str:
     return level
 
 
-def setting(variable: str, parse: Callable[[str], Any], default: Any = None, *, secret: bool = False) -> Any:
-    """A field of ``Settings`` read from ``variable`` with ``parse``; ``secret`` keeps it out of the repr."""
-    return field(default=default, repr=not secret, metadata={"variable": variable, "parse": parse})
+def _hidden(_raw: str) -> str:
+    return "(value not shown)"
+
+
+def setting(
+    variable: str,
+    parse: Callable[[str], Any],
+    default: Any = None,
+    *,
+    secret: bool = False,
+    shown: Callable[[str], str] = str,
+) -> Any:
+    """A field of ``Settings`` read from ``variable`` with ``parse``.
+
+    ``secret`` keeps it out of the repr and its value out of error messages;
+    ``shown`` is how its text is printed otherwise (``mask_password`` for URLs).
+    """
+    show = _hidden if secret else shown
+    return field(default=default, repr=not secret, metadata={"variable": variable, "parse": parse, "shown": show})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -164,12 +200,12 @@ class RetryPolicy:
     max_delay_minutes: float
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, repr=False)
 class Settings:
     """Every variable, its parser and its default, declared once; ``from_env`` reads them all."""
 
-    database_url: str = setting("DATABASE_URL", _database_url, DEFAULT_DATABASE_URL)
-    broker_url: str = setting("BROKER_URL", _amqp_url, DEFAULT_BROKER_URL)
+    database_url: str = setting("DATABASE_URL", _database_url, DEFAULT_DATABASE_URL, shown=mask_password)
+    broker_url: str = setting("BROKER_URL", _amqp_url, DEFAULT_BROKER_URL, shown=mask_password)
     resend_api_key: Optional[str] = setting("RESEND_API_KEY", str, secret=True)
     resend_api_url: str = setting("RESEND_API_URL", _http_url, DEFAULT_RESEND_API_URL)
     email_from: str = setting("EMAIL_FROM", _sender, "Minalesh <no-reply@minalesh.local>")
@@ -191,8 +227,13 @@ class Settings:
     #: transaction-pooling PgBouncer); false: only the cron tick picks emails up.
     email_listen: bool = setting("EMAIL_LISTEN", _boolean, True)
     email_outbox_dir: str = setting("EMAIL_OUTBOX_DIR", str, "outbox")
-    #: Longest a worker holds a delayed message; keep well below RabbitMQ's ``consumer_timeout``.
+    #: Longest a worker holds a delayed message; must be below RabbitMQ's ``consumer_timeout``.
     broker_max_hold_minutes: float = setting("BROKER_MAX_HOLD_MINUTES", _positive_minutes, 10.0)
+    #: RabbitMQ's ``consumer_timeout``, for the check of ``broker_max_hold_minutes``: set it
+    #: where the broker's own was raised (``rabbitmq.conf``), never above it.
+    broker_consumer_timeout_minutes: float = setting(
+        "BROKER_CONSUMER_TIMEOUT_MINUTES", _positive_minutes, DEFAULT_CONSUMER_TIMEOUT_MINUTES
+    )
     reservation_schedule: str = setting("RESERVATION_SCHEDULE", _cron, "*/5 * * * *")
     reservation_batch_size: int = setting("RESERVATION_BATCH_SIZE", _positive_count, 500)
     log_level: str = setting("LOG_LEVEL", _log_level, "INFO")
@@ -245,6 +286,17 @@ class Settings:
             max_delay_minutes=self.webhook_max_retry_delay_minutes,
         )
 
+    def __repr__(self) -> str:
+        """Every field but the secrets, each shown as its setting says (URLs with their passwords masked)."""
+        shown = []
+        for spec in fields(self):
+            if not spec.repr:
+                continue
+            value = getattr(self, spec.name)
+            show = spec.metadata.get("shown", str)
+            shown.append(f"{spec.name}={show(value)!r}" if isinstance(value, str) else f"{spec.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
+
     def webhook_secret(self, provider: str) -> Optional[str]:
         """``{PROVIDER}_WEBHOOK_SECRET``, or else PAYMENT_WEBHOOK_SECRET, or None."""
         return dict(self.provider_webhook_secrets).get(provider, self.payment_webhook_secret)
@@ -255,29 +307,37 @@ class Settings:
         values: dict[str, Any] = {}
         for spec in fields(cls):
             if "variable" in spec.metadata:
-                values[spec.name] = _read(environ, spec.metadata["variable"], spec.metadata["parse"], spec.default)
+                values[spec.name] = _read(
+                    environ, spec.metadata["variable"], spec.metadata["parse"], spec.default, spec.metadata["shown"]
+                )
         values["provider_webhook_secrets"] = tuple(
             (provider, secret)
             for provider in PAYMENT_PROVIDERS
-            if (secret := _read(environ, f"{provider.upper()}_WEBHOOK_SECRET", str, None)) is not None
+            if (secret := _read(environ, f"{provider.upper()}_WEBHOOK_SECRET", str, None, _hidden)) is not None
         )
         settings = cls(**values)
         _check_delays(settings.email_retries, "EMAIL_MAX_RETRY_DELAY_MINUTES", "EMAIL_RETRY_DELAY_MINUTES")
         _check_delays(
             settings.webhook_retries, "WEBHOOK_MAX_RETRY_DELAY_MINUTES", "WEBHOOK_INITIAL_RETRY_DELAY_MINUTES"
         )
+        _check_hold(settings)
         return settings
 
 
-def _read(environ: Mapping[str, str], name: str, parse: Callable[[str], T], default: T) -> T:
-    """One variable through its parser, or ``default`` when unset; errors name the variable."""
+def _read(
+    environ: Mapping[str, str], name: str, parse: Callable[[str], T], default: T, shown: Callable[[str], str]
+) -> T:
+    """One variable through its parser, or ``default`` when unset; errors name the variable.
+
+    The value in an error is ``shown(raw)``: a secret's is not shown, a URL's password is masked.
+    """
     raw = environ.get(name, "").strip()
     if not raw:
         return default
     try:
         return parse(raw)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{name}={raw!r} is invalid: {exc}") from None
+        raise ConfigError(f"{name}={shown(raw)!r} is invalid: {exc}") from None
 
 
 def _check_delays(policy: RetryPolicy, cap_variable: str, delay_variable: str) -> None:
@@ -285,4 +345,19 @@ def _check_delays(policy: RetryPolicy, cap_variable: str, delay_variable: str) -
         raise ConfigError(
             f"{cap_variable} must not be below {delay_variable} "
             f"({policy.max_delay_minutes} < {policy.delay_minutes})"
+        )
+
+
+def _check_hold(settings: Settings) -> None:
+    """A delayed message held until RabbitMQ's ``consumer_timeout`` gets the worker's consumer cancelled.
+
+    RabbitMQ then closes the channel and requeues every unacked message of it, so
+    the hold that was meant to keep long delays cheap would redeliver all of them
+    each time. The hold must end before the timeout does.
+    """
+    hold, timeout = settings.broker_max_hold_minutes, settings.broker_consumer_timeout_minutes
+    if hold >= timeout:
+        raise ConfigError(
+            "BROKER_MAX_HOLD_MINUTES must be below BROKER_CONSUMER_TIMEOUT_MINUTES, RabbitMQ's consumer_timeout "
+            f"({DEFAULT_CONSUMER_TIMEOUT_MINUTES:g} minutes by default): {hold:g} >= {timeout:g}"
         )

@@ -83,6 +83,31 @@ def test_template_is_rendered_with_its_data(sessions: sessionmaker[Session], fak
     assert "MN-77" in (delivery.html or "") and "99.50 ETB" in (delivery.text or "")
 
 
+def test_template_data_that_is_not_an_object_fails_at_once_naming_the_problem(
+    sessions: sessionmaker[Session], fake_resend: FakeResend
+) -> None:
+    """The host's SQL stored a JSON array: the email fails on its first attempt, never retried, never sent."""
+    address = unique_address("array-data")
+    email_id = add_email(
+        sessions,
+        address,
+        subject="Payment for order {{ order_id }} failed",
+        html=None,
+        template="payment_failed",
+        template_data='[{"order_id": "MN-1"}]',
+    )
+
+    send_email.send(email_id)
+    row = wait_for_status(sessions, email_id, "failed")
+    (dead,) = wait_until(lambda: dead_letters_for(sessions, email_id), what="the dead letter")
+
+    assert (row.attempts, row.retry_count) == (1, 0)
+    assert row.last_error == (
+        "TemplateFailed: template_data must be a JSON object of the template's variables, not an array"
+    )
+    assert dead.error == row.last_error and fake_resend.attempts_for(address) == 0
+
+
 def test_permanent_error_fails_after_one_attempt_into_dead_letters(
     sessions: sessionmaker[Session], fake_resend: FakeResend
 ) -> None:

@@ -11,6 +11,7 @@ import json
 import statistics
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -34,6 +35,7 @@ from tests.support.webhook_support import (
     drain_tick,
     emails_for,
     event_row,
+    new_id,
     order,
     payment,
     post,
@@ -106,6 +108,27 @@ def test_payment_failed_releases_stock_and_emails_the_event_address(
     assert email.template == "payment_failed" and (email.template_data or {}).get("reason") == "card declined"
 
 
+def test_a_repeated_payment_failure_sends_one_payment_failed_email(
+    intake: str, sessions: sessionmaker[Session], fake_resend: FakeResend
+) -> None:
+    """A second failed event for the order (a retry with another card), and redeliveries, email nobody again."""
+    address = unique_address("failed-twice")
+    order_id = add_order(sessions, email=address)
+    first, second = payment(order_id, "payment.failed"), payment(order_id, "payment.failed", reason="again")
+
+    assert post(intake, first).status_code == 200
+    row = wait_for_event(sessions, "generic", first["event_id"], lambda r: r.status == "processed", what="first")
+    assert post(intake, second).status_code == 200
+    wait_for_event(sessions, "generic", second["event_id"], lambda r: r.status == "processed", what="second")
+    assert post(intake, second).json()["duplicate"] is True
+    process_webhook_event.fn(row.id)  # a stray redelivery of the first event's message
+
+    (email,) = emails_for(sessions, address)
+    assert email.template == "payment_failed" and (email.template_data or {}).get("reason") is None
+    wait_until(lambda: len(fake_resend.deliveries_to(address)) == 1, what="the one payment-failed email")
+    assert order(sessions, order_id)["payment_status"] == "failed"
+
+
 def test_a_late_failure_does_not_unpay_and_an_order_without_address_gets_no_email(
     intake: str, sessions: sessionmaker[Session]
 ) -> None:
@@ -151,6 +174,9 @@ def test_intake_answers_quickly(intake: str, sessions: sessionmaker[Session]) ->
 
 
 # --- intake: refusals -----------------------------------------------------------------
+
+#: The end of the 400 answer to text PostgreSQL cannot store.
+UNSTORABLE = "which cannot be stored"
 
 
 @pytest.mark.parametrize(
@@ -222,6 +248,30 @@ def test_signed_malformed_bodies_are_400(
     assert count_events(sessions, "e-bad-type") == 0
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("reason", "card\u0000declined"), ("customer_name", "\ud800"), ("event_id", "evt-nul\u0000")],
+    ids=["nul", "lone-surrogate", "nul-in-event-id"],
+)
+def test_text_postgresql_cannot_store_is_400_naming_it_never_503(
+    intake: str, sessions: sessionmaker[Session], field: str, value: str
+) -> None:
+    """The parser takes \\u0000 and lone surrogates; PostgreSQL does not: 503 would be refused on every retry."""
+    order_id = add_order(sessions)
+    body = {**payment(order_id, "payment.failed"), field: value}
+
+    answer = post(intake, body)
+
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"] == f"{field} holds \\u0000 or an unpaired surrogate (\\ud800-\\udfff), {UNSTORABLE}"
+    with sessions() as session:
+        stored = session.execute(text("SELECT COUNT(*) FROM webhook_events WHERE order_id = :o"), {"o": order_id})
+        assert stored.scalar_one() == 0
+    fixed = {**body, field: new_id("fine")}
+    assert post(intake, fixed).status_code == 200  # the provider's corrected event goes through
+    wait_for_event(sessions, "generic", fixed["event_id"], lambda r: r.status == "processed", what="processed")
+
+
 def test_bodies_over_one_mib_are_413_whether_declared_or_streamed(intake: str, sessions: sessionmaker[Session]) -> None:
     body = payment(add_order(sessions), padding="x" * MAX_BODY_BYTES)
     raw = json.dumps(body).encode()
@@ -266,7 +316,61 @@ def test_a_repeated_event_is_answered_200_stored_and_applied_once(intake: str, s
     assert count_events(sessions, body["event_id"]) == 1
     assert event_row(sessions, "generic", body["event_id"]).attempts == 1  # type: ignore[union-attr]
     assert len(emails_for(sessions, address)) == 1
-    assert post(intake, body, provider="awash").json()["duplicate"] is False  # unique per provider
+    another = {**body, "amount": "1.00"}  # unique per provider: Awash's event of the same id is another event
+    assert post(intake, another, provider="awash").json()["duplicate"] is False
+
+
+def signed_request(body: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+    """The exact bytes and headers of a provider's request, as someone who saw them would replay them."""
+    raw = json.dumps(body).encode()
+    stamp = str(int(time.time()))
+    return raw, {"X-Webhook-Timestamp": stamp, "X-Webhook-Signature": signature_header([SHARED_SECRET], stamp, raw)}
+
+
+def test_a_signed_request_replayed_to_other_providers_paths_makes_no_second_event(
+    intake: str, sessions: sessionmaker[Session]
+) -> None:
+    """CBE, Awash and generic share PAYMENT_WEBHOOK_SECRET: one's signed request verifies on the others' paths."""
+    address = unique_address("replayed")
+    order_id = add_order(sessions, email=address)
+    body = payment(order_id, "payment.failed")
+    raw, headers = signed_request(body)
+
+    answers = {
+        provider: requests.post(f"{intake}/api/payments/webhook/{provider}", data=raw, headers=headers, timeout=10)
+        for provider in ("cbe", "awash", "generic")
+    }
+
+    assert answers["cbe"].status_code == 200
+    for replayed in (answers["awash"], answers["generic"]):
+        assert replayed.status_code == 409
+        assert replayed.json() == {"error": f"event {body['event_id']} was received from another provider"}
+    assert count_events(sessions, body["event_id"]) == 1
+    wait_for_event(sessions, "cbe", body["event_id"], lambda r: r.status == "processed", what="processed")
+    assert len(emails_for(sessions, address)) == 1
+
+
+def test_replays_racing_the_original_on_every_path_store_one_event(
+    intake: str, sessions: sessionmaker[Session]
+) -> None:
+    """Simultaneous copies on three paths: the first to commit is the event, whichever path it took."""
+    body = payment(add_order(sessions))
+    raw, headers = signed_request(body)
+    paths = [provider for provider in ("cbe", "awash", "generic") for _ in range(4)]
+
+    def send(provider: str) -> tuple[str, int]:
+        url = f"{intake}/api/payments/webhook/{provider}"
+        return provider, requests.post(url, data=raw, headers=headers, timeout=10).status_code
+
+    with ThreadPoolExecutor(max_workers=len(paths)) as pool:
+        results = list(pool.map(send, paths))
+
+    with sessions() as session:
+        (stored,) = session.execute(
+            text("SELECT provider FROM webhook_events WHERE event_id = :e"), {"e": body["event_id"]}
+        ).scalars()
+    assert sorted(status for provider, status in results if provider == stored) == [200] * 4
+    assert [status for provider, status in results if provider != stored] == [409] * 8
 
 
 def test_intake_answers_200_when_rabbitmq_refuses_and_the_tick_enqueues_it_later(

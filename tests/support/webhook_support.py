@@ -35,9 +35,9 @@ MONITORING_QUERY = (
 
 
 @contextmanager
-def running_intake(runtime: Runtime) -> Iterator[str]:
-    """The real intake app under uvicorn in a thread, on a free port of 127.0.0.1; yields its URL."""
-    server = uvicorn.Server(server_config(runtime, host="127.0.0.1", port=0))
+def serving(config: uvicorn.Config) -> Iterator[str]:
+    """A uvicorn server of ``config`` (port 0: a free one) in a thread of this process; yields its URL."""
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="webhook-intake", daemon=True)
     thread.start()
     try:
@@ -46,6 +46,13 @@ def running_intake(runtime: Runtime) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+@contextmanager
+def running_intake(runtime: Runtime) -> Iterator[str]:
+    """The real intake app under uvicorn in a thread, on a free port of 127.0.0.1; yields its URL."""
+    with serving(server_config(runtime, host="127.0.0.1", port=0)) as url:
+        yield url
 
 
 def new_id(prefix: str) -> str:

@@ -5,9 +5,14 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.core.errors import PermanentError
 from pipeline.core.rendering import RenderedEmail, TemplateFailed, render, templates
+from storage import emails
+from storage.emails import InvalidEmail
+from storage.models import EmailQueue
 
 #: The least data each shipped template needs, and a value it must show.
 MINIMAL: dict[str, tuple[dict[str, Any], str]] = {
@@ -86,3 +91,75 @@ def test_a_template_that_cannot_render_fails_permanently_naming_the_problem(
         rendered(template, data, subject=subject)
     assert message in str(raised.value)
     assert isinstance(raised.value, PermanentError)  # never retried: the data will not fix itself
+
+
+# --- customer text: data, never code -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "{{ ''.__class__.__mro__ }}",
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "{{ cycler.__init__.__globals__.os }}",
+        "{{ self._TemplateReference__context }}",
+        "{{ 'x{0.__class__}'.format(order_id) }}",
+    ],
+    ids=["mro", "subclasses", "globals", "context", "format"],
+)
+def test_a_subject_cannot_reach_python_internals(subject: str) -> None:
+    """A host that templated customer text into the subject must not hand that customer the worker."""
+    with pytest.raises(TemplateFailed, match="is unsafe") as raised:
+        rendered("payment_failed", {"order_id": "MN-1"}, subject=subject)
+    assert isinstance(raised.value, PermanentError)
+
+
+def test_customer_text_in_template_data_is_shown_as_written_never_run() -> None:
+    name = "{{ ''.__class__.__mro__ }} {% for x in range(3) %}x{% endfor %}"
+
+    email = rendered("payment_failed", {"order_id": "MN-1", "customer_name": name}, subject="Hi {{ customer_name }}")
+
+    assert email.subject == f"Hi {name}"
+    assert f"Hello {name}," in (email.text or "")
+
+
+def test_a_runaway_subject_fails_permanently_rather_than_being_retried() -> None:
+    """The sandbox's own limits raise errors that are not Jinja's (an OverflowError here)."""
+    with pytest.raises(TemplateFailed, match="OverflowError: Range too big"):
+        rendered("payment_failed", {"order_id": "MN-1"}, subject="{{ range(100001) | length }}")
+
+
+@pytest.mark.parametrize(
+    ("data", "kind"),
+    [
+        ([["order_id", "MN-1"]], "an array"),
+        ([], "an array"),
+        ("order_id", "a string"),
+        ("", "a string"),
+        (7, "a number"),
+        (0, "a number"),
+        (2.5, "a number"),
+        (True, "a boolean"),
+        (False, "a boolean"),
+    ],
+)
+def test_template_data_that_is_not_a_json_object_fails_permanently_naming_the_problem(data: Any, kind: str) -> None:
+    """The host's SQL can store any JSON in ``template_data``; only an object can be a template's variables."""
+    with pytest.raises(TemplateFailed) as raised:
+        rendered("payment_failed", data)
+    assert str(raised.value) == f"template_data must be a JSON object of the template's variables, not {kind}"
+    assert isinstance(raised.value, PermanentError)
+
+
+def test_no_template_data_is_no_variables() -> None:
+    """SQL NULL (or JSON null) is not refused as data: the template then names what it misses."""
+    with pytest.raises(TemplateFailed, match="^template 'password_reset': 'reset_url' is undefined$"):
+        rendered("password_reset", None)
+
+
+def test_the_python_api_refuses_template_data_that_is_not_a_dict_before_storing(lite: sessionmaker[Session]) -> None:
+    """A Python host hears of it at once, in its own transaction, rather than from ``last_error`` later."""
+    with lite.begin() as session:
+        with pytest.raises(InvalidEmail, match="^template_data must be a dict of the template's variables, not list$"):
+            emails.enqueue(session, recipient="a@b.et", subject="S", template="payment_failed", template_data=[1])
+        assert session.scalar(select(func.count()).select_from(EmailQueue)) == 0

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from click.testing import CliRunner
 
+from pipeline.cli import main
 from pipeline.core.errors import ConfigError
 from pipeline.core.settings import Settings
-from storage.database import get_engine, normalize_url
+from storage.database import get_engine, mask_password, normalize_url
+from storage.errors import InvalidDatabaseUrl
 
 
 def test_defaults_match_the_documented_contract() -> None:
@@ -114,3 +117,102 @@ def test_only_the_known_providers_have_secrets_of_their_own() -> None:
     settings = Settings.from_env({"PAYPAL_WEBHOOK_SECRET": "pp", "TELEBIRR_WEBHOOK_SECRET": "tb"})
     assert settings.webhook_secret("telebirr") == "tb"
     assert settings.webhook_secret("paypal") is None and settings.webhook_secret("cbe") is None
+
+
+# --- secrets in URLs: masked wherever a URL is shown, kept whole for use ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "shown"),
+    [
+        (
+            "DATABASE_URL",
+            "postgresql://app:s3cr3t@db.example.com:notaport/shop",
+            "postgresql://app:***@db.example.com:notaport/shop",
+        ),
+        ("DATABASE_URL", "postgresql//app:s3cr3t@db/shop", "postgresql//app:***@db/shop"),
+        ("DATABASE_URL", "postgresql://app:s3:cr@3t@db:5432:5432/shop", "postgresql://app:***@db:5432:5432/shop"),
+        ("DATABASE_URL", "app:s3cr3t@db/shop", "app:***@db/shop"),
+        ("BROKER_URL", "amqp//guest:s3cr3t@mq:5672/%2F", "amqp//guest:***@mq:5672/%2F"),
+        ("BROKER_URL", "amqp://guest:s3cr3t@mq:notaport/%2F", "amqp://guest:***@mq:notaport/%2F"),
+        (
+            "BROKER_URL",
+            "amqp://guest:s3cr3t@mq1:5672/%2F;amqp://guest:s3cr3t@mq2:5672x/%2F",
+            "amqp://guest:***@mq1:5672/%2F;amqp://guest:***@mq2:5672x/%2F",
+        ),
+    ],
+    ids=["db-port", "db-scheme", "db-at-in-password", "db-no-scheme", "mq-scheme", "mq-port", "mq-second-node"],
+)
+def test_a_mistyped_url_is_refused_with_its_password_masked(name: str, value: str, shown: str) -> None:
+    """The start-up error names the variable and shows the URL, but never its password."""
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({name: value})
+    message = str(raised.value)
+    assert message.startswith(f"{name}={shown!r} is invalid: "), message
+    assert "s3" not in message and "cr3t" not in message
+
+
+def test_the_cli_start_up_error_shows_no_password() -> None:
+    """What an operator sees: ``minalesh-workers`` exits 1 with the masked URL and no password."""
+    result = CliRunner().invoke(main, ["db", "current"], env={"DATABASE_URL": "postgresql://app:s3cr3t@db:x/shop"})
+    assert result.exit_code == 1
+    assert "DATABASE_URL='postgresql://app:***@db:x/shop' is invalid" in result.output
+    assert "s3cr3t" not in result.output
+
+
+def test_the_repr_masks_url_passwords_and_the_values_keep_them() -> None:
+    database, broker = "postgresql://app:s3cr3t@db.example.com/shop", "amqps://shop:s3cr3t@mq.example.com/shop"
+    settings = Settings.from_env({"DATABASE_URL": database, "BROKER_URL": broker})
+    shown = repr(settings)
+    assert "database_url='postgresql://app:***@db.example.com/shop'" in shown
+    assert "broker_url='amqps://shop:***@mq.example.com/shop'" in shown
+    assert "s3cr3t" not in shown and "guest:guest" not in repr(Settings.from_env({}))
+    assert (settings.database_url, settings.broker_url) == (database, broker)
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgresql://postgres@127.0.0.1:5432/minalesh", "postgresql://postgres@127.0.0.1:5432/minalesh"),
+        ("sqlite:///dev.sqlite3", "sqlite:///dev.sqlite3"),
+        ("postgresql://u:p%40ss@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u:@h/db", "postgresql://u:***@h/db"),
+        (
+            "postgresql://h/db?user=u&password=secret&sslmode=require",
+            "postgresql://h/db?user=u&password=***&sslmode=require",
+        ),
+        ("amqp://a:b@h1/v;amqp://c:d@h2/v", "amqp://a:***@h1/v;amqp://c:***@h2/v"),
+        ("amqp://a:b;c@h1/v", "amqp://a:***@h1/v"),
+    ],
+)
+def test_mask_password(url: str, masked: str) -> None:
+    assert mask_password(url) == masked
+
+
+def test_a_database_url_sqlalchemy_cannot_parse_is_refused_without_its_password() -> None:
+    """Hosts call ``get_engine`` without our settings: storage's own error masks the password too."""
+    with pytest.raises(InvalidDatabaseUrl) as raised:
+        normalize_url("postgresql//app:s3cr3t@db/shop")
+    assert "postgresql//app:***@db/shop" in str(raised.value) and "s3cr3t" not in str(raised.value)
+
+
+# --- a delayed message held past RabbitMQ's consumer_timeout gets its consumer cancelled -------------
+
+
+@pytest.mark.parametrize("hold", ["30", "31", "600"])
+def test_a_hold_not_below_the_consumer_timeout_is_refused(hold: str) -> None:
+    """RabbitMQ cancels a consumer that holds a delivery past ``consumer_timeout`` (30 min by default)."""
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({"BROKER_MAX_HOLD_MINUTES": hold})
+    assert str(raised.value) == (
+        f"BROKER_MAX_HOLD_MINUTES must be below BROKER_CONSUMER_TIMEOUT_MINUTES, RabbitMQ's consumer_timeout "
+        f"(30 minutes by default): {float(hold):g} >= 30"
+    )
+
+
+def test_a_hold_below_the_consumer_timeout_is_accepted_and_a_raised_timeout_allows_longer() -> None:
+    assert Settings.from_env({"BROKER_MAX_HOLD_MINUTES": "29.5"}).broker_max_hold_minutes == 29.5
+    raised = Settings.from_env({"BROKER_MAX_HOLD_MINUTES": "45", "BROKER_CONSUMER_TIMEOUT_MINUTES": "60"})
+    assert (raised.broker_max_hold_minutes, raised.broker_consumer_timeout_minutes) == (45, 60)
+    with pytest.raises(ConfigError, match="BROKER_MAX_HOLD_MINUTES must be below"):
+        Settings.from_env({"BROKER_MAX_HOLD_MINUTES": "10", "BROKER_CONSUMER_TIMEOUT_MINUTES": "5"})

@@ -67,8 +67,9 @@ def test_good_signature_is_accepted() -> None:
         ({"timestamp": "soon"}, "unix seconds"),
         ({"timestamp": "-5"}, "unix seconds"),
         ({"timestamp": "1e9"}, "unix seconds"),
-        ({"secret": None}, "no webhook secret"),
-        ({"secret": ""}, "no webhook secret"),
+        ({"secret": None}, "^signature does not match$"),
+        ({"secret": ""}, "^signature does not match$"),
+        ({"secret": None, "timestamp": str(NOW - 301)}, "300s"),
     ],
 )
 def test_bad_signatures_are_rejected(overrides: dict[str, Any], reason: str) -> None:
@@ -258,3 +259,30 @@ def test_amounts_are_finite_numbers_of_zero_or_more(amount: Any, accepted: bool)
 def test_more_malformed_events_are_rejected_naming_the_problem(body: bytes, message: str) -> None:
     with pytest.raises(InvalidEvent, match=message):
         parse_event(body)
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        (event(reason="card\u0000declined"), "reason"),
+        (event(customer_name="\ud800"), "customer_name"),
+        (event(customer_name="x\udfffy"), "customer_name"),
+        (event(event_id="evt\u0000"), "event_id"),
+        (event(extra={"nested": ["ok", "\u0000"]}), "extra.nested[1]"),
+        (event(extra={"ke\u0000y": 1}), "a key in extra"),
+        (event(**{"\ud83d": 1}), "a key"),
+    ],
+    ids=["nul", "high-surrogate", "low-surrogate", "nul-in-id", "nested", "nul-in-nested-key", "surrogate-key"],
+)
+def test_text_postgresql_cannot_store_is_an_invalid_event(body: bytes, where: str) -> None:
+    """PostgreSQL's text and jsonb refuse NUL and unpaired surrogates: a 400 names them, never a 5xx."""
+    with pytest.raises(InvalidEvent) as raised:
+        parse_event(body)
+    assert str(raised.value) == (
+        f"{where} holds \\u0000 or an unpaired surrogate (\\ud800-\\udfff), which cannot be stored"
+    )
+
+
+def test_paired_surrogates_and_other_controls_are_ordinary_text() -> None:
+    parsed = parse_event(event(customer_name="Abebe \ud83d\ude00", reason="line\nbreak\u0001"))
+    assert parsed.payload["customer_name"] == "Abebe 😀" and parsed.payload["reason"] == "line\nbreak\u0001"

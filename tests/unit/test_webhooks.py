@@ -5,12 +5,14 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import text
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session, sessionmaker
 
-from storage import leases, webhooks
+from storage import leases, payments, webhooks
 from storage.database import get_engine, get_sessionmaker
 from storage.leases import AttemptOutcome
 from storage.migrate import upgrade
+from storage.models import EmailQueue
 from tests.support.webhook_support import MONITORING_QUERY
 
 
@@ -76,3 +78,45 @@ def test_stats_on_known_rows_and_the_same_statements_on_sqlite(tmp_path: Path) -
         "due_now": 1,
     }
     assert monitored == [("failed", 1, 0.0), ("pending", 1, 0.0), ("processed", 1, 0.0)]
+
+
+def apply_stored(lite: sessionmaker[Session], event_id: str, kind: str, order_id: str = "MN-pay") -> payments.Applied:
+    """Store an event of ``kind`` for the order and apply it, as the intake and the actor do."""
+    lease = timedelta(minutes=5)
+    body = {"event_id": event_id, "type": kind, "order_id": order_id, "amount": "10.50", "currency": "ETB"}
+    with lite.begin() as session:
+        stored = webhooks.store(
+            session, provider="cbe", event_id=event_id, event_type=kind, payload=body, order_id=order_id, lease=lease
+        )
+    with lite.begin() as session:
+        row = webhooks.get(session, stored.id)
+        assert row is not None
+        return payments.apply_event(session, webhooks.EventData.from_row(row), email_lease=lease)
+
+
+def queued_templates(lite: sessionmaker[Session]) -> list[str]:
+    with lite() as session:
+        return list(session.scalars(select(EmailQueue.template).order_by(EmailQueue.id)))
+
+
+def test_a_second_payment_failure_of_an_order_sends_no_second_email(lite: sessionmaker[Session]) -> None:
+    """The customer heard that the payment failed; another failure (a retry, a second card) tells nothing new."""
+    with lite.begin() as session:
+        session.execute(
+            text("INSERT INTO orders (id, total, currency, customer_email) VALUES ('MN-pay', 10.5, 'ETB', 'a@b.et')")
+        )
+
+    first = apply_stored(lite, "evt-failed-1", "payment.failed")
+    second = apply_stored(lite, "evt-failed-2", "payment.failed")
+    again = apply_stored(lite, "evt-failed-2", "payment.failed")  # the same event once more: stored once, applied once
+
+    assert first.applied and first.email_id is not None
+    assert second == payments.Applied(applied=True, email_id=None)
+    assert again == payments.Applied(applied=False)
+    assert queued_templates(lite) == ["payment_failed"]
+    with lite() as session:
+        statuses = session.execute(text("SELECT status, payment_status FROM orders WHERE id = 'MN-pay'")).one()
+    assert tuple(statuses) == ("failed", "failed")
+
+    paid = apply_stored(lite, "evt-paid", "payment.succeeded")  # a later success is news again
+    assert paid.email_id is not None and queued_templates(lite) == ["payment_failed", "order_confirmation"]
