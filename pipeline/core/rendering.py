@@ -23,6 +23,7 @@ from typing import Any, Optional
 from jinja2 import (
     PackageLoader,
     StrictUndefined,
+    Template,
     TemplateError,
     TemplateNotFound,
     select_autoescape,
@@ -54,6 +55,12 @@ def _environment() -> SandboxedEnvironment:
     )
 
 
+@lru_cache(maxsize=1024)
+def _subject_template(subject: str) -> Template:
+    """A templated subject, compiled once: hosts reuse a handful of subjects for every email."""
+    return _environment().from_string(subject)
+
+
 def templates() -> list[str]:
     """The names of the shipped templates."""
     names = {name.rsplit(".", 1)[0] for name in _environment().list_templates()}
@@ -81,7 +88,7 @@ def render(
     environment = _environment()
     try:
         return RenderedEmail(
-            subject=environment.from_string(subject).render(context),
+            subject=_subject_template(subject).render(context),
             html=environment.get_template(f"{template}.html").render(context),
             text=environment.get_template(f"{template}.txt").render(context),
         )
