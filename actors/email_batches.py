@@ -89,25 +89,33 @@ def deliver_batch(batch_id: int, *, transactional: bool) -> None:
             request.answered(answer.headers)
     single = sender_of(EmailPriority.TRANSACTIONAL if transactional else EmailPriority.BULK)
     queue, actor_name = f"{single.queue_name}.XQ", single.actor_name
+    delivered, failures = _outcomes(outgoing, answer.results, unrenderable, ours=ours)
     with current.sessions.begin() as session:
-        for (email_id, _), result in zip(outgoing, answer.results, strict=True):
-            if email_id not in ours:
-                continue
-            if isinstance(result, Refused):
-                batches.fail_member(
-                    session,
-                    email_id,
-                    error=f"Resend refused it: {result.reason}",
-                    queue=f"{queue}.XQ",
-                    actor=actor_name,
-                )
-            else:
-                emails.mark_sent(session, email_id, result)
-        for email_id, error in unrenderable.items():
-            if email_id in ours:
-                batches.fail_member(session, email_id, error=error, queue=queue, actor=actor_name)
+        emails.mark_sent_many(session, delivered)
+        for email_id, error in failures.items():
+            batches.fail_member(session, email_id, error=error, queue=queue, actor=actor_name)
     refused = sum(isinstance(result, Refused) for result in answer.results)
     logger.info("Email batch %s sent: %d emails, %d refused.", batch_id, len(answer.results) - refused, refused)
+
+
+def _outcomes(
+    outgoing: list[tuple[int, OutgoingEmail]],
+    results: list[str | Refused],
+    unrenderable: dict[int, str],
+    *,
+    ours: set[int],
+) -> tuple[dict[int, str], dict[int, str]]:
+    """{email id: provider id} of the sent members, {email id: error} of the failed, this attempt's only."""
+    delivered: dict[int, str] = {}
+    failures = {email_id: error for email_id, error in unrenderable.items() if email_id in ours}
+    for (email_id, _), result in zip(outgoing, results, strict=True):
+        if email_id not in ours:
+            continue
+        if isinstance(result, Refused):
+            failures[email_id] = f"Resend refused it: {result.reason}"
+        else:
+            delivered[email_id] = result
+    return delivered, failures
 
 
 def _compose_all(members: list[emails.EmailMessage]) -> tuple[list[tuple[int, OutgoingEmail]], dict[int, str]]:

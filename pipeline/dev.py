@@ -71,6 +71,10 @@ def dev_settings(settings: Settings, *, database: str, demo: bool) -> Settings:
     changes: dict[str, object] = {"database_url": f"sqlite:///{path}"}
     if demo and not os.environ.get("EMAIL_RETRY_DELAY_MINUTES"):
         changes["email_retry_delay_minutes"] = DEMO_RETRY_DELAY_MINUTES
+    if demo:
+        # One email per request, so the demo's flaky address retries alone: a provider error
+        # answering a batch would fail its batch-mates' attempts too.
+        changes["email_per_request"] = 1
     return dataclasses.replace(settings, **changes)  # type: ignore[arg-type]
 
 

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Text, and_, column, func, or_, select, update, values
 from sqlalchemy.orm import Session
 
 from storage.clock import utcnow
 from storage.errors import StorageError
 from storage.leases import LeasedTable
-from storage.models import EmailPriority, EmailQueue, EmailStatus
+from storage.models import BigId, EmailPriority, EmailQueue, EmailStatus
 
 _LIVE = (EmailStatus.PENDING, EmailStatus.QUEUED, EmailStatus.SENDING, EmailStatus.RETRYING)
 _LEASED = (EmailStatus.QUEUED, EmailStatus.SENDING, EmailStatus.RETRYING)
@@ -179,6 +179,31 @@ def mark_sent(session: Session, email_id: int, provider_message_id: Optional[str
         .execution_options(synchronize_session=False)
     )
     return session.execute(statement).rowcount == 1
+
+
+def mark_sent_many(session: Session, provider_ids: dict[int, str]) -> int:
+    """``mark_sent`` for a batch's members in one statement: {email id: provider id}; how many changed."""
+    if not provider_ids:
+        return 0
+    now = utcnow()
+    sent = values(column("email_id", BigId), column("provider_id", Text), name="sent").data(
+        list(provider_ids.items())
+    )
+    statement = (
+        update(EmailQueue)
+        .where(EmailQueue.id == sent.c.email_id, EmailQueue.status == EmailStatus.SENDING.value)
+        .values(
+            status=EmailStatus.SENT.value,
+            provider_message_id=sent.c.provider_id,
+            sent_at=now,
+            last_error=None,
+            locked_until=None,
+            next_attempt_at=None,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return session.execute(statement).rowcount
 
 
 def in_flight(session: Session) -> int:

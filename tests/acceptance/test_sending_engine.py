@@ -147,7 +147,8 @@ def test_a_drain_lasting_several_leases_publishes_each_email_once(run: services.
     """
     emails = 300
     with FakeResend(api_key="re_drain", max_requests_per_second=20) as fast:
-        env = default_environment(run, fast, EMAIL_LEASE_MINUTES="0.1")
+        # One email per request, so the drain is long enough to outlast its leases.
+        env = default_environment(run, fast, EMAIL_LEASE_MINUTES="0.1", EMAIL_PER_REQUEST="1")
         sessions = sessions_of(run)
         addresses = [unique_address(f"drain{n}") for n in range(emails)]
         with fleet(env, tmp_path) as running:

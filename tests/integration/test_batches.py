@@ -8,6 +8,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from actors.fan_out import enqueue_due_emails
 from bench.harness.fake_resend import FakeResend
+from pipeline import dlq
+from pipeline.core.runtime import Runtime
+from pipeline.dlq import ReplayStatus
 from storage.models import DeadLetter
 from tests.support.helpers import insert_email, unique_address, wait_until
 
@@ -88,3 +91,35 @@ def test_a_member_the_provider_refuses_fails_alone_with_its_reason_and_dead_lett
     assert [letter.args for letter in letters if letter.args == [refused_id]] == [[refused_id]]
     assert fake_resend.deliveries_to(refused_address) == []
     assert all(len(fake_resend.deliveries_to(address)) == 1 for address in addresses if address != refused_address)
+
+
+def test_a_batch_given_up_as_a_whole_is_one_dead_letter_and_its_replay_sends_each_member_once(
+    runtime: Runtime, sessions: sessionmaker[Session], fake_resend: FakeResend
+) -> None:
+    ids, addresses = insert_bulk(sessions, "dead", 4)
+    fake_resend.fail_next(4, status=500)  # the first attempt and its three retries (EMAIL_MAX_RETRIES=3)
+
+    enqueue_due_emails()
+
+    wait_until(lambda: statuses(sessions, ids) == {"failed": 4}, timeout=30, what="the batch given up")
+    with sessions() as session:
+        (batch_id,) = {
+            row[0]
+            for row in session.execute(text("SELECT batch_id FROM email_queue WHERE id = ANY(:ids)"), {"ids": ids})
+        }
+    letter = wait_until(lambda: batch_letter(sessions, batch_id), what="the batch's dead letter")
+    assert letter.actor == "send_bulk_email_batch" and "500" in (letter.error or "")
+    shown = dlq.show(runtime.broker, sessions, str(letter.id))
+    assert shown is not None and sorted(member["id"] for member in shown["item"]["members"]) == sorted(ids)
+
+    outcome = dlq.replay(runtime.broker, sessions, letter.id)
+
+    assert outcome.status is ReplayStatus.REPLAYED
+    wait_until(lambda: statuses(sessions, ids) == {"sent": 4}, what="the replayed batch sent")
+    assert all(len(fake_resend.deliveries_to(address)) == 1 for address in addresses)
+
+
+def batch_letter(sessions: sessionmaker[Session], batch_id: int) -> DeadLetter | None:
+    with sessions() as session:
+        letters = session.query(DeadLetter).filter(DeadLetter.actor == "send_bulk_email_batch").all()
+        return next((letter for letter in letters if letter.args == [batch_id]), None)
