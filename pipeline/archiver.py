@@ -6,8 +6,9 @@ once (keyed by message id, so redeliveries are harmless), marks its item failed,
 and only then acks: a crash or a database outage loses nothing, the message is
 delivered again.
 
-A poison message (undecodable, unknown actor, misfitting arguments: ``pipeline.middleware.poison``)
-is kept with its raw body and never handed to the item hooks. Each new row pokes the
+A poison message (not a well-formed message for the queue it died on, unknown actor,
+misfitting arguments: ``pipeline.middleware.poison``) is kept with its raw body and never
+handed to the item hooks. Each new row pokes the
 dead-letter alerter (``pipeline.alerts``), which works in its own thread.
 """
 
@@ -17,9 +18,9 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Optional
+from typing import Any, Optional
 
 import pika
 import pika.exceptions
@@ -32,6 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline import alerts
 from pipeline.alerts import Alerter
+from pipeline.core import wellformed
 from pipeline.middleware.item_hooks import ItemHooks
 from pipeline.middleware.poison import misfit
 from storage import dead_letters
@@ -45,15 +47,22 @@ PREFETCH = 100
 MAX_PAUSE_SECONDS = 30.0
 
 
-def decode_dead_message(queue: str, body: bytes) -> tuple[DeadMessage, Optional[Message]]:
-    """What the archive should say of ``body``; a body that does not decode is kept raw."""
+def decode_dead_message(
+    queue: str, body: bytes, *, origin: Optional[str] = None
+) -> tuple[DeadMessage, Optional[Message]]:
+    """What the archive should say of ``body``; one that is not a well-formed message is kept raw.
+
+    ``origin`` is the queue the message died on, when RabbitMQ says (``x-death``):
+    its body must be a message of that very queue, as the worker required
+    (``pipeline.core.wellformed``); without it, of ``queue``'s main or delay queue.
+    """
     try:
-        message = _well_formed(Message.decode(body), body)
+        message = wellformed.decode(body, queue=origin or queue)
     except DecodeError as exc:
         digest = hashlib.sha256(body).hexdigest()[:32]
         raw = body.decode("utf-8", errors="replace")
-        dead = DeadMessage(message_id=f"raw-{digest}", queue=queue, raw_body=raw, fallback_error=f"DecodeError: {exc}")
-        return dead, None
+        error = f"{type(exc).__name__}: {exc}"
+        return DeadMessage(message_id=f"raw-{digest}", queue=queue, raw_body=raw, fallback_error=error), None
     options = dict(message.options)
     return (
         DeadMessage(
@@ -71,19 +80,13 @@ def decode_dead_message(queue: str, body: bytes) -> tuple[DeadMessage, Optional[
     )
 
 
-def _well_formed(message: Message, body: bytes) -> Message:
-    """``message``, if its fields have the types the archive needs; a DecodeError otherwise.
-
-    A body can be JSON with every field yet carry, say, options that are not an
-    object; archiving it structured would then fail on every redelivery and hold
-    the archiver up, so it is kept raw like any body that does not decode.
-    """
-    fields = (message.message_id, message.actor_name, message.kwargs, message.options)
-    if not all(isinstance(value, kind) for value, kind in zip(fields, (str, str, dict, dict), strict=True)) or (
-        not isinstance(message.options.get("retries", 0), int)
-    ):
-        raise DecodeError("Malformed message: a field has the wrong type.", body, None)
-    return message
+def died_on(headers: Optional[Mapping[str, Any]]) -> Optional[str]:
+    """The queue RabbitMQ last dead-lettered a message from (``x-death`` lists the newest first), if it says."""
+    deaths = (headers or {}).get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        queue = deaths[0].get("queue")
+        return queue if isinstance(queue, str) else None
+    return None
 
 
 def _last_line(text: Optional[str]) -> Optional[str]:
@@ -91,9 +94,11 @@ def _last_line(text: Optional[str]) -> Optional[str]:
     return lines[-1].strip() if lines else None
 
 
-def archive_body(sessions: sessionmaker[Session], broker: Broker, queue: str, body: bytes) -> bool:
+def archive_body(
+    sessions: sessionmaker[Session], broker: Broker, queue: str, body: bytes, *, origin: Optional[str] = None
+) -> bool:
     """Archive one dead message and mark its item failed, in one transaction."""
-    dead, message = decode_dead_message(queue, body)
+    dead, message = decode_dead_message(queue, body, origin=origin)
     poisoned = misfit(broker, message) if message is not None else None
     if poisoned is not None:  # kept as sent, and no item hooks: its arguments name no item
         dead = replace(dead, fallback_error=poisoned, raw_body=body.decode("utf-8", errors="replace"))
@@ -175,12 +180,14 @@ class RabbitmqArchiver:
                 connection.close()
 
     def _callback(self, connection: pika.BlockingConnection, queue: str) -> Callable[..., None]:
-        def on_message(channel: object, method: object, _properties: object, body: bytes) -> None:
+        def on_message(channel: object, method: object, properties: pika.BasicProperties, body: bytes) -> None:
             tag = method.delivery_tag  # type: ignore[attr-defined]
+            origin = died_on(properties.headers)
             pause = 1.0
             while True:
                 try:
-                    if archive_body(self.sessions, self.broker, queue, body) and self.alerter is not None:
+                    written = archive_body(self.sessions, self.broker, queue, body, origin=origin)
+                    if written and self.alerter is not None:
                         self.alerter.poke()
                     channel.basic_ack(tag)  # type: ignore[attr-defined]
                     return

@@ -19,6 +19,8 @@ from storage import dead_letters
 from storage.clock import utcnow
 from storage.models import FinalError
 
+#: How a malformed count is described.
+COUNT = "a count (0 to 2147483647)"
 TRACEBACK = (
     "Traceback (most recent call last):\n"
     '  File "actors/emails.py", line 120, in send_email\n'
@@ -59,17 +61,22 @@ def body_with(**fields: Any) -> bytes:
 
 
 @pytest.mark.parametrize(
-    "body",
+    ("body", "error"),
     [
-        b"\x00\xff not a message {",
-        b"[1, 2]",
-        b'"send_email"',
-        body_with(actor_name=...),
-        body_with(options=["retries", 1]),
-        body_with(options={"retries": "3"}),
-        body_with(message_id=12345),
-        body_with(actor_name=None),
-        body_with(kwargs=[1]),
+        (b"\x00\xff not a message {", "DecodeError: Failed to decode message."),
+        (b"[1, 2]", "MalformedMessage: the body is list, not an object"),
+        (b'"send_email"', "MalformedMessage: the body is str, not an object"),
+        (body_with(actor_name=...), "MalformedMessage: actor_name is missing"),
+        (body_with(options=["retries", 1]), "MalformedMessage: options must be an object, not list"),
+        (body_with(options={"retries": "3"}), f"MalformedMessage: options.retries must be {COUNT}, not '3'"),
+        (body_with(message_id=12345), "MalformedMessage: message_id must be a string, not int"),
+        (body_with(actor_name=None), "MalformedMessage: actor_name must be a string, not null"),
+        (body_with(kwargs=[1]), "MalformedMessage: kwargs must be an object, not list"),
+        (body_with(args="42"), "MalformedMessage: args must be an array, not str"),
+        (
+            body_with(queue_name="webhooks"),
+            "MalformedMessage: queue_name is 'webhooks', but the message was dead-lettered into 'emails.XQ'",
+        ),
     ],
     ids=[
         "not-json",
@@ -81,16 +88,28 @@ def body_with(**fields: Any) -> bytes:
         "id-not-string",
         "actor-null",
         "kwargs-not-object",
+        "args-not-array",
+        "other-queue",
     ],
 )
-def test_a_body_that_does_not_decode_to_a_well_formed_message_is_kept_raw(body: bytes) -> None:
-    dead, decoded = decode_dead_message("ticks.XQ", body)
+def test_a_body_that_does_not_decode_to_a_well_formed_message_is_kept_raw(body: bytes, error: str) -> None:
+    dead, decoded = decode_dead_message("emails.XQ", body)
 
     assert decoded is None
     assert dead.message_id == f"raw-{hashlib.sha256(body).hexdigest()[:32]}"
-    assert (dead.queue, dead.actor, dead.args, dead.kwargs) == ("ticks.XQ", None, None, None)
+    assert (dead.queue, dead.actor, dead.args, dead.kwargs) == ("emails.XQ", None, None, None)
     assert dead.raw_body == body.decode("utf-8", errors="replace")
-    assert dead.fallback_error.startswith("DecodeError: ")
+    assert dead.fallback_error == error
+
+
+def test_a_message_must_belong_to_the_queue_rabbitmq_says_it_died_on() -> None:
+    delayed = message(eta=1).copy(queue_name="emails.DQ")  # as Dramatiq puts it in emails.DQ
+
+    assert decode_dead_message("emails.XQ", delayed.encode())[1] == delayed  # emails.DQ's dead go to emails.XQ
+    assert decode_dead_message("emails.XQ", delayed.encode(), origin="emails.DQ")[1] == delayed
+    dead, decoded = decode_dead_message("emails.XQ", delayed.encode(), origin="emails")
+    assert decoded is None and dead.raw_body is not None
+    assert dead.fallback_error == "MalformedMessage: queue_name is 'emails.DQ', but the message arrived on 'emails'"
 
 
 # --- archiving on SQLite --------------------------------------------------------------------------
@@ -177,3 +196,19 @@ def test_a_tick_has_no_item_to_mark_failed(
     with lite() as session:
         stored = dead_letters.get_by_message_id(session, tick.message_id)
     assert stored is not None and (stored.actor, stored.args, stored.error) == ("cleanup", [], "unknown error")
+
+
+def test_a_message_of_another_queue_is_kept_raw_and_its_arguments_name_no_item(
+    lite: sessionmaker[Session], broker: StubBroker, hooks: RecordingHooks
+) -> None:
+    stray = message(retries=3, traceback=TRACEBACK).copy(queue_name="webhooks")  # never run: the worker refused it
+
+    assert archive_body(lite, broker, "emails.XQ", stray.encode())
+
+    assert hooks.failed == []  # its 42 is no email of this queue's
+    with lite() as session:
+        (stored,) = dead_letters.list_all(session)
+    assert (stored.actor, stored.args, stored.raw_body) == (None, None, stray.encode().decode())
+    assert stored.error == (
+        "MalformedMessage: queue_name is 'webhooks', but the message was dead-lettered into 'emails.XQ'"
+    )

@@ -1,4 +1,4 @@
-"""The strict decoder (``pipeline.core.wellformed``), without services.
+"""The strict decoder (``pipeline.core.wellformed``) and the RabbitMQ consumer's filter, without services.
 
 What Dramatiq itself enqueues (a message, its delayed copy, a retry's hop) must
 pass on the queue it is sent to, and only there; a body with one bad field must
@@ -8,7 +8,9 @@ not, with a reason an operator can act on.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import dramatiq
@@ -18,6 +20,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.errors import DecodeError
 
 from pipeline.core import wellformed
+from pipeline.core.broker import WellFormedConsumer
 from pipeline.core.wellformed import MalformedMessage
 from pipeline.middleware.long_delays import send_later
 
@@ -111,3 +114,44 @@ def test_a_body_that_is_not_json_is_a_decode_error_that_does_not_quote_it(body: 
 def test_options_nothing_reads_pass_untouched_and_null_eta_and_priority_are_dramatiqs_own() -> None:
     options = {"eta": None, "broker_priority": None, "custom": {"any": ["thing"]}, "retries": 0, "not_before": 1.5}
     assert wellformed.decode(message(**options).encode(), queue="emails").options == options
+
+
+# --- the consumer's filter ------------------------------------------------------------------------
+
+
+def consumer(queue: str, nacked: list[int]) -> WellFormedConsumer:
+    """The filter of a consumer of ``queue``, without a connection: its nacks are recorded."""
+    unconnected = WellFormedConsumer.__new__(WellFormedConsumer)
+    unconnected.queue_name = queue
+    unconnected.logger = logging.getLogger("test")
+    unconnected._nack = nacked.append  # type: ignore[method-assign]
+    return unconnected
+
+
+def delivery(tag: int, body: bytes) -> tuple[Any, Any, bytes]:
+    return SimpleNamespace(delivery_tag=tag), SimpleNamespace(headers=None), body
+
+
+def test_the_consumer_nacks_what_is_malformed_for_its_queue_and_hands_on_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    nacked: list[int] = []
+    good, other, garbage = message().encode(), body_with(queue_name="webhooks"), b"\xff{"
+    idle = (None, None, None)
+    deliveries = [delivery(1, good), idle, delivery(2, other), delivery(3, garbage), delivery(4, good)]
+
+    with caplog.at_level(logging.ERROR):
+        handed = list(consumer("emails", nacked)._well_formed(iter(deliveries)))
+
+    assert nacked == [2, 3]
+    assert [(method and method.delivery_tag, body) for method, _, body in handed] == [
+        (1, good),
+        (None, None),
+        (None, None),  # a refused body is an idle turn: the consumer thread goes on with its delayed messages
+        (None, None),
+        (4, good),
+    ]
+    assert [record.getMessage().split(";")[0] for record in caplog.records] == [
+        "Dead-lettered a body from emails unrun: queue_name is 'webhooks', but the message arrived on 'emails'",
+        "Dead-lettered a body from emails unrun: Failed to decode message.",
+    ]
