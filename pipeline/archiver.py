@@ -8,8 +8,10 @@ delivered again.
 
 A poison message (not a well-formed message for the queue it died on, unknown actor,
 misfitting arguments: ``pipeline.middleware.poison``) is kept with its raw body and never
-handed to the item hooks. Each new row pokes the
-dead-letter alerter (``pipeline.alerts``), which works in its own thread.
+handed to the item hooks; so is a message the database will not take as one (a value
+it refuses): every XQ shares the archiver's one consumer, so a message retried for
+ever would hold up every queue. Only an unreachable database is waited for. Each new
+row pokes the dead-letter alerter (``pipeline.alerts``), which works in its own thread.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Optional
 
@@ -34,9 +36,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from pipeline import alerts
 from pipeline.alerts import Alerter
 from pipeline.core import wellformed
+from pipeline.core.errors import describe
 from pipeline.middleware.item_hooks import ItemHooks
 from pipeline.middleware.poison import misfit
 from storage import dead_letters
+from storage.database import unreachable
 from storage.dead_letters import DeadMessage
 
 logger = logging.getLogger(__name__)
@@ -45,24 +49,23 @@ logger = logging.getLogger(__name__)
 PREFETCH = 100
 #: Longest pause between tries while RabbitMQ or PostgreSQL is unreachable (seconds).
 MAX_PAUSE_SECONDS = 30.0
+#: The error of a dead message the database would not take as a message, kept raw instead.
+UNARCHIVABLE = "Unarchivable"
 
 
 def decode_dead_message(
-    queue: str, body: bytes, *, origin: Optional[str] = None
+    queue: str, body: bytes, properties: Optional[pika.BasicProperties] = None
 ) -> tuple[DeadMessage, Optional[Message]]:
     """What the archive should say of ``body``; one that is not a well-formed message is kept raw.
 
-    ``origin`` is the queue the message died on, when RabbitMQ says (``x-death``):
-    its body must be a message of that very queue, as the worker required
-    (``pipeline.core.wellformed``); without it, of ``queue``'s main or delay queue.
+    When RabbitMQ says which queue the message died on (``x-death``), its body must
+    be a message of that very queue, as the worker required (``pipeline.core.wellformed``);
+    otherwise, of ``queue``'s main or delay queue.
     """
     try:
-        message = wellformed.decode(body, queue=origin or queue)
+        message = wellformed.decode(body, queue=died_on(properties) or queue)
     except DecodeError as exc:
-        digest = hashlib.sha256(body).hexdigest()[:32]
-        raw = body.decode("utf-8", errors="replace")
-        error = f"{type(exc).__name__}: {exc}"
-        return DeadMessage(message_id=f"raw-{digest}", queue=queue, raw_body=raw, fallback_error=error), None
+        return raw_dead_message(queue, body, error=f"{type(exc).__name__}: {exc}"), None
     options = dict(message.options)
     return (
         DeadMessage(
@@ -80,13 +83,24 @@ def decode_dead_message(
     )
 
 
-def died_on(headers: Optional[Mapping[str, Any]]) -> Optional[str]:
+def raw_dead_message(queue: str, body: bytes, *, error: str) -> DeadMessage:
+    """``body`` kept as received, with ``error`` saying why it is kept raw."""
+    digest = hashlib.sha256(body).hexdigest()[:32]
+    raw = body.decode("utf-8", errors="replace")
+    return DeadMessage(message_id=f"raw-{digest}", queue=queue, raw_body=raw, fallback_error=error)
+
+
+def died_on(properties: Optional[pika.BasicProperties]) -> Optional[str]:
     """The queue RabbitMQ last dead-lettered a message from (``x-death`` lists the newest first), if it says."""
-    deaths = (headers or {}).get("x-death")
-    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
-        queue = deaths[0].get("queue")
-        return queue if isinstance(queue, str) else None
-    return None
+    deaths = _deaths(properties)
+    queue = deaths[0].get("queue") if deaths else None
+    return queue if isinstance(queue, str) else None
+
+
+def _deaths(properties: Optional[pika.BasicProperties]) -> list[dict[str, Any]]:
+    headers = getattr(properties, "headers", None) or {}
+    deaths = headers.get("x-death") if isinstance(headers, dict) else None
+    return [death for death in deaths if isinstance(death, dict)] if isinstance(deaths, list) else []
 
 
 def _last_line(text: Optional[str]) -> Optional[str]:
@@ -95,10 +109,42 @@ def _last_line(text: Optional[str]) -> Optional[str]:
 
 
 def archive_body(
-    sessions: sessionmaker[Session], broker: Broker, queue: str, body: bytes, *, origin: Optional[str] = None
+    sessions: sessionmaker[Session],
+    broker: Broker,
+    queue: str,
+    body: bytes,
+    *,
+    properties: Optional[pika.BasicProperties] = None,
 ) -> bool:
-    """Archive one dead message and mark its item failed, in one transaction."""
-    dead, message = decode_dead_message(queue, body, origin=origin)
+    """Archive one dead message and mark its item failed, in one transaction; True if this call wrote it.
+
+    Whatever keeps it from being archived as a message (a value the database
+    refuses, a bug) other than an unreachable database archives it raw instead:
+    retried, it would fail again for ever and hold up every queue behind it. An
+    unreachable database is raised, for the caller to try again later.
+    """
+    try:
+        return _archive(sessions, broker, queue, body, properties)
+    except Exception as exc:
+        if unreachable(exc):
+            raise
+        logger.exception("Could not archive a dead message from %s as a message; keeping it raw.", queue)
+        dead = raw_dead_message(queue, body, error=f"{UNARCHIVABLE}: {describe(exc)}")
+        with sessions.begin() as session:
+            written = dead_letters.archive(session, dead)
+        if written:
+            logger.warning("Archived dead message %s from %s (raw body).", dead.message_id, queue)
+        return written
+
+
+def _archive(
+    sessions: sessionmaker[Session],
+    broker: Broker,
+    queue: str,
+    body: bytes,
+    properties: Optional[pika.BasicProperties],
+) -> bool:
+    dead, message = decode_dead_message(queue, body, properties)
     poisoned = misfit(broker, message) if message is not None else None
     if poisoned is not None:  # kept as sent, and no item hooks: its arguments name no item
         dead = replace(dead, fallback_error=poisoned, raw_body=body.decode("utf-8", errors="replace"))
@@ -182,11 +228,10 @@ class RabbitmqArchiver:
     def _callback(self, connection: pika.BlockingConnection, queue: str) -> Callable[..., None]:
         def on_message(channel: object, method: object, properties: pika.BasicProperties, body: bytes) -> None:
             tag = method.delivery_tag  # type: ignore[attr-defined]
-            origin = died_on(properties.headers)
             pause = 1.0
-            while True:
+            while True:  # only an unreachable database (or RabbitMQ) gets here twice: nothing a message causes
                 try:
-                    written = archive_body(self.sessions, self.broker, queue, body, origin=origin)
+                    written = archive_body(self.sessions, self.broker, queue, body, properties=properties)
                     if written and self.alerter is not None:
                         self.alerter.poke()
                     channel.basic_ack(tag)  # type: ignore[attr-defined]
@@ -221,7 +266,8 @@ class StubArchiver:
         for queue, messages in self.broker.dead_letters_by_queue.items():
             while messages:
                 proxy = messages[0]
-                written += archive_body(self.sessions, self.broker, xq_name(queue), proxy._message.encode())
+                body = proxy._message.encode()
+                written += archive_body(self.sessions, self.broker, xq_name(queue), body)
                 messages.pop(0)
         return written
 

@@ -9,86 +9,21 @@ them, so a single dead thread would leave the good messages unrun.
 
 from __future__ import annotations
 
-import json
-import threading
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
-import dramatiq
-import pytest
-from dramatiq import Message, Worker
-from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
-
-from bench.harness import services
-from pipeline.archiver import RabbitmqArchiver
-from pipeline.bootstrap import build_broker
-from pipeline.core.broker import RabbitmqBroker
-from pipeline.core.settings import Settings
-from storage.models import DeadLetter
-from tests.support.dlq_support import own_env, own_services, own_sessions, publish, queue_depth  # noqa: F401
+from tests.support.dlq_support import publish, queue_depth, raw_letters
 from tests.support.helpers import wait_until
+from tests.support.probe_support import (  # noqa: F401  (fixtures)
+    Probe,
+    body,
+    own_env,
+    own_services,
+    own_sessions,
+    probe,
+)
 
 
-@dataclass
-class Probe:
-    """A broker of the production stack with one throw-away actor, a worker of one thread, an archiver."""
-
-    broker: RabbitmqBroker
-    #: A queue of this test's own: a regression leaves its bodies there, not in the next test's way.
-    queue: str
-    worker: Worker
-    ran: list[tuple[int, str]]
-    sessions: sessionmaker[Session]
-    broker_url: str
-
-
-@pytest.fixture
-def probe(
-    own_env: dict[str, str],  # noqa: F811
-    own_services: services.RunServices,  # noqa: F811
-    own_sessions: sessionmaker[Session],  # noqa: F811
-) -> Iterator[Probe]:
-    broker = build_broker(Settings.from_env(own_env))
-    assert isinstance(broker, RabbitmqBroker)
-    ran: list[tuple[int, str]] = []
-    queue = f"probe-{uuid.uuid4().hex[:8]}"
-
-    def probe(n: int, tag: str = "") -> None:
-        ran.append((n, tag))
-
-    dramatiq.actor(probe, queue_name=queue, broker=broker)
-    broker.declare_queue(queue, ensure=True)
-    worker = Worker(broker, worker_threads=1, worker_timeout=100)
-    worker.start()
-    stop = threading.Event()
-    archiver = threading.Thread(target=RabbitmqArchiver(broker, own_sessions).run, args=(stop,))
-    archiver.start()
-    yield Probe(broker, queue, worker, ran, own_sessions, own_services.broker_url)
-    stop.set()
-    archiver.join(timeout=10)
-    worker.stop(timeout=10_000)
-    broker.close()
-
-
-def body(queue: str, case: str, **fields: Any) -> bytes:
-    """``probe(0, tag=case)`` on ``queue`` as Dramatiq encodes it, with ``fields`` replaced (``...``: left out)."""
-    message: Message = Message(  # type: ignore[type-arg]
-        queue_name=queue, actor_name="probe", args=(0,), kwargs={"tag": case}, options={}
-    )
-    decoded = {**json.loads(message.encode()), **fields}
-    return json.dumps({name: value for name, value in decoded.items() if value is not ...}).encode()
-
-
-def raw_letters(sessions: sessionmaker[Session], marker: str) -> list[DeadLetter]:
-    with sessions() as session:
-        statement = select(DeadLetter).where(DeadLetter.raw_body.contains(marker)).order_by(DeadLetter.id)
-        return list(session.scalars(statement))
-
-
-def send_good(probe: Probe, run: str) -> None:
+def send_good(probe: Probe, run: str) -> None:  # noqa: F811
     """Three good messages behind the bad ones, the third through ``probe.DQ`` as every retry goes."""
     actor = probe.broker.get_actor("probe")
     actor.send(1, tag=run)
@@ -96,14 +31,19 @@ def send_good(probe: Probe, run: str) -> None:
     actor.send_with_options(args=(3,), kwargs={"tag": run}, delay=50)
 
 
-def assert_dead_lettered_raw_and_the_worker_went_on(probe: Probe, run: str, markers: list[str]) -> dict[str, str]:
+def assert_dead_lettered_raw_and_the_worker_went_on(
+    probe: Probe,  # noqa: F811
+    run: str,
+    markers: list[str],
+) -> dict[str, str]:
     """Each marker's body archived raw exactly once, the good messages run once, every thread alive; the errors."""
     wait_until(lambda: len(probe.ran) >= 3, timeout=30, what="the good messages behind the malformed ones")
     letters = {m: wait_until(lambda m=m: raw_letters(probe.sessions, m), what=f"the dead letter {m}") for m in markers}
     xq = f"{probe.queue}.XQ"
     wait_until(lambda: queue_depth(probe.broker_url, xq) == 0, what="the XQ emptied (archived, acked)")
 
-    assert sorted(probe.ran) == [(1, run), (2, run), (3, run)]  # each good message once; no malformed one ran
+    # Each good message ran once, and no malformed one.
+    assert sorted(probe.ran) == [("probe", 1, run), ("probe", 2, run), ("probe", 3, run)]
     for marker, (letter, *more) in letters.items():
         assert more == [], f"{marker} archived more than once"
         assert letter.queue == xq and letter.actor is None and letter.args is None, marker
@@ -114,7 +54,7 @@ def assert_dead_lettered_raw_and_the_worker_went_on(probe: Probe, run: str, mark
     return {marker: letter.error for marker, (letter, *_) in letters.items()}
 
 
-def test_a_body_the_consumer_thread_chokes_on_no_longer_stalls_its_queue(probe: Probe) -> None:
+def test_a_body_the_consumer_thread_chokes_on_no_longer_stalls_its_queue(probe: Probe) -> None:  # noqa: F811
     run, queue = uuid.uuid4().hex[:8], probe.queue
     publish(
         probe.broker_url,
@@ -131,7 +71,7 @@ def test_a_body_the_consumer_thread_chokes_on_no_longer_stalls_its_queue(probe: 
     }
 
 
-def test_a_message_for_another_queue_no_longer_kills_the_worker_thread(probe: Probe) -> None:
+def test_a_message_for_another_queue_no_longer_kills_the_worker_thread(probe: Probe) -> None:  # noqa: F811
     run, queue = uuid.uuid4().hex[:8], probe.queue
     publish(
         probe.broker_url,
@@ -153,7 +93,7 @@ def test_a_message_for_another_queue_no_longer_kills_the_worker_thread(probe: Pr
     }
 
 
-def test_every_other_malformed_body_is_dead_lettered_raw_unrun(probe: Probe) -> None:
+def test_every_other_malformed_body_is_dead_lettered_raw_unrun(probe: Probe) -> None:  # noqa: F811
     run, queue = uuid.uuid4().hex[:8], probe.queue
     publish(
         probe.broker_url,

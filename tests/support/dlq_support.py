@@ -13,6 +13,7 @@ from typing import Any, Optional
 import pika
 import pytest
 from dramatiq import Message
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from actors.emails import send_email
@@ -68,6 +69,13 @@ def dramatiq_body(
 def raw_id(body: bytes) -> str:
     """The message id the archiver gives a body that does not decode."""
     return f"raw-{hashlib.sha256(body).hexdigest()[:32]}"
+
+
+def raw_letters(sessions: sessionmaker[Session], marker: str) -> list[DeadLetter]:
+    """The dead letters whose raw body contains ``marker``, oldest first."""
+    with sessions() as session:
+        statement = select(DeadLetter).where(DeadLetter.raw_body.contains(marker)).order_by(DeadLetter.id)
+        return list(session.scalars(statement))
 
 
 def publish(broker_url: str, queue: str, bodies: list[bytes]) -> None:

@@ -5,14 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import dramatiq
+import pika
 import pytest
 from dramatiq import Message
 from dramatiq.brokers.stub import StubBroker
+from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from pipeline import archiver
 from pipeline.archiver import archive_body, dead_letter_queues, decode_dead_message
 from pipeline.middleware.backoff import Backoff
 from storage import dead_letters
@@ -102,12 +106,18 @@ def test_a_body_that_does_not_decode_to_a_well_formed_message_is_kept_raw(body: 
     assert dead.fallback_error == error
 
 
+def died(queue: str, *, count: int = 1, second: int = 0, **properties: Any) -> pika.BasicProperties:
+    """The properties of a message RabbitMQ dead-lettered from ``queue`` (``count`` times, last at ``second``)."""
+    death = {"queue": queue, "reason": "rejected", "count": count, "time": datetime(2026, 1, 1, 0, 0, second)}
+    return pika.BasicProperties(headers={"x-death": [death]}, **properties)
+
+
 def test_a_message_must_belong_to_the_queue_rabbitmq_says_it_died_on() -> None:
     delayed = message(eta=1).copy(queue_name="emails.DQ")  # as Dramatiq puts it in emails.DQ
 
     assert decode_dead_message("emails.XQ", delayed.encode())[1] == delayed  # emails.DQ's dead go to emails.XQ
-    assert decode_dead_message("emails.XQ", delayed.encode(), origin="emails.DQ")[1] == delayed
-    dead, decoded = decode_dead_message("emails.XQ", delayed.encode(), origin="emails")
+    assert decode_dead_message("emails.XQ", delayed.encode(), died("emails.DQ"))[1] == delayed
+    dead, decoded = decode_dead_message("emails.XQ", delayed.encode(), died("emails"))
     assert decoded is None and dead.raw_body is not None
     assert dead.fallback_error == "MalformedMessage: queue_name is 'emails.DQ', but the message arrived on 'emails'"
 
@@ -212,3 +222,78 @@ def test_a_message_of_another_queue_is_kept_raw_and_its_arguments_name_no_item(
     assert stored.error == (
         "MalformedMessage: queue_name is 'webhooks', but the message was dead-lettered into 'emails.XQ'"
     )
+
+
+# --- what cannot be archived as a message ---------------------------------------------------------
+
+
+def stored(lite: sessionmaker[Session]) -> list[tuple[str, Any, Any, str]]:
+    with lite() as session:
+        return [(row.queue, row.actor, row.raw_body, row.error) for row in dead_letters.list_all(session)]
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"retries": 3, "traceback": {"frames": []}}, "options.traceback must be a string, not {'frames': []}"),
+        ({"retries": 2**64, "traceback": TRACEBACK}, f"options.retries must be {COUNT}, not 18446744073709551616"),
+    ],
+    ids=["traceback-not-string", "retries-past-the-column"],
+)
+def test_a_dead_message_whose_options_the_archive_cannot_hold_is_archived_raw(
+    lite: sessionmaker[Session], broker: StubBroker, hooks: RecordingHooks, options: dict[str, Any], error: str
+) -> None:
+    sent = message(**options)
+
+    assert archive_body(lite, broker, "emails.XQ", sent.encode())
+
+    assert stored(lite) == [("emails.XQ", None, sent.encode().decode(), f"MalformedMessage: {error}")]
+    assert hooks.failed == []
+
+
+def test_a_dead_message_the_database_refuses_is_archived_raw_not_retried(
+    lite: sessionmaker[Session], broker: StubBroker, hooks: RecordingHooks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = dead_letters.archive
+
+    def refusing(session: Session, dead: dead_letters.DeadMessage, **options: Any) -> bool:
+        if dead.raw_body is None:  # as PostgreSQL refuses a NaN in JSONB, or a value out of range
+            raise DataError("INSERT INTO dead_letters ...", {}, ValueError("invalid input syntax for type json"))
+        return archive(session, dead, **options)
+
+    monkeypatch.setattr(dead_letters, "archive", refusing)
+    sent = message(retries=3, traceback=TRACEBACK)
+
+    assert archive_body(lite, broker, "emails.XQ", sent.encode())
+
+    ((queue, actor, raw_body, error),) = stored(lite)
+    assert (queue, actor, raw_body) == ("emails.XQ", None, sent.encode().decode())
+    assert error.startswith("Unarchivable: DataError: (builtins.ValueError) invalid input syntax for type json")
+    assert hooks.failed == []  # rolled back with the structured row: the item is not told twice
+
+
+def test_a_bug_while_archiving_a_message_keeps_it_raw(
+    lite: sessionmaker[Session], broker: StubBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any) -> None:
+        raise RuntimeError("the archiver has a bug")
+
+    monkeypatch.setattr(archiver, "misfit", broken)
+
+    assert archive_body(lite, broker, "emails.XQ", message().encode())
+
+    assert [error for *_, error in stored(lite)] == ["Unarchivable: RuntimeError: the archiver has a bug"]
+
+
+def test_an_unreachable_database_is_raised_for_a_later_try_not_archived_raw(
+    lite: sessionmaker[Session], broker: StubBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unreachable(*args: Any, **options: Any) -> bool:
+        raise OperationalError("INSERT INTO dead_letters ...", {}, ConnectionError("server closed the connection"))
+
+    monkeypatch.setattr(dead_letters, "archive", unreachable)
+
+    with pytest.raises(OperationalError):
+        archive_body(lite, broker, "emails.XQ", message().encode())
+    monkeypatch.undo()
+    assert stored(lite) == []
