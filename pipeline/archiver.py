@@ -10,13 +10,17 @@ A poison message (not a well-formed message for the queue it died on, unknown ac
 misfitting arguments: ``pipeline.middleware.poison``) is kept with its raw body and never
 handed to the item hooks; so is a message the database will not take as one (a value
 it refuses): every XQ shares the archiver's one consumer, so a message retried for
-ever would hold up every queue. Only an unreachable database is waited for. Each new
-row pokes the dead-letter alerter (``pipeline.alerts``), which works in its own thread.
+ever would hold up every queue. Only an unreachable database is waited for. A raw
+body's id is made of the body, its queue and what RabbitMQ says of its death
+(``raw_id``), so distinct deaths of the same bytes are all kept, and a redelivery once.
+Each new row pokes the dead-letter alerter (``pipeline.alerts``), which works in its
+own thread.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -49,6 +53,8 @@ logger = logging.getLogger(__name__)
 PREFETCH = 100
 #: Longest pause between tries while RabbitMQ or PostgreSQL is unreachable (seconds).
 MAX_PAUSE_SECONDS = 30.0
+#: The fields of an ``x-death`` entry that tell one dead-lettering from another (``raw_id``).
+DEATH_FIELDS = ("queue", "reason", "count", "time")
 #: The error of a dead message the database would not take as a message, kept raw instead.
 UNARCHIVABLE = "Unarchivable"
 
@@ -65,7 +71,7 @@ def decode_dead_message(
     try:
         message = wellformed.decode(body, queue=died_on(properties) or queue)
     except DecodeError as exc:
-        return raw_dead_message(queue, body, error=f"{type(exc).__name__}: {exc}"), None
+        return raw_dead_message(queue, body, properties, error=f"{type(exc).__name__}: {exc}"), None
     options = dict(message.options)
     return (
         DeadMessage(
@@ -83,11 +89,36 @@ def decode_dead_message(
     )
 
 
-def raw_dead_message(queue: str, body: bytes, *, error: str) -> DeadMessage:
-    """``body`` kept as received, with ``error`` saying why it is kept raw."""
-    digest = hashlib.sha256(body).hexdigest()[:32]
+def raw_dead_message(
+    queue: str, body: bytes, properties: Optional[pika.BasicProperties] = None, *, error: str
+) -> DeadMessage:
+    """``body`` kept as received, under its ``raw_id``, with ``error`` saying why it is kept raw."""
     raw = body.decode("utf-8", errors="replace")
-    return DeadMessage(message_id=f"raw-{digest}", queue=queue, raw_body=raw, fallback_error=error)
+    return DeadMessage(message_id=raw_id(queue, body, properties), queue=queue, raw_body=raw, fallback_error=error)
+
+
+def raw_id(queue: str, body: bytes, properties: Optional[pika.BasicProperties] = None) -> str:
+    """The id of a dead letter kept raw: one per dead-lettering of a body, the same for its redeliveries.
+
+    A hash of the body alone merged the same bytes dead on two queues, or dead
+    twice. RabbitMQ gives a message no id, but stamps each dead-lettering in the
+    ``x-death`` header: the queue, the reason, how many times (``count``) and when
+    (to the second). Those, the dead-letter queue, and the publisher's own
+    ``message_id`` and ``timestamp`` properties when it set them, are hashed with
+    the body. A redelivery (the archiver died before its ack) carries the same
+    properties, so it gets the same id and is archived once. What no property
+    tells apart, the same bytes dead on the same queue for the same reason within
+    one second, the delivery does: see ``archive_body``'s ``first_sight``.
+    """
+    identity = {
+        "queue": queue,
+        "deaths": [[death.get(name) for name in DEATH_FIELDS] for death in _deaths(properties)],
+        "message_id": getattr(properties, "message_id", None),
+        "timestamp": getattr(properties, "timestamp", None),
+    }
+    text = json.dumps(identity, sort_keys=True, default=str)
+    digest = hashlib.sha256(text.encode() + b"\0" + body).hexdigest()
+    return f"raw-{digest[:32]}"
 
 
 def died_on(properties: Optional[pika.BasicProperties]) -> Optional[str]:
@@ -115,6 +146,7 @@ def archive_body(
     body: bytes,
     *,
     properties: Optional[pika.BasicProperties] = None,
+    first_sight: bool = False,
 ) -> bool:
     """Archive one dead message and mark its item failed, in one transaction; True if this call wrote it.
 
@@ -122,16 +154,21 @@ def archive_body(
     refuses, a bug) other than an unreachable database archives it raw instead:
     retried, it would fail again for ever and hold up every queue behind it. An
     unreachable database is raised, for the caller to try again later.
+
+    ``first_sight``: no archiver can have written this delivery yet (RabbitMQ had
+    never delivered it, and this is the first try). A raw id already taken is then
+    another message's, the same bytes dead in the same second, and this one is
+    kept too, under an id of its own; otherwise a taken id means "archived".
     """
     try:
-        return _archive(sessions, broker, queue, body, properties)
+        return _archive(sessions, broker, queue, body, properties, first_sight)
     except Exception as exc:
         if unreachable(exc):
             raise
         logger.exception("Could not archive a dead message from %s as a message; keeping it raw.", queue)
-        dead = raw_dead_message(queue, body, error=f"{UNARCHIVABLE}: {describe(exc)}")
+        dead = raw_dead_message(queue, body, properties, error=f"{UNARCHIVABLE}: {describe(exc)}")
         with sessions.begin() as session:
-            written = dead_letters.archive(session, dead)
+            written = dead_letters.archive(session, dead, fresh=first_sight)
         if written:
             logger.warning("Archived dead message %s from %s (raw body).", dead.message_id, queue)
         return written
@@ -143,6 +180,7 @@ def _archive(
     queue: str,
     body: bytes,
     properties: Optional[pika.BasicProperties],
+    first_sight: bool,
 ) -> bool:
     dead, message = decode_dead_message(queue, body, properties)
     poisoned = misfit(broker, message) if message is not None else None
@@ -150,7 +188,7 @@ def _archive(
         dead = replace(dead, fallback_error=poisoned, raw_body=body.decode("utf-8", errors="replace"))
     hooks = _hooks_for(broker, message) if poisoned is None else None
     with sessions.begin() as session:
-        written = dead_letters.archive(session, dead)
+        written = dead_letters.archive(session, dead, fresh=first_sight and message is None)
         if hooks is not None and message is not None:
             _mark_item_failed(session, hooks, message, dead.message_id)
     if written:
@@ -228,16 +266,20 @@ class RabbitmqArchiver:
     def _callback(self, connection: pika.BlockingConnection, queue: str) -> Callable[..., None]:
         def on_message(channel: object, method: object, properties: pika.BasicProperties, body: bytes) -> None:
             tag = method.delivery_tag  # type: ignore[attr-defined]
+            first_sight = not method.redelivered  # type: ignore[attr-defined]
             pause = 1.0
             while True:  # only an unreachable database (or RabbitMQ) gets here twice: nothing a message causes
                 try:
-                    written = archive_body(self.sessions, self.broker, queue, body, properties=properties)
+                    written = archive_body(
+                        self.sessions, self.broker, queue, body, properties=properties, first_sight=first_sight
+                    )
                     if written and self.alerter is not None:
                         self.alerter.poke()
                     channel.basic_ack(tag)  # type: ignore[attr-defined]
                     return
                 except Exception:
                     logger.exception("Could not archive a message from %s; retrying in %.0fs.", queue, pause)
+                    first_sight = False  # the failed try may have committed all the same
                     connection.sleep(pause)
                     pause = min(pause * 2, MAX_PAUSE_SECONDS)
 
@@ -267,7 +309,7 @@ class StubArchiver:
             while messages:
                 proxy = messages[0]
                 body = proxy._message.encode()
-                written += archive_body(self.sessions, self.broker, xq_name(queue), body)
+                written += archive_body(self.sessions, self.broker, xq_name(queue), body, first_sight=True)
                 messages.pop(0)
         return written
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from datetime import datetime
@@ -17,7 +16,7 @@ from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline import archiver
-from pipeline.archiver import archive_body, dead_letter_queues, decode_dead_message
+from pipeline.archiver import archive_body, dead_letter_queues, decode_dead_message, raw_id
 from pipeline.middleware.backoff import Backoff
 from storage import dead_letters
 from storage.clock import utcnow
@@ -100,7 +99,7 @@ def test_a_body_that_does_not_decode_to_a_well_formed_message_is_kept_raw(body: 
     dead, decoded = decode_dead_message("emails.XQ", body)
 
     assert decoded is None
-    assert dead.message_id == f"raw-{hashlib.sha256(body).hexdigest()[:32]}"
+    assert dead.message_id == raw_id("emails.XQ", body)
     assert (dead.queue, dead.actor, dead.args, dead.kwargs) == ("emails.XQ", None, None, None)
     assert dead.raw_body == body.decode("utf-8", errors="replace")
     assert dead.fallback_error == error
@@ -120,6 +119,25 @@ def test_a_message_must_belong_to_the_queue_rabbitmq_says_it_died_on() -> None:
     dead, decoded = decode_dead_message("emails.XQ", delayed.encode(), died("emails"))
     assert decoded is None and dead.raw_body is not None
     assert dead.fallback_error == "MalformedMessage: queue_name is 'emails.DQ', but the message arrived on 'emails'"
+
+
+def test_a_raw_id_tells_queues_and_dead_letterings_apart_and_is_the_same_for_a_redelivery() -> None:
+    body = b"\x00\xff not a message {"
+    ids = [
+        raw_id("emails.XQ", body),
+        raw_id("webhooks.XQ", body),  # the same bytes on another queue
+        raw_id("emails.XQ", body, died("emails")),
+        raw_id("emails.XQ", body, died("emails.DQ")),
+        raw_id("emails.XQ", body, died("emails", count=2)),  # redriven, and dead again
+        raw_id("emails.XQ", body, died("emails", second=1)),  # sent again, dead a second later
+        raw_id("emails.XQ", body, died("emails", message_id="publisher-1")),  # the publisher's own id
+        raw_id("emails.XQ", body, died("emails", timestamp=1767225600)),
+        raw_id("emails.XQ", body + b" "),
+    ]
+
+    assert len(set(ids)) == len(ids) and all(len(i) == len("raw-") + 32 and i.startswith("raw-") for i in ids)
+    assert raw_id("emails.XQ", body, died("emails")) == ids[2]  # the same properties: a redelivery
+    assert raw_id("emails.XQ", body, pika.BasicProperties()) == ids[0]
 
 
 # --- archiving on SQLite --------------------------------------------------------------------------
@@ -297,3 +315,24 @@ def test_an_unreachable_database_is_raised_for_a_later_try_not_archived_raw(
         archive_body(lite, broker, "emails.XQ", message().encode())
     monkeypatch.undo()
     assert stored(lite) == []
+
+
+def test_a_body_seen_for_the_first_time_is_kept_even_when_the_same_bytes_were_archived(
+    lite: sessionmaker[Session], broker: StubBroker
+) -> None:
+    body, properties = b"\x00\xff not a message {", died("emails")
+    sent = message(retries=3, traceback=TRACEBACK)
+
+    def archive(body: bytes, *, first_sight: bool) -> bool:
+        return archive_body(lite, broker, "emails.XQ", body, properties=properties, first_sight=first_sight)
+
+    dead_twice = [archive(body, first_sight=True) for _ in "12"]  # two messages, byte for byte the same
+    redelivered = archive(body, first_sight=False)  # the second again: an archiver died before its ack
+    message_twice = [archive(sent.encode(), first_sight=True) for _ in "12"]
+
+    assert (dead_twice, redelivered) == ([True, True], False)
+    assert message_twice == [True, False]  # a message id is the message's identity: never a second row
+    with lite() as session:
+        ids = [row.message_id for row in dead_letters.list_all(session)]
+    base = raw_id("emails.XQ", body, properties)
+    assert ids[0] == base and ids[1].startswith(f"{base}-") and ids[2] == sent.message_id and len(ids) == 3
