@@ -118,7 +118,7 @@ def count(session: Session) -> int:
 
 # --- inspection, replay and retention (``minalesh-workers dlq``) ----------------------------------
 
-#: How counts by actor name the dead letters whose body did not decode.
+#: How counts by actor name the dead letters kept raw (no actor: the body did not decode to a message).
 UNDECODABLE = "(undecodable)"
 
 
@@ -212,7 +212,7 @@ def clear_replayed(session: Session, dead_letter_id: int) -> None:
 def summary(session: Session) -> dict[str, Any]:
     """``dlq stats``: totals, counts by queue, by actor and by both, and the oldest and newest death.
 
-    ``by_actor`` counts bodies that did not decode (no actor) under ``UNDECODABLE``.
+    ``by_actor`` counts bodies kept raw (no actor) under ``UNDECODABLE``.
     """
     totals = session.execute(
         select(
