@@ -10,7 +10,7 @@ A poison message (not a well-formed message for the queue it died on, unknown ac
 misfitting arguments: ``pipeline.middleware.poison``) is kept with its raw body and never
 handed to the item hooks; so is a message the database will not take as one (a value
 it refuses): every XQ shares the archiver's one consumer, so a message retried for
-ever would hold up every queue. Only an unreachable database is waited for. A raw
+ever would hold up every queue. Only a database failing for now is waited for. A raw
 body's id is made of the body, its queue and what RabbitMQ says of its death
 (``raw_id``), so distinct deaths of the same bytes are all kept, and a redelivery once.
 Each new row pokes the dead-letter alerter (``pipeline.alerts``), which works in its
@@ -44,7 +44,7 @@ from pipeline.core.errors import describe
 from pipeline.middleware.item_hooks import ItemHooks
 from pipeline.middleware.poison import misfit
 from storage import dead_letters
-from storage.database import unreachable
+from storage.database import transient_failure
 from storage.dead_letters import DeadMessage
 
 logger = logging.getLogger(__name__)
@@ -151,9 +151,10 @@ def archive_body(
     """Archive one dead message and mark its item failed, in one transaction; True if this call wrote it.
 
     Whatever keeps it from being archived as a message (a value the database
-    refuses, a bug) other than an unreachable database archives it raw instead:
-    retried, it would fail again for ever and hold up every queue behind it. An
-    unreachable database is raised, for the caller to try again later.
+    refuses, a bug) other than the database failing for now archives it raw
+    instead: retried, it would fail again for ever and hold up every queue behind
+    it. A transient failure (``storage.database.transient_failure``: unreachable,
+    a deadlock, a timeout) is raised, for the caller to try again later.
 
     ``first_sight``: no archiver can have written this delivery yet (RabbitMQ had
     never delivered it, and this is the first try). A raw id already taken is then
@@ -163,7 +164,7 @@ def archive_body(
     try:
         return _archive(sessions, broker, queue, body, properties, first_sight)
     except Exception as exc:
-        if unreachable(exc):
+        if transient_failure(exc):
             raise
         logger.exception("Could not archive a dead message from %s as a message; keeping it raw.", queue)
         dead = raw_dead_message(queue, body, properties, error=f"{UNARCHIVABLE}: {describe(exc)}")
@@ -268,7 +269,7 @@ class RabbitmqArchiver:
             tag = method.delivery_tag  # type: ignore[attr-defined]
             first_sight = not method.redelivered  # type: ignore[attr-defined]
             pause = 1.0
-            while True:  # only an unreachable database (or RabbitMQ) gets here twice: nothing a message causes
+            while True:  # only a database failing for now gets here twice: nothing a message causes
                 try:
                     written = archive_body(
                         self.sessions, self.broker, queue, body, properties=properties, first_sight=first_sight

@@ -67,15 +67,29 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     cursor.close()
 
 
-def unreachable(exc: BaseException) -> bool:
-    """Whether ``exc`` says the database could not be reached (wait and try again), not that it refused a statement.
+#: SQLSTATE classes of failures that pass with time: connection exceptions, serialization failures and
+#: deadlocks, insufficient resources (disk full, too many connections), operator intervention (shutdown,
+#: statement timeout) and system errors. Other classes refuse the statement itself, every time.
+TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+#: SQLSTATEs of other classes that pass with time: a lock timeout.
+TRANSIENT_SQLSTATES = frozenset({"55P03"})
 
-    A refusal (a value out of range, JSON it will not take) is the same on every
-    try; an outage, a lost connection or a lock timeout passes.
+
+def transient_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is the database failing for now (wait and try again), not refusing the statement.
+
+    A refusal (a value out of range, JSON it will not take, an index row too big)
+    is the same on every try. psycopg2 files some refusals under
+    ``OperationalError`` too (``54000``, an index row too big), so the SQLSTATE
+    decides; an error without one (no server reached, or SQLite's locked
+    database) is taken as transient.
     """
-    return isinstance(exc, (OperationalError, InterfaceError)) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated
-    )
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if not isinstance(exc, (OperationalError, InterfaceError)):
+        return False
+    code = getattr(exc.orig, "pgcode", None)
+    return not code or code[:2] in TRANSIENT_SQLSTATE_CLASSES or code in TRANSIENT_SQLSTATES
 
 
 @lru_cache(maxsize=None)

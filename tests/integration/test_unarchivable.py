@@ -10,6 +10,7 @@ archived once.
 
 from __future__ import annotations
 
+import secrets
 import threading
 import uuid
 
@@ -45,6 +46,7 @@ def test_what_postgresql_refuses_is_archived_raw_and_no_queue_waits_for_it(probe
         body(probe.queue, f"traceback-{run}", options={"retries": 3, "traceback": {"frames": [1, 2]}}),
         body(probe.queue, f"retries-{run}", options={"retries": 2**40, "traceback": TRACEBACK}),
         body(probe.queue, f"nan-{run}", args=[float("nan")], options={"retries": 3, "traceback": TRACEBACK}),
+        body(probe.queue, f"long-id-{run}", message_id=secrets.token_hex(2000)),  # past a btree index row
     ]
     good_id, good = dramatiq_body("probe", [5], queue=probe.queue, options={"retries": 3, "traceback": TRACEBACK})
     other_id, other = dramatiq_body("other_probe", [6], queue=probe.other_queue, options={"traceback": TRACEBACK})
@@ -58,7 +60,7 @@ def test_what_postgresql_refuses_is_archived_raw_and_no_queue_waits_for_it(probe
     }
     kept_raw = {
         case: wait_until(lambda c=case: raw_letters(probe.sessions, f"{c}-{run}"), what=f"the raw {case}")
-        for case in ("traceback", "retries", "nan")
+        for case in ("traceback", "retries", "nan", "long-id")
     }
     for queue in (xq, other_xq):
         wait_until(lambda q=queue: queue_depth(probe.broker_url, q) == 0, what=f"{queue} emptied (archived, acked)")
@@ -67,11 +69,12 @@ def test_what_postgresql_refuses_is_archived_raw_and_no_queue_waits_for_it(probe
         assert letter is not None and letter.raw_body is None, message_id
         assert letter.error == "pipeline.core.errors.TransientError: Resend 500: down"
     assert archived[good_id].args == [5] and archived[other_id].queue == other_xq
-    assert {case: len(letters) for case, letters in kept_raw.items()} == {"traceback": 1, "retries": 1, "nan": 1}
-    (traceback,), (retries,), (nan,) = kept_raw.values()
+    assert {case: len(letters) for case, letters in kept_raw.items()} == dict.fromkeys(kept_raw, 1)
+    (traceback,), (retries,), (nan,), (long_id,) = kept_raw.values()
     assert traceback.error == "MalformedMessage: options.traceback must be a string, not {'frames': [1, 2]}"
     assert retries.error == "MalformedMessage: options.retries must be a count (0 to 2147483647), not 1099511627776"
     assert nan.error.startswith("Unarchivable: DataError: "), nan.error  # JSONB has no NaN
+    assert long_id.error.startswith("Unarchivable: OperationalError: "), long_id.error  # not an outage: no retry
     assert all(letter.actor is None and letter.args is None and letter.queue == xq for letter in (traceback, nan))
     assert '"tag": "nan-' in (nan.raw_body or "") and "NaN" in (nan.raw_body or "")
 

@@ -20,6 +20,7 @@ from pipeline.archiver import archive_body, dead_letter_queues, decode_dead_mess
 from pipeline.middleware.backoff import Backoff
 from storage import dead_letters
 from storage.clock import utcnow
+from storage.database import transient_failure
 from storage.models import FinalError
 
 #: How a malformed count is described.
@@ -315,6 +316,51 @@ def test_an_unreachable_database_is_raised_for_a_later_try_not_archived_raw(
         archive_body(lite, broker, "emails.XQ", message().encode())
     monkeypatch.undo()
     assert stored(lite) == []
+
+
+class PgError(Exception):
+    """A driver error with the SQLSTATE PostgreSQL gave it."""
+
+    def __init__(self, pgcode: str | None) -> None:
+        super().__init__(f"SQLSTATE {pgcode}")
+        self.pgcode = pgcode
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (OperationalError("INSERT", {}, PgError(None)), True),  # no server reached
+        (OperationalError("INSERT", {}, PgError("57P01")), True),  # admin shutdown
+        (OperationalError("INSERT", {}, PgError("57014")), True),  # statement timeout
+        (OperationalError("INSERT", {}, PgError("53100")), True),  # disk full
+        (OperationalError("INSERT", {}, PgError("40P01")), True),  # deadlock
+        (OperationalError("INSERT", {}, PgError("55P03")), True),  # lock timeout
+        (OperationalError("INSERT", {}, PgError("54000")), False),  # index row too big: every time
+        (DataError("INSERT", {}, PgError("22003")), False),  # numeric value out of range
+        (DataError("INSERT", {}, PgError("22P02")), False),  # JSON it will not take
+        (ValueError("a bug"), False),
+    ],
+)
+def test_only_the_database_failing_for_now_is_transient(error: Exception, transient: bool) -> None:
+    assert transient_failure(error) is transient
+
+
+def test_an_index_row_too_big_is_no_outage_and_is_archived_raw(
+    lite: sessionmaker[Session], broker: StubBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = dead_letters.archive
+
+    def refusing(session: Session, dead: dead_letters.DeadMessage, **options: Any) -> bool:
+        if dead.raw_body is None:  # psycopg2 files PostgreSQL's 54000 under OperationalError
+            raise OperationalError("INSERT INTO dead_letters ...", {}, PgError("54000"))
+        return archive(session, dead, **options)
+
+    monkeypatch.setattr(dead_letters, "archive", refusing)
+
+    assert archive_body(lite, broker, "emails.XQ", message().encode())
+
+    ((*_, error),) = stored(lite)
+    assert error == "Unarchivable: OperationalError: (tests.unit.test_archiver.PgError) SQLSTATE 54000"
 
 
 def test_a_body_seen_for_the_first_time_is_kept_even_when_the_same_bytes_were_archived(
