@@ -6,20 +6,27 @@ once (keyed by message id, so redeliveries are harmless), marks its item failed,
 and only then acks: a crash or a database outage loses nothing, the message is
 delivered again.
 
-A poison message (undecodable, unknown actor, misfitting arguments: ``pipeline.middleware.poison``)
-is kept with its raw body and never handed to the item hooks. Each new row pokes the
-dead-letter alerter (``pipeline.alerts``), which works in its own thread.
+A poison message (not a well-formed message for the queue it died on, unknown actor,
+misfitting arguments: ``pipeline.middleware.poison``) is kept with its raw body and never
+handed to the item hooks; so is a message the database will not take as one (a value
+it refuses): every XQ shares the archiver's one consumer, so a message retried for
+ever would hold up every queue. Only a database failing for now is waited for. A raw
+body's id is made of the body, its queue and what RabbitMQ says of its death
+(``raw_id``), so distinct deaths of the same bytes are all kept, and a redelivery once.
+Each new row pokes the dead-letter alerter (``pipeline.alerts``), which works in its
+own thread.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Optional
+from typing import Any, Optional
 
 import pika
 import pika.exceptions
@@ -32,9 +39,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline import alerts
 from pipeline.alerts import Alerter
+from pipeline.core import wellformed
+from pipeline.core.errors import describe
 from pipeline.middleware.item_hooks import ItemHooks
 from pipeline.middleware.poison import misfit
 from storage import dead_letters
+from storage.database import transient_failure
 from storage.dead_letters import DeadMessage
 
 logger = logging.getLogger(__name__)
@@ -43,17 +53,25 @@ logger = logging.getLogger(__name__)
 PREFETCH = 100
 #: Longest pause between tries while RabbitMQ or PostgreSQL is unreachable (seconds).
 MAX_PAUSE_SECONDS = 30.0
+#: The fields of an ``x-death`` entry that tell one dead-lettering from another (``raw_id``).
+DEATH_FIELDS = ("queue", "reason", "count", "time")
+#: The error of a dead message the database would not take as a message, kept raw instead.
+UNARCHIVABLE = "Unarchivable"
 
 
-def decode_dead_message(queue: str, body: bytes) -> tuple[DeadMessage, Optional[Message]]:
-    """What the archive should say of ``body``; a body that does not decode is kept raw."""
+def decode_dead_message(
+    queue: str, body: bytes, properties: Optional[pika.BasicProperties] = None
+) -> tuple[DeadMessage, Optional[Message]]:
+    """What the archive should say of ``body``; one that is not a well-formed message is kept raw.
+
+    When RabbitMQ says which queue the message died on (``x-death``), its body must
+    be a message of that very queue, as the worker required (``pipeline.core.wellformed``);
+    otherwise, of ``queue``'s main or delay queue.
+    """
     try:
-        message = _well_formed(Message.decode(body), body)
+        message = wellformed.decode(body, queue=died_on(properties) or queue)
     except DecodeError as exc:
-        digest = hashlib.sha256(body).hexdigest()[:32]
-        raw = body.decode("utf-8", errors="replace")
-        dead = DeadMessage(message_id=f"raw-{digest}", queue=queue, raw_body=raw, fallback_error=f"DecodeError: {exc}")
-        return dead, None
+        return raw_dead_message(queue, body, properties, error=f"{type(exc).__name__}: {exc}"), None
     options = dict(message.options)
     return (
         DeadMessage(
@@ -71,19 +89,49 @@ def decode_dead_message(queue: str, body: bytes) -> tuple[DeadMessage, Optional[
     )
 
 
-def _well_formed(message: Message, body: bytes) -> Message:
-    """``message``, if its fields have the types the archive needs; a DecodeError otherwise.
+def raw_dead_message(
+    queue: str, body: bytes, properties: Optional[pika.BasicProperties] = None, *, error: str
+) -> DeadMessage:
+    """``body`` kept as received, under its ``raw_id``, with ``error`` saying why it is kept raw."""
+    raw = body.decode("utf-8", errors="replace")
+    return DeadMessage(message_id=raw_id(queue, body, properties), queue=queue, raw_body=raw, fallback_error=error)
 
-    A body can be JSON with every field yet carry, say, options that are not an
-    object; archiving it structured would then fail on every redelivery and hold
-    the archiver up, so it is kept raw like any body that does not decode.
+
+def raw_id(queue: str, body: bytes, properties: Optional[pika.BasicProperties] = None) -> str:
+    """The id of a dead letter kept raw: one per dead-lettering of a body, the same for its redeliveries.
+
+    A hash of the body alone merged the same bytes dead on two queues, or dead
+    twice. RabbitMQ gives a message no id, but stamps each dead-lettering in the
+    ``x-death`` header: the queue, the reason, how many times (``count``) and when
+    (to the second). Those, the dead-letter queue, and the publisher's own
+    ``message_id`` and ``timestamp`` properties when it set them, are hashed with
+    the body. A redelivery (the archiver died before its ack) carries the same
+    properties, so it gets the same id and is archived once. What no property
+    tells apart, the same bytes dead on the same queue for the same reason within
+    one second, the delivery does: see ``archive_body``'s ``first_sight``.
     """
-    fields = (message.message_id, message.actor_name, message.kwargs, message.options)
-    if not all(isinstance(value, kind) for value, kind in zip(fields, (str, str, dict, dict), strict=True)) or (
-        not isinstance(message.options.get("retries", 0), int)
-    ):
-        raise DecodeError("Malformed message: a field has the wrong type.", body, None)
-    return message
+    identity = {
+        "queue": queue,
+        "deaths": [[death.get(name) for name in DEATH_FIELDS] for death in _deaths(properties)],
+        "message_id": getattr(properties, "message_id", None),
+        "timestamp": getattr(properties, "timestamp", None),
+    }
+    text = json.dumps(identity, sort_keys=True, default=str)
+    digest = hashlib.sha256(text.encode() + b"\0" + body).hexdigest()
+    return f"raw-{digest[:32]}"
+
+
+def died_on(properties: Optional[pika.BasicProperties]) -> Optional[str]:
+    """The queue RabbitMQ last dead-lettered a message from (``x-death`` lists the newest first), if it says."""
+    deaths = _deaths(properties)
+    queue = deaths[0].get("queue") if deaths else None
+    return queue if isinstance(queue, str) else None
+
+
+def _deaths(properties: Optional[pika.BasicProperties]) -> list[dict[str, Any]]:
+    headers = getattr(properties, "headers", None) or {}
+    deaths = headers.get("x-death") if isinstance(headers, dict) else None
+    return [death for death in deaths if isinstance(death, dict)] if isinstance(deaths, list) else []
 
 
 def _last_line(text: Optional[str]) -> Optional[str]:
@@ -91,15 +139,57 @@ def _last_line(text: Optional[str]) -> Optional[str]:
     return lines[-1].strip() if lines else None
 
 
-def archive_body(sessions: sessionmaker[Session], broker: Broker, queue: str, body: bytes) -> bool:
-    """Archive one dead message and mark its item failed, in one transaction."""
-    dead, message = decode_dead_message(queue, body)
+def archive_body(
+    sessions: sessionmaker[Session],
+    broker: Broker,
+    queue: str,
+    body: bytes,
+    *,
+    properties: Optional[pika.BasicProperties] = None,
+    first_sight: bool = False,
+) -> bool:
+    """Archive one dead message and mark its item failed, in one transaction; True if this call wrote it.
+
+    Whatever keeps it from being archived as a message (a value the database
+    refuses, a bug) other than the database failing for now archives it raw
+    instead: retried, it would fail again for ever and hold up every queue behind
+    it. A transient failure (``storage.database.transient_failure``: unreachable,
+    a deadlock, a timeout) is raised, for the caller to try again later.
+
+    ``first_sight``: no archiver can have written this delivery yet (RabbitMQ had
+    never delivered it, and this is the first try). A raw id already taken is then
+    another message's, the same bytes dead in the same second, and this one is
+    kept too, under an id of its own; otherwise a taken id means "archived".
+    """
+    try:
+        return _archive(sessions, broker, queue, body, properties, first_sight)
+    except Exception as exc:
+        if transient_failure(exc):
+            raise
+        logger.exception("Could not archive a dead message from %s as a message; keeping it raw.", queue)
+        dead = raw_dead_message(queue, body, properties, error=f"{UNARCHIVABLE}: {describe(exc)}")
+        with sessions.begin() as session:
+            written = dead_letters.archive(session, dead, fresh=first_sight)
+        if written:
+            logger.warning("Archived dead message %s from %s (raw body).", dead.message_id, queue)
+        return written
+
+
+def _archive(
+    sessions: sessionmaker[Session],
+    broker: Broker,
+    queue: str,
+    body: bytes,
+    properties: Optional[pika.BasicProperties],
+    first_sight: bool,
+) -> bool:
+    dead, message = decode_dead_message(queue, body, properties)
     poisoned = misfit(broker, message) if message is not None else None
     if poisoned is not None:  # kept as sent, and no item hooks: its arguments name no item
         dead = replace(dead, fallback_error=poisoned, raw_body=body.decode("utf-8", errors="replace"))
     hooks = _hooks_for(broker, message) if poisoned is None else None
     with sessions.begin() as session:
-        written = dead_letters.archive(session, dead)
+        written = dead_letters.archive(session, dead, fresh=first_sight and message is None)
         if hooks is not None and message is not None:
             _mark_item_failed(session, hooks, message, dead.message_id)
     if written:
@@ -175,17 +265,22 @@ class RabbitmqArchiver:
                 connection.close()
 
     def _callback(self, connection: pika.BlockingConnection, queue: str) -> Callable[..., None]:
-        def on_message(channel: object, method: object, _properties: object, body: bytes) -> None:
+        def on_message(channel: object, method: object, properties: pika.BasicProperties, body: bytes) -> None:
             tag = method.delivery_tag  # type: ignore[attr-defined]
+            first_sight = not method.redelivered  # type: ignore[attr-defined]
             pause = 1.0
-            while True:
+            while True:  # only a database failing for now gets here twice: nothing a message causes
                 try:
-                    if archive_body(self.sessions, self.broker, queue, body) and self.alerter is not None:
+                    written = archive_body(
+                        self.sessions, self.broker, queue, body, properties=properties, first_sight=first_sight
+                    )
+                    if written and self.alerter is not None:
                         self.alerter.poke()
                     channel.basic_ack(tag)  # type: ignore[attr-defined]
                     return
                 except Exception:
                     logger.exception("Could not archive a message from %s; retrying in %.0fs.", queue, pause)
+                    first_sight = False  # the failed try may have committed all the same
                     connection.sleep(pause)
                     pause = min(pause * 2, MAX_PAUSE_SECONDS)
 
@@ -214,7 +309,8 @@ class StubArchiver:
         for queue, messages in self.broker.dead_letters_by_queue.items():
             while messages:
                 proxy = messages[0]
-                written += archive_body(self.sessions, self.broker, xq_name(queue), proxy._message.encode())
+                body = proxy._message.encode()
+                written += archive_body(self.sessions, self.broker, xq_name(queue), body, first_sight=True)
                 messages.pop(0)
         return written
 

@@ -22,8 +22,9 @@ Replay, and why it is shaped so:
 * An item that is not failed any more (sent since, or revived by a replay of an
   earlier dead letter of it) is not revived and nothing is sent; the dead letter
   is still stamped, since it needs nothing more, and the outcome says why.
-* A body that did not decode, an actor this release does not have, or arguments
-  that do not fit the actor cannot be replayed: reported and skipped, unstamped.
+* A body kept raw (not a well-formed message, or one the archive could not take
+  as a message), an actor this release does not have, or arguments that do not
+  fit the actor cannot be replayed: reported and skipped, unstamped.
 
 ``dry_run`` runs the same transaction (locks, revive included) and rolls it back,
 so it reports exactly what a replay would do at that moment, and sends nothing.
@@ -226,7 +227,7 @@ def _beyond_idempotency(hooks: Optional[ItemHooks], letter: DeadLetter) -> Optio
 def replay_message(broker: Broker, letter: DeadLetter) -> Message | str:
     """The fresh message replaying ``letter``, or why there can be none."""
     if letter.actor is None or letter.args is None:
-        return "the body did not decode: nothing to replay (its raw body is in `dlq show`)"
+        return "the body was kept raw: nothing to replay (its raw body is in `dlq show`)"
     options = {name: value for name, value in (letter.options or {}).items() if name not in SPENT_OPTIONS}
     options["replay_of"] = letter.message_id
     try:

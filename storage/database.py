@@ -16,7 +16,7 @@ from functools import lru_cache
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.errors import InvalidDatabaseUrl
@@ -108,6 +108,31 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+#: SQLSTATE classes of failures that pass with time: connection exceptions, serialization failures and
+#: deadlocks, insufficient resources (disk full, too many connections), operator intervention (shutdown,
+#: statement timeout) and system errors. Other classes refuse the statement itself, every time.
+TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+#: SQLSTATEs of other classes that pass with time: a lock timeout.
+TRANSIENT_SQLSTATES = frozenset({"55P03"})
+
+
+def transient_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is the database failing for now (wait and try again), not refusing the statement.
+
+    A refusal (a value out of range, JSON it will not take, an index row too big)
+    is the same on every try. psycopg2 files some refusals under
+    ``OperationalError`` too (``54000``, an index row too big), so the SQLSTATE
+    decides; an error without one (no server reached, or SQLite's locked
+    database) is taken as transient.
+    """
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if not isinstance(exc, (OperationalError, InterfaceError)):
+        return False
+    code = getattr(exc.orig, "pgcode", None)
+    return not code or code[:2] in TRANSIENT_SQLSTATE_CLASSES or code in TRANSIENT_SQLSTATES
 
 
 @lru_cache(maxsize=None)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Table, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.clock import utcnow
 from storage.dialect import insert_ignoring_conflicts
 from storage.models import DeadLetter, FinalError
+
+#: Random bytes (hex) after the id of a ``fresh`` message whose id was taken.
+FRESH_SUFFIX_BYTES = 8
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,34 +48,38 @@ def record_final_error(
     )
 
 
-def archive(session: Session, message: DeadMessage) -> bool:
+def archive(session: Session, message: DeadMessage, *, fresh: bool = False) -> bool:
     """Write ``message`` to ``dead_letters`` once; True if this call wrote it.
 
     The final error recorded by the pipeline wins over the one the message carries
     (RabbitMQ dead-letters the bytes of the delivery before the last attempt).
+
+    ``fresh``: the caller knows this message cannot be in the archive yet. If its
+    id is taken all the same, the row is another message's that got the same id,
+    and this one is written too, under the id with a random suffix.
     """
     message = replace(message, message_id=storable(message.message_id), actor=storable(message.actor))
     final = session.get(FinalError, message.message_id)
     now = utcnow()
-    written = insert_ignoring_conflicts(
-        session,
-        DeadLetter.__table__,  # type: ignore[arg-type]
-        {
-            "message_id": message.message_id,
-            "queue": message.queue,
-            "actor": message.actor,
-            "args": storable(message.args),
-            "kwargs": storable(message.kwargs),
-            "options": storable(message.options),
-            "raw_body": storable(message.raw_body),
-            "error": storable(final.error if final else message.fallback_error),
-            "traceback": storable(final.traceback if final else message.fallback_traceback),
-            "retries": final.retries if final else message.retries,
-            "dead_at": final.failed_at if final else (message.dead_at or now),
-            "archived_at": now,
-        },
-        key="message_id",
-    )
+    values: dict[str, Any] = {
+        "message_id": message.message_id,
+        "queue": message.queue,
+        "actor": message.actor,
+        "args": storable(message.args),
+        "kwargs": storable(message.kwargs),
+        "options": storable(message.options),
+        "raw_body": storable(message.raw_body),
+        "error": storable(final.error if final else message.fallback_error),
+        "traceback": storable(final.traceback if final else message.fallback_traceback),
+        "retries": final.retries if final else message.retries,
+        "dead_at": final.failed_at if final else (message.dead_at or now),
+        "archived_at": now,
+    }
+    table: Table = DeadLetter.__table__  # type: ignore[assignment]
+    written = insert_ignoring_conflicts(session, table, values, key="message_id")
+    if not written and fresh:
+        values["message_id"] = f"{message.message_id}-{secrets.token_hex(FRESH_SUFFIX_BYTES)}"
+        written = insert_ignoring_conflicts(session, table, values, key="message_id")
     if final is not None:
         session.execute(delete(FinalError).where(FinalError.message_id == message.message_id))
     return written
@@ -110,7 +118,7 @@ def count(session: Session) -> int:
 
 # --- inspection, replay and retention (``minalesh-workers dlq``) ----------------------------------
 
-#: How counts by actor name the dead letters whose body did not decode.
+#: How counts by actor name the dead letters kept raw (no actor: the body did not decode to a message).
 UNDECODABLE = "(undecodable)"
 
 
@@ -204,7 +212,7 @@ def clear_replayed(session: Session, dead_letter_id: int) -> None:
 def summary(session: Session) -> dict[str, Any]:
     """``dlq stats``: totals, counts by queue, by actor and by both, and the oldest and newest death.
 
-    ``by_actor`` counts bodies that did not decode (no actor) under ``UNDECODABLE``.
+    ``by_actor`` counts bodies kept raw (no actor) under ``UNDECODABLE``.
     """
     totals = session.execute(
         select(

@@ -175,14 +175,15 @@ class DeadLetter(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    #: Dramatiq's message id; a message is archived once however often it is seen.
+    #: Dramatiq's message id; a message is archived once however often it is seen. A body kept
+    #: raw has ``raw-`` and a hash of the body and its death instead (``pipeline.archiver.raw_id``).
     message_id: Mapped[str] = mapped_column(Text, unique=True)
     queue: Mapped[str] = mapped_column(Text)
     actor: Mapped[Optional[str]] = mapped_column(Text)
     args: Mapped[Optional[list[Any]]] = mapped_column(JsonDocument)
     kwargs: Mapped[Optional[dict[str, Any]]] = mapped_column(JsonDocument)
     options: Mapped[Optional[dict[str, Any]]] = mapped_column(JsonDocument)
-    #: The body as received when it could not be decoded (poison message).
+    #: The body as received, for a poison message or one that could not be archived as a message.
     raw_body: Mapped[Optional[str]] = mapped_column(Text)
     error: Mapped[str] = mapped_column(Text)
     traceback: Mapped[Optional[str]] = mapped_column(Text)

@@ -1,7 +1,15 @@
 """Poison messages: messages no retry can help, dead-lettered without running.
 
-Dramatiq nacks a body that does not decode straight into the queue's XQ. Two more
-kinds never could run, yet Dramatiq would not notice in time:
+Whether a message is runnable is asked in two steps, each in one place:
+
+1. is the body a well-formed message for the queue it arrived on at all?
+   ``pipeline.core.wellformed.decode`` says; the RabbitMQ consumer
+   (``pipeline.core.broker``) nacks every body it refuses straight into the
+   queue's XQ, before Dramatiq (or any middleware) sees it, and the archiver
+   keeps those bodies raw;
+2. can this well-formed message run on this process's actors? ``misfit`` says.
+
+Two kinds fail the second step, yet Dramatiq would not notice in time:
 
 * a message for an actor this process does not know: Dramatiq 2 moves it to the
   XQ as it arrives, but not one that arrives delayed (an ``eta``, as every retry

@@ -24,6 +24,7 @@ from tests.support.dlq_support import (  # noqa: F401  (fixtures)
     publish,
     queue_depth,
     raw_id,
+    raw_letters,
 )
 from tests.support.helpers import insert_email, wait_until
 
@@ -108,7 +109,8 @@ def test_done_when_failed_emails_are_listed_replayed_once_and_garbage_is_listed(
     assert second.stdout.strip() == "Replayed 0 of 0 dead letters.", second.stdout
     assert by_id.returncode == 0 and "Replayed 0 of 3 dead letters; 3 already replayed." in by_id.stdout
     assert left_in_queue == 0
-    garbage_item = next(item for item in after_garbage if item["message_id"] == raw_id(body))
+    (garbage_letter,) = raw_letters(own_sessions, run)
+    garbage_item = next(item for item in after_garbage if item["message_id"] == garbage_letter.message_id)
     assert garbage_item["raw"] is True and garbage_item["actor"] is None
     assert garbage_item["error"].startswith("DecodeError")
     assert figures["by_actor"] == {"send_email": total, "(undecodable)": 1}
@@ -132,7 +134,7 @@ def test_an_archiver_that_was_down_archives_the_whole_backlog(
         for n in range(BACKLOG - 5)
     ]
     bodies = [body for _, body in published] + [garbage(f"backlog-{n}") for n in range(5)]
-    expected = {message_id for message_id, _ in published} | {raw_id(body) for body in bodies[-5:]}
+    expected = {message_id for message_id, _ in published} | {raw_id(body, queue="emails.XQ") for body in bodies[-5:]}
     publish(own_services.broker_url, "emails.XQ", bodies)  # dead-lettered while no archiver ran
     assert queue_depth(own_services.broker_url, "emails.XQ") == BACKLOG
 

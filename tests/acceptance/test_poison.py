@@ -13,7 +13,7 @@ from bench.harness.processes import run_cli
 from pipeline.core.runtime import Runtime
 from storage import dead_letters, emails
 from storage.models import DeadLetter
-from tests.support.dlq_support import dlq_json, dramatiq_body, garbage, publish, raw_id
+from tests.support.dlq_support import dlq_json, dramatiq_body, garbage, publish, raw_letters
 from tests.support.helpers import insert_email, unique_address, wait_until
 
 pytestmark = pytest.mark.usefixtures("runtime")
@@ -46,8 +46,10 @@ def test_garbage_unknown_actor_and_misfitting_arguments_are_dead_lettered_while_
     wait_until(lambda: len(fake_resend.deliveries_to(good)) == 1, what="the good email sent after the poison")
     letters = {
         kind: wait_until(lambda m=message_id: dead_letter(sessions, m), what=f"the {kind} dead letter")
-        for kind, message_id in (("garbage", raw_id(body)), ("unknown", unknown_id), ("misfit", misfit_id))
+        for kind, message_id in (("unknown", unknown_id), ("misfit", misfit_id))
     }
+    (letters["garbage"],) = wait_until(lambda: raw_letters(sessions, "poison-test"), what="the garbage dead letter")
+    garbage_id = letters["garbage"].message_id
 
     garbage_letter, unknown_letter, misfit_letter = letters["garbage"], letters["unknown"], letters["misfit"]
     assert garbage_letter.actor is None and garbage_letter.error.startswith("DecodeError")
@@ -67,8 +69,8 @@ def test_garbage_unknown_actor_and_misfitting_arguments_are_dead_lettered_while_
     assert fake_resend.attempts_for(victim) == 0
 
     listed = {letter["message_id"]: letter for letter in dlq_json(environment, tmp_path, "list", "--limit", "0")}
-    assert {raw_id(body), unknown_id, misfit_id} <= set(listed)
-    assert listed[raw_id(body)]["raw"] is True and listed[raw_id(body)]["actor"] is None
+    assert {garbage_id, unknown_id, misfit_id} <= set(listed)
+    assert listed[garbage_id]["raw"] is True and listed[garbage_id]["actor"] is None
     assert listed[misfit_id]["actor"] == "send_email" and listed[misfit_id]["retries"] == 0
 
     replay = run_cli("dlq", "replay", *(str(letter.id) for letter in letters.values()), env=environment, cwd=tmp_path)

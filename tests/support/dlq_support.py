@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from collections.abc import Iterator
@@ -13,13 +12,14 @@ from typing import Any, Optional
 import pika
 import pytest
 from dramatiq import Message
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from actors.emails import send_email
 from bench.harness import services
 from bench.harness.fake_resend import FakeResend
 from bench.harness.processes import run_cli
-from pipeline import dlq
+from pipeline import archiver, dlq
 from pipeline.core.runtime import Runtime
 from pipeline.dlq import ReplayOutcome
 from storage import dead_letters, emails, migrate
@@ -65,9 +65,20 @@ def dramatiq_body(
     return message.message_id, message.encode()
 
 
-def raw_id(body: bytes) -> str:
-    """The message id the archiver gives a body that does not decode."""
-    return f"raw-{hashlib.sha256(body).hexdigest()[:32]}"
+def raw_id(body: bytes, *, queue: str = "emails.XQ") -> str:
+    """The message id the archiver gives a body kept raw that was published straight into ``queue``.
+
+    A body the worker dead-lettered carries RabbitMQ's ``x-death`` header, which is
+    part of its id: find those with ``raw_letters``.
+    """
+    return archiver.raw_id(queue, body)
+
+
+def raw_letters(sessions: sessionmaker[Session], marker: str) -> list[DeadLetter]:
+    """The dead letters whose raw body contains ``marker``, oldest first."""
+    with sessions() as session:
+        statement = select(DeadLetter).where(DeadLetter.raw_body.contains(marker)).order_by(DeadLetter.id)
+        return list(session.scalars(statement))
 
 
 def publish(broker_url: str, queue: str, bodies: list[bytes]) -> None:

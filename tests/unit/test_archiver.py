@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import dramatiq
+import pika
 import pytest
 from dramatiq import Message
 from dramatiq.brokers.stub import StubBroker
+from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.archiver import archive_body, dead_letter_queues, decode_dead_message
+from pipeline import archiver
+from pipeline.archiver import archive_body, dead_letter_queues, decode_dead_message, raw_id
 from pipeline.middleware.backoff import Backoff
 from storage import dead_letters
 from storage.clock import utcnow
+from storage.database import transient_failure
 from storage.models import FinalError
 
+#: How a malformed count is described.
+COUNT = "a count (0 to 2147483647)"
 TRACEBACK = (
     "Traceback (most recent call last):\n"
     '  File "actors/emails.py", line 120, in send_email\n'
@@ -59,17 +65,22 @@ def body_with(**fields: Any) -> bytes:
 
 
 @pytest.mark.parametrize(
-    "body",
+    ("body", "error"),
     [
-        b"\x00\xff not a message {",
-        b"[1, 2]",
-        b'"send_email"',
-        body_with(actor_name=...),
-        body_with(options=["retries", 1]),
-        body_with(options={"retries": "3"}),
-        body_with(message_id=12345),
-        body_with(actor_name=None),
-        body_with(kwargs=[1]),
+        (b"\x00\xff not a message {", "DecodeError: Failed to decode message."),
+        (b"[1, 2]", "MalformedMessage: the body is list, not an object"),
+        (b'"send_email"', "MalformedMessage: the body is str, not an object"),
+        (body_with(actor_name=...), "MalformedMessage: actor_name is missing"),
+        (body_with(options=["retries", 1]), "MalformedMessage: options must be an object, not list"),
+        (body_with(options={"retries": "3"}), f"MalformedMessage: options.retries must be {COUNT}, not '3'"),
+        (body_with(message_id=12345), "MalformedMessage: message_id must be a string, not int"),
+        (body_with(actor_name=None), "MalformedMessage: actor_name must be a string, not null"),
+        (body_with(kwargs=[1]), "MalformedMessage: kwargs must be an object, not list"),
+        (body_with(args="42"), "MalformedMessage: args must be an array, not str"),
+        (
+            body_with(queue_name="webhooks"),
+            "MalformedMessage: queue_name is 'webhooks', but the message was dead-lettered into 'emails.XQ'",
+        ),
     ],
     ids=[
         "not-json",
@@ -81,16 +92,53 @@ def body_with(**fields: Any) -> bytes:
         "id-not-string",
         "actor-null",
         "kwargs-not-object",
+        "args-not-array",
+        "other-queue",
     ],
 )
-def test_a_body_that_does_not_decode_to_a_well_formed_message_is_kept_raw(body: bytes) -> None:
-    dead, decoded = decode_dead_message("ticks.XQ", body)
+def test_a_body_that_does_not_decode_to_a_well_formed_message_is_kept_raw(body: bytes, error: str) -> None:
+    dead, decoded = decode_dead_message("emails.XQ", body)
 
     assert decoded is None
-    assert dead.message_id == f"raw-{hashlib.sha256(body).hexdigest()[:32]}"
-    assert (dead.queue, dead.actor, dead.args, dead.kwargs) == ("ticks.XQ", None, None, None)
+    assert dead.message_id == raw_id("emails.XQ", body)
+    assert (dead.queue, dead.actor, dead.args, dead.kwargs) == ("emails.XQ", None, None, None)
     assert dead.raw_body == body.decode("utf-8", errors="replace")
-    assert dead.fallback_error.startswith("DecodeError: ")
+    assert dead.fallback_error == error
+
+
+def died(queue: str, *, count: int = 1, second: int = 0, **properties: Any) -> pika.BasicProperties:
+    """The properties of a message RabbitMQ dead-lettered from ``queue`` (``count`` times, last at ``second``)."""
+    death = {"queue": queue, "reason": "rejected", "count": count, "time": datetime(2026, 1, 1, 0, 0, second)}
+    return pika.BasicProperties(headers={"x-death": [death]}, **properties)
+
+
+def test_a_message_must_belong_to_the_queue_rabbitmq_says_it_died_on() -> None:
+    delayed = message(eta=1).copy(queue_name="emails.DQ")  # as Dramatiq puts it in emails.DQ
+
+    assert decode_dead_message("emails.XQ", delayed.encode())[1] == delayed  # emails.DQ's dead go to emails.XQ
+    assert decode_dead_message("emails.XQ", delayed.encode(), died("emails.DQ"))[1] == delayed
+    dead, decoded = decode_dead_message("emails.XQ", delayed.encode(), died("emails"))
+    assert decoded is None and dead.raw_body is not None
+    assert dead.fallback_error == "MalformedMessage: queue_name is 'emails.DQ', but the message arrived on 'emails'"
+
+
+def test_a_raw_id_tells_queues_and_dead_letterings_apart_and_is_the_same_for_a_redelivery() -> None:
+    body = b"\x00\xff not a message {"
+    ids = [
+        raw_id("emails.XQ", body),
+        raw_id("webhooks.XQ", body),  # the same bytes on another queue
+        raw_id("emails.XQ", body, died("emails")),
+        raw_id("emails.XQ", body, died("emails.DQ")),
+        raw_id("emails.XQ", body, died("emails", count=2)),  # redriven, and dead again
+        raw_id("emails.XQ", body, died("emails", second=1)),  # sent again, dead a second later
+        raw_id("emails.XQ", body, died("emails", message_id="publisher-1")),  # the publisher's own id
+        raw_id("emails.XQ", body, died("emails", timestamp=1767225600)),
+        raw_id("emails.XQ", body + b" "),
+    ]
+
+    assert len(set(ids)) == len(ids) and all(len(i) == len("raw-") + 32 and i.startswith("raw-") for i in ids)
+    assert raw_id("emails.XQ", body, died("emails")) == ids[2]  # the same properties: a redelivery
+    assert raw_id("emails.XQ", body, pika.BasicProperties()) == ids[0]
 
 
 # --- archiving on SQLite --------------------------------------------------------------------------
@@ -177,3 +225,160 @@ def test_a_tick_has_no_item_to_mark_failed(
     with lite() as session:
         stored = dead_letters.get_by_message_id(session, tick.message_id)
     assert stored is not None and (stored.actor, stored.args, stored.error) == ("cleanup", [], "unknown error")
+
+
+def test_a_message_of_another_queue_is_kept_raw_and_its_arguments_name_no_item(
+    lite: sessionmaker[Session], broker: StubBroker, hooks: RecordingHooks
+) -> None:
+    stray = message(retries=3, traceback=TRACEBACK).copy(queue_name="webhooks")  # never run: the worker refused it
+
+    assert archive_body(lite, broker, "emails.XQ", stray.encode())
+
+    assert hooks.failed == []  # its 42 is no email of this queue's
+    with lite() as session:
+        (stored,) = dead_letters.list_all(session)
+    assert (stored.actor, stored.args, stored.raw_body) == (None, None, stray.encode().decode())
+    assert stored.error == (
+        "MalformedMessage: queue_name is 'webhooks', but the message was dead-lettered into 'emails.XQ'"
+    )
+
+
+# --- what cannot be archived as a message ---------------------------------------------------------
+
+
+def stored(lite: sessionmaker[Session]) -> list[tuple[str, Any, Any, str]]:
+    with lite() as session:
+        return [(row.queue, row.actor, row.raw_body, row.error) for row in dead_letters.list_all(session)]
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"retries": 3, "traceback": {"frames": []}}, "options.traceback must be a string, not {'frames': []}"),
+        ({"retries": 2**64, "traceback": TRACEBACK}, f"options.retries must be {COUNT}, not 18446744073709551616"),
+    ],
+    ids=["traceback-not-string", "retries-past-the-column"],
+)
+def test_a_dead_message_whose_options_the_archive_cannot_hold_is_archived_raw(
+    lite: sessionmaker[Session], broker: StubBroker, hooks: RecordingHooks, options: dict[str, Any], error: str
+) -> None:
+    sent = message(**options)
+
+    assert archive_body(lite, broker, "emails.XQ", sent.encode())
+
+    assert stored(lite) == [("emails.XQ", None, sent.encode().decode(), f"MalformedMessage: {error}")]
+    assert hooks.failed == []
+
+
+def test_a_dead_message_the_database_refuses_is_archived_raw_not_retried(
+    lite: sessionmaker[Session], broker: StubBroker, hooks: RecordingHooks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = dead_letters.archive
+
+    def refusing(session: Session, dead: dead_letters.DeadMessage, **options: Any) -> bool:
+        if dead.raw_body is None:  # as PostgreSQL refuses a NaN in JSONB, or a value out of range
+            raise DataError("INSERT INTO dead_letters ...", {}, ValueError("invalid input syntax for type json"))
+        return archive(session, dead, **options)
+
+    monkeypatch.setattr(dead_letters, "archive", refusing)
+    sent = message(retries=3, traceback=TRACEBACK)
+
+    assert archive_body(lite, broker, "emails.XQ", sent.encode())
+
+    ((queue, actor, raw_body, error),) = stored(lite)
+    assert (queue, actor, raw_body) == ("emails.XQ", None, sent.encode().decode())
+    assert error.startswith("Unarchivable: DataError: (builtins.ValueError) invalid input syntax for type json")
+    assert hooks.failed == []  # rolled back with the structured row: the item is not told twice
+
+
+def test_a_bug_while_archiving_a_message_keeps_it_raw(
+    lite: sessionmaker[Session], broker: StubBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any) -> None:
+        raise RuntimeError("the archiver has a bug")
+
+    monkeypatch.setattr(archiver, "misfit", broken)
+
+    assert archive_body(lite, broker, "emails.XQ", message().encode())
+
+    assert [error for *_, error in stored(lite)] == ["Unarchivable: RuntimeError: the archiver has a bug"]
+
+
+def test_an_unreachable_database_is_raised_for_a_later_try_not_archived_raw(
+    lite: sessionmaker[Session], broker: StubBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unreachable(*args: Any, **options: Any) -> bool:
+        raise OperationalError("INSERT INTO dead_letters ...", {}, ConnectionError("server closed the connection"))
+
+    monkeypatch.setattr(dead_letters, "archive", unreachable)
+
+    with pytest.raises(OperationalError):
+        archive_body(lite, broker, "emails.XQ", message().encode())
+    monkeypatch.undo()
+    assert stored(lite) == []
+
+
+class PgError(Exception):
+    """A driver error with the SQLSTATE PostgreSQL gave it."""
+
+    def __init__(self, pgcode: str | None) -> None:
+        super().__init__(f"SQLSTATE {pgcode}")
+        self.pgcode = pgcode
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (OperationalError("INSERT", {}, PgError(None)), True),  # no server reached
+        (OperationalError("INSERT", {}, PgError("57P01")), True),  # admin shutdown
+        (OperationalError("INSERT", {}, PgError("57014")), True),  # statement timeout
+        (OperationalError("INSERT", {}, PgError("53100")), True),  # disk full
+        (OperationalError("INSERT", {}, PgError("40P01")), True),  # deadlock
+        (OperationalError("INSERT", {}, PgError("55P03")), True),  # lock timeout
+        (OperationalError("INSERT", {}, PgError("54000")), False),  # index row too big: every time
+        (DataError("INSERT", {}, PgError("22003")), False),  # numeric value out of range
+        (DataError("INSERT", {}, PgError("22P02")), False),  # JSON it will not take
+        (ValueError("a bug"), False),
+    ],
+)
+def test_only_the_database_failing_for_now_is_transient(error: Exception, transient: bool) -> None:
+    assert transient_failure(error) is transient
+
+
+def test_an_index_row_too_big_is_no_outage_and_is_archived_raw(
+    lite: sessionmaker[Session], broker: StubBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = dead_letters.archive
+
+    def refusing(session: Session, dead: dead_letters.DeadMessage, **options: Any) -> bool:
+        if dead.raw_body is None:  # psycopg2 files PostgreSQL's 54000 under OperationalError
+            raise OperationalError("INSERT INTO dead_letters ...", {}, PgError("54000"))
+        return archive(session, dead, **options)
+
+    monkeypatch.setattr(dead_letters, "archive", refusing)
+
+    assert archive_body(lite, broker, "emails.XQ", message().encode())
+
+    ((*_, error),) = stored(lite)
+    assert error == "Unarchivable: OperationalError: (tests.unit.test_archiver.PgError) SQLSTATE 54000"
+
+
+def test_a_body_seen_for_the_first_time_is_kept_even_when_the_same_bytes_were_archived(
+    lite: sessionmaker[Session], broker: StubBroker
+) -> None:
+    body, properties = b"\x00\xff not a message {", died("emails")
+    sent = message(retries=3, traceback=TRACEBACK)
+
+    def archive(body: bytes, *, first_sight: bool) -> bool:
+        return archive_body(lite, broker, "emails.XQ", body, properties=properties, first_sight=first_sight)
+
+    dead_twice = [archive(body, first_sight=True) for _ in "12"]  # two messages, byte for byte the same
+    redelivered = archive(body, first_sight=False)  # the second again: an archiver died before its ack
+    message_twice = [archive(sent.encode(), first_sight=True) for _ in "12"]
+
+    assert (dead_twice, redelivered) == ([True, True], False)
+    assert message_twice == [True, False]  # a message id is the message's identity: never a second row
+    with lite() as session:
+        ids = [row.message_id for row in dead_letters.list_all(session)]
+    base = raw_id("emails.XQ", body, properties)
+    assert ids[0] == base and ids[1].startswith(f"{base}-") and ids[2] == sent.message_id and len(ids) == 3

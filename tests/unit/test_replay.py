@@ -119,7 +119,7 @@ def test_a_replay_is_a_fresh_message_keeping_only_the_options_that_still_apply(
 @pytest.mark.parametrize(
     ("letter_fields", "detail"),
     [
-        ({"actor": None, "args": None, "raw_body": "\x00garbage"}, "the body did not decode: nothing to replay"),
+        ({"actor": None, "args": None, "raw_body": "\x00garbage"}, "the body was kept raw: nothing to replay"),
         ({"actor": "gone", "args": [1]}, "no actor named 'gone' in this release"),
         ({"actor": "send_thing", "args": [1, 2]}, "PoisonMessage: arguments do not fit send_thing(thing_id)"),
         ({"actor": "legacy", "args": [1]}, "the item hooks of legacy cannot revive an item"),
