@@ -28,7 +28,6 @@ from typing import Any, Optional, Protocol
 from dramatiq import Broker, Message, Middleware
 from dramatiq.logging import get_logger
 from dramatiq.middleware import CurrentMessage
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.core.errors import Deferred, PermanentError, RateLimited, RetriesExhausted, describe
@@ -36,6 +35,7 @@ from pipeline.middleware.item_hooks import ItemHooks
 from pipeline.middleware.long_delays import DEFAULT_MAX_HOLD_MS, send_later
 from storage import dead_letters
 from storage.clock import utcnow
+from storage.database import transient_failure
 from storage.leases import Attempt, AttemptOutcome
 
 #: An actor that declares no retry policy is never retried; policies live in ``Settings``
@@ -170,16 +170,15 @@ class Backoff(Middleware):
     def _deferral_ms(message: Message, exception: BaseException) -> Optional[int]:
         """The wait before running ``message`` again untouched, when the failure was not its item's.
 
-        ``Deferred`` says when; a database that cannot be reached is asked again after
+        ``Deferred`` says when; a database failing for now (``transient_failure``: not a
+        refusal of the statement, which would fail the same way on every try) is asked again after
         ``DATABASE_RETRY_MS``, doubling per deferral up to ``MAX_DATABASE_RETRY_MS``: the
         row could not be told anything, so nothing is counted, and the message's own
         lease lets it take its row back when it returns.
         """
         if isinstance(exception, Deferred):
             return max(int(exception.retry_after * 1000), 1)
-        if isinstance(exception, (OperationalError, InterfaceError)) or (
-            isinstance(exception, DBAPIError) and exception.connection_invalidated
-        ):
+        if transient_failure(exception):
             deferrals = int(message.options.get("deferrals", 0))
             message.options["deferrals"] = deferrals + 1
             return min(DATABASE_RETRY_MS * 2**deferrals, MAX_DATABASE_RETRY_MS)
