@@ -245,6 +245,15 @@ class PrivateRabbitmq:
         self.ctl("await_startup")
         wait_until(self.answers, timeout=START_TIMEOUT_SECONDS, what=f"private RabbitMQ node {self.node} back")
 
+    def messages(self, vhost: str, queue: str) -> int:
+        """Messages in ``queue``, ready and unacknowledged alike (what a passive declare does not count)."""
+        listed = self.ctl("list_queues", "-p", vhost, "name", "messages", "--quiet", "--no-table-headers")
+        for line in listed.splitlines():
+            name, _, count = line.strip().rpartition("\t")
+            if name == queue:
+                return int(count)
+        raise LookupError(f"no queue {queue!r} in vhost {vhost!r}: {listed!r}")
+
     def kill(self) -> None:
         """``kill -9`` of the node's VM; ``start`` boots it again from its data."""
         pid = self.pid()
