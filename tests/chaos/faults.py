@@ -84,7 +84,8 @@ def _kill_archiver(chaos: Chaos) -> None:
     ids = [message_id for message_id, _ in messages]
     chaos.figures["backlog ids"] = ids
     publish(chaos.endpoints.broker_url, "emails.XQ", [body for _, body in messages])
-    wait_until(lambda: _archived(chaos, ids) >= 10, timeout=60, what="the archiver working on the backlog")
+    wait_until(lambda: _archived(chaos, ids) >= 10, timeout=60, what="the archiver working on the backlog",
+               interval=0.005)
     chaos.fleet.kill("archiver")
     chaos.figures["backlog archived at the kill"] = _archived(chaos, ids)
     chaos.fleet.start("archiver-2", "archiver")
@@ -166,17 +167,22 @@ def _poison_check(chaos: Chaos) -> list[str]:
     with chaos.sessions() as session:
         statement = text("SELECT message_id, raw_body IS NOT NULL FROM dead_letters WHERE message_id = ANY(:ids)")
         letters = dict(session.execute(statement, {"ids": [i for item in bodies for i in item.acceptable_ids]}).all())
-    missing: dict[str, int] = {}
+    missing: dict[str, dict[str, int]] = {}
     not_raw = 0
     for item in bodies:
         found = [letters[i] for i in item.acceptable_ids if i in letters]
         if not found:
-            missing[f"{item.kind} on {item.queue}"] = missing.get(f"{item.kind} on {item.queue}", 0) + 1
+            by_queue = missing.setdefault(item.kind, {})
+            by_queue[item.queue] = by_queue.get(item.queue, 0) + 1
         elif item.undecodable and not found[0]:
             not_raw += 1
     chaos.figures["poison bodies"] = len(bodies)
-    chaos.figures["poison dead-lettered"] = len(bodies) - sum(missing.values())
-    broken = [f"{count} poison bodies ({where}) not in dead_letters" for where, count in sorted(missing.items())]
+    chaos.figures["poison dead-lettered"] = len(bodies) - sum(sum(q.values()) for q in missing.values())
+    broken = [
+        f"{kind}: {sum(queues.values())} of {POISON_PER_KIND} not in dead_letters "
+        f"({', '.join(f'{queue} {count}' for queue, count in sorted(queues.items()))})"
+        for kind, queues in missing.items()
+    ]
     if not_raw:
         broken.append(f"{not_raw} undecodable bodies archived without their raw body")
     return broken

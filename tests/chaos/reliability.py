@@ -3,7 +3,7 @@
 Only the part between the markers is generated: the table (one row per scenario),
 when and where it ran, and how to run it again. The rest of the file, what the system
 promises and what it does not, is written by hand and kept as it is. A scenario left
-out of a run (``-k``) keeps the row of the run that last had it, marked with its date.
+out of a run (``-k``) keeps the row of the run that last had it, marked "(earlier run)".
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ FIRST_HAND_WRITTEN = "## What the system promises, and what it does not\n\n(Writ
 @dataclass
 class Report:
     private: PrivateServices
+    #: Scenario ids in the suite's order: the table's rows follow it.
+    order: list[str]
     outcomes: list[Outcome] = field(default_factory=list)
     started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
@@ -50,8 +52,9 @@ class Report:
     def _generated(self, earlier: dict[str, str]) -> str:
         ran = {outcome.fault.id for outcome in self.outcomes}
         today = self.started.strftime("%Y-%m-%d")
-        rows = [_row(outcome) for outcome in self.outcomes]
-        rows += [_mark_earlier(row) for scenario, row in earlier.items() if scenario not in ran]
+        rows = {outcome.fault.id: _row(outcome) for outcome in self.outcomes}
+        rows.update({scenario: _mark_earlier(row) for scenario, row in earlier.items() if scenario not in ran})
+        ordered = [rows.pop(scenario) for scenario in self.order if scenario in rows] + list(rows.values())
         total = sum(outcome.seconds for outcome in self.outcomes)
         starts = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.private.start_seconds.items())
         passed = sum(outcome.passed for outcome in self.outcomes)
@@ -73,7 +76,7 @@ class Report:
             f"item done, promised at most {RECOVERY_SECONDS:.0f} s.",
             "",
             HEADER,
-            *rows,
+            *ordered,
             "",
             *_details(self.outcomes),
             f"_Generated {today}._",
@@ -120,11 +123,17 @@ def _row(outcome: Outcome) -> str:
         str(len(verdict.twice)),
         str(len(verdict.stuck)),
         str(verdict.failed_by_design),
-        optional_float(verdict.recovery_seconds),
+        _recovery(verdict.recovery_seconds),
         result,
         f"{outcome.seconds:.0f}",
     ]
     return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+
+def _recovery(seconds: float | None) -> str:
+    if seconds == 0:
+        return "0 (all done before the fault ended)"
+    return optional_float(seconds)
 
 
 def _details(outcomes: list[Outcome]) -> list[str]:
@@ -160,7 +169,7 @@ def _rows(generated: str) -> dict[str, str]:
     rows = {}
     for line in generated.splitlines():
         if line.startswith("| ") and not line.startswith(("| Scenario", "| ---")):
-            rows[line.split(" | ", 1)[0].removeprefix("| ")] = line
+            rows[line.split(" | ", 1)[0].removeprefix("| ").removesuffix(" (earlier run)")] = line
     return rows
 
 

@@ -44,6 +44,8 @@ FAULT_AFTER_DELIVERIES = 300
 RECOVERY_SECONDS = 60.0
 #: How long past the fault's end the run waits before it calls unfinished items stuck.
 DEADLINE_SECONDS = 90.0
+#: How often the run asks the database whether it is over (the rows' own timestamps time the recovery).
+SETTLE_POLL_SECONDS = 0.5
 #: Log lines worth showing in a report: errors and what killed a thread or a process.
 _WORTH_SHOWING = re.compile(r"\b(ERROR|CRITICAL|Traceback|exited|killed)\b|\w+(Error|Exception):")
 
@@ -154,7 +156,7 @@ def _under_load(fault: Fault, chaos: Chaos) -> tuple[Verdict, list[str]]:
     chaos.figures["fault seconds"] = round(time.monotonic() - fault_started, 1)
     try:
         wait_until(lambda: poster.done() and settled(chaos.sessions, chaos.load) and fault.settled(chaos),
-                   timeout=DEADLINE_SECONDS, what="every item final")
+                   timeout=DEADLINE_SECONDS, what="every item final", interval=SETTLE_POLL_SECONDS)
     except AssertionError:
         broken.append(f"not settled {DEADLINE_SECONDS:.0f}s after the fault")
     if poster.error is not None:

@@ -123,10 +123,12 @@ def judge(
     for event in load.events:
         _judge_event(verdict, event["event_id"], by_event.get(event["event_id"]), load)
     _judge_confirmations(verdict, emails, load)
+    _judge_orders(verdict, _rows(sessions, "SELECT id, payment_status FROM orders"), load)
     for address, count in delivered.items():
         if count > 1:
             verdict.twice.append(f"{address} delivered {count}x")
-    verdict.recovery_seconds = _recovery(emails + events, fault_ended)
+    if not verdict.stuck:  # with items unfinished there was no recovery to time
+        verdict.recovery_seconds = _recovery(emails + events, fault_ended)
     return verdict
 
 
@@ -178,7 +180,18 @@ def _judge_confirmations(verdict: Verdict, emails: list[dict[str, Any]], load: L
             verdict.twice.append(f"order {order_id} has {per_order[order_id]} confirmation emails")
 
 
+def _judge_orders(verdict: Verdict, orders: list[dict[str, Any]], load: Load) -> None:
+    """Every order an event paid is paid; an order paid the wrong amount is not."""
+    for row in orders:
+        paid = row["payment_status"] == "paid"
+        if row["id"] in load.paid_orders and not paid:
+            verdict.lost.append(f"order {row['id']} {row['payment_status']} though its payment was posted")
+        elif row["id"] not in load.paid_orders and paid:
+            verdict.notes.append(f"order {row['id']} paid though its payment had the wrong amount")
+
+
 def _recovery(rows: list[dict[str, Any]], fault_ended: datetime) -> Optional[float]:
+    """Seconds from the fault's end to the last item done; 0 when all were done before it ended."""
     finished = [row["done_at"] for row in rows if row["done_at"] is not None]
     if not finished:
         return None
