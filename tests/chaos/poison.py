@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -132,6 +133,8 @@ def storm(per_kind: int) -> list[Poison]:
     return bodies
 
 
-def waves(bodies: list[Poison], count: int) -> list[list[Poison]]:
-    """The bodies in ``count`` waves, each mixing every kind, to interleave with the good traffic."""
-    return [bodies[start::count] for start in range(count)]
+def waves(bodies: list[Poison], count: int, *, seed: int = 11) -> list[list[Poison]]:
+    """The bodies in ``count`` waves, each a seeded shuffle of kinds and queues, to interleave with the good traffic."""
+    shuffled = list(bodies)
+    random.Random(seed).shuffle(shuffled)
+    return [shuffled[start::count] for start in range(count)]

@@ -150,8 +150,8 @@ def _under_load(fault: Fault, chaos: Chaos) -> tuple[Verdict, list[str]]:
     fault_started = time.monotonic()
     try:
         fault.apply(chaos)
-    except AssertionError as exc:  # a fault whose own step timed out says so in the report
-        broken.append(f"the fault did not complete: {str(exc)[:500]}")
+    except Exception as exc:  # a fault whose own step failed or timed out says so in the report
+        broken.append(f"the fault did not complete: {type(exc).__name__}: {str(exc)[:500]}")
     fault_ended = datetime.now(timezone.utc)
     chaos.figures["fault seconds"] = round(time.monotonic() - fault_started, 1)
     try:
