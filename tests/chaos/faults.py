@@ -44,6 +44,7 @@ def _archived(chaos: Chaos, message_ids: list[str]) -> int:
 
 def _kill_workers(chaos: Chaos) -> None:
     chaos.fleet.kill("worker-0")
+    chaos.in_effect()
     chaos.fleet.start("worker-1", *WORKER)
 
 
@@ -56,6 +57,7 @@ KILL_WORKERS = Fault("kill -9 workers", "`kill -9` of every worker process (`wor
 
 def _sigterm_workers(chaos: Chaos) -> None:
     chaos.figures["worker exit status"] = chaos.fleet.terminate("worker-0", timeout=60)
+    chaos.in_effect()
     chaos.fleet.start("worker-1", *WORKER)
 
 
@@ -87,6 +89,7 @@ def _kill_archiver(chaos: Chaos) -> None:
     wait_until(lambda: _archived(chaos, ids) >= 10, timeout=60, what="the archiver working on the backlog",
                interval=0.005)
     chaos.fleet.kill("archiver")
+    chaos.in_effect()
     chaos.figures["backlog archived at the kill"] = _archived(chaos, ids)
     chaos.fleet.start("archiver-2", "archiver")
 
@@ -123,16 +126,31 @@ KILL_ARCHIVER = Fault(
 # --- RabbitMQ and PostgreSQL ------------------------------------------------------------------
 
 
+#: Events the intake answers while RabbitMQ is stopped, before it is started again.
+EVENTS_DURING_OUTAGE = 20
+
+
 def _restart_rabbitmq(chaos: Chaos) -> None:
+    """Down long enough for payment providers to post while it is: the outage meets the webhooks in flight."""
     chaos.private.rabbitmq.stop_app()
+    answered = chaos.events_answered()
+    chaos.in_effect()
+    wait_until(lambda: chaos.events_answered() >= answered + EVENTS_DURING_OUTAGE or chaos.poster.done(),
+               timeout=60, what="events posted while RabbitMQ is down")
+    chaos.figures["events answered while RabbitMQ was down"] = chaos.events_answered() - answered
     chaos.private.rabbitmq.start_app()
 
 
 def _restart_postgresql(chaos: Chaos) -> None:
+    chaos.in_effect()  # posts meet the restart: 503s, retried by the provider
     chaos.private.postgres.restart()
 
 
-RABBITMQ_RESTART = Fault("RabbitMQ restart", "RabbitMQ `stop_app` / `start_app`", _restart_rabbitmq)
+RABBITMQ_RESTART = Fault(
+    "RabbitMQ restart",
+    f"RabbitMQ `stop_app`, {EVENTS_DURING_OUTAGE} webhook events posted while it is down, `start_app`",
+    _restart_rabbitmq,
+)
 POSTGRESQL_RESTART = Fault("PostgreSQL restart", "PostgreSQL `pg_ctl restart` (fast)", _restart_postgresql)
 
 
@@ -142,6 +160,7 @@ POSTGRESQL_RESTART = Fault("PostgreSQL restart", "PostgreSQL `pg_ctl restart` (f
 def _poison_storm(chaos: Chaos) -> None:
     bodies = poison.storm(POISON_PER_KIND)
     chaos.figures["poison"] = bodies
+    chaos.in_effect()
     stalled = []
     for number, wave in enumerate(poison.waves(bodies, POISON_WAVES)):
         for queue in poison.QUEUES:
@@ -205,6 +224,7 @@ STORM_STRETCH = 150
 def _provider_storm(chaos: Chaos) -> None:
     provider = chaos.provider
     provider.storm(server_errors=0.3, timeouts=0.1, hold_seconds=REQUEST_TIMEOUT_SECONDS + 1, seed=11)
+    chaos.in_effect()
     for _ in range(3):
         provider.rate_limit_next(40, retry_after=1)
         seen = len(provider.requests)
@@ -230,6 +250,7 @@ TICKS = ("emails", "webhooks", "reservations")
 def _many_tickers(chaos: Chaos) -> None:
     chaos.fleet.start("ticker-2", "ticker")
     wait_until(lambda: "listening" in (chaos.cwd / "ticker-2.log").read_text(), timeout=60, what="the second ticker")
+    chaos.in_effect()
     failures = []
     with ThreadPoolExecutor(max_workers=len(TICKS) * 2) as pool:
         for _ in range(3):
@@ -253,6 +274,7 @@ TWO_TICKERS = Fault(
 
 
 def _fuzz_intake(chaos: Chaos) -> None:
+    chaos.in_effect()
     result = fuzz_.fuzz(chaos.intake, FUZZ_EXAMPLES)
     chaos.figures["fuzz"] = result
     chaos.figures["fuzz answers"] = dict(sorted(result.by_status.items()))

@@ -141,7 +141,7 @@ def _details(outcomes: list[Outcome]) -> list[str]:
     lines = []
     for outcome in outcomes:
         figures = {name: value for name, value in outcome.figures.items() if name != "fault seconds"}
-        problems = outcome.broken + outcome.verdict.lost[:3] + outcome.verdict.twice[:3] + outcome.verdict.stuck[:3]
+        problems = outcome.broken + [outcome.verdict.breakdown()] if outcome.verdict.breakdown() else outcome.broken
         if not figures and not problems:
             continue
         lines.append(f"- **{outcome.fault.id}**: " + "; ".join(

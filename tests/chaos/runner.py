@@ -7,7 +7,8 @@ Every scenario runs the same way, only the fault differs (``tests.chaos.faults``
    database and vhost of the run's private PostgreSQL and RabbitMQ, against a fake
    Resend advertising a raised limit (200 requests/s) that the defaults follow;
 2. the load (``tests.chaos.load``) in flight: 1,000 emails inserted, 200 events posted;
-3. once a quarter of the deliveries are made, the fault, which returns when it is over;
+3. once a quarter of the deliveries are made, the fault, which says when it has hit (the rest of
+   the events are posted from then on) and returns when it is over;
 4. a wait, up to a deadline, until every item is final and every failure archived;
 5. the verdict (``tests.chaos.verdict``), the fault's own checks, and the processes alive.
 
@@ -63,7 +64,16 @@ class Chaos:
     cwd: Path
     intake: str
     load: Load
+    poster: Poster
     figures: dict[str, Any] = field(default_factory=dict)
+
+    def in_effect(self) -> None:
+        """Called by a fault once it has hit (a process killed, a service down): the second half of
+        the events is posted from then on, so it meets the fault rather than racing a slow command."""
+        self.poster.fault_started.set()
+
+    def events_answered(self) -> int:
+        return len(self.load.answers)
 
     @property
     def vhost(self) -> str:
@@ -105,6 +115,8 @@ class Outcome:
 
     def explain(self) -> str:
         lines = [f"{self.fault.id}: {self.verdict.summary()}"]
+        if self.verdict.breakdown():
+            lines.append(f"  {self.verdict.breakdown()}")
         lines += [f"  broken: {item}" for item in self.broken[:20]]
         if self.verdict.problems():
             lines.append(f"  {self.verdict.problems()}")
@@ -132,7 +144,7 @@ def run(fault: Fault, private: PrivateServices, endpoints: Endpoints, cwd: Path)
             load_.wait_for_intake(intake)
             wait_until(lambda: "listening" in (cwd / "ticker.log").read_text(), timeout=60, what="the wake-up")
             load = load_.prepare(sessions, provider)
-            chaos = Chaos(private, endpoints, running, provider, sessions, env, cwd, intake, load)
+            chaos = Chaos(private, endpoints, running, provider, sessions, env, cwd, intake, load, Poster(intake, load))
             verdict, broken = _under_load(fault, chaos)
             broken += _dead_processes(running)
     return Outcome(fault, verdict, broken, chaos.figures, time.monotonic() - started, _log_lines(cwd))
@@ -140,18 +152,18 @@ def run(fault: Fault, private: PrivateServices, endpoints: Endpoints, cwd: Path)
 
 def _under_load(fault: Fault, chaos: Chaos) -> tuple[Verdict, list[str]]:
     broken: list[str] = []
-    poster = Poster(chaos.intake, chaos.load)
+    poster = chaos.poster
     load_.insert(chaos.sessions, chaos.load)
     poster.start()
     wait_until(poster.first_half_posted.is_set, timeout=120, what="the first half of the events posted")
     wait_until(lambda: chaos.provider.delivery_count() >= FAULT_AFTER_DELIVERIES, timeout=120,
                what=f"{FAULT_AFTER_DELIVERIES} deliveries before the fault\n{chaos.fleet.logs()}")
-    poster.fault_started.set()
     fault_started = time.monotonic()
     try:
         fault.apply(chaos)
     except Exception as exc:  # a fault whose own step failed or timed out says so in the report
         broken.append(f"the fault did not complete: {type(exc).__name__}: {str(exc)[:500]}")
+    chaos.in_effect()  # for a fault that did not say
     fault_ended = datetime.now(timezone.utc)
     chaos.figures["fault seconds"] = round(time.monotonic() - fault_started, 1)
     try:

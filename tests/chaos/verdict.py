@@ -16,6 +16,7 @@ send the fake accepted (replays excluded), a state is a row.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,6 +31,8 @@ from tests.chaos.load import Load
 #: Final states; anything else at the deadline is stuck.
 EMAIL_FINAL = ("sent", "failed")
 EVENT_FINAL = ("processed", "failed")
+#: An item named in a problem: its kind, its id, and the last of what the parentheses say (its status).
+_NAMED = re.compile(r"^(email|event|order|recipient) \S+(?: \((?:[^,)]*, )*([^,)]*)\))?")
 
 
 @dataclass
@@ -50,11 +53,25 @@ class Verdict:
             f"{self.failed_by_design} failed by design, recovery {recovered}"
         )
 
+    def breakdown(self) -> str:
+        """How many of each kind of broken promise: ``lost: 6 email failed without a dead letter, …``."""
+        parts = []
+        for name, values in (("lost", self.lost), ("twice", self.twice), ("stuck", self.stuck)):
+            kinds = Counter(_kind(value) for value in values)
+            if kinds:
+                parts.append(f"{name}: " + ", ".join(f"{count} {kind}" for kind, count in kinds.most_common()))
+        return "; ".join(parts)
+
     def problems(self) -> str:
         """The first few of each kind, for an assertion message."""
         parts = [f"{name}: {values[:8]}" for name, values in
                  (("lost", self.lost), ("twice", self.twice), ("stuck", self.stuck)) if values]
         return "; ".join(parts + self.notes)
+
+
+def _kind(problem: str) -> str:
+    """``email 546 (a@x, failed) without a dead letter`` -> ``email (failed) without a dead letter``."""
+    return _NAMED.sub(r"\1 (\2)", problem).replace(" ()", "")
 
 
 def _rows(sessions: sessionmaker[Session], statement: str) -> list[dict[str, Any]]:
@@ -122,11 +139,14 @@ def judge(
     by_event = {row["event_id"]: row for row in events}
     for event in load.events:
         _judge_event(verdict, event["event_id"], by_event.get(event["event_id"]), load)
-    _judge_confirmations(verdict, emails, load)
-    _judge_orders(verdict, _rows(sessions, "SELECT id, payment_status FROM orders"), load)
+    # An order's payment and confirmation are judged once its event is processed (until then it is stuck).
+    processed = {event["order_id"] for event in load.events
+                 if (by_event.get(event["event_id"]) or {}).get("status") == "processed"}
+    _judge_confirmations(verdict, emails, load, processed)
+    _judge_orders(verdict, _rows(sessions, "SELECT id, payment_status FROM orders"), load, processed)
     for address, count in delivered.items():
         if count > 1:
-            verdict.twice.append(f"{address} delivered {count}x")
+            verdict.twice.append(f"recipient {address} delivered {count}x")
     if not verdict.stuck:  # with items unfinished there was no recovery to time
         verdict.recovery_seconds = _recovery(emails + events, fault_ended)
     return verdict
@@ -171,21 +191,21 @@ def _judge_event(verdict: Verdict, event_id: str, row: Optional[dict[str, Any]],
         verdict.notes.append(f"{name} processed though designed to fail")
 
 
-def _judge_confirmations(verdict: Verdict, emails: list[dict[str, Any]], load: Load) -> None:
+def _judge_confirmations(verdict: Verdict, emails: list[dict[str, Any]], load: Load, processed: set[str]) -> None:
     per_order = Counter(row["order_id"] for row in emails if row["template"] == "order_confirmation")
     for order_id in load.paid_orders:
-        if per_order[order_id] == 0:
+        if per_order[order_id] == 0 and order_id in processed:
             verdict.lost.append(f"order {order_id} paid without a confirmation email")
         elif per_order[order_id] > 1:
             verdict.twice.append(f"order {order_id} has {per_order[order_id]} confirmation emails")
 
 
-def _judge_orders(verdict: Verdict, orders: list[dict[str, Any]], load: Load) -> None:
-    """Every order an event paid is paid; an order paid the wrong amount is not."""
+def _judge_orders(verdict: Verdict, orders: list[dict[str, Any]], load: Load, processed: set[str]) -> None:
+    """Every order whose payment was processed is paid; an order paid the wrong amount is not."""
     for row in orders:
         paid = row["payment_status"] == "paid"
-        if row["id"] in load.paid_orders and not paid:
-            verdict.lost.append(f"order {row['id']} {row['payment_status']} though its payment was posted")
+        if row["id"] in load.paid_orders and row["id"] in processed and not paid:
+            verdict.lost.append(f"order {row['id']} {row['payment_status']} though its payment was processed")
         elif row["id"] not in load.paid_orders and paid:
             verdict.notes.append(f"order {row['id']} paid though its payment had the wrong amount")
 
