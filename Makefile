@@ -1,11 +1,12 @@
-# The two commands of a fresh machine: `make dev` and `make test` (`make unit`: the tier without services).
+# The two commands of a fresh machine: `make dev` and `make test` (`make unit`: the tier without services;
+# `make chaos`: the chaos tier alone, which also rewrites docs/RELIABILITY.md; `make test` runs it last).
 # Each creates the virtual environment and installs the project first.
 
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test unit bench
+.PHONY: dev test unit chaos bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +23,9 @@ test: $(STAMP)
 
 unit: $(STAMP)
 	$(VENV)/bin/python -m pytest -q tests/unit
+
+chaos: $(STAMP)
+	$(VENV)/bin/python -m pytest -q tests/chaos
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench.email_throughput

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
+import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 
 import pytest
 from dramatiq import Worker
@@ -13,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bench.harness import services
 from bench.harness.fake_resend import FakeResend
+from bench.harness.private import Endpoints, PrivateServices, private_services
 from pipeline.archiver import RabbitmqArchiver
 from pipeline.bootstrap import bootstrap
 from pipeline.core.mailer import ResendMailer
@@ -48,6 +52,28 @@ def test_services() -> Iterator[services.RunServices]:
     yield created
     get_engine(created.database_url).dispose()
     services.destroy(created)
+
+
+@pytest.fixture(scope="session")
+def private() -> Iterator[PrivateServices]:
+    """A PostgreSQL cluster and a RabbitMQ node of this run alone, for the tests that restart or kill them.
+
+    Started at the first test that asks (seconds), torn down at the end of the run.
+    """
+    with ExitStack() as stack:
+        try:
+            running = stack.enter_context(private_services())
+        except (RuntimeError, OSError, subprocess.SubprocessError, AssertionError) as exc:
+            services.unavailable(f"private PostgreSQL and RabbitMQ could not start: {exc}")
+        yield running
+
+
+@pytest.fixture
+def private_run(private: PrivateServices) -> Iterator[Endpoints]:
+    """A database and a vhost of one test on the private services; both up again whatever the test broke."""
+    with private.fresh(f"mw_private_{uuid.uuid4().hex[:10]}") as endpoints:
+        yield endpoints
+        get_engine(endpoints.database_url).dispose()
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ scripted while it runs.  It uses the standard library only so it adds no
 dependency.
 
 Every request passes, in order: ``fail_next``/``delay_next`` slots (taken on
-arrival), routing, authentication, the team's limiter (``rate_limit_next``,
+arrival; without one, a ``storm``'s draw), routing, authentication, the team's limiter (``rate_limit_next``,
 then the sliding one-second window, shared with ``consume_from_other_app``),
 the sending quota (sends only), validation, the Idempotency-Key, and
 ``fail_recipient``.  The request rules live in ``fake_resend_rules``, the
@@ -62,6 +62,7 @@ from bench.harness.fake_resend_rules import (
     recipients_of,
     validated_send,
 )
+from bench.harness.fake_resend_storm import Storm
 
 __all__ = ["ApiError", "Delivery", "FakeResend", "RecordedRequest", "normalize_address", "recipients_of"]
 
@@ -211,6 +212,7 @@ class FakeResend:
         self._forced_rate_limits: deque[int] = deque()
         self._delays: deque[_Delay] = deque()
         self._forced_failures: deque[ApiError] = deque()
+        self._storm: Storm | None = None
         self._window = RateWindow()
         self._quota: Quota | None = None
         self._idempotency: dict[str, _IdempotencyEntry] = {}
@@ -339,6 +341,23 @@ class FakeResend:
         """
         with self._lock:
             self._forced_failures.extend([ApiError(status, name, message)] * n)
+
+    def storm(self, *, server_errors: float = 0.0, timeouts: float = 0.0, hold_seconds: float = 0.0,
+              seed: int = 0) -> None:
+        """From now on, fail a share of requests (any endpoint) rather than the next n.
+
+        ``server_errors``: answered 500 ``application_error`` at once, deciding
+        nothing (as ``fail_next``); ``timeouts``: held ``hold_seconds`` and then
+        delivered (as ``delay_next(delivered=True)``). ``fail_next``/``delay_next``
+        slots still come first. See ``fake_resend_storm``.
+        """
+        with self._lock:
+            self._storm = Storm(server_errors=server_errors, timeouts=timeouts, hold_seconds=hold_seconds, seed=seed)
+
+    def calm(self) -> None:
+        """End a ``storm``: requests arriving from now on are handled normally."""
+        with self._lock:
+            self._storm = None
 
     def set_rate_limit(self, n: float) -> None:
         """Enforce and advertise ``n`` requests per second from now on, as when Resend raises a team's limit."""
@@ -497,10 +516,14 @@ class FakeResend:
         return answer
 
     def _take_scripts(self, outcome: _Outcome) -> None:
-        """Spend this request's ``delay_next`` and ``fail_next`` slots, if any are left."""
+        """Spend this request's ``delay_next`` and ``fail_next`` slots, if any are left; else draw from a ``storm``."""
         with self._lock:
             delay = self._delays.popleft() if self._delays else None
             failure = self._forced_failures.popleft() if self._forced_failures else None
+            if delay is None and failure is None and self._storm is not None:
+                drawn = self._storm.draw()
+                failure = drawn.error
+                delay = _Delay(drawn.hold_seconds, delivered=True) if drawn.hold_seconds > 0 else None
         outcome.delay = self.delay_seconds if delay is None else delay.seconds
         outcome.delivered = True if delay is None else delay.delivered
         if failure is not None:

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import uuid
 from dataclasses import dataclass
+from typing import Protocol
 
 import pika
 import psycopg2
@@ -17,6 +18,16 @@ import pytest
 
 POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 RABBITMQ_HOST = os.environ.get("TEST_RABBITMQ_HOST", "127.0.0.1")
+
+
+class Located(Protocol):
+    """Where a run's database and broker vhost are: this module's, or a private pair (``private.py``)."""
+
+    @property
+    def database_url(self) -> str: ...
+
+    @property
+    def broker_url(self) -> str: ...
 
 
 @dataclass(frozen=True)

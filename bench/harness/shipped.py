@@ -8,6 +8,7 @@ setting is its default, so a figure measured here is a figure of the defaults.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -46,7 +47,7 @@ _OURS = (
 WORKER = ("worker", "--processes", "2", "--threads", "8")
 
 
-def default_environment(run: services.RunServices, provider: FakeResend, **extra: str) -> dict[str, str]:
+def default_environment(run: services.Located, provider: FakeResend, **extra: str) -> dict[str, str]:
     """Defaults for everything but where the services and the provider are."""
     base = {name: value for name, value in os.environ.items() if not name.startswith(_OURS)}
     return {
@@ -77,6 +78,24 @@ class Fleet:
     def kill(self, name: str) -> None:
         """``kill -9`` of the command and every process it forked."""
         stop(self.processes.pop(name), kill=True)
+
+    def terminate(self, name: str, *, timeout: float = 60.0) -> int:
+        """SIGTERM to the command's own process only, as a supervisor stops it; its exit status.
+
+        Why not the whole process group: a supervisor (docker, systemd's default
+        ``KillMode`` aside) signals the main process, which stops its children itself.
+        """
+        process = self.processes.pop(name)
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            stop(process, kill=True)
+            raise AssertionError(f"{name} did not stop within {timeout}s of SIGTERM") from None
+
+    def alive(self) -> dict[str, bool]:
+        """Whether each started command is still running."""
+        return {name: process.poll() is None for name, process in self.processes.items()}
 
     def logs(self) -> str:
         return "\n".join(
@@ -124,5 +143,5 @@ def statuses(sessions: sessionmaker[Session], ids: list[int]) -> dict[str, int]:
         return {status: int(count) for status, count in rows}
 
 
-def sessions_of(run: services.RunServices) -> sessionmaker[Session]:
+def sessions_of(run: services.Located) -> sessionmaker[Session]:
     return get_sessionmaker(run.database_url)

@@ -7,24 +7,21 @@ own count) within 60 s of the fault ending. The fake advertises a raised team
 limit (``ratelimit-limit: 100``), which the default settings follow without a
 configuration change, so the run is about recovery rather than the 2/s default.
 
-PostgreSQL and RabbitMQ are the machine's own: the restarts reach every database
-and vhost on it, which is why this module runs them one at a time and waits for
-both services to answer before it ends.
+PostgreSQL and RabbitMQ are this run's private ones (``bench.harness.private``):
+restarting the machine's own would break every other test run on it.
 """
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import psycopg2
 import pytest
 
-from bench.harness import services
 from bench.harness.fake_resend import FakeResend
+from bench.harness.private import Endpoints, PrivateServices
 from bench.harness.shipped import Fleet, default_environment, fleet, insert_emails, sessions_of, statuses
 from tests.support.helpers import unique_address, wait_until
 
@@ -42,31 +39,18 @@ def provider() -> Iterator[FakeResend]:
         yield fake
 
 
-def restart_workers(running: Fleet) -> None:
+def restart_workers(running: Fleet, _private: PrivateServices) -> None:
     running.kill("worker-0")
     running.start("worker-0", "worker", "--processes", "2", "--threads", "8")
 
 
-def restart_postgresql(_running: Fleet) -> None:
-    version = subprocess.run(["ls", "/etc/postgresql"], capture_output=True, text=True, check=True).stdout.split()[0]
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True, timeout=120
-    )
-    wait_until(_postgresql_answers, timeout=60, what="PostgreSQL back")
+def restart_postgresql(_running: Fleet, private: PrivateServices) -> None:
+    private.postgres.restart()
 
 
-def restart_rabbitmq(_running: Fleet) -> None:
-    subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True, timeout=120)
-    subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True, timeout=120)
-    subprocess.run(["rabbitmqctl", "await_startup"], check=True, capture_output=True, timeout=120)
-
-
-def _postgresql_answers() -> bool:
-    try:
-        psycopg2.connect(services.POSTGRES_ADMIN_URL, connect_timeout=2).close()
-    except psycopg2.Error:
-        return False
-    return True
+def restart_rabbitmq(_running: Fleet, private: PrivateServices) -> None:
+    private.rabbitmq.stop_app()
+    private.rabbitmq.start_app()
 
 
 @pytest.mark.parametrize(
@@ -75,16 +59,20 @@ def _postgresql_answers() -> bool:
     ids=["kill -9 of every worker process", "PostgreSQL restart", "RabbitMQ restart"],
 )
 def test_every_email_is_delivered_once_within_60s_of_the_fault(
-    run: services.RunServices, provider: FakeResend, tmp_path: Path, fault: Callable[[Fleet], None]
+    private: PrivateServices,
+    private_run: Endpoints,
+    provider: FakeResend,
+    tmp_path: Path,
+    fault: Callable[[Fleet, PrivateServices], None],
 ) -> None:
-    env = default_environment(run, provider)
-    sessions = sessions_of(run)
+    env = default_environment(private_run, provider)
+    sessions = sessions_of(private_run)
     addresses = [unique_address(f"r{n}") for n in range(EMAILS)]
     with fleet(env, tmp_path) as running:
         wait_until(lambda: "listening" in (tmp_path / "ticker.log").read_text(), timeout=30, what="the wake-up")
         ids = insert_emails(sessions, addresses)
         wait_until(lambda: len(provider.deliveries) >= FAULT_AFTER, timeout=120, what=running.logs())
-        fault(running)
+        fault(running, private)
         fault_ended = time.monotonic()
         wait_until(
             lambda: statuses(sessions, ids).get("sent") == EMAILS,

@@ -638,3 +638,17 @@ def test_any_429_says_when_to_retry_even_a_scripted_one(fake: FakeResend) -> Non
 
     assert [r.headers["retry-after"] for r in (scripted, recipient)] == ["1", "1"]
     assert fake.count_429() == 2 and fake.delivery_count() == 0
+
+
+def test_a_storm_fails_a_share_of_requests_holds_another_and_calm_ends_it(fake: FakeResend) -> None:
+    fake.storm(server_errors=0.3, timeouts=0.1, hold_seconds=0.3, seed=7)
+    answers = [post(fake, params(to=f"storm{n}@example.com"), {"Idempotency-Key": f"s{n}"}) for n in range(60)]
+    fake.calm()
+    after = post(fake, params(to="calm@example.com"))
+
+    failed = [a for a in answers if a.status_code == 500]
+    held = [a for a in answers if a.status_code == 200 and a.elapsed.total_seconds() >= 0.3]
+    assert 8 <= len(failed) <= 30 and 1 <= len(held) <= 15, (len(failed), len(held))
+    assert all(a.json()["name"] == "application_error" for a in failed)
+    assert fake.delivery_count() == 60 - len(failed) + 1  # a held answer is still delivered
+    assert after.status_code == 200 and after.elapsed.total_seconds() < 0.3

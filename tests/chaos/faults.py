@@ -1,0 +1,324 @@
+"""The faults of issue 11, each applied once in the middle of the load by ``tests.chaos.runner``.
+
+A fault returns when it is over: the service back, the process started again, the
+storm calmed, the commands finished. What it promises beyond the common verdict
+(a backlog archived once, every poison body dead-lettered, no 5xx from the intake)
+is its ``check``; what it must wait for before judging is its ``settled``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from dramatiq import Message
+from sqlalchemy import text
+
+from bench.harness.processes import run_cli
+from bench.harness.shipped import WORKER
+from bench.harness.waiting import wait_until
+from pipeline.core.mailer import REQUEST_TIMEOUT_SECONDS
+from tests.chaos import fuzz as fuzz_
+from tests.chaos import poison
+from tests.chaos.runner import Chaos, Fault
+from tests.support.dlq_support import publish
+
+#: Dead messages put in ``emails.XQ`` before the archiver is killed.
+BACKLOG = 500
+#: Poison bodies of each kind, dealt round the four queues and their four XQs.
+POISON_PER_KIND = 100
+POISON_WAVES = 8
+#: Generated requests the intake is fuzzed with.
+FUZZ_EXAMPLES = 10_000
+
+
+def _archived(chaos: Chaos, message_ids: list[str]) -> int:
+    with chaos.sessions() as session:
+        statement = text("SELECT COUNT(*) FROM dead_letters WHERE message_id = ANY(:ids)")
+        return int(session.execute(statement, {"ids": message_ids}).scalar_one())
+
+
+# --- kill -9 of every worker process -------------------------------------------------------
+
+
+def _kill_workers(chaos: Chaos) -> None:
+    chaos.fleet.kill("worker-0")
+    chaos.in_effect()
+    chaos.fleet.start("worker-1", *WORKER)
+
+
+KILL_WORKERS = Fault("kill -9 workers", "`kill -9` of every worker process (`worker -p 2 -t 8`), then a new one",
+                     _kill_workers)
+
+
+# --- SIGTERM of the workers, then start again ---------------------------------------------
+
+
+def _sigterm_workers(chaos: Chaos) -> None:
+    chaos.figures["worker exit status"] = chaos.fleet.terminate("worker-0", timeout=60)
+    chaos.in_effect()
+    chaos.fleet.start("worker-1", *WORKER)
+
+
+SIGTERM_WORKERS = Fault("SIGTERM workers", "SIGTERM of the worker command (graceful stop), then start it again",
+                        _sigterm_workers)
+
+
+# --- kill -9 of the archiver in the middle of a backlog ---------------------------------------
+
+
+def _dead_messages(count: int) -> list[tuple[str, bytes]]:
+    """Given-up ``send_email`` messages, as a worker nacks them, for emails no row has."""
+    messages = []
+    for n in range(count):
+        message: Message[Any] = Message(
+            queue_name="emails", actor_name="send_email", args=(poison.NO_SUCH_ITEM + n,), kwargs={},
+            options={"retries": 3, "traceback": "Traceback (most recent call last):\nTransientError: chaos backlog"},
+            message_id=str(uuid.uuid4()),
+        )
+        messages.append((message.message_id, message.encode()))
+    return messages
+
+
+def _kill_archiver(chaos: Chaos) -> None:
+    messages = _dead_messages(BACKLOG)
+    ids = [message_id for message_id, _ in messages]
+    chaos.figures["backlog ids"] = ids
+    publish(chaos.endpoints.broker_url, "emails.XQ", [body for _, body in messages])
+    wait_until(lambda: _archived(chaos, ids) >= 10, timeout=60, what="the archiver working on the backlog",
+               interval=0.005)
+    chaos.fleet.kill("archiver")
+    chaos.in_effect()
+    chaos.figures["backlog archived at the kill"] = _archived(chaos, ids)
+    chaos.fleet.start("archiver-2", "archiver")
+
+
+def _backlog_done(chaos: Chaos) -> bool:
+    return _archived(chaos, chaos.figures["backlog ids"]) == BACKLOG and _xq_empty(chaos, "emails.XQ")
+
+
+def _xq_empty(chaos: Chaos, queue: str) -> bool:
+    return chaos.private.rabbitmq.messages(chaos.vhost, queue) == 0
+
+
+def _backlog_check(chaos: Chaos) -> list[str]:
+    broken = []
+    archived = _archived(chaos, chaos.figures.pop("backlog ids"))
+    chaos.figures["backlog archived"] = archived
+    if archived != BACKLOG:
+        broken.append(f"{archived} of the {BACKLOG} backlog messages archived")
+    left = chaos.private.rabbitmq.messages(chaos.vhost, "emails.XQ")
+    if left:
+        broken.append(f"{left} messages left in emails.XQ")
+    if chaos.figures["backlog archived at the kill"] >= BACKLOG:
+        broken.append("the archiver had archived the whole backlog before it was killed: no kill in the middle")
+    return broken
+
+
+KILL_ARCHIVER = Fault(
+    "kill -9 archiver",
+    f"{BACKLOG} dead messages published into `emails.XQ`; `kill -9` of the archiver in the middle, then a new one",
+    _kill_archiver, settled=_backlog_done, check=_backlog_check,
+)
+
+
+# --- RabbitMQ and PostgreSQL ------------------------------------------------------------------
+
+
+#: Events the intake answers while RabbitMQ is stopped, before it is started again.
+EVENTS_DURING_OUTAGE = 20
+
+
+def _restart_rabbitmq(chaos: Chaos) -> None:
+    """Down long enough for payment providers to post while it is: the outage meets the webhooks in flight."""
+    chaos.private.rabbitmq.stop_app()
+    answered = chaos.events_answered()
+    chaos.in_effect()
+    wait_until(lambda: chaos.events_answered() >= answered + EVENTS_DURING_OUTAGE or chaos.poster.done(),
+               timeout=60, what="events posted while RabbitMQ is down")
+    chaos.figures["events answered while RabbitMQ was down"] = chaos.events_answered() - answered
+    chaos.private.rabbitmq.start_app()
+
+
+def _restart_postgresql(chaos: Chaos) -> None:
+    chaos.in_effect()  # posts meet the restart: 503s, retried by the provider
+    chaos.private.postgres.restart()
+
+
+RABBITMQ_RESTART = Fault(
+    "RabbitMQ restart",
+    f"RabbitMQ `stop_app`, {EVENTS_DURING_OUTAGE} webhook events posted while it is down, `start_app`",
+    _restart_rabbitmq,
+)
+POSTGRESQL_RESTART = Fault("PostgreSQL restart", "PostgreSQL `pg_ctl restart` (fast)", _restart_postgresql)
+
+
+# --- a poison storm ---------------------------------------------------------------------------
+
+
+def _poison_storm(chaos: Chaos) -> None:
+    bodies = poison.storm(POISON_PER_KIND)
+    chaos.figures["poison"] = bodies
+    chaos.in_effect()
+    stalled = []
+    for number, wave in enumerate(poison.waves(bodies, POISON_WAVES)):
+        for queue in poison.QUEUES:
+            publish(chaos.endpoints.broker_url, queue, [item.body for item in wave if item.queue == queue])
+        before = chaos.provider.delivery_count()
+        try:  # the good traffic goes on between waves; a stall is reported, not waited out
+            wait_until(lambda b=before: chaos.provider.delivery_count() >= b + 20, timeout=10, what="good traffic")
+        except AssertionError:
+            stalled.append(number)
+    chaos.figures["waves after which good traffic stalled"] = stalled
+
+
+def _poison_ids(chaos: Chaos) -> list[str]:
+    return [message_id for item in chaos.figures["poison"] for message_id in item.acceptable_ids]
+
+
+def _poison_archived(chaos: Chaos) -> bool:
+    return _archived(chaos, _poison_ids(chaos)) >= len(chaos.figures["poison"])
+
+
+def _poison_check(chaos: Chaos) -> list[str]:
+    bodies: list[poison.Poison] = chaos.figures.pop("poison")
+    with chaos.sessions() as session:
+        statement = text("SELECT message_id, raw_body IS NOT NULL FROM dead_letters WHERE message_id = ANY(:ids)")
+        letters = dict(session.execute(statement, {"ids": [i for item in bodies for i in item.acceptable_ids]}).all())
+    missing: dict[str, dict[str, int]] = {}
+    not_raw = 0
+    for item in bodies:
+        found = [letters[i] for i in item.acceptable_ids if i in letters]
+        if not found:
+            by_queue = missing.setdefault(item.kind, {})
+            by_queue[item.queue] = by_queue.get(item.queue, 0) + 1
+        elif item.undecodable and not found[0]:
+            not_raw += 1
+    chaos.figures["poison bodies"] = len(bodies)
+    chaos.figures["poison dead-lettered"] = len(bodies) - sum(sum(q.values()) for q in missing.values())
+    broken = [
+        f"{kind}: {sum(queues.values())} of {POISON_PER_KIND} not in dead_letters "
+        f"({', '.join(f'{queue} {count}' for queue, count in sorted(queues.items()))})"
+        for kind, queues in missing.items()
+    ]
+    if not_raw:
+        broken.append(f"{not_raw} undecodable bodies archived without their raw body")
+    return broken
+
+
+POISON_STORM = Fault(
+    "poison storm",
+    f"{POISON_PER_KIND} malformed bodies of each of {len(poison.KINDS)} kinds, in {POISON_WAVES} waves among the "
+    "good messages, on `emails`, `emails_bulk`, `webhooks`, `ticks` and their XQs",
+    _poison_storm, settled=_poison_archived, check=_poison_check,
+)
+
+
+# --- a provider storm -------------------------------------------------------------------------
+
+#: Requests the provider sees between two bursts of 429.
+STORM_STRETCH = 150
+
+
+def _provider_storm(chaos: Chaos) -> None:
+    provider = chaos.provider
+    provider.storm(server_errors=0.3, timeouts=0.1, hold_seconds=REQUEST_TIMEOUT_SECONDS + 1, seed=11)
+    chaos.in_effect()
+    for _ in range(3):
+        provider.rate_limit_next(40, retry_after=1)
+        seen = len(provider.requests)
+        wait_until(lambda s=seen: len(provider.requests) >= s + STORM_STRETCH, timeout=120, what="the storm's traffic")
+    provider.calm()
+    statuses = [request.status for request in provider.requests]
+    chaos.figures["provider answers"] = {str(code): statuses.count(code) for code in sorted(set(statuses), key=str)}
+
+
+PROVIDER_STORM = Fault(
+    "provider storm",
+    f"fake Resend: 30% 500s, 10% answers held {REQUEST_TIMEOUT_SECONDS + 1}s (past the client's "
+    f"{REQUEST_TIMEOUT_SECONDS}s timeout, delivered), 3 bursts of 40 × 429, over {3 * STORM_STRETCH} requests",
+    _provider_storm, emails_may_fail=True,
+)
+
+
+# --- two tickers and manual ticks ------------------------------------------------------------
+
+TICKS = ("emails", "webhooks", "reservations")
+
+
+def _many_tickers(chaos: Chaos) -> None:
+    chaos.fleet.start("ticker-2", "ticker")
+    wait_until(lambda: "listening" in (chaos.cwd / "ticker-2.log").read_text(), timeout=60, what="the second ticker")
+    chaos.in_effect()
+    failures = []
+    with ThreadPoolExecutor(max_workers=len(TICKS) * 2) as pool:
+        for _ in range(3):
+            runs = [pool.submit(run_cli, "tick", tick, env=chaos.env, cwd=chaos.cwd) for tick in TICKS * 2]
+            failures += [f"{r.args[1:]}: {r.stderr[-300:]}" for r in (run.result() for run in runs) if r.returncode]
+    chaos.figures["manual ticks failed"] = failures
+
+
+def _ticks_check(chaos: Chaos) -> list[str]:
+    return [f"a manual tick failed: {failure}" for failure in chaos.figures["manual ticks failed"]]
+
+
+TWO_TICKERS = Fault(
+    "two tickers + manual ticks",
+    "a second `ticker`, and 3 rounds of `tick emails|webhooks|reservations`, each twice at once",
+    _many_tickers, check=_ticks_check,
+)
+
+
+# --- the intake fuzzed ----------------------------------------------------------------------
+
+
+def _fuzz_intake(chaos: Chaos) -> None:
+    chaos.in_effect()
+    result = fuzz_.fuzz(chaos.intake, FUZZ_EXAMPLES)
+    chaos.figures["fuzz"] = result
+    chaos.figures["fuzz answers"] = dict(sorted(result.by_status.items()))
+
+
+def _fuzz_check(chaos: Chaos) -> list[str]:
+    result: fuzz_.FuzzResult = chaos.figures.pop("fuzz")
+    broken = []
+    if result.sent != FUZZ_EXAMPLES:
+        broken.append(f"{result.sent} fuzz requests sent of {FUZZ_EXAMPLES}")
+    if result.server_errors:
+        broken.append(f"{len(result.server_errors)} answers of 5xx (or none) while PostgreSQL was up, e.g. "
+                      + "; ".join(result.server_errors[:5]))
+    stored = _stored_event_ids(chaos)
+    expected = {event["event_id"] for event in chaos.load.events}
+    unsigned = sorted(stored - expected - result.signed_event_ids)
+    if unsigned:
+        broken.append(f"{len(unsigned)} events stored that were not validly signed: {unsigned[:5]}")
+    chaos.figures["fuzz events stored (validly signed)"] = len(stored - expected)
+    return broken
+
+
+def _stored_event_ids(chaos: Chaos) -> set[str]:
+    with chaos.sessions() as session:
+        return set(session.scalars(text("SELECT event_id FROM webhook_events")))
+
+
+FUZZ_INTAKE = Fault(
+    "intake fuzz",
+    f"{FUZZ_EXAMPLES:,} generated bodies, headers and providers (hypothesis) posted to `serve` during the load",
+    _fuzz_intake, check=_fuzz_check,
+)
+
+
+#: Every scenario of the suite, in the order it runs.
+ALL = [
+    KILL_WORKERS,
+    KILL_ARCHIVER,
+    RABBITMQ_RESTART,
+    POSTGRESQL_RESTART,
+    SIGTERM_WORKERS,
+    POISON_STORM,
+    PROVIDER_STORM,
+    TWO_TICKERS,
+    FUZZ_INTAKE,
+]
+
