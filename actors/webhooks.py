@@ -24,9 +24,10 @@ from datetime import timedelta
 from actors.emails import send_email
 from pipeline.core import runtime
 from pipeline.core.declare import JobReport, actor, periodic
+from pipeline.core.enqueue import send_or_release
 from pipeline.middleware.backoff import counted_attempt, current_message_id, must_run
 from pipeline.middleware.item_hooks import LeasedItemHooks
-from storage import leases, payments, webhooks
+from storage import emails, leases, payments, webhooks
 from storage.clock import minutes
 from storage.inventory import StockLine
 
@@ -67,7 +68,7 @@ def process_webhook_event(event_id: int) -> None:
         with current.sessions.begin() as session:
             outcome = payments.apply_event(session, event, email_lease=minutes(settings.email_lease_minutes))
     if outcome.email_id is not None:
-        _send_now(outcome.email_id)
+        send_or_release(send_email, emails.TABLE, outcome.email_id)
     if outcome.stock_short:
         _report_stock_short(event.order_id or "", outcome.stock_short)
     logger.info(
@@ -80,12 +81,6 @@ def process_webhook_event(event_id: int) -> None:
     )
 
 
-def _send_now(email_id: int) -> None:
-    """Send the email's message; if RabbitMQ refuses, its claim lapses and the fan-out sends it."""
-    try:
-        send_email.send(email_id)
-    except Exception:
-        logger.exception("Could not enqueue email %s now; the email fan-out will send it.", email_id)
 
 
 def _report_stock_short(order_id: str, lines: tuple[StockLine, ...]) -> None:

@@ -8,7 +8,6 @@ its short claim runs out and the next fan-out sends it.
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime
 from typing import Any, Optional
 
@@ -18,12 +17,11 @@ from sqlalchemy.orm import Session
 from actors.emails import sender_of
 from pipeline.bootstrap import bootstrap
 from pipeline.core import runtime
+from pipeline.core.enqueue import send_or_release
 from pipeline.core.settings import Settings
 from storage import emails
 from storage.clock import minutes, utcnow
 from storage.models import EmailPriority
-
-logger = logging.getLogger(__name__)
 
 
 def queue_email(
@@ -80,9 +78,4 @@ def _runtime() -> runtime.Runtime:
 def _send_now(email_id: int, due_now: bool, priority: EmailPriority) -> None:
     if not due_now:
         return
-    try:
-        sender_of(priority).send(email_id)
-    except Exception:
-        logger.warning(
-            "Email %s is queued; its message could not be sent now, a fan-out will.", email_id, exc_info=True
-        )
+    send_or_release(sender_of(priority), emails.TABLE, email_id)

@@ -14,9 +14,10 @@ from dramatiq import Actor
 from periodiq import Scheduler
 
 from actors.fan_out import enqueue_due_emails
+from actors.webhooks import enqueue_due_webhooks
 from pipeline.bootstrap import periodic_actors
 from pipeline.core.runtime import Runtime
-from pipeline.wakeup import EmailWakeUp
+from pipeline.wakeup import WakeUp
 from storage.notifications import is_listenable
 
 logger = logging.getLogger(__name__)
@@ -34,13 +35,18 @@ class ResilientScheduler(Scheduler):
                 logger.exception("Could not emit %s at %s; the next tick will cover it.", actor.actor_name, now)
 
 
+def enqueue_due_work() -> int:
+    """What the wake-up runs: the email fan-out, and the events whose message is missing."""
+    return enqueue_due_emails() + enqueue_due_webhooks()
+
+
 def run_ticker(current: Runtime) -> None:
     """Emit every periodic actor on its schedule until the process is stopped (main thread only).
 
     On PostgreSQL with EMAIL_LISTEN on, the email wake-up listens beside it (``pipeline.wakeup``).
     """
     if current.settings.email_listen and is_listenable(current.settings.database_url):
-        EmailWakeUp(current.settings.database_url, current.sessions, enqueue_due_emails).start(threading.Event())
+        WakeUp(current.settings.database_url, current.sessions, enqueue_due_work).start(threading.Event())
     actors = periodic_actors(current.broker)
     for actor in actors:
         logger.info("Scheduling %s on '%s'.", actor.actor_name, actor.options["periodic"])

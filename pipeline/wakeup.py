@@ -1,6 +1,6 @@
-"""Sub-second pickup: the email fan-out runs when an email is inserted, not at the next tick.
+"""Sub-second pickup: the fan-out runs when an email is inserted, not at the next tick.
 
-The ticker runs ``EmailWakeUp`` in a thread: it LISTENs for the ``email_queue``
+The ticker runs ``WakeUp`` in a thread: it LISTENs for the ``email_queue``
 insert trigger's notifications and fans out as soon as one arrives, when the
 earliest scheduled email comes due, every second while a drain goes on (a fan-out
 claims only what the provider's rate sends within part of a lease) and every
@@ -9,6 +9,10 @@ path: every (re)connect is followed by one fan-out (anything inserted while the
 listener was away), and the cron tick (EMAIL_SCHEDULE) stays the safety net. A
 PostgreSQL restart costs the listener its connection; it reconnects by itself,
 backing off to ``MAX_RECONNECT_SECONDS``.
+
+Each fan-out also re-enqueues payment webhook events whose message is missing (one
+the intake or a retry could not send while RabbitMQ was away hands its claim back
+at once), so those wait seconds too, not their lease and ``WEBHOOK_SCHEDULE``.
 
 Turn it off with EMAIL_LISTEN=false (for a transaction-pooling PgBouncer, which
 cannot carry LISTEN); emails then wait for the cron tick.
@@ -45,7 +49,7 @@ FIRST_RECONNECT_SECONDS = 0.5
 MAX_RECONNECT_SECONDS = 10.0
 
 
-class EmailWakeUp:
+class WakeUp:
     """Runs ``fan_out`` on every insert notification, on each (re)connect, and when a scheduled email is due."""
 
     def __init__(
@@ -73,16 +77,16 @@ class EmailWakeUp:
             try:
                 listener = self.connect(self.database_url)
             except Exception as exc:
-                logger.warning("Email wake-up cannot listen (%s); again in %.1fs.", type(exc).__name__, backoff)
+                logger.warning("Wake-up cannot listen (%s); again in %.1fs.", type(exc).__name__, backoff)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, MAX_RECONNECT_SECONDS)
                 continue
             backoff = FIRST_RECONNECT_SECONDS
-            logger.info("Email wake-up listening for new emails.")
+            logger.info("Wake-up listening for new emails.")
             try:
                 self._listen(listener, stop)
             except Exception as exc:
-                logger.warning("Email wake-up lost its connection (%s); reconnecting.", type(exc).__name__)
+                logger.warning("Wake-up lost its connection (%s); reconnecting.", type(exc).__name__)
             finally:
                 listener.close()
 
@@ -111,9 +115,9 @@ class EmailWakeUp:
         try:
             count = self.fan_out()
         except Exception as exc:
-            logger.warning("Email wake-up could not fan out (%s); again in %.0fs.", type(exc).__name__, AGAIN_SECONDS)
+            logger.warning("Wake-up could not fan out (%s); again in %.0fs.", type(exc).__name__, AGAIN_SECONDS)
             return _Outcome.FAILED
         if not count:
             return _Outcome.IDLE
-        logger.info("Email wake-up (%s): enqueued %d emails.", why, count)
+        logger.info("Wake-up (%s): enqueued %d messages.", why, count)
         return _Outcome.ENQUEUED

@@ -34,8 +34,9 @@ provider).
 
 Providers time out after a few seconds, so the answer waits only for the row:
 the event's message is sent to RabbitMQ after the response (a background task).
-If that send fails, the event stays ``pending`` under its lease and the ticker's
-``retry_webhooks`` enqueues it once the lease has run out.
+If that send fails, the event's claim is handed back at once
+(``pipeline.core.enqueue``) and the ticker's wake-up, which polls every few
+seconds, enqueues it (``retry_webhooks`` on its schedule is the safety net).
 
 Starlette serves the app and uvicorn runs it: both are maintained by the
 encode team, uvicorn is the usual production ASGI server (h11 here, httptools
@@ -48,6 +49,7 @@ job of the TLS-terminating proxy in front (nginx's ``client_header_timeout``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import logging
@@ -66,6 +68,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from actors.webhooks import process_webhook_event
+from pipeline.core.enqueue import send_or_release
 from pipeline.core.errors import MinaleshError
 from pipeline.core.runtime import Runtime
 from pipeline.core.settings import PAYMENT_PROVIDERS
@@ -289,11 +292,8 @@ class WebhookIntake:
             )
 
     def _enqueue(self, row_id: int) -> None:
-        """Runs after the answer; a failure is left to ``retry_webhooks``."""
-        try:
-            self.enqueue(row_id)
-        except Exception:
-            logger.exception("Could not enqueue webhook event %s; retry_webhooks will once its lease ends.", row_id)
+        """Runs after the answer; a refused message hands the event to the ticker's next poll."""
+        self.enqueue(row_id)
 
 
 def _error(status: int, message: str, headers: Optional[Mapping[str, str]] = None) -> JSONResponse:
@@ -325,7 +325,7 @@ def app_for(current: Runtime) -> Starlette:
     intake = WebhookIntake(
         secrets=secrets,
         sessions=current.sessions,
-        enqueue=process_webhook_event.send,
+        enqueue=functools.partial(send_or_release, process_webhook_event, webhooks.TABLE),
         lease_minutes=settings.webhook_lease_minutes,
     )
     return create_app(intake)

@@ -160,7 +160,7 @@ def test_a_drain_lasting_several_leases_publishes_each_email_once(run: services.
         published = sum(
             int(count)
             for log in tmp_path.glob("*.log")
-            for count in re.findall(r"[Ee]nqueued (\d+) emails", log.read_text(errors="replace"))
+            for count in re.findall(r"[Ee]nqueued (\d+) (?:emails|messages)", log.read_text(errors="replace"))
         )
         delivered = deliveries_per_address(fast, addresses)
     assert sorted(delivered.values()) == [1] * emails

@@ -12,19 +12,22 @@ import statistics
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from datetime import timedelta
+from typing import Any, Optional
 
 import pytest
 import requests
+from dramatiq.errors import ConnectionClosed
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from actors.webhooks import process_webhook_event
+from actors.webhooks import enqueue_due_webhooks, process_webhook_event
 from bench.harness import services
 from bench.harness.fake_resend import FakeResend
+from pipeline.core.enqueue import send_or_release
 from pipeline.core.runtime import Runtime
 from pipeline.webhook_server import MAX_BODY_BYTES, signature_header
-from storage import inventory
+from storage import inventory, webhooks
 from storage.clock import utcnow
 from tests.support.helpers import unique_address, wait_until
 from tests.support.webhook_support import (
@@ -398,3 +401,33 @@ def test_intake_answers_200_when_rabbitmq_refuses_and_the_tick_enqueues_it_later
     drain_tick()
 
     wait_for_event(sessions, "generic", body["event_id"], lambda r: r.status == "processed", what="processed")
+
+
+def test_an_event_whose_message_rabbitmq_refused_is_handed_back_at_once(
+    runtime: Runtime, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, it waited its 5-minute lease and the 10-minute retry tick (the chaos suite's RabbitMQ
+    restart left 100 events so); now the claim goes back and the next poll enqueues it."""
+    order_id = add_order(sessions)
+    with sessions.begin() as session:
+        body = payment(order_id)
+        stored = webhooks.store(
+            session,
+            provider="generic",
+            event_id=body["event_id"],
+            event_type=body["type"],
+            payload=body,
+            order_id=order_id,
+            lease=timedelta(minutes=5),
+        )
+
+    def refuse(message: Any, *, delay: Optional[int] = None) -> Any:
+        raise ConnectionClosed(RuntimeError("RabbitMQ is restarting"))
+
+    monkeypatch.setattr(runtime.broker, "enqueue", refuse)
+    sent = send_or_release(process_webhook_event, webhooks.TABLE, stored.id)
+    monkeypatch.undo()
+
+    assert sent is False
+    assert enqueue_due_webhooks() >= 1  # at once, not after the lease
+    wait_for_event(sessions, "generic", body["event_id"], lambda row: row.status == "processed", "processed")
