@@ -769,6 +769,11 @@ class _Server(ThreadingHTTPServer):
     """ThreadingHTTPServer that knows its FakeResend, so handlers can reach the state."""
 
     daemon_threads = True
+    #: The listen backlog. socketserver's default of 5 overflows when 16 senders each open a
+    #: connection per request (the SDK's own client does): the kernel then drops the handshake's
+    #: last ACK and the request stalls 0.2 s, 0.4 s, 0.8 s… in TCP retransmits, which Resend's
+    #: servers never make a client do.
+    request_queue_size = 1024
 
     def __init__(
         self,
