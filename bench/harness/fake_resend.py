@@ -805,6 +805,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     server: _Server
     protocol_version = "HTTP/1.1"
+    #: Each answer leaves in one write (the buffer is flushed after every request), without
+    #: Nagle's delay. Unbuffered, the headers and the body went out as two segments, and on a
+    #: kept-alive connection the body waited for the client's delayed ACK of the headers: up
+    #: to 40 ms per request, paid only by clients that reuse connections.
+    wbufsize = 64 * 1024
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:  # noqa: N802 - http.server naming
         self._serve()
@@ -879,6 +885,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(payload)
+            self.wfile.flush()
         except OSError:  # the client hung up (timeout) or stop() closed the connection
             self.close_connection = True
 
