@@ -1,18 +1,21 @@
 """Where one drain of this project spends its time, per email: py-spy on the shipped workers.
 
 Starts the shipped processes (``worker -p 2 -t 8``, ticker, archiver; no pacing, a
-fake Resend with no limit), and drains ``--emails`` emails twice while py-spy samples
-both worker processes:
+fake Resend with no limit) and drains ``--emails`` emails three times: without a
+profiler (CPU per email of each process, from ``/proc/<pid>/stat``, and of this
+database's PostgreSQL backends), then while py-spy samples both worker processes
 
-* ``--gil``: only the thread holding the GIL, i.e. the Python CPU each process spends;
-* ``--idle``: every thread, i.e. the wall time of the 16 worker threads, waits included.
+* ``--gil``: only the thread holding the GIL, i.e. the Python CPU the processes spend;
+* ``--idle``: every thread, i.e. the wall time of the 16 worker threads, waits included
+  (shares of it: py-spy cannot sample ~35 threads a process at full rate; the total is
+  16 threads × the drain's time ÷ emails).
 
 Each sample of a thread processing a message is put in the step of ``deliver`` it is
-in (start_attempt, render, limiter, provider request, mark_sent, the transactions'
-BEGIN/COMMIT, logging) or in Dramatiq's own work around the actor (consuming,
-decoding, middleware, acking), and split into "waiting" (a socket read, a lock) and
-"running". Figures are milliseconds per email. Also prints the CPU seconds per email
-of each process (from ``/proc/<pid>/stat``) and of this database's PostgreSQL backends.
+in (the pool's pre-ping, COMMIT, start_attempt, render, limiter, provider request,
+mark_sent, logging, the session and pool) or in Dramatiq's own work around the actor
+(decoding, middleware, acking), and split into "waiting" (its innermost frame waits
+on a socket, a lock, the database) and "running" (in the wall time: or waiting for
+the GIL).
 
     python -m bench.profile_drain [--emails 3000] [--rate 200] [--keep DIR]
 
@@ -45,6 +48,8 @@ def frame(function: str, path: str) -> re.Pattern[str]:
 
 #: Steps of ``actors.emails.deliver``, found by a frame of the stack (first match wins).
 STEPS = (
+    ("pool pre-ping (SELECT 1 per checkout)", frame("do_ping", "sqlalchemy/dialects/postgresql/_psycopg_common.py")),
+    ("COMMIT", frame("do_commit", "sqlalchemy/engine/default.py")),
     ("start_attempt (UPDATE ... RETURNING)", frame("start_attempt", "storage/leases.py")),
     ("render", frame("render", "pipeline/core/rendering.py")),
     ("limiter.acquire", frame("acquire", "pipeline/core/limiter.py")),
@@ -52,13 +57,16 @@ STEPS = (
     ("limiter.observe", frame("observe", "pipeline/core/limiter.py")),
     ("mark_sent (UPDATE)", frame("mark_sent", "storage/emails.py")),
     ("logging", re.compile(r"\((?:.*/)?logging/__init__\.py:")),
-    ("transaction: BEGIN, COMMIT, checkout", re.compile(r"\((?:.*/)?sqlalchemy/")),
+    ("session and pool: begin, checkout, close", re.compile(r"\((?:.*/)?sqlalchemy/")),
 )
 #: Leaf frames that mean the thread is waiting (a socket, a lock, a sleep), not running Python.
 WAITING = re.compile(
     r"^(?:[\w<>]+\.)*(recv_into|recv|readinto|readline|_recv|wait|acquire|select|poll|sleep|execute|connect|"
-    r"sendall|send|_read_status|getresponse|create_connection|_internal_poll|get|do_execute|cursor_execute) \("
+    r"sendall|send|_read_status|getresponse|create_connection|_internal_poll|get|do_execute|cursor_execute|"
+    r"do_ping|do_commit|do_rollback) \("
 )
+#: Threads of the shipped worker command: ``--processes 2 --threads 8``.
+WORKER_THREADS = 16
 DELIVER = frame("deliver", "actors/emails.py")
 PROCESS_MESSAGE = frame("process_message", "dramatiq/worker.py")
 MIDDLEWARE = re.compile(r"(^|\.)(before|after)_\w+ \(|(^|\.)emit_(before|after) \(")
@@ -129,8 +137,14 @@ def stop_spies(spies: list[tuple[subprocess.Popen[bytes], Path]]) -> Counter[str
     return samples
 
 
-def summarize(samples: Counter[str], rate: int, emails: int, title: str) -> None:
-    per_email_ms = 1000.0 / rate / emails
+def summarize(samples: Counter[str], title: str, *, per_email_ms: float | None, rate: int, emails: int) -> None:
+    """Print the steps' shares of the samples of threads at work on a message, in ms per email.
+
+    ``per_email_ms`` None: the samples are seconds of CPU (``--gil``: one sample a round, the
+    GIL holder's), so a sample is worth ``1 / rate`` s. Otherwise the samples are shares of
+    ``per_email_ms`` (``--idle``: py-spy drops whole rounds when ~35 threads a process are
+    too many for its rate, so only shares are kept; the total comes from Little's law).
+    """
     steps: Counter[tuple[str, str]] = Counter()
     threads: Counter[str] = Counter()
     for stack, count in samples.items():
@@ -139,15 +153,19 @@ def summarize(samples: Counter[str], rate: int, emails: int, title: str) -> None
         if found is not None:
             steps[found] += count
     total = sum(steps.values())
-    print(f"\n{title}: {total * per_email_ms:.2f} ms per email in threads at work on a message")
+    if total == 0:
+        print(f"\n{title}: no samples")
+        return
+    unit = (per_email_ms / total) if per_email_ms is not None else 1000.0 / rate / emails
+    print(f"\n{title}: {total * unit:.2f} ms per email")
     by_step: Counter[str] = Counter()
     for (step, _), count in steps.items():
         by_step[step] += count
     for step, count in by_step.most_common():
         waiting = steps[(step, "waiting")]
         print(
-            f"  {step:40} {count * per_email_ms:7.2f} ms  {100 * count / total:5.1f}%"
-            f"   (waiting {waiting * per_email_ms:.2f}, running {(count - waiting) * per_email_ms:.2f})"
+            f"  {step:40} {count * unit:7.2f} ms  {100 * count / total:5.1f}%"
+            f"   (waiting {waiting * unit:.2f}, running {(count - waiting) * unit:.2f})"
         )
     print("  samples by thread state: " + ", ".join(f"{k} {v}" for k, v in threads.most_common()))
 
@@ -209,8 +227,14 @@ def main() -> None:
                       f"{options.emails} emails in {elapsed:.1f}s ({options.emails / elapsed:.0f}/s)")
                 print(f"CPU ms per email: {cpu}")
                 if mode:
-                    title = "Python CPU (the GIL holder)" if mode == "gil" else "wall time of the worker threads"
-                    summarize(samples, options.rate, options.emails, title)
+                    title = (
+                        "Python CPU of the worker processes (the GIL holder)"
+                        if mode == "gil"
+                        else "wall time of a worker thread (16 threads x the drain's time / emails)"
+                    )
+                    # Little's law: 16 threads kept busy by a full queue for the drain.
+                    wall = None if mode == "gil" else WORKER_THREADS * elapsed * 1000.0 / options.emails
+                    summarize(samples, title, per_email_ms=wall, rate=options.rate, emails=options.emails)
             provider.stop()
     print(f"\nraw stacks in {folder} (flame graphs: py-spy record --format flamegraph)")
 
