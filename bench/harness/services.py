@@ -78,8 +78,18 @@ def create() -> RunServices:
         _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
         pika.BlockingConnection(pika.URLParameters(RunServices(name, name).broker_url)).close()
     except (subprocess.CalledProcessError, pika.exceptions.AMQPError) as exc:
-        unavailable(f"RabbitMQ is not usable: {exc}")
+        _forget(name)
+        stderr = getattr(exc, "stderr", None) or b""
+        unavailable(f"RabbitMQ is not usable: {exc} {stderr.decode(errors='replace').strip()}")
     return RunServices(database=name, vhost=name)
+
+
+def _forget(name: str) -> None:
+    """Drop what a creation that failed half-way made, so it does not outlive the run."""
+    try:
+        destroy(RunServices(database=name, vhost=name))
+    except (subprocess.CalledProcessError, psycopg2.Error):
+        pass
 
 
 def destroy(services: RunServices) -> None:
