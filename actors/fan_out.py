@@ -7,7 +7,9 @@ one request each; a lone email goes alone: nothing is ever held back to fill a
 batch, so a password reset inserted on its own is sent on its own, at once. The
 batch endpoint cannot carry attachments or ``scheduled_at``; we send neither
 (scheduling is ours), so every email can travel in a batch: should a field it
-cannot carry be added, ``_batched`` is the one place that decides.
+cannot carry be added, ``storage.batches.plan`` is the one place that decides. An
+email keeps the idempotency key it was first offered under: one sent alone never
+joins a batch, and a batch member goes out again only in its own batch.
 
 A fan-out claims no more than the provider's current rate sends within half a lease,
 less what is already claimed, so an email waiting its turn behind the limiter is
@@ -77,28 +79,28 @@ def _claim_and_send(priority: EmailPriority, budget: int) -> int:
             claimed = leases.claim_due(
                 emails.TABLE, session, lease=lease(), limit=limit, only=emails.of_priority(priority)
             )
-            per_request = current.settings.email_per_request
-            formed = batches.form(session, claimed, size=per_request) if _batched(claimed, per_request) else []
-        _send(claimed, formed, priority)
+            plan = batches.plan(session, claimed, size=current.settings.email_per_request)
+        _send(plan, priority)
         total += len(claimed)
         if len(claimed) < limit:
             break
     return total
 
 
-def _batched(claimed: list[int], per_request: int) -> bool:
-    """Whether these claimed emails travel in batches (see the module docstring)."""
-    return per_request > 1 and len(claimed) > 1
+def _send(plan: batches.Plan, priority: EmailPriority) -> None:
+    """One message per batch and per lone email; the claims of what could not be sent go back at once.
 
-
-def _send(claimed: list[int], formed: list[int], priority: EmailPriority) -> None:
-    """One message per batch (or for the lone email); what could not be sent goes back at once."""
-    actor, items = (batch_sender_of(priority), formed) if formed else (sender_of(priority), claimed)
-    for position, item in enumerate(items):
+    A batch keeps its members whatever happens to its message: should the broker
+    have taken it after all, it is the same batch, under the same key, that goes out.
+    """
+    messages = [(batch_sender_of(priority), batch_id, True) for batch_id in plan.batch_ids]
+    messages += [(sender_of(priority), email_id, False) for email_id in plan.alone]
+    for position, (actor, item, _batched) in enumerate(messages):
         try:
             actor.send(item)
         except Exception:
+            unsent = messages[position:]
             with runtime.current().sessions.begin() as session:
-                unsent = batches.release(session, items[position:]) if formed else items[position:]
-                leases.release_claims(emails.TABLE, session, unsent)
+                members = batches.member_ids_of(session, [i for _, i, batched in unsent if batched])
+                leases.release_claims(emails.TABLE, session, members + [i for _, i, batched in unsent if not batched])
             raise

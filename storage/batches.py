@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from sqlalchemy import select, update
@@ -57,16 +58,42 @@ def idempotency_key(session: Session, batch_id: int) -> Optional[str]:
     return session.scalar(select(EmailBatch.idempotency_key).where(EmailBatch.id == batch_id))
 
 
-def release(session: Session, batch_ids: Sequence[int]) -> list[int]:
-    """Batches whose message could not be sent: their members' claims go back; the members' ids."""
-    members = list(session.scalars(select(EmailQueue.id).where(EmailQueue.batch_id.in_(batch_ids))))
+@dataclass(frozen=True)
+class Plan:
+    """How claimed emails go out: alone (their own key) or in batches (a batch's key)."""
+
+    alone: list[int]
+    batch_ids: list[int]
+
+
+def plan(session: Session, email_ids: Sequence[int], *, size: int) -> Plan:
+    """Claimed emails to messages, each email keeping the idempotency key it was first offered under.
+
+    One that was offered alone goes alone again; a batch member goes in its own batch
+    again (the provider may have taken that batch: under another key it would deliver
+    the email twice); the rest, two or more, form new batches of at most ``size``, and
+    a lone one is marked as sent alone. Call in the claiming transaction.
+    """
+    rows = session.execute(
+        select(EmailQueue.id, EmailQueue.batch_id, EmailQueue.sent_alone).where(EmailQueue.id.in_(email_ids))
+    ).all()
+    alone = sorted(row.id for row in rows if row.sent_alone and row.batch_id is None)
+    earlier = sorted({row.batch_id for row in rows if row.batch_id is not None})
+    fresh = sorted(row.id for row in rows if not row.sent_alone and row.batch_id is None)
+    if len(fresh) > 1 and size > 1:
+        return Plan(alone=alone, batch_ids=earlier + form(session, fresh, size=size))
     session.execute(
         update(EmailQueue)
-        .where(EmailQueue.id.in_(members))
-        .values(batch_id=None)
+        .where(EmailQueue.id.in_(fresh))
+        .values(sent_alone=True)
         .execution_options(synchronize_session=False)
     )
-    return members
+    return Plan(alone=sorted(alone + fresh), batch_ids=earlier)
+
+
+def member_ids_of(session: Session, batch_ids: Sequence[int]) -> list[int]:
+    """The emails of these batches (their membership never changes)."""
+    return list(session.scalars(select(EmailQueue.id).where(EmailQueue.batch_id.in_(batch_ids))))
 
 
 def fail_member(session: Session, email_id: int, *, error: str, queue: str, actor: str) -> None:

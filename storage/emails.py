@@ -141,6 +141,7 @@ def enqueue(
         status=(EmailStatus.QUEUED if claimed else EmailStatus.PENDING).value,
         locked_until=now + claim_for if claim_for is not None else None,
         priority=EmailPriority(priority).value,
+        sent_alone=claimed,  # its message goes on its own, under its own key
         updated_at=now,
     )
     session.add(row)

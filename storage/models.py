@@ -143,8 +143,11 @@ class EmailQueue(Base):
     priority: Mapped[str] = mapped_column(Text, server_default=EmailPriority.TRANSACTIONAL.value)
     #: The message whose attempt holds the lease: that message coming back takes it over at once.
     lease_holder: Mapped[Optional[str]] = mapped_column(Text)
-    #: The batch request carrying this email (``email_batches``); NULL: sent on its own.
+    #: The batch request carrying this email (``email_batches``), for good: it is only
+    #: ever re-sent in that batch, under that batch's idempotency key.
     batch_id: Mapped[Optional[int]] = mapped_column(BigId, index=True)
+    #: Offered to the provider on its own, under its own key: it never joins a batch.
+    sent_alone: Mapped[bool] = mapped_column(Boolean, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
     updated_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage import emails, leases, webhooks
+from storage import batches, emails, leases, webhooks
 from storage.database import get_engine, get_sessionmaker
 from storage.leases import AttemptOutcome, LeasedTable
 from storage.migrate import upgrade
@@ -139,3 +139,18 @@ def test_a_message_back_after_giving_its_row_up_is_told_so(
         back = leases.start_attempt(table, session, row_id, lease=LEASE, max_attempts=4, holder="m1")
         other = leases.start_attempt(table, session, row_id, lease=LEASE, max_attempts=4, holder="m2")
     assert back.outcome is AttemptOutcome.GIVEN_UP and other.outcome is AttemptOutcome.SKIP
+
+
+def test_an_email_keeps_the_key_it_was_first_offered_under(lite: sessionmaker[Session]) -> None:
+    """Found by the chaos suite: an email sent alone (its publish failed after RabbitMQ took it) was
+    claimed again into a batch, under the batch's key, and the provider delivered it twice."""
+    with lite.begin() as session:
+        alone = emails.enqueue(session, recipient="a@example.com", subject="s", html="x", claim_for=LEASE)
+        fresh = [new_email(session) for _ in range(3)]
+    with lite.begin() as session:
+        first = batches.plan(session, fresh[:2], size=100)
+        lone = batches.plan(session, [fresh[2]], size=100)
+    with lite.begin() as session:  # every one of them claimed again, together
+        again = batches.plan(session, [alone, *fresh], size=100)
+    assert len(first.batch_ids) == 1 and first.alone == [] and lone == batches.Plan(alone=[fresh[2]], batch_ids=[])
+    assert again == batches.Plan(alone=sorted([alone, fresh[2]]), batch_ids=first.batch_ids)
