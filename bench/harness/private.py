@@ -22,6 +22,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -49,11 +50,23 @@ START_TIMEOUT_SECONDS = 120.0
 COMMAND_TIMEOUT_SECONDS = 120.0
 
 
+#: Private services listen in this range, below the kernel's ephemeral ports (32768 and up here):
+#: a port picked among those can be taken, while a node is stopped, by some client's outgoing
+#: connection, and the node then cannot listen again (seen: RabbitMQ's start_app failing).
+PRIVATE_PORTS = range(20_000, 32_000)
+
+
 def free_port() -> int:
-    """A TCP port of 127.0.0.1 that nothing listens on now (the OS's pick)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A TCP port of 127.0.0.1 below the ephemeral range that nothing listens on now."""
+    for _ in range(200):
+        port = random.choice(PRIVATE_PORTS)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {PRIVATE_PORTS}")
 
 
 def _as_user(user: str, command: list[str]) -> list[str]:
