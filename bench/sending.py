@@ -87,7 +87,7 @@ def main() -> None:
                   f"p95 {percentile(picked, 0.95):.3f}s  max {max(picked):.3f}s")
             print(f"transactional behind {options.bulk} bulk: p50 {percentile(urgent, 0.5):.3f}s  "
                   f"p95 {percentile(urgent, 0.95):.3f}s  max {max(urgent):.3f}s")
-            print(f"requests/s during the drain (bulk + transactional): {bulk_rate:.2f}; "
+            print(f"emails/s delivered during the drain (bulk + transactional): {bulk_rate:.2f}; "
                   f"429s: {provider.count_429()}; median pickup {statistics.median(picked):.3f}s")
     finally:
         services.destroy(run)
