@@ -20,7 +20,7 @@ from storage import leases, webhooks
 from storage.clock import utcnow
 from tests.support.dlq_support import add_dead_letter, dead_email, dlq_json, letter, replay
 from tests.support.helpers import wait_until
-from tests.support.webhook_support import new_id, payment
+from tests.support.webhook_support import new_id, payment, store_event
 
 pytestmark = pytest.mark.usefixtures("runtime")
 
@@ -31,15 +31,7 @@ def test_an_archived_webhook_event_is_replayed_once_its_order_exists(
     order_id = new_id("MN-late")
     body = payment(order_id)
     with sessions.begin() as session:
-        row_id = webhooks.store(
-            session,
-            provider="generic",
-            event_id=body["event_id"],
-            event_type=body["type"],
-            payload=body,
-            order_id=order_id,
-            lease=timedelta(minutes=5),
-        ).id
+        row_id = store_event(session, body).id
         leases.give_up(webhooks.TABLE, session, row_id, error=f"OrderNotFound: order {order_id} does not exist (yet)")
     dead = add_dead_letter(
         sessions, actor="process_webhook_event", args=[row_id], queue="webhooks.XQ", error="OrderNotFound: ..."

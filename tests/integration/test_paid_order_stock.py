@@ -43,6 +43,7 @@ from tests.support.webhook_support import (
     reservation_statuses,
     running_intake,
     stock,
+    store_event,
     wait_for_event,
 )
 
@@ -185,15 +186,7 @@ def stored_success(sessions: sessionmaker[Session], order_id: str) -> EventData:
     """A success stored as the intake does, leased so that no worker takes it: the test applies it."""
     body = payment(order_id)
     with sessions.begin() as session:
-        stored = webhooks.store(
-            session,
-            provider="generic",
-            event_id=body["event_id"],
-            event_type=body["type"],
-            payload=body,
-            order_id=order_id,
-            lease=timedelta(minutes=5),
-        )
+        stored = store_event(session, body)
         row = webhooks.get(session, stored.id)
         assert row is not None
         return EventData.from_row(row)

@@ -12,7 +12,6 @@ import statistics
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
 from typing import Any, Optional
 
 import pytest
@@ -43,17 +42,10 @@ from tests.support.webhook_support import (
     post,
     reservation_statuses,
     reserve_for,
-    running_intake,
     stock,
+    store_event,
     wait_for_event,
 )
-
-
-@pytest.fixture(scope="module")
-def intake(runtime: Runtime) -> Iterator[str]:
-    with running_intake(runtime) as url:
-        yield url
-
 
 # --- intake: the happy path -----------------------------------------------------------
 
@@ -406,15 +398,7 @@ def test_an_event_whose_message_rabbitmq_refused_is_handed_back_at_once(
     order_id = add_order(sessions)
     with sessions.begin() as session:
         body = payment(order_id)
-        stored = webhooks.store(
-            session,
-            provider="generic",
-            event_id=body["event_id"],
-            event_type=body["type"],
-            payload=body,
-            order_id=order_id,
-            lease=timedelta(minutes=5),
-        )
+        stored = store_event(session, body)
 
     def refuse(message: Any, *, delay: Optional[int] = None) -> Any:
         raise ConnectionClosed(RuntimeError("RabbitMQ is restarting"))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Optional
@@ -42,16 +41,10 @@ from tests.support.webhook_support import (
     order,
     payment,
     post,
-    running_intake,
+    store_event,
     store_lost,
     wait_for_event,
 )
-
-
-@pytest.fixture(scope="module")
-def intake(runtime: Runtime) -> Iterator[str]:
-    with running_intake(runtime) as url:
-        yield url
 
 
 @dataclass
@@ -151,15 +144,7 @@ def test_an_order_committed_after_the_first_failure_succeeds_on_the_next_retry(
 
     monkeypatch.setattr(leases, "schedule_retry", checkout_commits_now)
     with sessions.begin() as session:  # stored as the intake does, so the trace knows the row before it runs
-        stored = webhooks.store(
-            session,
-            provider="generic",
-            event_id=body["event_id"],
-            event_type=body["type"],
-            payload=body,
-            order_id=order_id,
-            lease=timedelta(minutes=5),
-        )
+        stored = store_event(session, body)
     process_webhook_event.send(stored.id)
 
     row = wait_for_event(sessions, "generic", body["event_id"], lambda r: r.status == "processed", what="processed")
@@ -176,15 +161,7 @@ def test_while_retrying_the_row_says_failed_with_its_next_time(
 ) -> None:
     body = payment(new_id("MN-missing"))
     with sessions.begin() as session:
-        stored = webhooks.store(
-            session,
-            provider="generic",
-            event_id=body["event_id"],
-            event_type=body["type"],
-            payload=body,
-            order_id=body["order_id"],
-            lease=timedelta(minutes=5),
-        )
+        stored = store_event(session, body)
     # This message's own schedule (options resolve message → actor → default): 1 minute.
     process_webhook_event.send_with_options(args=(stored.id,), retry_delay=60_000, max_retry_delay=60_000)
 

@@ -166,6 +166,21 @@ def drain_tick() -> None:
         pass
 
 
+def store_event(
+    session: Session, body: dict[str, Any], *, provider: str = "generic", lease: timedelta = timedelta(minutes=5)
+) -> webhooks.Stored:
+    """``body`` stored as the intake stores it, leased for ``lease`` (long: no tick takes it meanwhile)."""
+    return webhooks.store(
+        session,
+        provider=provider,
+        event_id=body["event_id"],
+        event_type=body["type"],
+        payload=body,
+        order_id=body["order_id"],
+        lease=lease,
+    )
+
+
 def store_lost(sessions: sessionmaker[Session], count: int) -> list[int]:
     """Events whose intake message never went out, their grace already over."""
     ids = []
@@ -173,14 +188,6 @@ def store_lost(sessions: sessionmaker[Session], count: int) -> list[int]:
         for _ in range(count):
             body = payment(add_order(sessions))
             ids.append(
-                webhooks.store(
-                    session,
-                    provider="generic",
-                    event_id=body["event_id"],
-                    event_type=body["type"],
-                    payload=body,
-                    order_id=body["order_id"],
-                    lease=timedelta(0),
-                ).id
+                store_event(session, body, lease=timedelta(0)).id
             )
     return ids
