@@ -73,7 +73,7 @@ class Role(str, enum.Enum):
 
 
 class AuthError(Exception):
-    """A request refused for who sent it; ``status`` is 401, 403 or 429 and ``message`` is safe to answer."""
+    """A request refused (401, 403, 429; 400 for a bad cursor or selection); ``message`` is safe to answer."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
