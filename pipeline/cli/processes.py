@@ -13,7 +13,7 @@ from pipeline.archiver import RabbitmqArchiver
 from pipeline.cli.common import runtime_from_env, settings_from_env
 from pipeline.dev import run_dev
 from pipeline.ticker import run_ticker
-from pipeline.webhook_server import serve as run_server
+from pipeline.web.app import serve as run_server
 
 
 @click.command(context_settings={"ignore_unknown_options": True})

@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from actors.webhooks import enqueue_due_webhooks
 from pipeline.core.runtime import Runtime
-from pipeline.webhook_server import server_config, signature_header
+from pipeline.web.app import server_config
+from pipeline.webhook_server import signature_header
 from storage import inventory, webhooks
 from storage.models import DeadLetter, EmailQueue, WebhookEvent
 from tests.support.helpers import wait_until
