@@ -8,7 +8,9 @@ plain Starlette route it always was, byte for byte):
 * with CRON_SECRET only: ``/api/cron/*`` (``pipeline.web.cron``), ``/api/ops/*``
   (``session``, ``ops_api``, ``ops_actions``) and the OpenAPI document
   ``GET /api/ops/openapi.json`` (no auth: it says what the routes are, not what they
-  hold, and the README says as much). Without CRON_SECRET none of them exists (404).
+  hold, and the README says as much), and the dashboard at ``/ops`` (``pipeline.web.dashboard``:
+  static files; it signs in to the ops API like any client). Without CRON_SECRET none of them
+  exists (404).
 
 ``/metrics`` (Prometheus) is mounted by ``mount_metrics`` below.
 """
@@ -25,6 +27,7 @@ from pipeline.core.runtime import Runtime
 from pipeline.core.settings import PAYMENT_PROVIDERS
 from pipeline.web import cron, health, ops_actions, ops_api, session
 from pipeline.web.auth import AuthError, OpsAuth
+from pipeline.web.dashboard import dashboard_routes
 from pipeline.web.depths import QueueDepths
 from pipeline.webhook_server import DEFAULT_HOST, DEFAULT_PORT, WEBHOOK_PATH, intake_for, uvicorn_config
 
@@ -55,6 +58,7 @@ def build_app(current: Runtime) -> FastAPI:
         app.include_router(session.router(auth))
         app.include_router(ops_api.router(current, auth, QueueDepths(current.broker)))
         app.include_router(ops_actions.router(current, auth))
+        app.router.routes.extend(dashboard_routes())
     mount_metrics(app, current)
     return app
 

@@ -57,7 +57,7 @@ function replaceQuery(query) {
 // --- sign-in --------------------------------------------------------------------------------
 
 function signInPage(error) {
-  const token = h('input', {type: 'password', name: 'token', id: 'token', required: true, autocomplete: 'current-password', autofocus: true});
+  const token = h('input', {type: 'password', name: 'token', id: 'token', required: true, autocomplete: 'current-password'});
   const problem = h('p', {class: 'form-error', role: 'alert', id: 'sign-in-error', hidden: !error}, error ?? '');
   const button = h('button', {type: 'submit', class: 'button primary block'}, 'Sign in');
   const form = h('form', {class: 'sign-in-card', onsubmit: async (event) => {
@@ -143,7 +143,9 @@ function show() {
   const generation = ++state.generation;
   const ctx = {
     params,
-    query: new URLSearchParams(window.location.search),
+    get query() {
+      return new URLSearchParams(window.location.search);
+    },
     admin: state.session.role === 'admin',
     navigate,
     replaceQuery,
@@ -169,8 +171,13 @@ function show() {
 /** Fetch and redraw the page shown; an unreachable API shows the banner and keeps the last data. */
 async function refresh(generation) {
   const page = state.page;
-  if (!page || page.generation !== generation || page.busy) return;
+  if (!page || page.generation !== generation) return;
+  if (page.busy) {
+    page.again = true;  // asked while a refresh was under way (a filter changed): once more after it
+    return;
+  }
   page.busy = true;
+  page.again = false;
   page.triedAt = Date.now();
   try {
     await page.refresh();
@@ -185,6 +192,7 @@ async function refresh(generation) {
     page.busy = false;
     tick();
   }
+  if (page.again) await refresh(generation);
 }
 
 function setBanner(message) {

@@ -84,24 +84,31 @@ async function resume(ctx, scope) {
   ctx.refresh();
 }
 
+const SCOPE_NAMES = {all: 'All sending', bulk: 'Bulk sending'};
+
+/** An operator's pause of one scope ({until, reason, paused_at, by}), with its resume button. */
+function operatorPause(scope, pause, ctx) {
+  return h('div', {class: 'callout tone-warn'},
+    h('div', {class: 'callout-line'}, h('strong', null, `${SCOPE_NAMES[scope] ?? scope} paused`),
+      ctx.admin ? h('button', {type: 'button', class: 'button small', onclick: () => resume(ctx, scope)}, 'Resume') : null),
+    h('div', {class: 'small'}, pause.reason ? `“${pause.reason}” · ` : '', pause.by ? `by ${pause.by} · ` : '',
+      pause.until ? ['until ', when(pause.until)] : 'until resumed'));
+}
+
 function sending(state, ctx) {
-  const paused = Boolean(state.paused);
-  const scope = state.scope ?? state.pause_scope ?? 'all';
-  const tools = ctx.admin
-    ? (paused
-      ? h('button', {type: 'button', class: 'button small primary', onclick: () => resume(ctx, scope)}, 'Resume sending')
-      : h('button', {type: 'button', class: 'button small', onclick: () => pause(ctx)}, 'Pause…'))
-    : null;
-  const status = paused
-    ? h('div', {class: 'callout tone-warn'}, h('strong', null, 'Paused'), ` ${state.pause_reason ?? ''}`,
-      state.paused_until ? h('span', null, ' · until ', when(state.paused_until)) : null)
-    : h('div', {class: 'callout tone-good'}, h('strong', null, 'Sending'), ' at the shared provider rate');
-  return card('Provider limiter', [status, fields([
+  const pauses = Object.entries(state.operator_pauses ?? {}).filter(([, pause]) => pause);
+  const callouts = pauses.map(([scope, pause]) => operatorPause(scope, pause, ctx));
+  if (state.paused) {
+    callouts.push(h('div', {class: 'callout tone-warn'}, h('strong', null, 'Held by the provider'),
+      h('div', {class: 'small'}, state.pause_reason ?? 'a 429', state.paused_until ? [' · until ', when(state.paused_until)] : '')));
+  }
+  if (!callouts.length) callouts.push(h('div', {class: 'callout tone-good'}, h('strong', null, 'Sending'), ' at the shared provider rate'));
+  const tools = ctx.admin ? h('button', {type: 'button', class: 'button small', onclick: () => pause(ctx)}, 'Pause…') : null;
+  return card('Provider limiter', [callouts, fields([
     ['Rate in use', rate(state.per_second)],
     ['Configured', rate(state.configured_per_second)],
     ['Provider says', rate(state.provider_limit)],
     ['Cap', rate(state.cap_per_second)],
-    paused && state.paused_since ? ['Paused since', when(state.paused_since)] : null,
   ])], {tools, id: 'limiter'});
 }
 
@@ -129,17 +136,50 @@ function queues(stats) {
   ], rows, {empty: 'No queue figures (the broker did not answer).'}));
 }
 
-/** Dead letters by queue and actor: the API's groups when it has them, else by queue alone. */
-function deadLetterGroups(stats) {
-  const groups = stats.dead_letter_groups ?? stats.dead_letters_by_queue_and_actor
-    ?? Object.entries(stats.dead_letters_by_queue ?? {}).map(([queue, count]) => ({queue, actor: null, count}));
+/** How often the fallback grouping of dead letters is read again (it reads a page of 500). */
+const GROUPS_EVERY_MS = 30000;
+const GROUPS_SCAN = 500;
+
+/** (queue, actor) groups with their count and newest death, from a list of dead letters. */
+function groupLetters(letters) {
+  const groups = new Map();
+  for (const letter of letters) {
+    const key = `${letter.queue}\u0000${letter.actor ?? ''}`;
+    const group = groups.get(key) ?? {queue: letter.queue, actor: letter.actor ?? '', count: 0, newest: letter.dead_at};
+    group.count += 1;
+    if (letter.dead_at > group.newest) group.newest = letter.dead_at;
+    groups.set(key, group);
+  }
+  return [...groups.values()].sort((a, b) => b.count - a.count);
+}
+
+/**
+ * Dead letters by queue and actor: the API's ``dead_letter_groups`` when its stats have them;
+ * otherwise grouped here from the newest ``GROUPS_SCAN`` dead letters, read every 30 s.
+ */
+function deadLetterSource() {
+  let cached = null;
+  return async (stats) => {
+    if (stats.dead_letter_groups) return {groups: stats.dead_letter_groups, note: ''};
+    if (!stats.dead_letters) return {groups: [], note: ''};
+    if (!cached || Date.now() - cached.at > GROUPS_EVERY_MS || cached.total !== stats.dead_letters) {
+      const page = await get('/dead-letters', {limit: GROUPS_SCAN});
+      cached = {at: Date.now(), total: stats.dead_letters, groups: groupLetters(page.items ?? []),
+        note: page.next_cursor ? `the newest ${num(GROUPS_SCAN)} of ${num(stats.dead_letters)}` : ''};
+    }
+    return cached;
+  };
+}
+
+function deadLetterGroups({groups, note}) {
   const filter = (g) => `/ops/dead-letters?${new URLSearchParams({queue: g.queue, ...(g.actor ? {actor: g.actor} : {})})}`;
   return card('Dead letters by queue and actor', table([
     {label: 'Queue', cell: (g) => link(filter(g), g.queue)},
-    {label: 'Actor', cell: (g) => (g.actor ? h('code', null, g.actor) : h('span', {class: 'muted'}, g.actor === null ? 'all' : '(undecodable)'))},
+    {label: 'Actor', cell: (g) => (g.actor ? h('code', null, g.actor) : h('span', {class: 'muted'}, '(undecodable)'))},
     {label: 'Dead', class: 'num', cell: (g) => num(g.count)},
-    {label: 'Newest', cell: (g) => (g.newest ? when(g.newest) : '')},
-  ], groups, {empty: 'No dead letters. Every message was delivered or is still being tried.'}));
+    {label: 'Newest', cell: (g) => when(g.newest)},
+  ], groups, {empty: 'No dead letters. Every message was delivered or is still being tried.'}),
+  {tools: note ? h('span', {class: 'muted small'}, note) : null});
 }
 
 function webhookStatuses(stats) {
@@ -161,6 +201,7 @@ export default function overview(ctx) {
   const limiter = region('limiter-slot');
   const bottom = region('overview-grid');
   let points = [];
+  const deadLetters = deadLetterSource();
   const drawChart = () => fill(chartFrame, activityChart(points, chartFrame.clientWidth || 700));
   new ResizeObserver(() => { if (points.length) drawChart(); }).observe(chartFrame);
   const view = h('div', {class: 'overview'},
@@ -179,7 +220,8 @@ export default function overview(ctx) {
       fill(chartLegend.element, legend(points));
       drawChart();
       limiter.show(sending(stats.sending ?? {}, ctx));
-      bottom.show(emailsByStatus(stats), queues(stats), deadLetterGroups(stats), webhookStatuses(stats));
+      const groups = await deadLetters(stats);
+      bottom.show(emailsByStatus(stats), queues(stats), deadLetterGroups(groups), webhookStatuses(stats));
     },
   };
 }

@@ -3,9 +3,9 @@
 
 import {get} from '../api.js';
 import {h, fill, num, when, clip, link, badge, table, relative} from '../dom.js';
-import {filterBar, filtersOf, Pager, region} from '../ui.js';
+import {filterBar, Pager, region} from '../ui.js';
 import {PAGE_SIZE} from './list.js';
-import {matchingSelection, replay, purge} from './dead_letter_actions.js';
+import {letterFilter, matchingSelection, searchLetters, replay, purge} from './dead_letter_actions.js';
 
 const QUEUES = ['emails.XQ', 'emails_bulk.XQ', 'webhooks.XQ', 'ticks.XQ'];
 const ACTORS = ['send_email', 'send_bulk_email', 'send_email_batch', 'send_bulk_email_batch', 'process_webhook_event',
@@ -81,15 +81,28 @@ export default function deadLetters(ctx) {
     {label: 'Replay', cell: replayState},
   ].filter(Boolean);
 
+  /** A page of the API's list, or with a search text every match among the newest letters. */
+  const fetchLetters = async () => {
+    const filter = letterFilter(ctx.query);
+    const text = ctx.query.get('q');
+    if (!text) {
+      const page = await get('/dead-letters', {...filter, limit: PAGE_SIZE, cursor: pager.cursor});
+      pager.seen(page);
+      return {items: page.items ?? [], total: page.total ?? null, note: ''};
+    }
+    const found = await searchLetters(filter, text);
+    pager.seen({next_cursor: null});
+    const note = found.scanned < found.total ? ` (searched the newest ${num(found.scanned)} of ${num(found.total)})` : '';
+    return {items: found.items, total: found.items.length, note};
+  };
+
   const load = async () => {
-    const filters = filtersOf(ctx.query, FILTERS.map((f) => f.name));
-    const page = await get('/dead-letters', {...filters, limit: PAGE_SIZE, cursor: pager.cursor});
-    pager.seen(page);
-    items = page.items ?? [];
-    total = page.total ?? null;
+    const found = await fetchLetters();
+    items = found.items;
+    total = found.total;
     if (ctx.admin) columns[0].label = pickAll();
     results.show(
-      h('p', {class: 'summary'}, total === null ? '' : `${num(total)} dead letter${total === 1 ? '' : 's'} match`),
+      h('p', {class: 'summary'}, total === null ? '' : `${num(total)} dead letter${total === 1 ? '' : 's'} match${total === 1 ? 'es' : ''}${found.note}`),
       table(columns, items, {
         empty: 'No dead letter matches. Every message was delivered, is still being tried, or was cleared.',
         rowClass: (l) => (selected.has(l.id) ? 'selected' : null),

@@ -1,0 +1,221 @@
+"""The dashboard end to end: the real ``serve``, a worker, an archiver and the fake Resend, in headless Chromium.
+
+An operator signs in, finds a dead email by its recipient, replays it after the
+confirmation, and sees it sent (on the page and at the provider). Signed out, the
+dashboard shows the sign-in and the API refuses; a read-only session sees no action
+button at all. Each page is saved as a screenshot (``SCREENSHOTS_DIR=docs/screenshots``
+to refresh the README's), and the page load is printed as a figure.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
+from bench.harness import services
+from bench.harness.fake_resend import FakeResend
+from bench.harness.processes import run_cli, running
+from storage import migrate
+from storage.database import get_engine, get_sessionmaker
+from tests.support.browser_support import (  # noqa: F401  (fixtures)
+    Page,
+    api_status,
+    browser,
+    median_load_ms,
+    open_page,
+    page,
+    screenshots,
+    sign_in,
+)
+from tests.support.helpers import insert_email, unique_address, wait_until
+from tests.support.webhook_support import add_order, payment, post, reserve_for
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass(frozen=True)
+class Fleet:
+    base: str
+    sessions: sessionmaker[Session]
+    admin_token: str
+    read_token: str
+    #: The recipient of the email the provider refused: dead-lettered, to be found and replayed.
+    dead_recipient: str
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _answers(base: str) -> bool:
+    try:
+        return requests.get(f"{base}/healthz", timeout=1).status_code == 200
+    except requests.ConnectionError:
+        return False
+
+
+def _dead_letters(sessions: sessionmaker[Session]) -> int:
+    with sessions() as session:
+        return int(session.scalar(text("SELECT COUNT(*) FROM dead_letters")) or 0)
+
+
+def _seed(fleet_env: dict[str, str], sessions: sessionmaker[Session], fake: FakeResend, base: str, cwd: Path) -> str:
+    """A few sent emails, one the provider refuses (dead), paid and unknown orders, a reservation."""
+    dead = unique_address("refused")
+    fake.fail_recipient(dead, status=422, name="validation_error", message="Invalid `to` field.")
+    with sessions.begin() as session:
+        for n in range(4):
+            insert_email(session, unique_address(f"customer{n}"), subject=f"Order MN-10{n} confirmed")
+        insert_email(session, dead, subject="Your receipt")
+    assert run_cli("tick", "emails", env=fleet_env, cwd=cwd).returncode == 0
+    paid = add_order(sessions, email=unique_address("buyer"))
+    reserve_for(sessions, add_order(sessions))
+    assert post(base, payment(paid)).status_code == 200
+    assert post(base, payment("MN-missing")).status_code == 200  # no such order: retried, then dead
+    wait_until(lambda: _dead_letters(sessions) == 2, timeout=60, what="the refused email and the event dead-lettered")
+    return dead
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    environment: dict[str, str], fake_resend: FakeResend, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Fleet]:
+    """``serve`` (CRON_SECRET and OPS_READ_TOKEN set), a worker and an archiver on a database and vhost of their own."""
+    created = services.create()
+    migrate.upgrade(created.database_url)
+    admin, reader = secrets.token_hex(32), secrets.token_hex(32)
+    env = {
+        **environment,
+        "DATABASE_URL": created.database_url,
+        "BROKER_URL": created.broker_url,
+        "CRON_SECRET": admin,
+        "OPS_READ_TOKEN": reader,
+        "EMAIL_PER_REQUEST": "1",  # the refusal is scripted per recipient
+    }
+    cwd = tmp_path_factory.mktemp("dashboard")
+    base = f"http://127.0.0.1:{_free_port()}"
+    sessions = get_sessionmaker(created.database_url)
+    try:
+        with (
+            running(
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                base.rsplit(":", 1)[1],
+                env=env,
+                cwd=cwd,
+                log=cwd / "serve.log",
+            ),
+            running("worker", "-p", "1", "-t", "4", env=env, cwd=cwd, log=cwd / "worker.log"),
+            running("archiver", env=env, cwd=cwd, log=cwd / "archiver.log"),
+        ):
+            wait_until(lambda: _answers(base), timeout=30, what="serve to answer /healthz")
+            dead = _seed(env, sessions, fake_resend, base, cwd)
+            yield Fleet(base=base, sessions=sessions, admin_token=admin, read_token=reader, dead_recipient=dead)
+    finally:
+        get_engine(created.database_url).dispose()
+        services.destroy(created)
+
+
+def test_signed_out_the_dashboard_asks_for_a_token_and_the_api_refuses(
+    fleet: Fleet,
+    page: Page,  # noqa: F811
+    screenshots: Path,  # noqa: F811
+) -> None:
+    page.goto(f"{fleet.base}/ops/dead-letters")
+    page.wait_for_selector("#token")
+    page.screenshot(path=str(screenshots / "sign-in.png"))
+    assert page.locator("table").count() == 0
+    assert api_status(page, "/api/ops/dead-letters") == 401
+    assert requests.get(f"{fleet.base}/api/ops/stats", timeout=5).status_code == 401
+
+    page.fill("#token", "not-the-token-" + "x" * 40)
+    page.click("form.sign-in-card button[type=submit]")
+    page.wait_for_selector("#sign-in-error:not([hidden])")
+    assert page.inner_text("#sign-in-error") == "That token is not valid."
+    assert page.locator(".tiles").count() == 0
+
+
+def test_an_admin_finds_a_dead_email_by_recipient_and_replays_it(
+    fleet: Fleet,
+    page: Page,  # noqa: F811
+    screenshots: Path,  # noqa: F811
+    fake_resend: FakeResend,
+) -> None:
+    sign_in(page, fleet.base, fleet.admin_token)
+    page.wait_for_selector(".chart .bar")
+    page.screenshot(path=str(screenshots / "overview.png"))
+    assert page.inner_text(".role") == "Admin"
+
+    page.click("nav.nav a:has-text('Dead letters')")
+    page.wait_for_selector("table.data tbody tr")
+    page.fill("input[name=q]", fleet.dead_recipient)
+    page.wait_for_selector(".summary:has-text('1 dead letter matches')")
+    rows = page.locator("table.data tbody tr")
+    assert rows.count() == 1 and "send_email(" in rows.first.inner_text()
+    assert "q=" in page.url  # the search is in the address: a reload or a shared link shows the same
+    page.screenshot(path=str(screenshots / "dead-letters.png"))
+
+    fake_resend.clear_failures(fleet.dead_recipient)  # the cause is fixed: the provider takes it now
+    rows.first.locator("input[type=checkbox]").check()
+    page.click("button:has-text('Replay selected')")
+    dialog = page.locator("dialog[open]")
+    dialog.wait_for()
+    assert dialog.locator("h2").inner_text() == "Replay 1 dead letter?"
+    dialog.locator("button[type=submit]").click()
+    page.wait_for_selector(".toast:has-text('Replayed 1 of 1 dead letter.')")
+    wait_until(
+        lambda: len(fake_resend.deliveries_to(fleet.dead_recipient)) == 1, timeout=30, what="the replayed email sent"
+    )
+
+    rows.first.click()
+    page.wait_for_selector(".item-head .badge:has-text('sent')", timeout=30_000)  # the page refreshes itself
+    assert "Resend 422 validation_error" in page.inner_text(".error-text")
+    page.screenshot(path=str(screenshots / "dead-letter.png"))
+
+    open_page(page, f"{fleet.base}/ops/emails?q={fleet.dead_recipient}", "table.data tbody tr")
+    assert page.locator("table.data tbody tr").count() == 1
+    assert page.inner_text("table.data tbody tr .badge") == "sent"
+    page.screenshot(path=str(screenshots / "emails.png"))
+    for name, ready in [("webhooks", "table.data tbody tr"), ("reservations", "table.data tbody tr")]:
+        open_page(page, f"{fleet.base}/ops/{name}", ready)
+        page.screenshot(path=str(screenshots / f"{name}.png"))
+    assert len(fake_resend.deliveries_to(fleet.dead_recipient)) == 1
+
+    overview = median_load_ms(page, f"{fleet.base}/ops", ".chart .bar")
+    letters = median_load_ms(page, f"{fleet.base}/ops/dead-letters", "table.data tbody tr")
+    print(
+        f"\n[figures] dashboard page load, navigation to first data painted, median of 5: "
+        f"overview {overview:.0f} ms, dead letters {letters:.0f} ms"
+    )
+
+
+def test_a_read_only_session_sees_no_action_button(
+    fleet: Fleet,
+    page: Page,  # noqa: F811
+    screenshots: Path,  # noqa: F811
+) -> None:
+    sign_in(page, fleet.base, fleet.read_token)
+    assert page.inner_text(".role") == "Read only"
+    assert page.locator("#limiter button").count() == 0
+
+    open_page(page, f"{fleet.base}/ops/dead-letters", "table.data tbody tr")
+    assert page.locator("table.data tbody tr").count() == 2
+    assert page.locator(".view button:not(.pager button), .view table input[type=checkbox], .bulk-bar").count() == 0
+    page.screenshot(path=str(screenshots / "dead-letters-read-only.png"))
+
+    page.locator("table.data tbody tr").first.click()
+    page.wait_for_selector(".detail-grid")
+    assert page.locator(".view button").count() == 0
+    assert api_status(page, "/api/ops/dead-letters/replay", method="POST", csrf=True) == 403
