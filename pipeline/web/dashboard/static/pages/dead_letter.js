@@ -23,10 +23,11 @@ function item(letter) {
 export default function deadLetter(ctx) {
   const id = ctx.params[0];
   const content = region('record');
+  const replayButton = h('button', {type: 'button', class: 'button primary', onclick: async () => {
+    if (await replay({ids: [Number(id)]}, ctx)) ctx.refresh();
+  }}, 'Replay');
   const tools = ctx.admin ? h('div', {class: 'actions'},
-    h('button', {type: 'button', class: 'button primary', onclick: async () => {
-      if (await replay({ids: [Number(id)]}, ctx)) ctx.refresh();
-    }}, 'Replay'),
+    replayButton,
     h('button', {type: 'button', class: 'button danger-outline', onclick: async () => {
       if (await deleteOne(id, ctx)) ctx.navigate('/ops/dead-letters');
     }}, 'Delete')) : null;
@@ -37,6 +38,8 @@ export default function deadLetter(ctx) {
       content.element),
     refresh: async () => {
       const letter = await get(`/dead-letters/${encodeURIComponent(id)}`);
+      replayButton.disabled = Boolean(letter.replayed_at);  // a dead letter is replayed at most once
+      replayButton.title = letter.replayed_at ? 'Replayed already' : '';
       content.show(h('div', {class: 'detail-grid'},
         card('Error', [h('p', {class: 'error-text'}, letter.error), fields([
           ['Call', call(letter)],

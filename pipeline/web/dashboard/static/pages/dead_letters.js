@@ -76,7 +76,7 @@ export default function deadLetters(ctx) {
     {label: 'Dead', cell: (l) => when(l.dead_at)},
     {label: 'Queue', cell: (l) => l.queue},
     {label: 'Call', cell: call},
-    {label: 'Error', cell: (l) => clip(l.error, 'clip error')},
+    {label: 'Error', cell: (l) => clip(l.error, 'clip error wide')},
     {label: 'Retries', class: 'num', cell: (l) => num(l.retries)},
     {label: 'Replay', cell: replayState},
   ].filter(Boolean);
