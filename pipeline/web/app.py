@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse
 from pipeline.core.runtime import Runtime
 from pipeline.core.settings import PAYMENT_PROVIDERS
 from pipeline.web import cron, health, ops_actions, ops_api, session
-from pipeline.web.auth import AuthError, OpsAuth
+from pipeline.web.auth import ApiError, OpsAuth
 from pipeline.web.depths import QueueDepths
 from pipeline.webhook_server import DEFAULT_HOST, DEFAULT_PORT, WEBHOOK_PATH, intake_for, uvicorn_config
 
@@ -48,7 +48,7 @@ def build_app(current: Runtime) -> FastAPI:
     )
     app.add_route(WEBHOOK_PATH, intake_for(current).handle, methods=["POST"], include_in_schema=False)
     app.include_router(health.router(sessions=current.sessions, broker_url=settings.broker_url))
-    app.add_exception_handler(AuthError, _refused)  # type: ignore[arg-type]
+    app.add_exception_handler(ApiError, _answer_error)  # type: ignore[arg-type]
     if served:
         auth = OpsAuth.from_settings(settings)
         app.include_router(cron.router(current, auth))
@@ -63,7 +63,7 @@ def mount_metrics(app: FastAPI, current: Runtime) -> None:
     """The place of ``GET /metrics`` (``pipeline.metrics``, wired in when it is merged)."""
 
 
-async def _refused(_request: Request, error: AuthError) -> JSONResponse:
+async def _answer_error(_request: Request, error: ApiError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
     return JSONResponse({"error": error.message}, status_code=error.status, headers=headers)
 

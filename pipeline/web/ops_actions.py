@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends
 
 from pipeline import dlq
 from pipeline.core.runtime import Runtime
-from pipeline.web.auth import AuthError, OpsAuth, Principal, audit
+from pipeline.web.auth import ApiError, OpsAuth, Principal, audit
 from pipeline.web.ops_api import OPS_PREFIX, REFUSALS, parse_since
 from pipeline.web.schemas import ErrorBody, PauseRequest, PurgeBody, ReplayBody, ResumeRequest, Selection
 from storage import dead_letters
@@ -60,7 +60,7 @@ def router(current: Runtime, auth: OpsAuth) -> APIRouter:
         deleted = dead_letters.purge_ids(current.sessions, [letter_id]) if 0 < letter_id < 2**63 else 0
         audit(principal, "purge", ids=[letter_id], deleted=deleted)
         if not deleted:
-            raise AuthError(404, f"no dead letter {letter_id}")
+            raise ApiError(404, f"no dead letter {letter_id}")
         return {"matched": 1, "deleted": 1, "dry_run": False}
 
     @routes.post("/sending/pause", response_model=dict[str, Any])
@@ -83,7 +83,7 @@ def router(current: Runtime, auth: OpsAuth) -> APIRouter:
 def _selected(current: Runtime, selection: Selection, *, replaying: bool) -> list[int]:
     """The ids a selection names: its ``ids`` as given, or those its ``filter`` matches."""
     if (selection.ids is None) == (selection.filter is None):
-        raise AuthError(400, "give either ids or filter")
+        raise ApiError(400, "give either ids or filter")
     if selection.ids is not None:
         return sorted({i for i in selection.ids if 0 < i < 2**63})
     assert selection.filter is not None

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from pipeline import dlq
 from pipeline.core.runtime import Runtime
 from pipeline.stats import collect
-from pipeline.web.auth import AuthError, OpsAuth, Principal
+from pipeline.web.auth import ApiError, OpsAuth, Principal
 from pipeline.web.depths import QueueDepths
 from pipeline.web.schemas import (
     MAX_PAGE,
@@ -103,7 +103,7 @@ def router(current: Runtime, auth: OpsAuth, depths: QueueDepths) -> APIRouter:
         with current.sessions() as session:
             rows = emails.page(session, before_id=email_id + 1, limit=1) if _fits_bigint(email_id) else []
         if not rows or rows[0]["id"] != email_id:
-            raise AuthError(404, f"no email {email_id}")
+            raise ApiError(404, f"no email {email_id}")
         return _email(rows[0], max_retries)
 
     @routes.get("/webhooks", response_model=WebhookPage)
@@ -129,7 +129,7 @@ def router(current: Runtime, auth: OpsAuth, depths: QueueDepths) -> APIRouter:
         with current.sessions() as session:
             row = webhooks.get(session, event_row_id) if _fits_bigint(event_row_id) else None
             if row is None:
-                raise AuthError(404, f"no webhook event {event_row_id}")
+                raise ApiError(404, f"no webhook event {event_row_id}")
             return {**_webhook(row), "payload": row.payload}
 
     @routes.get("/reservations", response_model=ReservationPage)
@@ -170,7 +170,7 @@ def router(current: Runtime, auth: OpsAuth, depths: QueueDepths) -> APIRouter:
         """``dlq show``: the traceback, the body, and the email's or webhook event's state now (``item``)."""
         details = dlq.show(current.broker, current.sessions, str(letter_id)) if _fits_bigint(letter_id) else None
         if details is None:
-            raise AuthError(404, f"no dead letter {letter_id}")
+            raise ApiError(404, f"no dead letter {letter_id}")
         return details
 
     return routes
@@ -194,7 +194,7 @@ def parse_since(text: Optional[str]) -> Optional[datetime]:
     try:
         return dlq.parse_since(text)
     except (ValueError, OverflowError) as exc:
-        raise AuthError(400, str(exc)) from None
+        raise ApiError(400, str(exc)) from None
 
 
 def _fits_bigint(value: int) -> bool:
@@ -205,7 +205,7 @@ def _id_cursor(cursor: Optional[str]) -> Optional[int]:
     if cursor is None:
         return None
     if not cursor.isdigit() or not _fits_bigint(int(cursor)):
-        raise AuthError(400, "cursor is not one this API gave")
+        raise ApiError(400, "cursor is not one this API gave")
     return int(cursor)
 
 
@@ -220,7 +220,7 @@ def _letter_cursor(cursor: Optional[str]) -> Optional[tuple[datetime, int]]:
     try:
         return datetime.fromisoformat(moment), int(_id_cursor(number) or 0)
     except ValueError:
-        raise AuthError(400, "cursor is not one this API gave") from None
+        raise ApiError(400, "cursor is not one this API gave") from None
 
 
 def _next(items: list[dict[str, Any]], limit: int, key: Any) -> Optional[str]:
