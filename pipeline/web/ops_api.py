@@ -22,6 +22,7 @@ from pipeline.web.auth import ApiError, OpsAuth, Principal
 from pipeline.web.depths import QueueDepths
 from pipeline.web.schemas import (
     MAX_PAGE,
+    NO_NUL,
     ActivityBody,
     DeadLetterDetail,
     DeadLetterPage,
@@ -53,7 +54,13 @@ PriorityName = Literal["transactional", "bulk"]
 WebhookStatusName = Literal["pending", "processed", "failed"]
 ReservationState = Literal["active", "expired", "released", "committed"]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
-Cursor = Annotated[Optional[str], Query(max_length=100)]
+Cursor = Annotated[Optional[str], Query(max_length=100, pattern=NO_NUL)]
+Name = Annotated[Optional[str], Query(max_length=200, pattern=NO_NUL)]
+RecipientPrefix = Annotated[
+    Optional[str], Query(max_length=320, pattern=NO_NUL, description="Recipient prefix, any case")
+]
+EventOrOrder = Annotated[Optional[str], Query(max_length=200, pattern=NO_NUL, description="An event id or an order id")]
+Since = Annotated[Optional[str], Query(max_length=64, pattern=NO_NUL, description="30m, 2h, 7d or an ISO time")]
 
 
 def router(current: Runtime, auth: OpsAuth, depths: QueueDepths) -> APIRouter:
@@ -83,7 +90,7 @@ def router(current: Runtime, auth: OpsAuth, depths: QueueDepths) -> APIRouter:
     @routes.get("/emails", response_model=EmailPage)
     def list_emails(
         _principal: Reader,
-        q: Annotated[Optional[str], Query(max_length=320, description="Recipient prefix, any case")] = None,
+        q: RecipientPrefix = None,
         status: Optional[EmailStatusName] = None,
         priority: Optional[PriorityName] = None,
         limit: Limit = 50,
@@ -94,8 +101,7 @@ def router(current: Runtime, auth: OpsAuth, depths: QueueDepths) -> APIRouter:
             rows = emails.page(
                 session, recipient_prefix=q, status=status, priority=priority, before_id=_id_cursor(cursor), limit=limit
             )
-        items = [_email(row, max_retries) for row in rows]
-        return {"items": items, "next_cursor": _next(items, limit, lambda item: str(item["id"]))}
+        return _id_page([_email(row, max_retries) for row in rows], limit)
 
     @routes.get("/emails/{email_id}", response_model=EmailItem, responses={404: {"model": ErrorBody}})
     def one_email(_principal: Reader, email_id: int) -> Any:
@@ -110,8 +116,8 @@ def router(current: Runtime, auth: OpsAuth, depths: QueueDepths) -> APIRouter:
     def list_webhooks(
         _principal: Reader,
         status: Optional[WebhookStatusName] = None,
-        provider: Annotated[Optional[str], Query(max_length=50)] = None,
-        q: Annotated[Optional[str], Query(max_length=200, description="An event id or an order id")] = None,
+        provider: Name = None,
+        q: EventOrOrder = None,
         limit: Limit = 50,
         cursor: Cursor = None,
     ) -> Any:
@@ -120,8 +126,7 @@ def router(current: Runtime, auth: OpsAuth, depths: QueueDepths) -> APIRouter:
             rows = webhooks.page(
                 session, status=status, provider=provider, search=q, before_id=_id_cursor(cursor), limit=limit
             )
-            items = [_webhook(row) for row in rows]
-        return {"items": items, "next_cursor": _next(items, limit, lambda item: str(item["id"]))}
+            return _id_page([_webhook(row) for row in rows], limit)
 
     @routes.get("/webhooks/{event_row_id}", response_model=WebhookDetail, responses={404: {"model": ErrorBody}})
     def one_webhook(_principal: Reader, event_row_id: int) -> Any:
@@ -140,15 +145,14 @@ def router(current: Runtime, auth: OpsAuth, depths: QueueDepths) -> APIRouter:
         now = utcnow()
         with current.sessions() as session:
             rows = inventory.reservations_page(session, state=state, now=now, before_id=_id_cursor(cursor), limit=limit)
-            items = [_reservation(row, now) for row in rows]
-        return {"items": items, "next_cursor": _next(items, limit, lambda item: str(item["id"]))}
+            return _id_page([_reservation(row, now) for row in rows], limit)
 
     @routes.get("/dead-letters", response_model=DeadLetterPage)
     def list_dead_letters(
         _principal: Reader,
-        queue: Annotated[Optional[str], Query(max_length=200)] = None,
-        actor: Annotated[Optional[str], Query(max_length=200)] = None,
-        since: Annotated[Optional[str], Query(max_length=64, description="30m, 2h, 7d or an ISO time")] = None,
+        queue: Name = None,
+        actor: Name = None,
+        since: Since = None,
         unreplayed: bool = False,
         limit: Limit = 50,
         cursor: Cursor = None,
@@ -209,18 +213,28 @@ def _id_cursor(cursor: Optional[str]) -> Optional[int]:
     return int(cursor)
 
 
+#: Dead-letter cursors count microseconds from here (digits only: nothing to escape in a URL).
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _letter_key(item: dict[str, Any]) -> str:
-    return f"{item['dead_at']}|{item['id']}"
+    """``<dead_at in µs since the epoch>.<id>``: the dead letters' order is (dead_at, id)."""
+    micros = (datetime.fromisoformat(item["dead_at"]) - _EPOCH) // timedelta(microseconds=1)
+    return f"{micros}.{item['id']}"
 
 
 def _letter_cursor(cursor: Optional[str]) -> Optional[tuple[datetime, int]]:
     if cursor is None:
         return None
-    moment, _, number = cursor.rpartition("|")
-    try:
-        return datetime.fromisoformat(moment), int(_id_cursor(number) or 0)
-    except ValueError:
-        raise ApiError(400, "cursor is not one this API gave") from None
+    micros, _, number = cursor.partition(".")
+    if not micros.isdigit() or len(micros) > 18:
+        raise ApiError(400, "cursor is not one this API gave")
+    return _EPOCH + timedelta(microseconds=int(micros)), int(_id_cursor(number) or 0)
+
+
+def _id_page(items: list[dict[str, Any]], limit: int) -> dict[str, Any]:
+    """A page of rows listed by id, newest first; its cursor is the last id shown."""
+    return {"items": items, "next_cursor": _next(items, limit, lambda item: str(item["id"]))}
 
 
 def _next(items: list[dict[str, Any]], limit: int, key: Any) -> Optional[str]:

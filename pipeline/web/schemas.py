@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 MAX_PAGE = 500
 #: Replay and purge take at most this many ids in one request.
 MAX_IDS = 1000
+#: Free text must not hold NUL, which PostgreSQL refuses in text (400 here rather than 500 there).
+NO_NUL = r"^[^\x00]*$"
 
 
 class Strict(BaseModel):
@@ -49,7 +51,7 @@ class CronFailure(BaseModel):
 
 
 class SignIn(Strict):
-    token: str = Field(max_length=1024)
+    token: str = Field(max_length=1024, pattern=NO_NUL)
 
 
 class SessionBody(BaseModel):
@@ -219,10 +221,10 @@ class DeadLetterPage(BaseModel):
 class LetterFilter(Strict):
     """The filters of ``dlq list``: each given one must match."""
 
-    queue: Optional[str] = Field(default=None, max_length=200)
-    actor: Optional[str] = Field(default=None, max_length=200)
+    queue: Optional[str] = Field(default=None, max_length=200, pattern=NO_NUL)
+    actor: Optional[str] = Field(default=None, max_length=200, pattern=NO_NUL)
     #: ``30m``, ``2h``, ``7d`` back from now, or an ISO 8601 time.
-    since: Optional[str] = Field(default=None, max_length=64)
+    since: Optional[str] = Field(default=None, max_length=64, pattern=NO_NUL)
     unreplayed: bool = False
 
 
@@ -262,7 +264,7 @@ class PauseRequest(Strict):
     scope: Literal["all", "bulk"] = "all"
     #: Ends by itself after this many minutes; without it, a pause lasts until a resume.
     minutes: Optional[float] = Field(default=None, gt=0, le=60 * 24 * 365)
-    reason: Optional[str] = Field(default=None, max_length=500)
+    reason: Optional[str] = Field(default=None, max_length=500, pattern=NO_NUL)
 
 
 class ResumeRequest(Strict):
