@@ -22,11 +22,12 @@ import logging
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from pipeline.core.runtime import Runtime
 from pipeline.core.settings import PAYMENT_PROVIDERS
 from pipeline.web import cron, health, ops_actions, ops_api, session
-from pipeline.web.auth import AuthError, OpsAuth
+from pipeline.web.auth import ApiError, OpsAuth
 from pipeline.web.dashboard import dashboard_routes
 from pipeline.web.depths import QueueDepths
 from pipeline.webhook_server import DEFAULT_HOST, DEFAULT_PORT, WEBHOOK_PATH, intake_for, uvicorn_config
@@ -51,7 +52,8 @@ def build_app(current: Runtime) -> FastAPI:
     )
     app.add_route(WEBHOOK_PATH, intake_for(current).handle, methods=["POST"], include_in_schema=False)
     app.include_router(health.router(sessions=current.sessions, broker_url=settings.broker_url))
-    app.add_exception_handler(AuthError, _refused)  # type: ignore[arg-type]
+    app.add_exception_handler(ApiError, _answer_error)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, _answer_http_error)  # type: ignore[arg-type]
     if served:
         auth = OpsAuth.from_settings(settings)
         app.include_router(cron.router(current, auth))
@@ -67,9 +69,14 @@ def mount_metrics(app: FastAPI, current: Runtime) -> None:
     """The place of ``GET /metrics`` (``pipeline.metrics``, wired in when it is merged)."""
 
 
-async def _refused(_request: Request, error: AuthError) -> JSONResponse:
+async def _answer_error(_request: Request, error: ApiError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
     return JSONResponse({"error": error.message}, status_code=error.status, headers=headers)
+
+
+async def _answer_http_error(_request: Request, error: HTTPException) -> JSONResponse:
+    """Starlette's own refusals (404, 405, a body that is not JSON) in this API's shape: ``{"error": ...}``."""
+    return JSONResponse({"error": str(error.detail)}, status_code=error.status_code, headers=error.headers)
 
 
 def server_config(current: Runtime, *, host: str, port: int) -> uvicorn.Config:

@@ -39,11 +39,10 @@ from typing import Annotated, Any, Optional
 from fastapi import Depends, Request
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
+from pipeline.core.audit import audit as record
 from pipeline.core.settings import Settings
 
 logger = logging.getLogger(__name__)
-#: The audit trail: who (role), what, how many. Never a token, never an email body.
-audit_logger = logging.getLogger("pipeline.web.audit")
 
 #: The session cookie's name (the dashboard's contract).
 COOKIE_NAME = "minalesh_ops"
@@ -72,8 +71,8 @@ class Role(str, enum.Enum):
     READ = "read"
 
 
-class AuthError(Exception):
-    """A request refused (401, 403, 429; 400 for a bad cursor or selection); ``message`` is safe to answer."""
+class ApiError(Exception):
+    """A request answered with an error (401, 403, 429; 400 bad input; 404): ``message`` is safe to answer."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -132,22 +131,22 @@ class OpsAuth:
         return found
 
     def principal(self, request: Request) -> Principal:
-        """The caller of ``request``, by bearer token or session cookie; AuthError(401) otherwise."""
+        """The caller of ``request``, by bearer token or session cookie; ApiError(401) otherwise."""
         header = request.headers.get("authorization")
         if header is not None:
             scheme, _, token = header.partition(" ")
             role = self.role_of(token.strip()) if scheme.lower() == "bearer" else None
             if role is None:
                 logger.warning("Refused a bearer token from %s on %s.", client_of(request), request.url.path)
-                raise AuthError(401, "missing or invalid credentials")
+                raise ApiError(401, "missing or invalid credentials")
             return Principal(role, "bearer")
         session = self.read_session(request.cookies.get(COOKIE_NAME, ""))
         if session is None:
-            raise AuthError(401, "missing or invalid credentials")
+            raise ApiError(401, "missing or invalid credentials")
         if request.method in UNSAFE_METHODS:
             offered = request.headers.get(CSRF_HEADER, "")
             if not hmac.compare_digest(offered.encode(), session.csrf_token.encode()):  # type: ignore[union-attr]
-                raise AuthError(403, f"a session's {request.method} needs its {CSRF_HEADER} header")
+                raise ApiError(403, f"a session's {request.method} needs its {CSRF_HEADER} header")
         return session
 
     def reader(
@@ -169,7 +168,7 @@ class OpsAuth:
         principal = self.principal(request)
         if principal.role is not Role.ADMIN:
             audit(principal, "refused", path=request.url.path, method=request.method)
-            raise AuthError(403, "the read role may not do this")
+            raise ApiError(403, "the read role may not do this")
         return principal
 
     # --- sessions ---------------------------------------------------------------------------
@@ -199,13 +198,13 @@ class OpsAuth:
     # --- sign-in throttle -------------------------------------------------------------------
 
     def check_throttle(self, client: str) -> None:
-        """AuthError(429) while ``client`` is over its failed sign-ins."""
+        """ApiError(429) while ``client`` is over its failed sign-ins."""
         with self._lock:
             recent = self._recent(client)
             if not recent:
                 del self._failures[client]
             elif len(recent) >= MAX_FAILURES:
-                raise AuthError(429, "too many failed sign-ins; wait a minute")
+                raise ApiError(429, "too many failed sign-ins; wait a minute")
 
     def record_failure(self, client: str) -> None:
         with self._lock:
@@ -222,10 +221,8 @@ class OpsAuth:
 
 
 def audit(principal: Principal | str, action: str, **details: Any) -> None:
-    """One line of the audit trail: who (a role, never a token), what, which selection, how many."""
-    who = principal.role.value if isinstance(principal, Principal) else principal
-    shown = " ".join(f"{name}={json.dumps(value, default=str)}" for name, value in details.items())
-    audit_logger.info("audit role=%s action=%s %s", who, action, shown)
+    """``pipeline.core.audit.audit`` with the caller's role (never its token)."""
+    record(principal.role.value if isinstance(principal, Principal) else principal, action, **details)
 
 
 def client_of(request: Request) -> str:

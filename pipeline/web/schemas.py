@@ -7,14 +7,31 @@ Times are ISO 8601 in UTC. List routes answer ``{"items": [...], "next_cursor": 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
 
 #: The most items one list page holds.
 MAX_PAGE = 500
 #: Replay and purge take at most this many ids in one request.
 MAX_IDS = 1000
+#: Free text must not hold NUL, which PostgreSQL refuses in text (400 here rather than 500 there).
+NO_NUL = r"^[^\x00]*$"
+
+
+#: ``dlq list --since``: a duration back from now (``30m``, ``2h``, ``7d``) or an ISO 8601 time (UTC unless
+#: it says otherwise). Typed, so a time that is no time is refused by validation (422), as any bad input.
+Since = Union[
+    Annotated[datetime, BeforeValidator(lambda value: _not_a_number(value))],
+    Annotated[str, StringConstraints(pattern=r"^[0-9]{1,5}(\.[0-9]{1,3})?[dhm]$")],
+]
+
+
+def _not_a_number(value: Any) -> Any:
+    """pydantic would read ``1700000000`` as a unix time; the document promises ISO 8601 only."""
+    if isinstance(value, (int, float)) or (isinstance(value, str) and value.strip().replace(".", "", 1).isdigit()):
+        raise ValueError("expected a duration (30m, 2h, 7d) or an ISO 8601 time")
+    return value
 
 
 class Strict(BaseModel):
@@ -49,7 +66,7 @@ class CronFailure(BaseModel):
 
 
 class SignIn(Strict):
-    token: str = Field(max_length=1024)
+    token: str = Field(max_length=1024, pattern=NO_NUL)
 
 
 class SessionBody(BaseModel):
@@ -219,19 +236,28 @@ class DeadLetterPage(BaseModel):
 class LetterFilter(Strict):
     """The filters of ``dlq list``: each given one must match."""
 
-    queue: Optional[str] = Field(default=None, max_length=200)
-    actor: Optional[str] = Field(default=None, max_length=200)
-    #: ``30m``, ``2h``, ``7d`` back from now, or an ISO 8601 time.
-    since: Optional[str] = Field(default=None, max_length=64)
-    unreplayed: bool = False
+    queue: Optional[str] = Field(default=None, max_length=200, pattern=NO_NUL)
+    actor: Optional[str] = Field(default=None, max_length=200, pattern=NO_NUL)
+    since: Optional[Since] = None
+    unreplayed: StrictBool = False
 
 
-class Selection(Strict):
-    """Some dead letters by id, or all those matching a filter (give exactly one of the two)."""
+class ByIds(Strict):
+    """Some dead letters, by id."""
 
-    ids: Optional[list[int]] = Field(default=None, max_length=MAX_IDS)
-    filter: Optional[LetterFilter] = None
-    dry_run: bool = False
+    ids: list[StrictInt] = Field(max_length=MAX_IDS)
+    dry_run: StrictBool = False
+
+
+class ByFilter(Strict):
+    """Every dead letter matching the filter."""
+
+    filter: LetterFilter
+    dry_run: StrictBool = False
+
+
+#: A replay's or a purge's dead letters: ``{"ids": [...]}`` or ``{"filter": {...}}``, never both.
+Selection = Union[ByIds, ByFilter]
 
 
 class ReplayOutcomeBody(BaseModel):
@@ -262,7 +288,7 @@ class PauseRequest(Strict):
     scope: Literal["all", "bulk"] = "all"
     #: Ends by itself after this many minutes; without it, a pause lasts until a resume.
     minutes: Optional[float] = Field(default=None, gt=0, le=60 * 24 * 365)
-    reason: Optional[str] = Field(default=None, max_length=500)
+    reason: Optional[str] = Field(default=None, max_length=500, pattern=NO_NUL)
 
 
 class ResumeRequest(Strict):

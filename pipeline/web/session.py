@@ -13,7 +13,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from pipeline.web.auth import COOKIE_NAME, SESSION_SECONDS, AuthError, OpsAuth, Principal, audit, client_of
+from pipeline.web.auth import COOKIE_NAME, SESSION_SECONDS, ApiError, OpsAuth, Principal, audit, client_of
 from pipeline.web.schemas import ErrorBody, SessionBody, SignedOut, SignIn
 
 #: The session routes' path.
@@ -26,19 +26,19 @@ def router(auth: OpsAuth) -> APIRouter:
     @routes.post(
         SESSION_PATH,
         response_model=SessionBody,
-        responses={401: {"model": ErrorBody}, 415: {"model": ErrorBody}, 429: {"model": ErrorBody}},
+        responses={code: {"model": ErrorBody} for code in (400, 401, 415, 429)},
     )
     def sign_in(body: SignIn, request: Request, response: Response) -> SessionBody:
         """Trade CRON_SECRET or OPS_READ_TOKEN for a session cookie (8 h) and its CSRF token."""
         if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
-            raise AuthError(415, "send the token as application/json")
+            raise ApiError(415, "send the token as application/json")
         client = client_of(request)
         auth.check_throttle(client)
         role = auth.role_of(body.token)
         if role is None:
             auth.record_failure(client)
             audit("anonymous", "sign_in_failed", client=client)
-            raise AuthError(401, "missing or invalid credentials")
+            raise ApiError(401, "missing or invalid credentials")
         cookie, principal = auth.issue(role)
         response.set_cookie(
             COOKIE_NAME,
