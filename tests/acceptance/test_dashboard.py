@@ -167,10 +167,17 @@ def test_an_admin_finds_a_dead_email_by_recipient_and_replays_it(
     assert "q=" in page.url  # the search is in the address: a reload or a shared link shows the same
     page.screenshot(path=str(screenshots / "dead-letters.png"))
 
+    page.click("button:has-text('Replay all matching')")  # the search's matches, counted by a dry run
+    dialog = page.locator("dialog[open]")
+    dialog.wait_for()
+    assert dialog.locator("h2").inner_text() == "Replay 1 dead letter?"
+    assert f"matching “{fleet.dead_recipient}”: 1 found." in dialog.inner_text()
+    dialog.locator("button:has-text('Cancel')").click()
+    assert page.locator("dialog").count() == 0 and len(fake_resend.deliveries_to(fleet.dead_recipient)) == 0
+
     fake_resend.clear_failures(fleet.dead_recipient)  # the cause is fixed: the provider takes it now
     rows.first.locator("input[type=checkbox]").check()
     page.click("button:has-text('Replay selected')")
-    dialog = page.locator("dialog[open]")
     dialog.wait_for()
     assert dialog.locator("h2").inner_text() == "Replay 1 dead letter?"
     dialog.locator("button[type=submit]").click()

@@ -68,14 +68,20 @@ def sign_in(page: Page, base: str, token: str) -> None:
     page.fill("#token", token)
     page.click("form.sign-in-card button[type=submit]")
     page.wait_for_selector(".tiles .tile")
+    wait_for_data(page)
+
+
+def wait_for_data(page: Page) -> None:
+    """Until the page shown has painted its first data (every part of it)."""
+    # A function, not an expression: an expression would be eval'd, which the dashboard's CSP refuses.
+    page.wait_for_function(f"() => performance.getEntriesByName('{FIRST_DATA_MARK}').length > 0")
 
 
 def open_page(page: Page, url: str, ready: str) -> None:
     """Go to ``url`` and wait for ``ready`` (a selector) and the page's first data."""
     page.goto(url)
     page.wait_for_selector(ready)
-    # A function, not an expression: an expression would be eval'd, which the dashboard's CSP refuses.
-    page.wait_for_function(f"() => performance.getEntriesByName('{FIRST_DATA_MARK}').length > 0")
+    wait_for_data(page)
 
 
 def first_data_ms(page: Page, url: str, ready: str) -> float:

@@ -65,14 +65,24 @@ export async function matchingSelection(query) {
   return {ids: found.items.slice(0, MAX_IDS).map((letter) => letter.id)};
 }
 
+/** How the dialog names "every dead letter the list shows". */
+export function matchingLabel(query) {
+  const text = query.get('q');
+  const filter = describe({filter: letterFilter(query)});
+  return text ? `${filter} matching “${text}”` : filter;
+}
+
 function describe(selection) {
   if (selection.ids) return plural(selection.ids.length, 'selected dead letter');
   const parts = Object.entries(selection.filter).map(([name, value]) => `${name} ${value === true ? '' : value}`.trim());
-  return parts.length ? `every dead letter with ${parts.join(', ')}` : 'every dead letter';
+  return parts.length ? `Every dead letter with ${parts.join(', ')}` : 'Every dead letter';
 }
 
-/** Replay ``selection`` ({ids} or {filter}) after a dry run and a confirmation; true when done. */
-export async function replay(selection, ctx) {
+/**
+ * Replay ``selection`` ({ids} or {filter}) after a dry run and a confirmation; true when done.
+ * ``what`` names the selection in the dialog.
+ */
+export async function replay(selection, ctx, what = describe(selection)) {
   try {
     const dry = await post('/dead-letters/replay', {...selection, dry_run: true});
     const skipped = dry.matched - dry.replayed;
@@ -80,7 +90,7 @@ export async function replay(selection, ctx) {
       title: dry.replayed ? `Replay ${plural(dry.replayed, 'dead letter')}?` : 'Nothing to replay',
       confirm: dry.replayed ? `Replay ${num(dry.replayed)}` : 'OK',
       body: [
-        h('p', null, `${describe(selection)}: ${plural(dry.matched, 'match')}.`),
+        h('p', null, `${what}: ${num(dry.matched)} found.`),
         dry.replayed ? h('p', null, 'Each is sent again as a new message with a fresh retry budget; its email or webhook event goes back in play. A dead letter is replayed at most once.') : null,
         skipped ? h('p', {class: 'muted'}, `${plural(skipped, 'dead letter')} would be skipped (already replayed, item not failed, or not replayable).`) : null,
       ],
@@ -96,7 +106,7 @@ export async function replay(selection, ctx) {
 }
 
 /** Delete ``selection`` after a dry run and a confirmation; true when done. */
-export async function purge(selection, ctx) {
+export async function purge(selection, ctx, what = describe(selection)) {
   try {
     const dry = await post('/dead-letters/purge', {...selection, dry_run: true});
     const confirmed = await confirmDialog({
@@ -104,7 +114,7 @@ export async function purge(selection, ctx) {
       confirm: dry.matched ? `Delete ${num(dry.matched)}` : 'OK',
       danger: dry.matched > 0,
       body: [
-        h('p', null, `${describe(selection)}: ${plural(dry.matched, 'match')}.`),
+        h('p', null, `${what}: ${num(dry.matched)} found.`),
         dry.matched ? h('p', null, 'They leave the archive for good; their emails and webhook events are not touched.') : null,
       ],
     });

@@ -3,9 +3,9 @@
 
 import {get} from '../api.js';
 import {h, fill, num, when, clip, link, badge, table, relative} from '../dom.js';
-import {filterBar, Pager, region} from '../ui.js';
+import {filterBar, Pager, region, actionFailed} from '../ui.js';
 import {PAGE_SIZE} from './list.js';
-import {letterFilter, matchingSelection, searchLetters, replay, purge} from './dead_letter_actions.js';
+import {letterFilter, matchingLabel, matchingSelection, searchLetters, replay, purge} from './dead_letter_actions.js';
 
 const QUEUES = ['emails.XQ', 'emails_bulk.XQ', 'webhooks.XQ', 'ticks.XQ'];
 const ACTORS = ['send_email', 'send_bulk_email', 'send_email_batch', 'send_bulk_email_batch', 'process_webhook_event',
@@ -39,23 +39,29 @@ export default function deadLetters(ctx) {
   let total = null;
   const pager = new Pager(() => ctx.refresh());
 
-  const act = async (action, selection) => {
-    if (await action(selection, ctx)) selected.clear();
+  /** Run ``action`` on the selection ``select()`` resolves to (it may have to search first). */
+  const act = async (action, select, what) => {
+    try {
+      if (await action(await select(), ctx, what)) selected.clear();
+    } catch (error) {
+      actionFailed(error, ctx);
+    }
     ctx.refresh();
   };
   const drawActions = () => {
     if (!ctx.admin) return;
     const count = selected.size;
-    const ids = () => ({ids: [...selected]});
+    const ids = async () => ({ids: [...selected]});
+    const matching = () => matchingSelection(ctx.query);
     fill(actions,
       h('span', {class: 'selection-count'}, count ? `${num(count)} selected` : 'Select dead letters to act on them'),
-      h('button', {type: 'button', class: 'button small primary', disabled: !count, onclick: () => act(replay, ids())}, 'Replay selected'),
-      h('button', {type: 'button', class: 'button small danger-outline', disabled: !count, onclick: () => act(purge, ids())}, 'Delete selected'),
+      h('button', {type: 'button', class: 'button small primary', disabled: !count, onclick: () => act(replay, ids)}, 'Replay selected'),
+      h('button', {type: 'button', class: 'button small danger-outline', disabled: !count, onclick: () => act(purge, ids)}, 'Delete selected'),
       h('span', {class: 'spacer'}),
       h('button', {type: 'button', class: 'button small', disabled: !total,
-        onclick: async () => act(replay, await matchingSelection(ctx.query))}, 'Replay all matching…'),
+        onclick: () => act(replay, matching, matchingLabel(ctx.query))}, 'Replay all matching…'),
       h('button', {type: 'button', class: 'button small danger-outline', disabled: !total,
-        onclick: async () => act(purge, await matchingSelection(ctx.query))}, 'Delete all matching…'));
+        onclick: () => act(purge, matching, matchingLabel(ctx.query))}, 'Delete all matching…'));
   };
   const toggle = (id, on) => {
     if (on) selected.add(id); else selected.delete(id);

@@ -215,12 +215,12 @@ export default function overview(ctx) {
     view,
     refresh: async () => {
       const [stats, activity] = await Promise.all([get('/stats'), get('/activity', {minutes: 60})]);
+      const groups = await deadLetters(stats);
       points = activity.minutes ?? [];
       top.show(tiles(stats));
       fill(chartLegend.element, legend(points));
       drawChart();
       limiter.show(sending(stats.sending ?? {}, ctx));
-      const groups = await deadLetters(stats);
       bottom.show(emailsByStatus(stats), queues(stats), deadLetterGroups(groups), webhookStatuses(stats));
     },
   };

@@ -8,7 +8,7 @@ export default listPage({
   endpoint: '/reservations',
   filters: [
     {name: 'state', label: 'State', any: 'Every state',
-      options: [['active', 'active'], ['expired', 'expired, not released'], ['released', 'released']]},
+      options: [['active', 'active'], ['expired', 'expired, not released'], ['released', 'released'], ['committed', 'committed']]},
   ],
   columns: [
     {label: 'ID', class: 'num id', cell: (r) => `#${r.id}`},
