@@ -44,7 +44,9 @@ export function activityChart(points, width) {
   const labels = points.map((point, index) => {
     const at = new Date(point.at);
     if (at.getMinutes() % 10 !== 0) return null;
-    return svg('text', {class: 'axis', x: PAD.left + (index + 0.5) * slot, y: HEIGHT - 6, 'text-anchor': 'middle'}, clock(at));
+    const x = PAD.left + (index + 0.5) * slot;
+    const anchor = x > width - 24 ? 'end' : 'middle';  // the last label stays inside the frame
+    return svg('text', {class: 'axis', x: anchor === 'end' ? width - 2 : x, y: HEIGHT - 6, 'text-anchor': anchor}, clock(at));
   });
   return svg('svg', {class: 'chart', width, height: HEIGHT, viewBox: `0 0 ${width} ${HEIGHT}`, role: 'img',
     'aria-label': 'Emails sent and failed per minute over the last hour'}, grid, bars, labels);
