@@ -6,7 +6,7 @@ const API_BASE = '/api/ops';
 let csrfToken = null;
 
 /** An answer that is not a success, or no answer at all (status 0). */
-export class ApiError extends Error {
+class ApiError extends Error {
   constructor(status, message) {
     super(message);
     this.status = status;

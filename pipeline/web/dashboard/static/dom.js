@@ -98,7 +98,7 @@ const STATUS_TONES = {
   released: 'neutral', cancelled: 'neutral',
 };
 
-export function tone(status) {
+function tone(status) {
   const word = String(status ?? '').split(/[ ,]/)[0].toLowerCase();
   return STATUS_TONES[word] ?? 'neutral';
 }

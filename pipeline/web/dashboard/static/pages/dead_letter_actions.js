@@ -6,12 +6,12 @@ import {h, num} from '../dom.js';
 import {confirmDialog, toast, actionFailed} from '../ui.js';
 
 /** The filters ``POST /dead-letters/replay|purge`` take as ``filter`` (the dlq list filters). */
-export const SELECTION_FILTERS = ['queue', 'actor', 'since', 'unreplayed'];
+const SELECTION_FILTERS = ['queue', 'actor', 'since', 'unreplayed'];
 /** The API takes at most this many ids in one request, and lists at most this many a page. */
 const MAX_IDS = 1000;
 const PAGE = 500;
 /** A search reads at most this many of the newest dead letters matching the filters. */
-export const SEARCH_SCAN = 2000;
+const SEARCH_SCAN = 2000;
 const EMAIL_ACTORS = new Set(['send_email', 'send_bulk_email']);
 
 function plural(count, word) {

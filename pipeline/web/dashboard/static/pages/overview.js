@@ -4,9 +4,9 @@ import {get, post} from '../api.js';
 import {activityChart, legend} from '../chart.js';
 import {h, fill, num, duration, when, badge, table, card, link, fields} from '../dom.js';
 import {confirmDialog, toast, actionFailed, region} from '../ui.js';
+import {EMAIL_STATUSES} from './emails.js';
 
 const WAITING = ['pending', 'queued', 'sending', 'retrying'];
-const EMAIL_ORDER = ['pending', 'queued', 'sending', 'retrying', 'sent', 'failed'];
 
 function sum(counts, keys) {
   return keys.reduce((total, key) => total + (counts?.[key] ?? 0), 0);
@@ -115,7 +115,7 @@ function sending(state, ctx) {
 function emailsByStatus(stats) {
   const counts = stats.emails ?? {};
   const priorities = stats.emails_by_priority ?? {};
-  const statuses = [...EMAIL_ORDER, ...Object.keys(counts).filter((s) => !EMAIL_ORDER.includes(s))];
+  const statuses = [...EMAIL_STATUSES, ...Object.keys(counts).filter((s) => !EMAIL_STATUSES.includes(s))];
   const rows = statuses.map((status) => ({status, count: counts[status] ?? 0,
     transactional: priorities.transactional?.[status], bulk: priorities.bulk?.[status]}));
   return card('Emails by status', table([
