@@ -96,5 +96,6 @@ def serve(current: Runtime, *, host: str = DEFAULT_HOST, port: int = DEFAULT_POR
             )
     if settings.cron_secret is None:
         logger.warning("No CRON_SECRET: the cron endpoints and the ops API are not served.")
-    logger.info("Serving payment webhooks on http://%s:%d%s.", host, port, WEBHOOK_PATH)
+    served = "webhooks, health" + (", cron endpoints and the ops API" if settings.cron_secret else "")
+    logger.info("Serving %s on http://%s:%d (webhooks at %s).", served, host, port, WEBHOOK_PATH)
     uvicorn.Server(server_config(current, host=host, port=port)).run()
