@@ -95,7 +95,8 @@ def serve(current: Runtime, *, host: str = DEFAULT_HOST, port: int = DEFAULT_POR
                 provider,
             )
     if settings.cron_secret is None:
-        logger.warning("No CRON_SECRET: the cron endpoints and the ops API are not served.")
-    served = "webhooks, health" + (", cron endpoints and the ops API" if settings.cron_secret else "")
+        logger.warning("No CRON_SECRET: the cron endpoints, the ops API and the dashboard are not served.")
+    ops = ", cron endpoints, the ops API and the dashboard (/ops)"
+    served = "webhooks, health" + (ops if settings.cron_secret else "")
     logger.info("Serving %s on http://%s:%d (webhooks at %s).", served, host, port, WEBHOOK_PATH)
     uvicorn.Server(server_config(current, host=host, port=port)).run()
