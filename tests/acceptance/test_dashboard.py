@@ -3,8 +3,9 @@
 An operator signs in, finds a dead email by its recipient, replays it after the
 confirmation, and sees it sent (on the page and at the provider). Signed out, the
 dashboard shows the sign-in and the API refuses; a read-only session sees no action
-button at all. Each page is saved as a screenshot (``SCREENSHOTS_DIR=docs/screenshots``
-to refresh the README's), and the page load is printed as a figure.
+button at all; an API that stops answering shows a banner over the last data. Each
+page is saved as a screenshot (``SCREENSHOTS_DIR=docs/screenshots`` to refresh the
+README's), and the page load is printed as a figure.
 """
 
 from __future__ import annotations
@@ -227,3 +228,17 @@ def test_a_read_only_session_sees_no_action_button(
     page.wait_for_selector(".detail-grid")
     assert page.locator(".view button").count() == 0
     assert api_status(page, "/api/ops/dead-letters/replay", method="POST", csrf=True) == 403
+
+
+def test_an_api_that_stops_answering_shows_a_banner_over_the_last_data(
+    fleet: Fleet,
+    page: Page,  # noqa: F811
+) -> None:
+    sign_in(page, fleet.base, fleet.read_token)
+    page.route("**/api/ops/**", lambda route: route.abort())  # the network between browser and API breaks
+    page.wait_for_selector(".banner:not([hidden])", timeout=15_000)
+    assert "The ops API did not answer" in page.inner_text(".banner")
+    assert page.locator(".tiles .tile").count() >= 5  # the last figures stay on the page
+
+    page.unroute("**/api/ops/**")
+    page.wait_for_selector(".banner", state="hidden", timeout=15_000)  # and it picks up again by itself
