@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
 
 from bench.harness import services
 
@@ -26,17 +27,10 @@ SCREENSHOTS_VARIABLE = "SCREENSHOTS_DIR"
 #: The mark the dashboard sets once a page's first data is painted (``app.js``).
 FIRST_DATA_MARK = "ops:first-data"
 
-try:
-    from playwright.sync_api import Browser, Page, sync_playwright
-except ImportError:  # the test extra is not installed: the fixture says so
-    sync_playwright = None  # type: ignore[assignment]
-
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """Headless Chromium of the system, for this module's tests."""
-    if sync_playwright is None:
-        services.unavailable("the playwright package is not installed (pip install -e '.[test]')")
     if not CHROMIUM.exists():
         services.unavailable(f"{CHROMIUM} is missing (apt-get install chromium; .ci/run does it)")
     with sync_playwright() as playwright:
