@@ -18,6 +18,9 @@ import pytest
 
 POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 RABBITMQ_HOST = os.environ.get("TEST_RABBITMQ_HOST", "127.0.0.1")
+#: The type of every queue declared in a run's vhost (its ``--default-queue-type``): ``quorum`` runs the
+#: tests on quorum queues (``tests/cluster/test_quorum_vhost.py`` runs the dead-letter tests so).
+QUEUE_TYPE = os.environ.get("TEST_RABBITMQ_QUEUE_TYPE", "classic")
 
 
 class Located(Protocol):
@@ -65,16 +68,26 @@ def _rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
 
 
-def create() -> RunServices:
-    name = f"mw_test_{uuid.uuid4().hex[:10]}"
+def create_database(name: str) -> str:
+    """A database of this name on the machine's PostgreSQL (a test is skipped without one); its URL."""
     try:
         _admin_sql(f'CREATE DATABASE "{name}"')
     except psycopg2.OperationalError as exc:
         unavailable(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}: {exc}")
+    return POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_database(name: str) -> None:
+    _admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def create() -> RunServices:
+    name = f"mw_test_{uuid.uuid4().hex[:10]}"
+    create_database(name)
     if shutil.which("rabbitmqctl") is None:
         unavailable("rabbitmqctl is not installed: cannot create a RabbitMQ vhost for this run")
     try:
-        _rabbitmqctl("add_vhost", name)
+        _rabbitmqctl("add_vhost", name, "--default-queue-type", QUEUE_TYPE)
         _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
         pika.BlockingConnection(pika.URLParameters(RunServices(name, name).broker_url)).close()
     except (subprocess.CalledProcessError, pika.exceptions.AMQPError) as exc:
@@ -93,7 +106,7 @@ def _forget(name: str) -> None:
 
 
 def destroy(services: RunServices) -> None:
-    _admin_sql(f'DROP DATABASE IF EXISTS "{services.database}" WITH (FORCE)')
+    drop_database(services.database)
     _rabbitmqctl("delete_vhost", services.vhost)
 
 

@@ -261,6 +261,11 @@ class Settings:
     dead_letter_prune_schedule: str = setting("DEAD_LETTER_PRUNE_SCHEDULE", _cron, "17 3 * * *")
 
     @property
+    def broker_nodes(self) -> list[str]:
+        """``BROKER_URL``'s nodes, one URL each: one for a single RabbitMQ, several for a cluster."""
+        return [node.strip() for node in self.broker_url.split(";")]
+
+    @property
     def email_max_attempts(self) -> int:
         """The first attempt plus the retries."""
         return self.email_max_retries + 1
