@@ -8,9 +8,11 @@ data and log folders), clustered by ``join_cluster`` onto the first. They share 
 cookie of the ``rabbitmq`` user, as the Debian wrapper runs every node and ``rabbitmqctl`` as
 that user; a cookie is never written here.
 
-The vhost is created with ``--default-queue-type quorum`` (RabbitMQ 3.10+): Dramatiq declares
-its queues without ``x-queue-type``, so each one (work, ``.DQ``, ``.XQ``) is a quorum queue
-with a member on every node.
+``up`` loads the definitions ``docker-compose.yml``'s cluster ships (``deploy/rabbitmq/definitions.json``:
+the ``minalesh`` user, the ``minalesh`` vhost whose default queue type is ``quorum``, RabbitMQ 3.10+,
+and its policies), so the tests prove that file on a real node. Dramatiq declares its queues
+without ``x-queue-type``, so on such a vhost each one (work, ``.DQ``, ``.XQ``) is a quorum queue
+with a member on every node. Each test gets a vhost of its own made the same way (``fresh``).
 
     python -m tests.cluster.rabbit_cluster up      # prints BROKER_URL (the three nodes, ';'-separated)
     python -m tests.cluster.rabbit_cluster down    # stops the nodes and removes their folders
@@ -37,7 +39,9 @@ from typing import Optional
 from bench.harness.private import PrivateRabbitmq, free_port
 from bench.harness.waiting import wait_until
 
-#: The quorum vhost every cluster gets (``docker-compose.yml``'s definitions name the same).
+#: The definitions of ``docker-compose.yml``'s cluster: user, quorum vhost, policies.
+SHIPPED_DEFINITIONS = Path(__file__).resolve().parents[2] / "deploy" / "rabbitmq" / "definitions.json"
+#: The vhost those definitions make.
 VHOST = "minalesh"
 #: How many nodes: 2 of 3 is a majority, so a quorum queue survives the loss of any one.
 NODES = 3
@@ -87,14 +91,18 @@ class RabbitCluster:
             node.stop_app()
             node.ctl("join_cluster", self.first.node)
             node.start_app()
-        self.add_quorum_vhost(VHOST)
+        self.first.ctl("import_definitions", str(SHIPPED_DEFINITIONS))
+        self.first.ctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
         wait_until(self.complete, timeout=REJOIN_TIMEOUT_SECONDS, what="three running nodes in the cluster")
         self.start_seconds = time.monotonic() - started
 
     def add_quorum_vhost(self, name: str) -> None:
-        """A vhost where every queue declared without ``x-queue-type`` is a quorum queue; guest may use it."""
+        """A vhost like the shipped one: quorum by default, with its policies; guest may use it."""
         self.first.ctl("add_vhost", name, "--default-queue-type", "quorum")
         self.first.ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        for policy in json.loads(SHIPPED_DEFINITIONS.read_text())["policies"]:
+            self.first.ctl("set_policy", "-p", name, "--apply-to", policy["apply-to"], "--priority",
+                           str(policy["priority"]), policy["name"], policy["pattern"], json.dumps(policy["definition"]))
 
     @contextmanager
     def fresh(self, name: str) -> Iterator[str]:

@@ -66,6 +66,8 @@ class Figures:
     never_delivered: int
     statuses: dict[str, int]
     seconds_to_done: float
+    #: The longest time after the loss in which no email was sent: how long the fleet stalled.
+    longest_pause: float
 
     @property
     def clean(self) -> bool:
@@ -80,7 +82,8 @@ class Figures:
         return (
             f"{self.run}: {self.lost_node} lost; {EMAILS} emails, {self.delivered_once} delivered once, "
             f"{self.delivered_twice} twice, {self.never_delivered} never, failed {self.statuses.get('failed', 0)}, "
-            f"statuses {self.statuses}, all done {self.seconds_to_done:.1f} s after the loss"
+            f"statuses {self.statuses}, all done {self.seconds_to_done:.1f} s after the loss, "
+            f"longest pause in sends {self.longest_pause:.1f} s"
         )
 
 
@@ -124,6 +127,7 @@ def _run(
     wait_until(lambda: _final(sessions, ids), timeout=DEADLINE_SECONDS, what="every email sent or failed",
                interval=0.5)
     delivered = _delivered(provider, wanted)
+    sent_at = _sent_at(sessions, ids)
     return Figures(
         run=name,
         lost_node=f"{leader.node} ({loss.id}, leader of emails)",
@@ -132,6 +136,7 @@ def _run(
         never_delivered=sum(1 for address in wanted if delivered[address] == 0),
         statuses=statuses(sessions, ids),
         seconds_to_done=(_last_done(sessions, ids) - lost_at).total_seconds(),
+        longest_pause=_longest_pause([lost_at] + [moment for moment in sent_at if moment > lost_at]),
     )
 
 
@@ -143,6 +148,16 @@ def _delivered(provider: FakeResend, wanted: set[str]) -> Counter[str]:
 def _final(sessions: sessionmaker[Session], ids: list[int]) -> bool:
     counts = statuses(sessions, ids)
     return counts.get("sent", 0) + counts.get("failed", 0) == len(ids)
+
+
+def _sent_at(sessions: sessionmaker[Session], ids: list[int]) -> list[datetime]:
+    with sessions() as session:
+        statement = text("SELECT sent_at FROM email_queue WHERE id = ANY(:ids) AND sent_at IS NOT NULL ORDER BY 1")
+        return list(session.execute(statement, {"ids": ids}).scalars())
+
+
+def _longest_pause(moments: list[datetime]) -> float:
+    return max((later - earlier).total_seconds() for earlier, later in zip(moments, moments[1:], strict=False))
 
 
 def _last_done(sessions: sessionmaker[Session], ids: list[int]) -> datetime:
