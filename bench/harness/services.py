@@ -9,14 +9,17 @@ import os
 import shutil
 import subprocess
 import uuid
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NoReturn, Protocol, TypeVar
 
 import pika
 import psycopg2
 import pytest
 
 POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+T = TypeVar("T")
+
 RABBITMQ_HOST = os.environ.get("TEST_RABBITMQ_HOST", "127.0.0.1")
 #: The type of every queue declared in a run's vhost (its ``--default-queue-type``): ``quorum`` runs the
 #: tests on quorum queues (``tests/cluster/test_quorum_vhost.py`` runs the dead-letter tests so).
@@ -47,11 +50,19 @@ class RunServices:
         return f"amqp://guest:guest@{RABBITMQ_HOST}:5672/{self.vhost}"
 
 
-def unavailable(reason: str) -> None:
+def unavailable(reason: str) -> NoReturn:
     """A missing service skips the tests on a laptop, and fails them in CI."""
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI must start it: see .ci/run)", pytrace=False)
     pytest.skip(reason)
+
+
+def entered(stack: ExitStack, services: AbstractContextManager[T], what: str) -> T:
+    """``services`` started and entered on ``stack``; when they cannot start, the test is skipped (failed in CI)."""
+    try:
+        return stack.enter_context(services)
+    except (RuntimeError, OSError, subprocess.SubprocessError, AssertionError) as exc:
+        unavailable(f"{what} could not start: {exc}")
 
 
 def _admin_sql(statement: str) -> None:

@@ -3,7 +3,6 @@ database of the machine's PostgreSQL for each test."""
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -20,11 +19,7 @@ from tests.cluster.rabbit_cluster import RabbitCluster, rabbit_cluster
 def cluster() -> Iterator[RabbitCluster]:
     """Three nodes clustered (about 30 s on 2 cores), shared by the tier, torn down at the end of the run."""
     with ExitStack() as stack:
-        try:
-            running = stack.enter_context(rabbit_cluster())
-        except (RuntimeError, OSError, subprocess.SubprocessError, AssertionError) as exc:
-            services.unavailable(f"a three-node RabbitMQ cluster could not start: {exc}")
-        yield running
+        yield services.entered(stack, rabbit_cluster(), "a three-node RabbitMQ cluster")
 
 
 @pytest.fixture
