@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import random
 from pathlib import Path
 from typing import Optional
 
@@ -50,7 +49,7 @@ def build_broker(settings: Settings, *, embedded: bool = False) -> Broker:
         broker = StubBroker(middleware=[])
     else:
         broker = RabbitmqBroker(
-            url=spread(settings.broker_nodes),
+            url=settings.broker_nodes,
             confirm_delivery=True,
             middleware=[],
             prefetch_caps={BULK_EMAIL_QUEUE: BULK_PREFETCH},
@@ -67,18 +66,6 @@ def build_broker(settings: Settings, *, embedded: bool = False) -> Broker:
     ):
         broker.add_middleware(middleware)
     return broker
-
-
-def spread(nodes: list[str]) -> list[str]:
-    """The cluster's nodes in this process's order: the same cycle, from a random node.
-
-    Every connection of a process (each worker thread, the consumers, the archiver's)
-    goes to the first node of the list that answers, and to the next ones when it
-    does not: starting each process at a random node spreads a fleet over the cluster,
-    and the processes of a node that goes away over the nodes left.
-    """
-    start = random.randrange(len(nodes))
-    return nodes[start:] + nodes[:start]
 
 
 def default_mailer(settings: Settings) -> Mailer:

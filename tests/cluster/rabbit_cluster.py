@@ -93,7 +93,8 @@ class RabbitCluster:
             node.start_app()
         self.first.ctl("import_definitions", str(SHIPPED_DEFINITIONS))
         self.first.ctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
-        wait_until(self.complete, timeout=REJOIN_TIMEOUT_SECONDS, what="three running nodes in the cluster")
+        wait_until(self.complete, timeout=REJOIN_TIMEOUT_SECONDS, what="three running nodes in the cluster",
+                   interval=0.5)
         self.start_seconds = time.monotonic() - started
 
     def add_quorum_vhost(self, name: str) -> None:
@@ -155,7 +156,7 @@ class RabbitCluster:
         """Start whatever node a test stopped or killed, and wait until the three run together again."""
         for node in self.nodes:
             node.ensure_running()
-        wait_until(self.complete, timeout=REJOIN_TIMEOUT_SECONDS, what="the cluster whole again")
+        wait_until(self.complete, timeout=REJOIN_TIMEOUT_SECONDS, what="the cluster whole again", interval=0.5)
 
     def down(self) -> None:
         for node in self.nodes:
