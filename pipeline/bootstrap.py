@@ -49,7 +49,7 @@ def build_broker(settings: Settings, *, embedded: bool = False) -> Broker:
         broker = StubBroker(middleware=[])
     else:
         broker = RabbitmqBroker(
-            url=settings.broker_url,
+            url=settings.broker_nodes,
             confirm_delivery=True,
             middleware=[],
             prefetch_caps={BULK_EMAIL_QUEUE: BULK_PREFETCH},

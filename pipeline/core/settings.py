@@ -276,6 +276,11 @@ class Settings:
     ops_cookie_secure: bool = setting("OPS_COOKIE_SECURE", _boolean, True)
 
     @property
+    def broker_nodes(self) -> list[str]:
+        """``BROKER_URL``'s nodes, one URL each: one for a single RabbitMQ, several for a cluster."""
+        return [node.strip() for node in self.broker_url.split(";")]
+
+    @property
     def email_max_attempts(self) -> int:
         """The first attempt plus the retries."""
         return self.email_max_retries + 1
