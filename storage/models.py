@@ -169,6 +169,7 @@ class DeadLetter(Base):
     __tablename__ = "dead_letters"
     __table_args__ = (
         Index("ix_dead_letters_dead_at", "dead_at"),
+        Index("ix_dead_letters_queue_actor", "queue", "actor"),
         Index(
             "ix_dead_letters_unalerted",
             "id",
@@ -411,3 +412,20 @@ class AlertState(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     last_alert_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
     counted_since: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
+
+
+class PeriodicRun(Base):
+    """When each periodic job last succeeded and last failed, written by its actor's run.
+
+    One row per job (the actor's name), upserted; the metrics and ``stats`` read it, so
+    a job that stopped running (no ticker, no worker on ``ticks``, failing every time)
+    shows as a last success that grows old.
+    """
+
+    __tablename__ = "periodic_runs"
+
+    job: Mapped[str] = mapped_column(Text, primary_key=True)
+    last_success_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
+    last_failure_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
+    #: The last failure's error (``Type: message``), kept after a later success for the operator.
+    last_error: Mapped[Optional[str]] = mapped_column(Text)
