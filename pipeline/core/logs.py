@@ -29,8 +29,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
 MASK = "***"
 #: Shorter values are not masked: masking a two-letter password would garble every line.
 MIN_SECRET_LENGTH = 4
-#: The attributes every ``LogRecord`` has; any other was passed in ``extra``.
-_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+#: The attributes every ``LogRecord`` has (and uvicorn's ANSI-coloured copy of its message); any other is an extra.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
 
 
 def configure_logging(settings: Settings) -> None:
