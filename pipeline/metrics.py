@@ -3,7 +3,10 @@
 Nothing is counted in this process: every scrape asks PostgreSQL (``storage.gauges``,
 grouped counts answered from indexes), RabbitMQ (the depth of each dead-letter queue,
 by a passive declare) and the limiter's row, so any number of ``serve`` processes
-answer the same figures. The workers' own counters (messages processed, errors,
+answer the same figures. The rows that only pile up (sent and failed emails,
+processed and archived events) are recounted at most every ``SETTLED_RECOUNT_SECONDS``:
+counting them is a scan of a million index entries for a million emails, while
+everything an alert reads is counted at every scrape. The workers' own counters (messages processed, errors,
 durations) are Dramatiq's, on each worker command's ``WORKER_METRICS_PORT``.
 
 A source that fails is reported, not raised: the scrape answers what the others
@@ -22,7 +25,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
-from typing import Any, Optional
+from typing import Any, Generic, Optional, TypeVar
 
 import pendulum
 import pika
@@ -32,6 +35,7 @@ from periodiq import cron
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
@@ -49,8 +53,26 @@ logger = logging.getLogger(__name__)
 METRICS_PATH = "/metrics"
 #: What a dead letter without an actor (a body kept raw) is labelled.
 NO_ACTOR = "(none)"
+#: How often the settled rows (sent, failed, processed, archived) are counted again.
+SETTLED_RECOUNT_SECONDS = 300.0
 
 Gauges = list[Metric]
+T = TypeVar("T")
+
+
+class Recounted(Generic[T]):
+    """A count read again only once it is ``seconds`` old: for rows that only pile up."""
+
+    def __init__(self, read: Callable[[Session], T], seconds: float = SETTLED_RECOUNT_SECONDS) -> None:
+        self.read = read
+        self.seconds = seconds
+        self.value: Optional[T] = None
+        self.read_at = -float("inf")
+
+    def get(self, session: Session) -> T:
+        if self.value is None or time.monotonic() - self.read_at >= self.seconds:
+            self.value, self.read_at = self.read(session), time.monotonic()
+        return self.value
 
 
 class DomainCollector(Collector):
@@ -60,6 +82,8 @@ class DomainCollector(Collector):
         self.current = current
         #: Every periodic job, so each has its interval even before its first run.
         self.jobs = list(jobs)
+        self.settled_emails = Recounted(lambda session: gauges.emails_by_status_and_priority(session, gauges.SETTLED))
+        self.settled_events = Recounted(lambda session: gauges.webhook_events_by_status(session, settled=True))
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(
@@ -79,9 +103,12 @@ class DomainCollector(Collector):
     def _database(self) -> Gauges:
         now = utcnow()
         with self.current.sessions() as session:
-            emails = gauges.emails_by_status_and_priority(session)
+            emails = {
+                **gauges.emails_by_status_and_priority(session, gauges.UNSENT),
+                **self.settled_emails.get(session),
+            }
             due_since = gauges.oldest_due_email_since(session, now=now)
-            events = gauges.webhook_events_by_status(session)
+            events = {**gauges.webhook_events_by_status(session, settled=False), **self.settled_events.get(session)}
             reservations = gauges.reservations(session, now=now)
             dead = gauges.dead_letters_by_queue_and_actor(session)
             runs = periodic_runs.all_runs(session)

@@ -99,6 +99,10 @@ class EmailPriority(str, enum.Enum):
     BULK = "bulk"
 
 
+#: The unsent emails, which ``ix_email_queue_due_since`` indexes by the time they have been due since.
+_UNSENT_PREDICATE = "status IN ('pending', 'queued', 'sending', 'retrying')"
+
+
 class EmailQueue(Base):
     """One transactional email, written by the host, sent by the workers."""
 
@@ -116,6 +120,12 @@ class EmailQueue(Base):
         Index("ix_email_queue_due", "status", "scheduled_at"),
         Index("ix_email_queue_lease", "status", "locked_until"),
         Index("ix_email_queue_claim", "status", "priority", "id"),
+        Index(
+            "ix_email_queue_due_since",
+            text("coalesce(next_attempt_at, scheduled_at, created_at)"),
+            postgresql_where=text(_UNSENT_PREDICATE),
+            sqlite_where=text(_UNSENT_PREDICATE),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
