@@ -14,7 +14,9 @@ joins a batch, and a batch member goes out again only in its own batch.
 A fan-out claims no more than the provider's current rate sends within half a lease,
 less what is already claimed, so an email waiting its turn behind the limiter is
 never claimed (and published) twice; bulk claims leave a tenth of that room to
-transactional emails, so one inserted during a bulk drain is claimed at once.
+transactional emails, so one inserted during a bulk drain is claimed at once. While
+an operator pauses sending (all, or bulk only), the held kind is not claimed: it
+waits in the table, not in the broker.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ MAX_BATCHES_PER_TICK = 20
 LEASE_SHARE_CLAIMED = 0.5
 #: Bulk claims leave this share of the room to transactional emails.
 TRANSACTIONAL_RESERVE = 0.1
+BULK = EmailPriority.BULK
 
 
 @periodic(schedule="email_schedule", tick="emails")
@@ -43,8 +46,9 @@ def fan_out_emails() -> JobReport:
 def enqueue_due_emails() -> int:
     """One fan-out: claim due emails, transactional first, within the room; return how many."""
     room, reserve = claim_room()
-    transactional = _claim_and_send(EmailPriority.TRANSACTIONAL, room)
-    bulk = _claim_and_send(EmailPriority.BULK, room - transactional - reserve)
+    limiter = runtime.current().limiter
+    transactional = 0 if limiter.holds(transactional=True) else _claim_and_send(EmailPriority.TRANSACTIONAL, room)
+    bulk = 0 if limiter.holds(transactional=False) else _claim_and_send(BULK, room - transactional - reserve)
     return transactional + bulk
 
 

@@ -163,11 +163,12 @@ def replay_all(
     *,
     queue: Optional[str] = None,
     actor: Optional[str] = None,
+    since: Optional[datetime] = None,
     dry_run: bool = False,
 ) -> Iterator[ReplayOutcome]:
-    """Replay every dead letter not replayed yet (matching ``queue``/``actor``), oldest first."""
+    """Replay every dead letter not replayed yet (matching ``queue``/``actor``/``since``), oldest first."""
     with sessions() as session:
-        ids = dead_letters.unreplayed_ids(session, queue=queue, actor=actor)
+        ids = dead_letters.unreplayed_ids(session, queue=queue, actor=actor, since=since)
     for dead_letter_id in ids:
         yield replay(broker, sessions, dead_letter_id, dry_run=dry_run)
 
@@ -337,11 +338,13 @@ def list_letters(
     since: Optional[datetime] = None,
     unreplayed: bool = False,
     limit: Optional[int] = DEFAULT_LIST_LIMIT,
+    before: Optional[tuple[datetime, int]] = None,
 ) -> tuple[list[dict[str, Any]], int]:
-    """The matching dead letters, newest first (at most ``limit``), and how many match in all."""
+    """The matching dead letters, newest first (at most ``limit``; below ``before``, a page's end), and how
+    many match in all."""
     filters: dict[str, Any] = {"queue": queue, "actor": actor, "since": since, "unreplayed": unreplayed}
     with sessions() as session:
-        letters = dead_letters.search(session, limit=limit, **filters)
+        letters = dead_letters.search(session, limit=limit, before=before, **filters)
         total = dead_letters.count_matching(session, **filters)
     return [summary_of(letter) for letter in letters], total
 

@@ -28,8 +28,6 @@ from datetime import datetime
 from typing import Any, Generic, Optional, TypeVar
 
 import pendulum
-import pika
-from dramatiq import Broker
 from dramatiq.common import xq_name
 from periodiq import cron
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -44,6 +42,7 @@ from pipeline.bootstrap import periodic_jobs
 from pipeline.core.declare import PeriodicJob
 from pipeline.core.errors import describe
 from pipeline.core.runtime import Runtime
+from pipeline.web.depths import QueueDepths
 from storage import gauges, periodic_runs
 from storage.clock import utcnow
 
@@ -58,6 +57,10 @@ SETTLED_RECOUNT_SECONDS = 300.0
 
 Gauges = list[Metric]
 T = TypeVar("T")
+
+
+class SourceUnavailable(Exception):
+    """A source of the gauges could not be read in this scrape."""
 
 
 class Recounted(Generic[T]):
@@ -82,6 +85,8 @@ class DomainCollector(Collector):
         self.current = current
         #: Every periodic job, so each has its interval even before its first run.
         self.jobs = list(jobs)
+        #: Asked as the ops API asks: passive declares on a thread of its own.
+        self.queue_depths = QueueDepths(current.broker)
         self.settled_emails = Recounted(lambda session: gauges.emails_by_status_and_priority(session, gauges.SETTLED))
         self.settled_events = Recounted(lambda session: gauges.webhook_events_by_status(session, settled=True))
 
@@ -167,13 +172,15 @@ class DomainCollector(Collector):
         return [success, failure, interval]
 
     def _queues(self) -> Gauges:
-        depths = dead_letter_depths(self.current.broker)
+        depths = self.queue_depths.depths()
+        if depths is None:  # logged by QueueDepths
+            raise SourceUnavailable("RabbitMQ's queue depths")
         return [
             _labelled(
                 "minalesh_dead_letter_queue_messages",
                 "Messages waiting in each dead-letter queue for the archiver.",
                 ["queue"],
-                {(queue,): depth for queue, depth in depths.items()},
+                {(xq_name(queue["name"]),): int(queue["dead"]) for queue in depths},
             )
         ]
 
@@ -220,32 +227,6 @@ def schedule_interval_seconds(schedule: str, *, after: Optional[datetime] = None
     first = spec.next_valid_date(pendulum.instance(after) if after else pendulum.now("UTC"))
     second = spec.next_valid_date(first.add(minutes=1))
     return float((second - first).total_seconds())
-
-
-def dead_letter_depths(broker: Broker) -> dict[str, int]:
-    """Messages ready in the XQ of every queue of ``broker`` (an XQ not declared yet counts 0).
-
-    One short connection per scrape; a channel per queue, because a passive declare of
-    a queue that does not exist closes its channel.
-    """
-    depths: dict[str, int] = {}
-    connection = pika.BlockingConnection(broker.parameters)  # type: ignore[attr-defined]
-    try:
-        for queue in sorted({xq_name(actor.queue_name) for actor in broker.actors.values()}):
-            depths[queue] = _depth(connection, queue)
-    finally:
-        connection.close()
-    return depths
-
-
-def _depth(connection: pika.BlockingConnection, queue: str) -> int:
-    channel = connection.channel()
-    try:
-        declared = channel.queue_declare(queue, passive=True)
-    except pika.exceptions.ChannelClosedByBroker:
-        return 0
-    channel.close()
-    return int(declared.method.message_count)
 
 
 def metrics_registry(current: Runtime) -> CollectorRegistry:

@@ -318,26 +318,19 @@ def create_app(intake: WebhookIntake) -> Starlette:
     )
 
 
-def app_for(current: Runtime) -> Starlette:
-    """The app of a bootstrapped process: its settings' secrets, database and broker."""
+def intake_for(current: Runtime) -> WebhookIntake:
+    """The intake of a bootstrapped process: its settings' secrets, database and broker."""
     settings = current.settings
-    secrets = {provider: settings.webhook_secret(provider) for provider in PAYMENT_PROVIDERS}
-    intake = WebhookIntake(
-        secrets=secrets,
+    return WebhookIntake(
+        secrets={provider: settings.webhook_secret(provider) for provider in PAYMENT_PROVIDERS},
         sessions=current.sessions,
         enqueue=functools.partial(send_or_release, process_webhook_event, webhooks.TABLE),
         lease_minutes=settings.webhook_lease_minutes,
     )
-    return create_app(intake)
-
-
-def server_config(current: Runtime, *, host: str, port: int) -> uvicorn.Config:
-    """uvicorn's configuration for ``app_for(current)``; tests build their server from it."""
-    return uvicorn_config(app_for(current), host=host, port=port)
 
 
 def uvicorn_config(app: Starlette, *, host: str, port: int) -> uvicorn.Config:
-    """uvicorn's options for the intake ``app``, whatever it is wired to."""
+    """uvicorn's options for ``app`` (the intake alone, or ``pipeline.web.app``'s whole app)."""
     return uvicorn.Config(
         app,
         host=host,
@@ -349,16 +342,3 @@ def uvicorn_config(app: Starlette, *, host: str, port: int) -> uvicorn.Config:
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=10,
     )
-
-
-def serve(current: Runtime, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
-    """Run the intake until SIGINT or SIGTERM; in-flight requests finish first."""
-    for provider in PAYMENT_PROVIDERS:
-        if current.settings.webhook_secret(provider) is None:
-            logger.warning(
-                "No %s_WEBHOOK_SECRET nor PAYMENT_WEBHOOK_SECRET: %s webhooks will be refused (401).",
-                provider.upper(),
-                provider,
-            )
-    logger.info("Serving payment webhooks on http://%s:%d%s.", host, port, WEBHOOK_PATH)
-    uvicorn.Server(server_config(current, host=host, port=port)).run()

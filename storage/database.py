@@ -14,7 +14,7 @@ import os
 import re
 from functools import lru_cache
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -144,3 +144,8 @@ def get_sessionmaker(url: str) -> sessionmaker[Session]:
 def default_sessionmaker() -> sessionmaker[Session]:
     """Sessions on DATABASE_URL, for callers that do not pass their own."""
     return get_sessionmaker(database_url_from_env())
+
+
+def ping(session: Session) -> None:
+    """``SELECT 1``: the database answers (``/readyz``)."""
+    session.execute(text("SELECT 1"))

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
-from sqlalchemy import Table, delete, func, select, update
+from sqlalchemy import Table, delete, func, select, tuple_, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.clock import utcnow
@@ -150,9 +150,15 @@ def search(
     since: Optional[datetime] = None,
     unreplayed: bool = False,
     limit: Optional[int] = None,
+    before: Optional[tuple[datetime, int]] = None,
 ) -> list[DeadLetter]:
-    """Dead letters matching every filter given, newest first (as Sidekiq's dead set lists them)."""
+    """Dead letters matching every filter given, newest first (as Sidekiq's dead set lists them).
+
+    ``before``: the (``dead_at``, ``id``) where the previous page stopped (keyset paging).
+    """
     statement = _matching(select(DeadLetter), queue=queue, actor=actor, since=since, unreplayed=unreplayed)
+    if before is not None:
+        statement = statement.where(tuple_(DeadLetter.dead_at, DeadLetter.id) < tuple_(*before))
     statement = statement.order_by(DeadLetter.dead_at.desc(), DeadLetter.id.desc()).limit(limit)
     return list(session.scalars(statement))
 
@@ -172,10 +178,24 @@ def count_matching(
     return int(session.scalar(statement) or 0)
 
 
-def unreplayed_ids(session: Session, *, queue: Optional[str] = None, actor: Optional[str] = None) -> list[int]:
+def unreplayed_ids(
+    session: Session, *, queue: Optional[str] = None, actor: Optional[str] = None, since: Optional[datetime] = None
+) -> list[int]:
     """Ids of the dead letters not replayed yet, oldest first: what ``dlq replay --all`` works through."""
-    statement = _matching(select(DeadLetter.id), queue=queue, actor=actor, unreplayed=True).order_by(DeadLetter.id)
-    return list(session.scalars(statement))
+    return matching_ids(session, queue=queue, actor=actor, since=since, unreplayed=True)
+
+
+def matching_ids(
+    session: Session,
+    *,
+    queue: Optional[str] = None,
+    actor: Optional[str] = None,
+    since: Optional[datetime] = None,
+    unreplayed: bool = False,
+) -> list[int]:
+    """Ids of the dead letters matching every filter given, oldest first."""
+    statement = _matching(select(DeadLetter.id), queue=queue, actor=actor, since=since, unreplayed=unreplayed)
+    return list(session.scalars(statement.order_by(DeadLetter.id)))
 
 
 def get(session: Session, dead_letter_id: int) -> Optional[DeadLetter]:
@@ -364,3 +384,10 @@ def prune(sessions: sessionmaker[Session], *, retention_days: int, now: Optional
     """Apply DEAD_LETTER_RETENTION_DAYS: delete dead letters older than it; return how many."""
     cutoff = (now or utcnow()) - timedelta(days=retention_days)
     return purge_older_than(sessions, cutoff)
+
+
+def count_ids(session: Session, dead_letter_ids: list[int]) -> int:
+    """How many of ``dead_letter_ids`` exist."""
+    if not dead_letter_ids:
+        return 0
+    return int(session.scalar(select(func.count()).where(DeadLetter.id.in_(dead_letter_ids))) or 0)

@@ -187,9 +187,7 @@ def mark_sent_many(session: Session, provider_ids: dict[int, str]) -> int:
     if not provider_ids:
         return 0
     now = utcnow()
-    sent = values(column("email_id", BigId), column("provider_id", Text), name="sent").data(
-        list(provider_ids.items())
-    )
+    sent = values(column("email_id", BigId), column("provider_id", Text), name="sent").data(list(provider_ids.items()))
     statement = (
         update(EmailQueue)
         .where(EmailQueue.id == sent.c.email_id, EmailQueue.status == EmailStatus.SENDING.value)
@@ -268,3 +266,91 @@ def count_by_priority(session: Session) -> dict[str, dict[str, int]]:
     for priority, status, count in session.execute(statement):
         counts.setdefault(priority, {})[status] = int(count)
     return counts
+
+
+# --- the ops API's reads (indexes of migration 0009) ---------------------------------------------
+
+#: What a list of emails shows: everything but the bodies, which can be large.
+LISTED = (
+    EmailQueue.id,
+    EmailQueue.recipient,
+    EmailQueue.subject,
+    EmailQueue.status,
+    EmailQueue.priority,
+    EmailQueue.retry_count,
+    EmailQueue.attempts,
+    EmailQueue.scheduled_at,
+    EmailQueue.next_attempt_at,
+    EmailQueue.created_at,
+    EmailQueue.sent_at,
+    EmailQueue.updated_at,
+    EmailQueue.last_error,
+    EmailQueue.template,
+    EmailQueue.provider_message_id,
+    EmailQueue.batch_id,
+)
+
+
+def page(
+    session: Session,
+    *,
+    recipient_prefix: Optional[str] = None,
+    status: Optional[str] = None,
+    priority: Optional[str] = None,
+    before_id: Optional[int] = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """Emails newest first, below ``before_id`` (keyset paging), matching every filter given.
+
+    ``recipient_prefix`` matches the start of the address, case-insensitively (a whole
+    address matches itself): an index range on ``lower(recipient)``.
+    """
+    statement = select(*LISTED)
+    if recipient_prefix:
+        pattern = _escape_like(recipient_prefix.strip().lower()) + "%"
+        statement = statement.where(func.lower(EmailQueue.recipient).like(pattern, escape="\\"))
+    if status is not None:
+        statement = statement.where(EmailQueue.status == status)
+    if priority is not None:
+        statement = statement.where(EmailQueue.priority == priority)
+    if before_id is not None:
+        statement = statement.where(EmailQueue.id < before_id)
+    statement = statement.order_by(EmailQueue.id.desc()).limit(limit)
+    return [dict(row._mapping) for row in session.execute(statement)]
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def activity(session: Session, *, since: datetime) -> dict[datetime, dict[str, int]]:
+    """Per minute since ``since``: emails sent (``sent_at``) and emails given up (failed, by ``updated_at``).
+
+    PostgreSQL only (``date_trunc``): the ops API is not served by ``dev``.
+    """
+    counts: dict[datetime, dict[str, int]] = {}
+    given_up = and_(EmailQueue.status == EmailStatus.FAILED.value, EmailQueue.updated_at >= since)
+    for name, moment, only in (
+        ("sent", EmailQueue.sent_at, EmailQueue.sent_at >= since),
+        ("failed", EmailQueue.updated_at, given_up),
+    ):
+        minute = func.date_trunc("minute", moment)
+        for at, count in session.execute(select(minute, func.count()).where(only).group_by(minute)):
+            counts.setdefault(at, {"sent": 0, "failed": 0})[name] = int(count)
+    return counts
+
+
+def oldest_due(session: Session, *, now: datetime) -> Optional[tuple[int, datetime]]:
+    """The oldest pending email whose time has come: its id and since when it has been due."""
+    due_since = func.coalesce(EmailQueue.scheduled_at, EmailQueue.created_at)
+    statement = (
+        select(EmailQueue.id, due_since)
+        .where(
+            EmailQueue.status == EmailStatus.PENDING.value,
+            or_(EmailQueue.scheduled_at.is_(None), EmailQueue.scheduled_at <= now),
+        )
+        .order_by(EmailQueue.id)
+        .limit(1)
+    )
+    row = session.execute(statement).one_or_none()
+    return (int(row[0]), row[1]) if row is not None else None

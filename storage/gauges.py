@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Optional
 
-from sqlalchemy import func, not_, or_, select, true
+from sqlalchemy import and_, false, func, or_, select, true
 from sqlalchemy.orm import Session
 
 from storage.models import (
@@ -41,6 +41,11 @@ SETTLED = (EmailStatus.SENT.value, EmailStatus.FAILED.value)
 DUE_SINCE = func.coalesce(EmailQueue.next_attempt_at, EmailQueue.scheduled_at, EmailQueue.created_at)
 #: Events done with: processed, or archived (given up). Their rows only pile up.
 _EVENT_SETTLED = or_(WebhookEvent.archived == true(), WebhookEvent.status == WebhookStatus.PROCESSED.value)
+#: The others, spelt as a range of ``ix_webhook_events_due`` (archived, status, …).
+_EVENT_OPEN = and_(
+    WebhookEvent.archived == false(),
+    WebhookEvent.status.in_([WebhookStatus.PENDING.value, WebhookStatus.FAILED.value]),
+)
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,7 @@ def webhook_events_by_status(session: Session, *, settled: bool) -> dict[tuple[s
     """{(status, archived): events}, of the settled events (processed or archived) or of the open ones."""
     statement = (
         select(WebhookEvent.status, WebhookEvent.archived, func.count())
-        .where(_EVENT_SETTLED if settled else not_(_EVENT_SETTLED))
+        .where(_EVENT_SETTLED if settled else _EVENT_OPEN)
         .group_by(WebhookEvent.status, WebhookEvent.archived)
     )
     return {(status, bool(archived)): int(count) for status, archived, count in session.execute(statement)}

@@ -202,9 +202,7 @@ def reserve(
     return _run(session, lambda s: _reserve(s, product_id, quantity, expires_at, order_id))
 
 
-def _reserve(
-    session: Session, product_id: int, quantity: int, expires_at: datetime, order_id: Optional[str]
-) -> int:
+def _reserve(session: Session, product_id: int, quantity: int, expires_at: datetime, order_id: Optional[str]) -> int:
     _lock_product(session, product_id)
     reservation_id = _insert_if_available(session, product_id, quantity, expires_at, order_id)
     if reservation_id is None:
@@ -490,9 +488,7 @@ def expire_due(session: Session, *, batch_size: int) -> list[ExpiredReservation]
         .execution_options(synchronize_session=False)
     )
     rows = session.execute(statement).all()
-    expired = (
-        ExpiredReservation(id=row.id, product_id=row.product_id, quantity=row.quantity) for row in rows
-    )
+    expired = (ExpiredReservation(id=row.id, product_id=row.product_id, quantity=row.quantity) for row in rows)
     return sorted(expired, key=lambda reservation: reservation.id)
 
 
@@ -569,3 +565,37 @@ def _positive_minutes(value: Any, name: str) -> float:
     if not number or not math.isfinite(value) or value <= 0:
         raise InvalidReservation(f"{name} must be a positive number of minutes, got {value!r}")
     return float(value)
+
+
+#: The states the ops API lists reservations by: what the statuses mean at a given moment.
+RESERVATION_STATES = ("active", "expired", "released", "committed")
+
+
+def state_of(reservation: InventoryReservation, now: datetime) -> str:
+    """``active``; ``expired``: active but past ``expires_at`` (the cleanup's backlog); ``released``:
+    given back (by ``release`` or by the cleanup, status ``released`` or ``expired``); ``committed``."""
+    if reservation.status == _ACTIVE:
+        return "active" if reservation.expires_at > now else "expired"
+    if reservation.status == ReservationStatus.COMMITTED.value:
+        return "committed"
+    return "released"
+
+
+def reservations_page(
+    session: Session, *, state: Optional[str], now: datetime, before_id: Optional[int] = None, limit: int = 50
+) -> list[InventoryReservation]:
+    """Reservations newest first, below ``before_id`` (keyset paging), in ``state`` (see ``state_of``)."""
+    statement = select(InventoryReservation)
+    active = InventoryReservation.status == _ACTIVE
+    if state == "active":
+        statement = statement.where(active, InventoryReservation.expires_at > now)
+    elif state == "expired":
+        statement = statement.where(active, InventoryReservation.expires_at <= now)
+    elif state == "released":
+        given_back = (ReservationStatus.RELEASED.value, ReservationStatus.EXPIRED.value)
+        statement = statement.where(InventoryReservation.status.in_(given_back))
+    elif state == "committed":
+        statement = statement.where(InventoryReservation.status == ReservationStatus.COMMITTED.value)
+    if before_id is not None:
+        statement = statement.where(InventoryReservation.id < before_id)
+    return list(session.scalars(statement.order_by(InventoryReservation.id.desc()).limit(limit)))

@@ -126,6 +126,15 @@ class EmailQueue(Base):
             postgresql_where=text(_UNSENT_PREDICATE),
             sqlite_where=text(_UNSENT_PREDICATE),
         ),
+        # Migration 0009 also indexes ``lower(recipient)`` (text_pattern_ops), for the ops API's search.
+        Index("ix_email_queue_status_id", "status", "id"),
+        Index("ix_email_queue_sent_at", "sent_at"),
+        Index(
+            "ix_email_queue_failed_at",
+            "updated_at",
+            postgresql_where=text("status = 'failed'"),
+            sqlite_where=text("status = 'failed'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -246,6 +255,25 @@ class RateLimitSlot(Base):
     pause_reason: Mapped[Optional[str]] = mapped_column(Text)
     #: When the current quota pause began (NULL: none); the alert is sent once per pause.
     paused_since: Mapped[Optional[float]] = mapped_column(Float)
+
+
+class SendingPause(Base):
+    """An operator's pause of sending (``minalesh-workers sending pause``, ``POST /api/ops/sending/pause``).
+
+    ``scope`` ``all`` holds every send; ``bulk`` holds bulk emails while transactional
+    ones go. The row's presence is the pause; ``until`` (epoch seconds) ends it by
+    itself, NULL keeps it until a resume deletes the row.
+    """
+
+    __tablename__ = "sending_pauses"
+    __table_args__ = (CheckConstraint("scope IN ('all', 'bulk')", name="scope_known"),)
+
+    scope: Mapped[str] = mapped_column(Text, primary_key=True)
+    until: Mapped[Optional[float]] = mapped_column(Float)
+    reason: Mapped[Optional[str]] = mapped_column(Text)
+    paused_at: Mapped[float] = mapped_column(Float)
+    #: Who paused: ``cli`` or the ops API's role; never a token.
+    paused_by: Mapped[str] = mapped_column(Text)
 
 
 class Product(Base):
@@ -379,6 +407,7 @@ class WebhookEvent(Base):
         Index("ix_webhook_events_due", "archived", "status", "next_retry_at"),
         Index("ix_webhook_events_lease", "archived", "locked_until"),
         Index("ix_webhook_events_order_id", "order_id"),
+        Index("ix_webhook_events_event_id", "event_id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

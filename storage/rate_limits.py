@@ -21,6 +21,7 @@ from typing import Any, Optional
 from sqlalchemy import case, false, literal, or_, select, true, update
 from sqlalchemy.orm import Session
 
+from storage import sending_pauses
 from storage.dialect import insert_ignoring_conflicts
 from storage.models import RateLimitSlot
 
@@ -95,7 +96,8 @@ def take_slot(
 ) -> Optional[Slot]:
     """Take the next slot if it is at most ``horizon`` seconds ahead, or None.
 
-    None when the provider paused us, when the next slot is further than
+    None when the provider or an operator paused us (``storage.sending_pauses``;
+    an operator's bulk pause holds bulk sends only), when the next slot is further than
     ``horizon``, or (for a bulk send) while a transactional send waits. After a
     quota pause the first taker is the probe: the pause is extended by
     ``probe_window`` until its answer (``resume`` or ``pause``) comes back.
@@ -103,14 +105,13 @@ def take_slot(
     start = _later(RateLimitSlot.next_slot, literal(now))
     not_paused = or_(RateLimitSlot.paused_until.is_(None), RateLimitSlot.paused_until <= now)
     may_go = (
-        true()
-        if transactional
-        else or_(RateLimitSlot.priority_until.is_(None), RateLimitSlot.priority_until <= now)
+        true() if transactional else or_(RateLimitSlot.priority_until.is_(None), RateLimitSlot.priority_until <= now)
     )
     probing = RateLimitSlot.paused_since.is_not(None)
     statement = (
         update(RateLimitSlot)
         .where(RateLimitSlot.name == name, not_paused, may_go, start <= now + horizon)
+        .where(~sending_pauses.holds(transactional=transactional, now=now))
         .values(
             next_slot=start + 1.0 / _per_second(rate),
             paused_until=case((probing, literal(now + probe_window)), else_=None),

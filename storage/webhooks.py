@@ -312,3 +312,25 @@ def stats(session: Session) -> dict[str, Any]:
         "average_retries": round(float(totals.average_retries or 0), 2),
         "due_now": int(totals.due_now),
     }
+
+
+def page(
+    session: Session,
+    *,
+    status: Optional[str] = None,
+    provider: Optional[str] = None,
+    search: Optional[str] = None,
+    before_id: Optional[int] = None,
+    limit: int = 50,
+) -> list[WebhookEvent]:
+    """Events newest first, below ``before_id`` (keyset paging); ``search`` is an event id or an order id."""
+    statement = select(WebhookEvent)
+    if status is not None:
+        statement = statement.where(WebhookEvent.status == status)
+    if provider is not None:
+        statement = statement.where(WebhookEvent.provider == provider)
+    if search:
+        statement = statement.where(or_(WebhookEvent.event_id == search, WebhookEvent.order_id == search))
+    if before_id is not None:
+        statement = statement.where(WebhookEvent.id < before_id)
+    return list(session.scalars(statement.order_by(WebhookEvent.id.desc()).limit(limit)))

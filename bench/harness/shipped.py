@@ -41,6 +41,8 @@ _OURS = (
     "RESERVATION_",
     "BROKER_",
     "LOG_",
+    "CRON_",
+    "OPS_",
 )
 
 #: The README's production worker: ``worker --processes 2 --threads 8``.

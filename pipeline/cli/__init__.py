@@ -10,6 +10,7 @@ import click
 from pipeline.cli.db import db
 from pipeline.cli.dlq import dlq
 from pipeline.cli.processes import archiver, dev, serve, ticker, worker
+from pipeline.cli.sending import sending
 from pipeline.cli.stats import stats
 from pipeline.cli.tick import tick
 
@@ -19,5 +20,5 @@ def main() -> None:
     """Background workers of the Minalesh shop: emails, payment webhooks, inventory."""
 
 
-for _command in (db, worker, ticker, archiver, tick, serve, stats, dev, dlq):
+for _command in (db, worker, ticker, archiver, tick, serve, stats, dev, dlq, sending):
     main.add_command(_command)

@@ -13,7 +13,7 @@ from pipeline.archiver import RabbitmqArchiver
 from pipeline.cli.common import runtime_from_env, settings_from_env
 from pipeline.dev import run_dev
 from pipeline.ticker import run_ticker
-from pipeline.webhook_server import serve as run_server
+from pipeline.web.app import serve as run_server
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -53,7 +53,7 @@ def archiver() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0: all).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="TCP port.")
 def serve(host: str, port: int) -> None:
-    """Answer payment provider webhooks: POST /api/payments/webhook/{provider}."""
+    """Payment provider webhooks, health; with CRON_SECRET, the cron endpoints and the ops API."""
     run_server(runtime_from_env(), host=host, port=port)
 
 

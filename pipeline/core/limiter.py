@@ -22,6 +22,13 @@ What the provider says is followed (``observe``, ``refused``):
 
 Transactional sends go first: one that finds no free slot claims precedence for
 two slot intervals, during which bulk sends take none.
+
+An operator may pause all sending, or bulk sending only (``pause``, ``resume``;
+``minalesh-workers sending``, ``POST /api/ops/sending/pause``), for a while or
+until resumed; the pause is a row of ``sending_pauses`` every host sees. A held
+send takes no slot and goes back to the broker (``RateLimited``: no retry spent),
+asking again every ``OPERATOR_PAUSE_RECHECK_SECONDS`` at most, and the fan-out
+claims none of the held kind meanwhile.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from typing import Optional
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.core.errors import RateLimited
-from storage import rate_limits
+from storage import rate_limits, sending_pauses
 from storage.rate_limits import QUOTA_REASONS, Rate, Slot, SlotState
 
 logger = logging.getLogger(__name__)
@@ -56,6 +63,8 @@ MIN_POLL_SECONDS = 0.005
 MAX_POLL_SECONDS = 1.0
 #: A 429 without a usable ``retry-after`` pauses the fleet this long (seconds).
 DEFAULT_RETRY_AFTER_SECONDS = 1.0
+#: A send held by an operator's pause with no end (or a far one) asks again after this long.
+OPERATOR_PAUSE_RECHECK_SECONDS = 30.0
 #: Pause reasons that stop the whole fleet (a 409 for a key in flight concerns one email only).
 FLEET_REASONS = ("rate_limit_exceeded", *QUOTA_REASONS)
 
@@ -97,6 +106,7 @@ class SendLimiter:
     def acquire(self, *, transactional: bool) -> Slot:
         """Return when this request's slot has come; raise ``RateLimited`` to re-queue the email."""
         if self.unlimited:
+            self._raise_if_held(transactional, time.time())
             return Slot(at=time.time(), probe=False)
         give_up_at = time.monotonic() + MAX_HOLD_SECONDS
         while True:
@@ -106,6 +116,7 @@ class SendLimiter:
                 time.sleep(max(slot.at - time.time(), 0.0))
                 return slot
             assert state is not None
+            self._raise_if_held(transactional, now)
             self._raise_if_paused_long(state, now)
             wait = self._wait(state, now, transactional)
             if time.monotonic() + wait > give_up_at:
@@ -145,6 +156,31 @@ class SendLimiter:
                 interval = 1.0 / state.per_second(self.rate)
                 rate_limits.claim_precedence(session, self.name, until=now + 2 * interval)
             return None, state
+
+    def _raise_if_held(self, transactional: bool, now: float) -> None:
+        """An operator's pause holds this send: back to the broker, to ask again later."""
+        with self.sessions() as session:
+            until = sending_pauses.held_until(session, transactional=transactional, now=now)
+        if until is not None:
+            wait = min(until - now, OPERATOR_PAUSE_RECHECK_SECONDS)
+            raise RateLimited("sending paused by an operator", retry_after=max(wait, MIN_POLL_SECONDS))
+
+    def holds(self, *, transactional: bool) -> bool:
+        """Whether an operator's pause holds sends of this kind now (the fan-out then claims none)."""
+        with self.sessions() as session:
+            return sending_pauses.held_until(session, transactional=transactional, now=time.time()) is not None
+
+    def pause(self, scope: str, *, minutes: Optional[float], reason: Optional[str], by: str) -> None:
+        """An operator's pause of ``scope`` (``all``, ``bulk``), for ``minutes`` or until resumed."""
+        now = time.time()
+        until = now + minutes * 60 if minutes else None
+        with self.sessions.begin() as session:
+            sending_pauses.pause(session, scope, until=until, reason=reason, by=by, now=now)
+
+    def resume(self, scope: str) -> bool:
+        """End an operator's pause of ``scope``; True if one was in force."""
+        with self.sessions.begin() as session:
+            return sending_pauses.resume(session, scope)
 
     def _raise_if_paused_long(self, state: SlotState, now: float) -> None:
         if _paused(state, now) and state.paused_until is not None:
@@ -213,8 +249,12 @@ class SendLimiter:
         now = time.time()
         with self.sessions.begin() as session:
             state = rate_limits.current(session, self.name, now=now)
+            operator = sending_pauses.in_force(session, now=now)
         paused = _paused(state, now) and state.pause_reason is not None
         return {
+            "paused_by_operator": operator[sending_pauses.ALL] is not None,
+            "bulk_paused": operator[sending_pauses.BULK] is not None,
+            "operator_pauses": operator,
             "per_second": 0 if self.unlimited else round(state.per_second(self.rate), 3),
             "configured_per_second": self.rate.configured,
             "cap_per_second": self.rate.cap,

@@ -39,6 +39,8 @@ MAX_PER_REQUEST = 100
 DEFAULT_CONSUMER_TIMEOUT_MINUTES = 30.0
 #: The payment providers that may call the webhook intake; each may have ``{NAME}_WEBHOOK_SECRET``.
 PAYMENT_PROVIDERS = ("telebirr", "cbe", "awash", "generic")
+#: CRON_SECRET and OPS_READ_TOKEN are bearer tokens on the internet: shorter ones are refused.
+MIN_TOKEN_LENGTH = 32
 
 
 def _database_url(raw: str) -> str:
@@ -163,6 +165,12 @@ def _cron(raw: str) -> str:
     return raw
 
 
+def _token(raw: str) -> str:
+    if len(raw) < MIN_TOKEN_LENGTH:
+        raise ValueError(f"must be at least {MIN_TOKEN_LENGTH} characters (e.g. `openssl rand -hex 32`)")
+    return raw
+
+
 def _log_level(raw: str) -> str:
     level = raw.upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
@@ -284,6 +292,13 @@ class Settings:
     alert_min_interval_minutes: float = setting("ALERT_MIN_INTERVAL_MINUTES", _positive_minutes, 10.0)
     dead_letter_retention_days: int = setting("DEAD_LETTER_RETENTION_DAYS", _positive_count, 180)
     dead_letter_prune_schedule: str = setting("DEAD_LETTER_PRUNE_SCHEDULE", _cron, "17 3 * * *")
+    #: The bearer token of the shop's cron endpoints and of the ops API's admin role; unset: ``serve``
+    #: serves neither (only the webhook intake and health).
+    cron_secret: Optional[str] = setting("CRON_SECRET", _token, secret=True)
+    #: A bearer token that may only read the ops API (``role: read``); needs CRON_SECRET.
+    ops_read_token: Optional[str] = setting("OPS_READ_TOKEN", _token, secret=True)
+    #: The ops session cookie is ``Secure``; false only for plain-http use on one's own machine.
+    ops_cookie_secure: bool = setting("OPS_COOKIE_SECURE", _boolean, True)
 
     @property
     def email_max_attempts(self) -> int:
@@ -357,6 +372,7 @@ class Settings:
             settings.webhook_retries, "WEBHOOK_MAX_RETRY_DELAY_MINUTES", "WEBHOOK_INITIAL_RETRY_DELAY_MINUTES"
         )
         _check_hold(settings)
+        _check_ops_tokens(settings)
         return settings
 
 
@@ -414,3 +430,13 @@ def _check_hold(settings: Settings) -> None:
             "BROKER_MAX_HOLD_MINUTES must be below BROKER_CONSUMER_TIMEOUT_MINUTES, RabbitMQ's consumer_timeout "
             f"({DEFAULT_CONSUMER_TIMEOUT_MINUTES:g} minutes by default): {hold:g} >= {timeout:g}"
         )
+
+
+def _check_ops_tokens(settings: Settings) -> None:
+    """The read token is a second, lesser key: it needs the first and must not be it."""
+    if settings.ops_read_token is None:
+        return
+    if settings.cron_secret is None:
+        raise ConfigError("OPS_READ_TOKEN needs CRON_SECRET: without it, serve has no ops API to read")
+    if settings.ops_read_token == settings.cron_secret:
+        raise ConfigError("OPS_READ_TOKEN must differ from CRON_SECRET (the read role could act)")

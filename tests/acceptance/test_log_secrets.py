@@ -9,9 +9,8 @@ tokens. Then every line of every process must parse as JSON, the per-item lines
 must carry item, actor, attempt and outcome, and no secret value or body text may
 appear anywhere.
 
-The ops API (cron routes, ``/api/ops/*``, the dashboard's sign-in) comes with the
-ops-api branch: its requests run here already and are checked when they answer;
-``OPS_ROUTES_REQUIRED`` makes them mandatory once that branch is merged.
+The ops API's routes (cron, ``/api/ops/*``, the dashboard's sign-in) came with the
+ops-api branch, merged here: each must answer (not 404), with its good token and a bad one.
 """
 
 from __future__ import annotations
@@ -40,12 +39,11 @@ from tests.support.webhook_support import add_order, payment, post
 
 pytestmark = pytest.mark.slow
 
-#: LEAD: set True once the ops-api branch is merged: its routes must then answer (not 404).
-OPS_ROUTES_REQUIRED = False
 #: Requests with a good and a bad token each: (method, path, the secret it carries).
 OPS_REQUESTS = (
-    ("POST", "/api/cron/emails", "CRON_SECRET"),
+    ("POST", "/api/cron/process-email-queue", "CRON_SECRET"),
     ("GET", "/api/ops/stats", "OPS_READ_TOKEN"),
+    ("GET", "/api/ops/dead-letters", "CRON_SECRET"),
     ("GET", "/metrics", "METRICS_TOKEN"),
 )
 
@@ -93,7 +91,7 @@ def test_no_secret_or_body_in_any_log_line(
     secret_services: tuple[services.RunServices, str], tmp_path: Path
 ) -> None:
     created, login = secret_services
-    secrets = Secrets(uuid.uuid4().hex[:10])
+    secrets = Secrets(uuid.uuid4().hex[:16])
     _admin_sql(f"CREATE ROLE \"{login}\" LOGIN PASSWORD '{secrets.database_password}'")
     _admin_sql(f'ALTER DATABASE "{created.database}" OWNER TO "{login}"')
     _rabbitmqctl("add_user", login, secrets.broker_password)
@@ -152,18 +150,17 @@ def _drive(
 
 
 def _ops_requests(base: str, secrets: Secrets) -> None:
-    """Each ops route with its good token and a bad one; a route answering 404 is not merged yet."""
-    answered = []
+    """Each ops route with its good token (answered 200) and a bad one (401); the dashboard's sign-in."""
     for method, path, secret in OPS_REQUESTS:
-        for token in (secrets.value(secret), "bad-token"):
-            answer = requests.request(method, base + path, headers={"Authorization": f"Bearer {token}"}, timeout=10)
-            answered.append(answer.status_code != 404)
-    session = requests.post(
-        f"{base}/api/ops/session", json={"token": secrets.value("OPS_READ_TOKEN")}, timeout=10
-    )  # the dashboard's sign-in
-    answered.append(session.status_code != 404)
-    if OPS_ROUTES_REQUIRED:
-        assert all(answered), "an ops route answered 404"
+        good = requests.request(
+            method, base + path, headers={"Authorization": f"Bearer {secrets.value(secret)}"}, timeout=30
+        )
+        assert good.status_code == 200, (path, good.status_code, good.text[:300])
+        bad = requests.request(method, base + path, headers={"Authorization": "Bearer bad-token"}, timeout=30)
+        assert bad.status_code == 401, (path, bad.status_code)
+    for token, status in ((secrets.value("OPS_READ_TOKEN"), 200), (secrets.value("CRON_SECRET"), 200), ("bad", 401)):
+        signed_in = requests.post(f"{base}/api/ops/session", json={"token": token}, timeout=30)
+        assert signed_in.status_code == status, signed_in.text[:300]
 
 
 @dataclass(frozen=True)
@@ -182,6 +179,7 @@ def _environment(secrets: Secrets, location: SecretLocation, provider: FakeResen
         provider,
         **{name: secrets.value(name) for name in named},
         ALERT_WEBHOOK_URL=f"http://127.0.0.1:9/{secrets.value('ALERT_WEBHOOK_URL')}",
+        OPS_COOKIE_SECURE="false",
         LOG_LEVEL="DEBUG",
         LOG_FORMAT="json",
         EMAIL_MAX_RETRIES="2",

@@ -106,6 +106,7 @@ def test_oldest_due_email_age(runtime: Runtime, sessions: sessionmaker[Session])
 def test_a_source_that_fails_is_reported_not_raised(runtime: Runtime) -> None:
     """RabbitMQ unreachable: the database gauges still come, with ``minalesh_up{source="rabbitmq"} 0``."""
     unreachable = RabbitmqBroker(url="amqp://guest:guest@127.0.0.1:1/%2F", prefetch_caps={}, middleware=[])
+    unreachable.declare_queue("emails")  # known, not declared in RabbitMQ yet: no connection
     with metrics_app(dataclasses.replace(runtime, broker=unreachable)) as url:
         samples = scrape(url)
     assert value(samples, "minalesh_up", source="rabbitmq") == 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -12,13 +11,14 @@ from datetime import timedelta
 from typing import Any, Optional
 
 import requests
-import uvicorn
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from actors.webhooks import enqueue_due_webhooks
+from bench.harness.serving import serving
 from pipeline.core.runtime import Runtime
-from pipeline.webhook_server import server_config, signature_header
+from pipeline.web.app import server_config
+from pipeline.webhook_server import signature_header
 from storage import inventory, webhooks
 from storage.models import DeadLetter, EmailQueue, WebhookEvent
 from tests.support.helpers import wait_until
@@ -32,20 +32,6 @@ SCHEDULE_MS = [120, 240, 480, 720, 720]
 MONITORING_QUERY = (
     "SELECT status, COUNT(*), AVG(retry_count) FROM webhook_events WHERE archived = false GROUP BY status"
 )
-
-
-@contextmanager
-def serving(config: uvicorn.Config) -> Iterator[str]:
-    """A uvicorn server of ``config`` (port 0: a free one) in a thread of this process; yields its URL."""
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="webhook-intake", daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: server.started, timeout=10, what="uvicorn to start")
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
 
 
 @contextmanager

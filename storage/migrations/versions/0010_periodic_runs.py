@@ -1,7 +1,7 @@
 """Each periodic job's last run, and the indexes of the metrics' gauges.
 
-Revision ID: 0009_periodic_runs
-Revises: 0008_email_sent_alone
+Revision ID: 0010_periodic_runs
+Revises: 0009_ops_api
 Create Date: 2026-11-29
 
 ``periodic_runs``: one row per periodic job (its actor's name) with its last success
@@ -17,8 +17,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009_periodic_runs"
-down_revision = "0008_email_sent_alone"
+revision = "0010_periodic_runs"
+down_revision = "0009_ops_api"
 branch_labels = None
 depends_on = None
 

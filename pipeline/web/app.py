@@ -1,0 +1,91 @@
+"""The app ``minalesh-workers serve`` runs, and the running of it.
+
+One FastAPI app (FastAPI is Starlette underneath, so the webhook intake stays the
+plain Starlette route it always was, byte for byte):
+
+* ``POST /api/payments/webhook/{provider}``: the intake (``pipeline.webhook_server``);
+* ``GET /healthz``, ``GET /readyz``: health, no auth (``pipeline.web.health``);
+* with CRON_SECRET only: ``/api/cron/*`` (``pipeline.web.cron``), ``/api/ops/*``
+  (``session``, ``ops_api``, ``ops_actions``) and the OpenAPI document
+  ``GET /api/ops/openapi.json`` (no auth: it says what the routes are, not what they
+  hold, and the README says as much). Without CRON_SECRET none of them exists (404).
+
+``/metrics`` (Prometheus) is mounted by ``mount_metrics`` below.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from pipeline.core.runtime import Runtime
+from pipeline.core.settings import PAYMENT_PROVIDERS
+from pipeline.metrics import METRICS_PATH, metrics_endpoint
+from pipeline.web import cron, health, ops_actions, ops_api, session
+from pipeline.web.auth import ApiError, OpsAuth
+from pipeline.web.depths import QueueDepths
+from pipeline.webhook_server import DEFAULT_HOST, DEFAULT_PORT, WEBHOOK_PATH, intake_for, uvicorn_config
+
+logger = logging.getLogger(__name__)
+
+#: The OpenAPI document of the cron, ops and health routes.
+OPENAPI_PATH = "/api/ops/openapi.json"
+
+
+def build_app(current: Runtime) -> FastAPI:
+    """Every route this process serves, wired to ``current``."""
+    settings = current.settings
+    served = settings.cron_secret is not None
+    app = FastAPI(
+        title="minalesh-workers ops API",
+        version="1",
+        description="The shop's cron endpoints, health, and the operators' API (see the README).",
+        openapi_url=OPENAPI_PATH if served else None,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.add_route(WEBHOOK_PATH, intake_for(current).handle, methods=["POST"], include_in_schema=False)
+    app.include_router(health.router(sessions=current.sessions, broker_url=settings.broker_url))
+    app.add_exception_handler(ApiError, _answer_error)  # type: ignore[arg-type]
+    if served:
+        auth = OpsAuth.from_settings(settings)
+        app.include_router(cron.router(current, auth))
+        app.include_router(session.router(auth))
+        app.include_router(ops_api.router(current, auth, QueueDepths(current.broker)))
+        app.include_router(ops_actions.router(current, auth))
+    mount_metrics(app, current)
+    return app
+
+
+def mount_metrics(app: FastAPI, current: Runtime) -> None:
+    """``GET /metrics``: the domain gauges for Prometheus (``pipeline.metrics``; METRICS_TOKEN if set)."""
+    app.add_route(METRICS_PATH, metrics_endpoint(current), methods=["GET"], include_in_schema=False)
+
+
+async def _answer_error(_request: Request, error: ApiError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+    return JSONResponse({"error": error.message}, status_code=error.status, headers=headers)
+
+
+def server_config(current: Runtime, *, host: str, port: int) -> uvicorn.Config:
+    """uvicorn's configuration for ``build_app(current)``; tests build their server from it."""
+    return uvicorn_config(build_app(current), host=host, port=port)
+
+
+def serve(current: Runtime, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
+    """Run the app until SIGINT or SIGTERM; in-flight requests finish first."""
+    settings = current.settings
+    for provider in PAYMENT_PROVIDERS:
+        if settings.webhook_secret(provider) is None:
+            logger.warning(
+                "No %s_WEBHOOK_SECRET nor PAYMENT_WEBHOOK_SECRET: %s webhooks will be refused (401).",
+                provider.upper(),
+                provider,
+            )
+    if settings.cron_secret is None:
+        logger.warning("No CRON_SECRET: the cron endpoints and the ops API are not served.")
+    logger.info("Serving payment webhooks on http://%s:%d%s.", host, port, WEBHOOK_PATH)
+    uvicorn.Server(server_config(current, host=host, port=port)).run()

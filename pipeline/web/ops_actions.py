@@ -1,0 +1,99 @@
+"""The ops API's actions: replay and purge dead letters, pause and resume sending. Admin role only.
+
+Replay is ``dlq replay``'s (``pipeline.dlq.replay``), with its rules: one
+transaction per dead letter, at most once, an item not failed any more sends
+nothing, and a warning on a replay past the provider's idempotency window (24 h).
+A selection is ``{"ids": [...]}`` or ``{"filter": {...}}`` (``dlq list``'s filters);
+a filter replays those not replayed yet, as ``dlq replay --all`` does. ``dry_run``
+reports and changes nothing. Every action is written to the audit log with the
+role, the selection and the counts.
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads these routes' annotations at run time,
+# and they name dependencies built in ``router``'s scope.
+
+from typing import Annotated, Any, Optional
+
+from fastapi import APIRouter, Depends
+
+from pipeline import dlq
+from pipeline.core.runtime import Runtime
+from pipeline.web.auth import ApiError, OpsAuth, Principal, audit
+from pipeline.web.ops_api import OPS_PREFIX, REFUSALS, parse_since
+from pipeline.web.schemas import ErrorBody, PauseRequest, PurgeBody, ReplayBody, ResumeRequest, Selection
+from storage import dead_letters
+
+
+def router(current: Runtime, auth: OpsAuth) -> APIRouter:
+    routes = APIRouter(prefix=OPS_PREFIX, tags=["ops actions"], responses=REFUSALS)
+    Admin = Annotated[Principal, Depends(auth.admin)]
+
+    @routes.post("/dead-letters/replay", response_model=ReplayBody)
+    def replay(principal: Admin, selection: Selection) -> Any:
+        """Send dead letters again with a fresh retry budget, their items back in play (``dlq replay``)."""
+        ids = _selected(current, selection, replaying=True)
+        outcomes = [dlq.replay(current.broker, current.sessions, i, dry_run=selection.dry_run) for i in ids]
+        sent = {dlq.ReplayStatus.REPLAYED, dlq.ReplayStatus.WOULD_REPLAY}
+        replayed = [outcome.dead_letter_id for outcome in outcomes if outcome.status in sent]
+        audit(principal, "replay", selection=_shown(selection), matched=len(ids), replayed=len(replayed))
+        return {
+            "matched": len(ids),
+            "replayed": len(replayed),
+            "dry_run": selection.dry_run,
+            "ids": replayed,
+            "outcomes": [outcome.as_json() for outcome in outcomes],
+        }
+
+    @routes.post("/dead-letters/purge", response_model=PurgeBody)
+    def purge(principal: Admin, selection: Selection) -> Any:
+        """Delete dead letters for good: some by id, or all matching a filter."""
+        ids = _selected(current, selection, replaying=False)
+        with current.sessions() as session:
+            existing = dead_letters.count_ids(session, ids)
+        deleted = 0 if selection.dry_run else dead_letters.purge_ids(current.sessions, ids)
+        audit(principal, "purge", selection=_shown(selection), matched=existing, deleted=deleted)
+        return {"matched": existing, "deleted": deleted, "dry_run": selection.dry_run}
+
+    @routes.delete("/dead-letters/{letter_id}", response_model=PurgeBody, responses={404: {"model": ErrorBody}})
+    def delete_one(principal: Admin, letter_id: int) -> Any:
+        """Delete one dead letter."""
+        deleted = dead_letters.purge_ids(current.sessions, [letter_id]) if 0 < letter_id < 2**63 else 0
+        audit(principal, "purge", ids=[letter_id], deleted=deleted)
+        if not deleted:
+            raise ApiError(404, f"no dead letter {letter_id}")
+        return {"matched": 1, "deleted": 1, "dry_run": False}
+
+    @routes.post("/sending/pause", response_model=dict[str, Any])
+    def pause(principal: Admin, request: PauseRequest) -> Any:
+        """Pause all sending, or bulk only, for ``minutes`` or until resumed; answers the sending state."""
+        current.limiter.pause(request.scope, minutes=request.minutes, reason=request.reason, by=principal.role.value)
+        audit(principal, "pause", scope=request.scope, minutes=request.minutes, reason=request.reason)
+        return current.limiter.state()
+
+    @routes.post("/sending/resume", response_model=dict[str, Any])
+    def resume(principal: Admin, request: ResumeRequest) -> Any:
+        """End an operator's pause (all, or bulk); answers the sending state."""
+        ended = current.limiter.resume(request.scope)
+        audit(principal, "resume", scope=request.scope, ended=ended)
+        return current.limiter.state()
+
+    return routes
+
+
+def _selected(current: Runtime, selection: Selection, *, replaying: bool) -> list[int]:
+    """The ids a selection names: its ``ids`` as given, or those its ``filter`` matches."""
+    if (selection.ids is None) == (selection.filter is None):
+        raise ApiError(400, "give either ids or filter")
+    if selection.ids is not None:
+        return sorted({i for i in selection.ids if 0 < i < 2**63})
+    assert selection.filter is not None
+    chosen = selection.filter
+    filters: dict[str, Any] = {"queue": chosen.queue, "actor": chosen.actor, "since": parse_since(chosen.since)}
+    with current.sessions() as session:
+        if replaying:
+            return dead_letters.unreplayed_ids(session, **filters)
+        return dead_letters.matching_ids(session, unreplayed=chosen.unreplayed, **filters)
+
+
+def _shown(selection: Selection) -> Optional[dict[str, Any]]:
+    return {"ids": selection.ids} if selection.ids is not None else {"filter": selection.model_dump()["filter"]}
