@@ -23,6 +23,7 @@ from prometheus_client import generate_latest
 from sqlalchemy import text
 
 from bench.harness import services
+from bench.sending import percentile
 from pipeline.bootstrap import bootstrap
 from pipeline.core.settings import Settings
 from pipeline.metrics import metrics_registry
@@ -64,11 +65,8 @@ def timed(work: Callable[[], Any], times: int) -> list[float]:
 
 
 def summary(durations: list[float]) -> str:
-    ordered = sorted(durations)
-    p95 = ordered[min(round(0.95 * (len(ordered) - 1)), len(ordered) - 1)]
-    return (
-        f"p50 {statistics.median(ordered) * 1000:7.1f} ms   p95 {p95 * 1000:7.1f} ms   max {ordered[-1] * 1000:7.1f} ms"
-    )
+    p50, p95 = statistics.median(durations), percentile(durations, 0.95)
+    return f"p50 {p50 * 1000:7.1f} ms   p95 {p95 * 1000:7.1f} ms   max {max(durations) * 1000:7.1f} ms"
 
 
 def main() -> None:

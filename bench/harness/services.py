@@ -65,6 +65,11 @@ def _rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
 
 
+#: For tests that make a role or a user of their own (``tests/acceptance/test_log_secrets.py``).
+admin_sql = _admin_sql
+rabbitmqctl = _rabbitmqctl
+
+
 def create() -> RunServices:
     name = f"mw_test_{uuid.uuid4().hex[:10]}"
     try:

@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 import pytest
 import requests
 from sqlalchemy import text
@@ -83,8 +81,8 @@ def secret_services(tmp_path: Path) -> Iterator[tuple[services.RunServices, str]
     yield created, login
     get_engine(created.database_url).dispose()
     services.destroy(created)
-    _admin_sql(f'DROP ROLE IF EXISTS "{login}"')
-    subprocess.run(["rabbitmqctl", "delete_user", login], capture_output=True, timeout=60)
+    services.admin_sql(f'DROP ROLE IF EXISTS "{login}"')
+    services.rabbitmqctl("delete_user", login)
 
 
 def test_no_secret_or_body_in_any_log_line(
@@ -92,10 +90,10 @@ def test_no_secret_or_body_in_any_log_line(
 ) -> None:
     created, login = secret_services
     secrets = Secrets(uuid.uuid4().hex[:16])
-    _admin_sql(f"CREATE ROLE \"{login}\" LOGIN PASSWORD '{secrets.database_password}'")
-    _admin_sql(f'ALTER DATABASE "{created.database}" OWNER TO "{login}"')
-    _rabbitmqctl("add_user", login, secrets.broker_password)
-    _rabbitmqctl("set_permissions", "-p", created.vhost, login, ".*", ".*", ".*")
+    services.admin_sql(f"CREATE ROLE \"{login}\" LOGIN PASSWORD '{secrets.database_password}'")
+    services.admin_sql(f'ALTER DATABASE "{created.database}" OWNER TO "{login}"')
+    services.rabbitmqctl("add_user", login, secrets.broker_password)
+    services.rabbitmqctl("set_permissions", "-p", created.vhost, login, ".*", ".*", ".*")
     host_part = services.POSTGRES_ADMIN_URL.split("@", 1)[1].rsplit("/", 1)[0]
     database_url = f"postgresql://{login}:{secrets.database_password}@{host_part}/{created.database}"
     broker_url = f"amqp://{login}:{secrets.broker_password}@{services.RABBITMQ_HOST}:5672/{created.vhost}"
@@ -231,17 +229,3 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def _admin_sql(statement: str) -> None:
-    connection = psycopg2.connect(services.POSTGRES_ADMIN_URL)
-    connection.autocommit = True
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(statement)
-    finally:
-        connection.close()
-
-
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
