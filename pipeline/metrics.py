@@ -2,12 +2,13 @@
 
 Nothing is counted in this process: every scrape asks PostgreSQL (``storage.gauges``,
 grouped counts answered from indexes), RabbitMQ (the depth of each dead-letter queue,
-by a passive declare) and the limiter's row, so any number of ``serve`` processes
-answer the same figures. The rows that only pile up (sent and failed emails,
-processed and archived events) are recounted at most every ``SETTLED_RECOUNT_SECONDS``:
-counting them is a scan of a million index entries for a million emails, while
-everything an alert reads is counted at every scrape. The workers' own counters (messages processed, errors,
-durations) are Dramatiq's, on each worker command's ``WORKER_METRICS_PORT``.
+as the ops API asks it: ``pipeline.web.depths``) and the limiter's row, so any number
+of ``serve`` processes answer the same figures. The rows that only pile up (sent and
+failed emails, processed and archived events) are recounted at most every
+``SETTLED_RECOUNT_SECONDS``: counting them is a scan of a million index entries for a
+million emails, while everything an alert reads is counted at every scrape. The
+workers' own counters (messages processed, errors, durations) are Dramatiq's, on each
+worker command's ``WORKER_METRICS_PORT``.
 
 A source that fails is reported, not raised: the scrape answers what the others
 gave and ``minalesh_up{source="postgres"|"rabbitmq"|"limiter"} 0``, never a 500, so
@@ -24,7 +25,6 @@ import hmac
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime
 from typing import Any, Generic, Optional, TypeVar
 
 import pendulum
@@ -195,7 +195,15 @@ class DomainCollector(Collector):
                 value=float(state["per_second"]),  # type: ignore[arg-type]
             ),
             GaugeMetricFamily(
-                "minalesh_send_paused", "Whether sending is paused (a 429, a quota).", value=int(bool(state["paused"]))
+                "minalesh_send_paused",
+                "Whether the provider paused sending (a 429, a quota).",
+                value=int(bool(state["paused"])),
+            ),
+            _labelled(
+                "minalesh_send_operator_paused",
+                "Whether an operator paused sending (scope all) or bulk sending (scope bulk) through the ops API.",
+                ["scope"],
+                {("all",): int(bool(state["paused_by_operator"])), ("bulk",): int(bool(state["bulk_paused"]))},
             ),
             GaugeMetricFamily(
                 "minalesh_send_pause_remaining_seconds",
@@ -221,10 +229,10 @@ def _labelled(name: str, documentation: str, labels: list[str], counts: dict[tup
     return family
 
 
-def schedule_interval_seconds(schedule: str, *, after: Optional[datetime] = None) -> float:
+def schedule_interval_seconds(schedule: str) -> float:
     """The time between the next two runs of a cron ``schedule`` (a day for ``17 3 * * *``)."""
     spec = cron(schedule)
-    first = spec.next_valid_date(pendulum.instance(after) if after else pendulum.now("UTC"))
+    first = spec.next_valid_date(pendulum.now("UTC"))
     second = spec.next_valid_date(first.add(minutes=1))
     return float((second - first).total_seconds())
 

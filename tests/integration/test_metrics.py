@@ -24,6 +24,7 @@ from actors.maintenance import prune_dead_letters
 from pipeline.core.broker import RabbitmqBroker
 from pipeline.core.runtime import Runtime
 from pipeline.metrics import metrics_route
+from pipeline.stats import collect
 from storage import periodic_runs
 from storage.clock import utcnow
 from tests.support.dlq_support import add_dead_letter
@@ -84,8 +85,10 @@ def test_metrics_answer_the_domain_gauges(runtime: Runtime, sessions: sessionmak
     assert abs(stamped - utcnow().timestamp()) < 60
     assert value(samples, "minalesh_periodic_job_interval_seconds", job="prune_dead_letters") == 86400
     assert value(samples, "minalesh_periodic_job_interval_seconds", job="fan_out_emails") == 120
+    assert collect(runtime)["periodic"]["prune_dead_letters"]["last_success_at"] is not None  # stats --json
     assert value(samples, "minalesh_send_limit_requests_per_second") > 0
     assert value(samples, "minalesh_send_paused") == 0
+    assert value(samples, "minalesh_send_operator_paused", scope="bulk") == 0
 
 
 def test_oldest_due_email_age(runtime: Runtime, sessions: sessionmaker[Session]) -> None:
