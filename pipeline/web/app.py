@@ -20,6 +20,7 @@ import logging
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from pipeline.core.runtime import Runtime
 from pipeline.core.settings import PAYMENT_PROVIDERS
@@ -50,6 +51,7 @@ def build_app(current: Runtime) -> FastAPI:
     app.add_route(WEBHOOK_PATH, intake_for(current).handle, methods=["POST"], include_in_schema=False)
     app.include_router(health.router(sessions=current.sessions, broker_url=settings.broker_url))
     app.add_exception_handler(ApiError, _answer_error)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, _answer_http_error)  # type: ignore[arg-type]
     if served:
         auth = OpsAuth.from_settings(settings)
         app.include_router(cron.router(current, auth))
@@ -70,6 +72,11 @@ async def _answer_error(_request: Request, error: ApiError) -> JSONResponse:
     return JSONResponse({"error": error.message}, status_code=error.status, headers=headers)
 
 
+async def _answer_http_error(_request: Request, error: HTTPException) -> JSONResponse:
+    """Starlette's own refusals (404, 405, a body that is not JSON) in this API's shape: ``{"error": ...}``."""
+    return JSONResponse({"error": str(error.detail)}, status_code=error.status_code, headers=error.headers)
+
+
 def server_config(current: Runtime, *, host: str, port: int) -> uvicorn.Config:
     """uvicorn's configuration for ``build_app(current)``; tests build their server from it."""
     return uvicorn_config(build_app(current), host=host, port=port)
@@ -87,5 +94,6 @@ def serve(current: Runtime, *, host: str = DEFAULT_HOST, port: int = DEFAULT_POR
             )
     if settings.cron_secret is None:
         logger.warning("No CRON_SECRET: the cron endpoints and the ops API are not served.")
-    logger.info("Serving payment webhooks on http://%s:%d%s.", host, port, WEBHOOK_PATH)
+    served = "webhooks, health" + (", cron endpoints and the ops API" if settings.cron_secret else "")
+    logger.info("Serving %s on http://%s:%d (webhooks at %s).", served, host, port, WEBHOOK_PATH)
     uvicorn.Server(server_config(current, host=host, port=port)).run()

@@ -3,7 +3,7 @@
 Replay is ``dlq replay``'s (``pipeline.dlq.replay``), with its rules: one
 transaction per dead letter, at most once, an item not failed any more sends
 nothing, and a warning on a replay past the provider's idempotency window (24 h).
-A selection is ``{"ids": [...]}`` or ``{"filter": {...}}`` (``dlq list``'s filters);
+A selection is ``{"ids": [...]}`` or ``{"filter": {...}}`` (``dlq list``'s filters), not both;
 a filter replays those not replayed yet, as ``dlq replay --all`` does. ``dry_run``
 reports and changes nothing. Every action is written to the audit log with the
 role, the selection and the counts.
@@ -12,15 +12,15 @@ role, the selection and the counts.
 # No ``from __future__ import annotations``: FastAPI reads these routes' annotations at run time,
 # and they name dependencies built in ``router``'s scope.
 
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
 from pipeline import dlq
 from pipeline.core.runtime import Runtime
 from pipeline.web.auth import ApiError, OpsAuth, Principal, audit
-from pipeline.web.ops_api import OPS_PREFIX, REFUSALS, parse_since
-from pipeline.web.schemas import ErrorBody, PauseRequest, PurgeBody, ReplayBody, ResumeRequest, Selection
+from pipeline.web.ops_api import OPS_PREFIX, REFUSALS, fits_bigint, parse_since
+from pipeline.web.schemas import ByIds, ErrorBody, PauseRequest, PurgeBody, ReplayBody, ResumeRequest, Selection
 from storage import dead_letters
 
 
@@ -54,10 +54,10 @@ def router(current: Runtime, auth: OpsAuth) -> APIRouter:
         audit(principal, "purge", selection=_shown(selection), matched=existing, deleted=deleted)
         return {"matched": existing, "deleted": deleted, "dry_run": selection.dry_run}
 
-    @routes.delete("/dead-letters/{letter_id}", response_model=PurgeBody, responses={404: {"model": ErrorBody}})
+    @routes.delete("/dead-letters/{letter_id:int}", response_model=PurgeBody, responses={404: {"model": ErrorBody}})
     def delete_one(principal: Admin, letter_id: int) -> Any:
         """Delete one dead letter."""
-        deleted = dead_letters.purge_ids(current.sessions, [letter_id]) if 0 < letter_id < 2**63 else 0
+        deleted = dead_letters.purge_ids(current.sessions, [letter_id]) if fits_bigint(letter_id) else 0
         audit(principal, "purge", ids=[letter_id], deleted=deleted)
         if not deleted:
             raise ApiError(404, f"no dead letter {letter_id}")
@@ -82,11 +82,8 @@ def router(current: Runtime, auth: OpsAuth) -> APIRouter:
 
 def _selected(current: Runtime, selection: Selection, *, replaying: bool) -> list[int]:
     """The ids a selection names: its ``ids`` as given, or those its ``filter`` matches."""
-    if (selection.ids is None) == (selection.filter is None):
-        raise ApiError(400, "give either ids or filter")
-    if selection.ids is not None:
-        return sorted({i for i in selection.ids if 0 < i < 2**63})
-    assert selection.filter is not None
+    if isinstance(selection, ByIds):
+        return sorted({i for i in selection.ids if fits_bigint(i)})
     chosen = selection.filter
     filters: dict[str, Any] = {"queue": chosen.queue, "actor": chosen.actor, "since": parse_since(chosen.since)}
     with current.sessions() as session:
@@ -95,5 +92,6 @@ def _selected(current: Runtime, selection: Selection, *, replaying: bool) -> lis
         return dead_letters.matching_ids(session, unreplayed=chosen.unreplayed, **filters)
 
 
-def _shown(selection: Selection) -> Optional[dict[str, Any]]:
-    return {"ids": selection.ids} if selection.ids is not None else {"filter": selection.model_dump()["filter"]}
+def _shown(selection: Selection) -> dict[str, Any]:
+    """The selection as the audit line shows it."""
+    return selection.model_dump(mode="json", exclude={"dry_run"})

@@ -30,6 +30,7 @@ from pipeline.web.schemas import (
     EmailPage,
     ErrorBody,
     ReservationPage,
+    Since,
     StatsBody,
     WebhookDetail,
     WebhookPage,
@@ -54,13 +55,15 @@ PriorityName = Literal["transactional", "bulk"]
 WebhookStatusName = Literal["pending", "processed", "failed"]
 ReservationState = Literal["active", "expired", "released", "committed"]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
-Cursor = Annotated[Optional[str], Query(max_length=100, pattern=NO_NUL)]
+#: Where the previous page stopped (its ``next_cursor``); empty or absent: the first page.
+Cursor = Annotated[Optional[str], Query(pattern=r"^[0-9]{0,18}$")]
+LetterCursor = Annotated[Optional[str], Query(pattern=r"^([0-9]{1,17}\.[0-9]{1,18})?$")]
 Name = Annotated[Optional[str], Query(max_length=200, pattern=NO_NUL)]
 RecipientPrefix = Annotated[
     Optional[str], Query(max_length=320, pattern=NO_NUL, description="Recipient prefix, any case")
 ]
 EventOrOrder = Annotated[Optional[str], Query(max_length=200, pattern=NO_NUL, description="An event id or an order id")]
-Since = Annotated[Optional[str], Query(max_length=64, pattern=NO_NUL, description="30m, 2h, 7d or an ISO time")]
+SinceQuery = Annotated[Optional[Since], Query(description="30m, 2h, 7d back from now, or an ISO 8601 time")]
 
 
 def router(current: Runtime, auth: OpsAuth, depths: QueueDepths) -> APIRouter:
@@ -103,11 +106,11 @@ def router(current: Runtime, auth: OpsAuth, depths: QueueDepths) -> APIRouter:
             )
         return _id_page([_email(row, max_retries) for row in rows], limit)
 
-    @routes.get("/emails/{email_id}", response_model=EmailItem, responses={404: {"model": ErrorBody}})
+    @routes.get("/emails/{email_id:int}", response_model=EmailItem, responses={404: {"model": ErrorBody}})
     def one_email(_principal: Reader, email_id: int) -> Any:
         """One email (without its bodies)."""
         with current.sessions() as session:
-            rows = emails.page(session, before_id=email_id + 1, limit=1) if _fits_bigint(email_id) else []
+            rows = emails.page(session, before_id=email_id + 1, limit=1) if fits_bigint(email_id) else []
         if not rows or rows[0]["id"] != email_id:
             raise ApiError(404, f"no email {email_id}")
         return _email(rows[0], max_retries)
@@ -128,11 +131,11 @@ def router(current: Runtime, auth: OpsAuth, depths: QueueDepths) -> APIRouter:
             )
             return _id_page([_webhook(row) for row in rows], limit)
 
-    @routes.get("/webhooks/{event_row_id}", response_model=WebhookDetail, responses={404: {"model": ErrorBody}})
+    @routes.get("/webhooks/{event_row_id:int}", response_model=WebhookDetail, responses={404: {"model": ErrorBody}})
     def one_webhook(_principal: Reader, event_row_id: int) -> Any:
         """One webhook event with its payload."""
         with current.sessions() as session:
-            row = webhooks.get(session, event_row_id) if _fits_bigint(event_row_id) else None
+            row = webhooks.get(session, event_row_id) if fits_bigint(event_row_id) else None
             if row is None:
                 raise ApiError(404, f"no webhook event {event_row_id}")
             return {**_webhook(row), "payload": row.payload}
@@ -152,10 +155,10 @@ def router(current: Runtime, auth: OpsAuth, depths: QueueDepths) -> APIRouter:
         _principal: Reader,
         queue: Name = None,
         actor: Name = None,
-        since: Since = None,
+        since: SinceQuery = None,
         unreplayed: bool = False,
         limit: Limit = 50,
-        cursor: Cursor = None,
+        cursor: LetterCursor = None,
     ) -> Any:
         """Dead letters newest first, with ``dlq list``'s filters."""
         items, total = dlq.list_letters(
@@ -169,10 +172,10 @@ def router(current: Runtime, auth: OpsAuth, depths: QueueDepths) -> APIRouter:
         )
         return {"items": items, "total": total, "next_cursor": _next(items, limit, _letter_key)}
 
-    @routes.get("/dead-letters/{letter_id}", response_model=DeadLetterDetail, responses={404: {"model": ErrorBody}})
+    @routes.get("/dead-letters/{letter_id:int}", response_model=DeadLetterDetail, responses={404: {"model": ErrorBody}})
     def one_dead_letter(_principal: Reader, letter_id: int) -> Any:
         """``dlq show``: the traceback, the body, and the email's or webhook event's state now (``item``)."""
-        details = dlq.show(current.broker, current.sessions, str(letter_id)) if _fits_bigint(letter_id) else None
+        details = dlq.show(current.broker, current.sessions, str(letter_id)) if fits_bigint(letter_id) else None
         if details is None:
             raise ApiError(404, f"no dead letter {letter_id}")
         return details
@@ -191,26 +194,26 @@ def _figures(current: Runtime) -> dict[str, Any]:
     return figures
 
 
-def parse_since(text: Optional[str]) -> Optional[datetime]:
-    """``dlq list --since``'s value (``2h``, ``7d``, an ISO time); 400 when it is neither."""
-    if text is None:
+def parse_since(value: Optional[Since]) -> Optional[datetime]:
+    """A ``since`` filter as a time: a duration back from now, or the time given (UTC unless it says)."""
+    if value is None:
         return None
-    try:
-        return dlq.parse_since(text)
-    except (ValueError, OverflowError) as exc:
-        raise ApiError(400, str(exc)) from None
+    if isinstance(value, datetime):
+        try:
+            return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        except OverflowError:  # an offset past the calendar's ends: nothing died then
+            return datetime.max.replace(tzinfo=UTC) if value.year > 1 else datetime.min.replace(tzinfo=UTC)
+    return utcnow() - dlq.parse_duration(value)
 
 
-def _fits_bigint(value: int) -> bool:
+def fits_bigint(value: int) -> bool:
+    """Whether ``value`` can be a row id (a positive PostgreSQL bigint); others match no row."""
     return 0 < value < 2**63
 
 
 def _id_cursor(cursor: Optional[str]) -> Optional[int]:
-    if cursor is None:
-        return None
-    if not cursor.isdigit() or not _fits_bigint(int(cursor)):
-        raise ApiError(400, "cursor is not one this API gave")
-    return int(cursor)
+    """The id a page starts below; the route's pattern made sure it is digits (18 at most: a bigint)."""
+    return int(cursor) if cursor else None
 
 
 #: Dead-letter cursors count microseconds from here (digits only: nothing to escape in a URL).
@@ -224,12 +227,10 @@ def _letter_key(item: dict[str, Any]) -> str:
 
 
 def _letter_cursor(cursor: Optional[str]) -> Optional[tuple[datetime, int]]:
-    if cursor is None:
+    if not cursor:
         return None
     micros, _, number = cursor.partition(".")
-    if not micros.isdigit() or len(micros) > 18:
-        raise ApiError(400, "cursor is not one this API gave")
-    return _EPOCH + timedelta(microseconds=int(micros)), int(_id_cursor(number) or 0)
+    return _EPOCH + timedelta(microseconds=int(micros)), int(number)
 
 
 def _id_page(items: list[dict[str, Any]], limit: int) -> dict[str, Any]:

@@ -7,9 +7,9 @@ Times are ISO 8601 in UTC. List routes answer ``{"items": [...], "next_cursor": 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
 
 #: The most items one list page holds.
 MAX_PAGE = 500
@@ -17,6 +17,21 @@ MAX_PAGE = 500
 MAX_IDS = 1000
 #: Free text must not hold NUL, which PostgreSQL refuses in text (400 here rather than 500 there).
 NO_NUL = r"^[^\x00]*$"
+
+
+#: ``dlq list --since``: a duration back from now (``30m``, ``2h``, ``7d``) or an ISO 8601 time (UTC unless
+#: it says otherwise). Typed, so a time that is no time is refused by validation (422), as any bad input.
+Since = Union[
+    Annotated[datetime, BeforeValidator(lambda value: _not_a_number(value))],
+    Annotated[str, StringConstraints(pattern=r"^[0-9]{1,5}(\.[0-9]{1,3})?[dhm]$")],
+]
+
+
+def _not_a_number(value: Any) -> Any:
+    """pydantic would read ``1700000000`` as a unix time; the document promises ISO 8601 only."""
+    if isinstance(value, (int, float)) or (isinstance(value, str) and value.strip().replace(".", "", 1).isdigit()):
+        raise ValueError("expected a duration (30m, 2h, 7d) or an ISO 8601 time")
+    return value
 
 
 class Strict(BaseModel):
@@ -223,17 +238,26 @@ class LetterFilter(Strict):
 
     queue: Optional[str] = Field(default=None, max_length=200, pattern=NO_NUL)
     actor: Optional[str] = Field(default=None, max_length=200, pattern=NO_NUL)
-    #: ``30m``, ``2h``, ``7d`` back from now, or an ISO 8601 time.
-    since: Optional[str] = Field(default=None, max_length=64, pattern=NO_NUL)
-    unreplayed: bool = False
+    since: Optional[Since] = None
+    unreplayed: StrictBool = False
 
 
-class Selection(Strict):
-    """Some dead letters by id, or all those matching a filter (give exactly one of the two)."""
+class ByIds(Strict):
+    """Some dead letters, by id."""
 
-    ids: Optional[list[int]] = Field(default=None, max_length=MAX_IDS)
-    filter: Optional[LetterFilter] = None
-    dry_run: bool = False
+    ids: list[StrictInt] = Field(max_length=MAX_IDS)
+    dry_run: StrictBool = False
+
+
+class ByFilter(Strict):
+    """Every dead letter matching the filter."""
+
+    filter: LetterFilter
+    dry_run: StrictBool = False
+
+
+#: A replay's or a purge's dead letters: ``{"ids": [...]}`` or ``{"filter": {...}}``, never both.
+Selection = Union[ByIds, ByFilter]
 
 
 class ReplayOutcomeBody(BaseModel):

@@ -26,7 +26,7 @@ def router(auth: OpsAuth) -> APIRouter:
     @routes.post(
         SESSION_PATH,
         response_model=SessionBody,
-        responses={401: {"model": ErrorBody}, 415: {"model": ErrorBody}, 429: {"model": ErrorBody}},
+        responses={code: {"model": ErrorBody} for code in (400, 401, 415, 429)},
     )
     def sign_in(body: SignIn, request: Request, response: Response) -> SessionBody:
         """Trade CRON_SECRET or OPS_READ_TOKEN for a session cookie (8 h) and its CSRF token."""
