@@ -79,6 +79,11 @@ def _rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
 
 
+#: For tests that make a role or a user of their own (``tests/acceptance/test_log_secrets.py``).
+admin_sql = _admin_sql
+rabbitmqctl = _rabbitmqctl
+
+
 def create_database(name: str) -> str:
     """A database of this name on the machine's PostgreSQL (a test is skipped without one); its URL."""
     try:
