@@ -123,7 +123,10 @@ def test_a_quota_429_pauses_the_fleet_alerts_once_and_resumes_by_itself(
     with hook_server() as hook:
         env = default_environment(run, provider, ALERT_WEBHOOK_URL=hook.url)
         with fleet(env, tmp_path) as running:
-            provider.exhaust_quota(kind="daily_quota_exceeded", reset_after=6)
+            # The quota's window starts once the fleet listens, not while it boots: the pause must still
+            # hold when `stats` (a CLI start, about 2 s) reads it, however slowly the workers came up.
+            wait_until(lambda: "listening" in (tmp_path / "ticker.log").read_text(), timeout=30, what="the wake-up")
+            provider.exhaust_quota(kind="daily_quota_exceeded", reset_after=12)
             ids = insert_emails(sessions, addresses)
             wait_until(lambda: provider.count_429() >= 1, timeout=30, what=f"the quota 429\n{running.logs()}")
             stats = json.loads(run_cli("stats", "--json", env=env, cwd=tmp_path).stdout)
