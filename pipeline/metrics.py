@@ -43,7 +43,7 @@ from pipeline.core.declare import PeriodicJob
 from pipeline.core.errors import describe
 from pipeline.core.runtime import Runtime
 from pipeline.web.depths import QueueDepths
-from storage import gauges, periodic_runs
+from storage import emails, gauges, periodic_runs
 from storage.clock import utcnow
 
 logger = logging.getLogger(__name__)
@@ -108,8 +108,8 @@ class DomainCollector(Collector):
     def _database(self) -> Gauges:
         now = utcnow()
         with self.current.sessions() as session:
-            emails = {
-                **gauges.emails_by_status_and_priority(session, gauges.UNSENT),
+            by_status = {
+                **gauges.emails_by_status_and_priority(session, emails.UNSENT),
                 **self.settled_emails.get(session),
             }
             due_since = gauges.oldest_due_email_since(session, now=now)
@@ -118,7 +118,7 @@ class DomainCollector(Collector):
             dead = gauges.dead_letters_by_queue_and_actor(session)
             runs = periodic_runs.all_runs(session)
         return [
-            _labelled("minalesh_emails", "Emails by status and priority.", ["status", "priority"], emails),
+            _labelled("minalesh_emails", "Emails by status and priority.", ["status", "priority"], by_status),
             GaugeMetricFamily(
                 "minalesh_oldest_due_email_age_seconds",
                 "How long the longest-waiting unsent email has been due (0: none is).",

@@ -25,6 +25,11 @@ from storage.models import BigId, EmailPriority, EmailQueue, EmailStatus
 
 _LIVE = (EmailStatus.PENDING, EmailStatus.QUEUED, EmailStatus.SENDING, EmailStatus.RETRYING)
 _LEASED = (EmailStatus.QUEUED, EmailStatus.SENDING, EmailStatus.RETRYING)
+#: The statuses of an email still to send.
+UNSENT = tuple(status.value for status in _LIVE)
+#: Since when an email has been due: its retry's time, else its scheduled time, else its creation
+#: (``ix_email_queue_due_since`` indexes it over the unsent statuses).
+DUE_SINCE = func.coalesce(EmailQueue.next_attempt_at, EmailQueue.scheduled_at, EmailQueue.created_at)
 
 
 class InvalidEmail(StorageError, ValueError):
@@ -341,15 +346,16 @@ def activity(session: Session, *, since: datetime) -> dict[datetime, dict[str, i
 
 
 def oldest_due(session: Session, *, now: datetime) -> Optional[tuple[int, datetime]]:
-    """The oldest pending email whose time has come: its id and since when it has been due."""
-    due_since = func.coalesce(EmailQueue.scheduled_at, EmailQueue.created_at)
+    """The unsent email that has waited longest since it came due: its id and since when.
+
+    The one definition behind the ops API's ``oldest_due_email`` and the
+    ``minalesh_oldest_due_email_age_seconds`` gauge, read from the first entry of
+    ``ix_email_queue_due_since``.
+    """
     statement = (
-        select(EmailQueue.id, due_since)
-        .where(
-            EmailQueue.status == EmailStatus.PENDING.value,
-            or_(EmailQueue.scheduled_at.is_(None), EmailQueue.scheduled_at <= now),
-        )
-        .order_by(EmailQueue.id)
+        select(EmailQueue.id, DUE_SINCE)
+        .where(EmailQueue.status.in_(UNSENT), DUE_SINCE <= now)
+        .order_by(DUE_SINCE)
         .limit(1)
     )
     row = session.execute(statement).one_or_none()

@@ -20,6 +20,7 @@ from typing import Optional
 from sqlalchemy import and_, false, func, or_, select, true
 from sqlalchemy.orm import Session
 
+from storage import emails
 from storage.models import (
     DeadLetter,
     EmailQueue,
@@ -30,15 +31,8 @@ from storage.models import (
     WebhookStatus,
 )
 
-#: The statuses of an email still to send.
-UNSENT = tuple(
-    status.value for status in (EmailStatus.PENDING, EmailStatus.QUEUED, EmailStatus.SENDING, EmailStatus.RETRYING)
-)
 #: The final statuses: their rows only pile up.
 SETTLED = (EmailStatus.SENT.value, EmailStatus.FAILED.value)
-#: Since when an email has been due: its retry's time, else its scheduled time, else its creation
-#: (``ix_email_queue_due_since`` indexes it over the unsent statuses).
-DUE_SINCE = func.coalesce(EmailQueue.next_attempt_at, EmailQueue.scheduled_at, EmailQueue.created_at)
 #: Events done with: processed, or archived (given up). Their rows only pile up.
 _EVENT_SETTLED = or_(WebhookEvent.archived == true(), WebhookEvent.status == WebhookStatus.PROCESSED.value)
 #: The others, spelt as a range of ``ix_webhook_events_due`` (archived, status, …).
@@ -67,13 +61,9 @@ def emails_by_status_and_priority(session: Session, statuses: tuple[str, ...]) -
 
 
 def oldest_due_email_since(session: Session, *, now: datetime) -> Optional[datetime]:
-    """Since when the longest-waiting unsent email has been due; None when none is.
-
-    An email is due from its ``next_attempt_at`` (a retry), else its ``scheduled_at``,
-    else its creation; queued and sending ones count too, since they are not sent yet.
-    """
-    statement = select(func.min(DUE_SINCE)).where(EmailQueue.status.in_(UNSENT), DUE_SINCE <= now)
-    return session.execute(statement).scalar_one()
+    """Since when the longest-waiting unsent email has been due (``emails.oldest_due``); None when none is."""
+    oldest = emails.oldest_due(session, now=now)
+    return oldest[1] if oldest is not None else None
 
 
 def webhook_events_by_status(session: Session, *, settled: bool) -> dict[tuple[str, bool], int]:

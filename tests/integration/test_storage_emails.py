@@ -144,3 +144,20 @@ def test_claim_never_takes_more_than_its_limit(sessions: sessionmaker[Session]) 
         session.execute(text("ANALYZE email_queue"))
         assert len(leases.claim_due(emails.TABLE, session, lease=LEASE, limit=3)) == 3
         assert len(leases.claim_due(emails.TABLE, session, lease=LEASE, limit=100)) == 4
+
+
+def test_the_oldest_due_email_counts_retries_and_future_schedules_not(sessions: sessionmaker[Session]) -> None:
+    """One definition for the ops API and the gauge: unsent, ordered by since when it has been due."""
+    with sessions.begin() as session:
+        now = session.scalar(text("SELECT now()"))
+        newer_pending = insert_email(session, unique_address("fresh"))
+        older_retry = insert_email(session, unique_address("retry"))
+        insert_email(session, unique_address("later"), scheduled_at=now + timedelta(hours=1))
+        session.execute(
+            text("UPDATE email_queue SET status = 'retrying', next_attempt_at = :at WHERE id = :id"),
+            {"at": now - timedelta(minutes=10), "id": older_retry},
+        )
+        assert emails.oldest_due(session, now=now) == (older_retry, now - timedelta(minutes=10))
+        session.execute(text("UPDATE email_queue SET status = 'sent' WHERE id = :id"), {"id": older_retry})
+        oldest = emails.oldest_due(session, now=now)
+        assert oldest is not None and oldest[0] == newer_pending
