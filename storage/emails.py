@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
-from sqlalchemy import Text, and_, column, func, or_, select, update, values
+from sqlalchemy import ColumnElement, Text, and_, column, func, or_, select, update, values
 from sqlalchemy.orm import Session
 
 from storage.clock import utcnow
@@ -307,8 +307,7 @@ def page(
     """
     statement = select(*LISTED)
     if recipient_prefix:
-        pattern = _escape_like(recipient_prefix.strip().lower()) + "%"
-        statement = statement.where(func.lower(EmailQueue.recipient).like(pattern, escape="\\"))
+        statement = statement.where(recipient_starts_with(recipient_prefix))
     if status is not None:
         statement = statement.where(EmailQueue.status == status)
     if priority is not None:
@@ -319,7 +318,13 @@ def page(
     return [dict(row._mapping) for row in session.execute(statement)]
 
 
-def _escape_like(text: str) -> str:
+def recipient_starts_with(prefix: str) -> ColumnElement[bool]:
+    """Emails whose recipient starts with ``prefix``, any case: an index range on ``lower(recipient)``."""
+    return func.lower(EmailQueue.recipient).like(escape_like(prefix.strip().lower()) + "%", escape="\\")
+
+
+def escape_like(text: str) -> str:
+    """``text`` matched literally inside a LIKE pattern (escape character: backslash)."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 

@@ -177,6 +177,7 @@ class DeadLetter(Base):
 
     __tablename__ = "dead_letters"
     __table_args__ = (
+        # Migration 0011 also indexes the item id (``args ->> 0``) and the error's trigrams, for the search.
         Index("ix_dead_letters_dead_at", "dead_at"),
         Index(
             "ix_dead_letters_unalerted",

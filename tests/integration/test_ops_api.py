@@ -19,6 +19,7 @@ from pipeline.web.auth import COOKIE_NAME
 from storage import dead_letters, inventory
 from storage.clock import utcnow
 from storage.database import get_sessionmaker
+from storage.dead_letters import LetterFilter
 from storage.models import EmailQueue, InventoryReservation, WebhookEvent
 from tests.support.dlq_support import add_dead_letter, dead_email, letter
 from tests.support.helpers import insert_email, unique_address, wait_until
@@ -283,7 +284,7 @@ def test_replay_and_purge_by_ids_and_by_filter(
     }
     assert call(ops, "POST", "/api/ops/dead-letters/purge", body=selection).json()["deleted"] == 3
     with sessions() as session:
-        assert dead_letters.count_matching(session, queue=queue) == 0
+        assert dead_letters.count_matching(session, LetterFilter(queue=queue)) == 0
     both = call(ops, "POST", "/api/ops/dead-letters/purge", body={"ids": [1], "filter": {}})
     assert both.status_code == 422  # ids or filter, not both
 
