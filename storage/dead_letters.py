@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from storage import emails, webhooks
 from storage.clock import utcnow
 from storage.dialect import insert_ignoring_conflicts
-from storage.models import DeadLetter, EmailQueue, FinalError, WebhookEvent
+from storage.models import DEAD_LETTER_ITEM_ID, DeadLetter, EmailQueue, FinalError, WebhookEvent
 
 #: Random bytes (hex) after the id of a ``fresh`` message whose id was taken.
 FRESH_SUFFIX_BYTES = 8
@@ -129,8 +129,8 @@ EMAIL_ACTORS = ("send_email", "send_bulk_email")
 BATCH_ACTORS = ("send_email_batch", "send_bulk_email_batch")
 WEBHOOK_ACTORS = ("process_webhook_event",)
 ITEM_ACTORS = (*EMAIL_ACTORS, *BATCH_ACTORS, *WEBHOOK_ACTORS)
-#: A dead letter's item id: its message's first argument, as text (``ix_dead_letters_item``, migration 0011).
-ITEM_ID = DeadLetter.args[0].as_string()
+#: A dead letter's item id, as ``ix_dead_letters_item`` (migration 0011) indexes it.
+ITEM_ID = DEAD_LETTER_ITEM_ID
 
 
 @dataclass(frozen=True, kw_only=True)

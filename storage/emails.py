@@ -256,13 +256,15 @@ def count_by_status(session: Session) -> dict[str, int]:
 
 
 def count_by_priority(session: Session) -> dict[str, dict[str, int]]:
-    """Emails still to send (pending, queued, sending, retrying) by priority and status."""
+    """Emails still to send by priority and status: every priority and every live status (pending, queued,
+    sending, retrying) is there, 0 when none. Sent and failed are left out: counting them would read the
+    whole table again."""
     statement = (
         select(EmailQueue.priority, EmailQueue.status, func.count())
         .where(EmailQueue.status.in_([s.value for s in _LIVE]))
         .group_by(EmailQueue.priority, EmailQueue.status)
     )
-    counts: dict[str, dict[str, int]] = {priority.value: {} for priority in EmailPriority}
+    counts = {priority.value: {status.value: 0 for status in _LIVE} for priority in EmailPriority}
     for priority, status, count in session.execute(statement):
         counts.setdefault(priority, {})[status] = int(count)
     return counts

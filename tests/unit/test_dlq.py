@@ -35,7 +35,9 @@ def test_the_dead_letter_statements_run_on_the_dev_modes_sqlite(tmp_path: Path) 
             taken = dead_letters.take_unalerted(session, at=now)
             alerts.record_alert(session, at=now)
         with lite() as session:
-            found = dead_letters.search(session, LetterFilter(queue="emails.XQ", since=now - timedelta(days=3)), limit=10)
+            found = dead_letters.search(
+                session, LetterFilter(queue="emails.XQ", since=now - timedelta(days=3)), limit=10
+            )
             figures = dead_letters.summary(session)
             stored_raw = dead_letters.get(session, raw)
         with lite.begin() as session:

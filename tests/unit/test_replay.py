@@ -202,7 +202,9 @@ def test_replay_all_takes_the_unreplayed_letters_of_a_queue_and_actor_oldest_fir
     assert [m.args for m in sent(broker)] == [(1,), (3,)]
     assert things.status == {1: "queued", 2: "failed", 3: "queued"}
     assert not stamped(lite, tick) and not stamped(lite, other_queue)
-    assert [o.dead_letter_id for o in dlq.replay_all(broker, lite, LetterFilter(actor="cleanup"), dry_run=True)] == [tick]
+    assert [o.dead_letter_id for o in dlq.replay_all(broker, lite, LetterFilter(actor="cleanup"), dry_run=True)] == [
+        tick
+    ]
 
 
 @pytest.mark.parametrize(("hours_ago", "warned"), [(30, True), (2, False)])

@@ -36,7 +36,7 @@ down_revision = "0009_ops_api"
 branch_labels = None
 depends_on = None
 
-#: The item id as ``storage.dead_letters.ITEM_ID`` compiles on each dialect.
+#: The item id as ``storage.models.DEAD_LETTER_ITEM_ID`` compiles on each dialect.
 ITEM_ID = {
     "postgresql": "(CAST((args ->> 0) AS VARCHAR))",
     "sqlite": "CAST(JSON_EXTRACT(args, '$[0]') AS VARCHAR)",
