@@ -275,7 +275,7 @@ def _report(outcomes: Iterable[ReplayOutcome], *, as_json: bool, dry_run: bool) 
 def purge_command(ids: tuple[int, ...], older_than: Optional[str], search: Optional[str]) -> None:
     """Delete dead letters for good: by ID, all older than a duration, or all a search finds."""
     if [bool(ids), bool(older_than), bool(search)].count(True) != 1:
-        raise click.UsageError("Give dead letter IDs, --older-than DURATION (e.g. 30d) or --search TEXT: one of them.")
+        raise click.UsageError("Give dead letter IDs, or --older-than DURATION (e.g. 30d), or --search TEXT: one.")
     if search:
         sessions = runtime_from_env().sessions
         with sessions() as session:

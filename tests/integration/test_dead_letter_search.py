@@ -182,3 +182,18 @@ def test_dlq_list_q_prints_what_the_search_finds(
     assert blank.returncode == 2 and "give some text to search for" in blank.stderr
     with_ids = run_cli("dlq", "replay", "1", "-q", archive.alone, env=own_env, cwd=tmp_path)
     assert with_ids.returncode == 2 and "--search select for --all" in with_ids.stderr
+
+
+def test_dlq_purge_q_deletes_what_the_search_finds_and_nothing_else(
+    own_env: dict[str, str],  # noqa: F811
+    own_sessions: sessionmaker[Session],  # noqa: F811
+    archive: Archive,
+    tmp_path: Path,
+) -> None:
+    doomed = add_dead_letter(own_sessions, actor="fan_out_emails", args=[], queue="ticks.XQ", error="Doomed: purge me")
+    with own_sessions() as session:
+        before = dead_letters.count(session)
+    result = run_cli("dlq", "purge", "--search", "DOOMED: purge", env=own_env, cwd=tmp_path)
+    assert result.returncode == 0 and "Purged 1 dead letter found by 'DOOMED: purge'." in result.stdout, result.stderr
+    with own_sessions() as session:
+        assert dead_letters.get(session, doomed) is None and dead_letters.count(session) == before - 1
