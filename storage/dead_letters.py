@@ -129,8 +129,6 @@ EMAIL_ACTORS = ("send_email", "send_bulk_email")
 BATCH_ACTORS = ("send_email_batch", "send_bulk_email_batch")
 WEBHOOK_ACTORS = ("process_webhook_event",)
 ITEM_ACTORS = (*EMAIL_ACTORS, *BATCH_ACTORS, *WEBHOOK_ACTORS)
-#: A dead letter's item id, as ``ix_dead_letters_item`` (migration 0011) indexes it.
-ITEM_ID = DEAD_LETTER_ITEM_ID
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,7 +179,7 @@ def search_clause(text: str) -> ColumnElement[bool]:
     events = select(cast(WebhookEvent.id, Text)).where(webhooks.event_or_order(text))
     ids = union(
         select(DeadLetter.id).where(DeadLetter.message_id == text),
-        select(DeadLetter.id).where(ITEM_ID == text, DeadLetter.actor.in_(ITEM_ACTORS)),
+        select(DeadLetter.id).where(DEAD_LETTER_ITEM_ID == text, DeadLetter.actor.in_(ITEM_ACTORS)),
         _of_items(EMAIL_ACTORS, select(cast(EmailQueue.id, Text)).where(recipient)),
         _of_items(BATCH_ACTORS, batches),
         _of_items(WEBHOOK_ACTORS, events),
@@ -192,7 +190,7 @@ def search_clause(text: str) -> ColumnElement[bool]:
 
 def _of_items(actors: tuple[str, ...], item_ids: Any) -> Any:
     """The dead letters of ``actors`` whose item id is one of ``item_ids`` (a select of text ids)."""
-    return select(DeadLetter.id).where(DeadLetter.actor.in_(actors), ITEM_ID.in_(item_ids))
+    return select(DeadLetter.id).where(DeadLetter.actor.in_(actors), DEAD_LETTER_ITEM_ID.in_(item_ids))
 
 
 def search(

@@ -178,14 +178,14 @@ class DeadLetter(Base):
     __tablename__ = "dead_letters"
     __table_args__ = (
         Index("ix_dead_letters_dead_at", "dead_at"),
-        # The search's "error contains" (migration 0011; PostgreSQL only, with pg_trgm).
-        Index("ix_dead_letters_error_trgm", "error", postgresql_using="gin", postgresql_ops={"error": "gin_trgm_ops"}),
         Index(
             "ix_dead_letters_unalerted",
             "id",
             postgresql_where=text("alerted_at IS NULL"),
             sqlite_where=text("alerted_at IS NULL"),
         ),
+        # The search's "error contains" (migration 0011; PostgreSQL only, with pg_trgm).
+        Index("ix_dead_letters_error_trgm", "error", postgresql_using="gin", postgresql_ops={"error": "gin_trgm_ops"}),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
