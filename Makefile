@@ -1,5 +1,6 @@
 # The two commands of a fresh machine: `make dev` and `make test` (`make unit`: the tier without services;
-# `make chaos`: the chaos tier alone, which also rewrites docs/RELIABILITY.md; `make test` runs it last).
+# `make chaos`: the chaos tier alone, which also rewrites docs/RELIABILITY.md; `make test` runs it last;
+# `make cluster-test`: the cluster tier alone, a three-node RabbitMQ cluster losing a node under load).
 # Each creates the virtual environment and installs the project first.
 
 PYTHON ?= python3
@@ -7,7 +8,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: dev test unit chaos bench
+.PHONY: dev test unit chaos cluster-test bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +28,9 @@ unit: $(STAMP)
 
 chaos: $(STAMP)
 	$(VENV)/bin/python -m pytest -q tests/chaos
+
+cluster-test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q tests/cluster
 
 $(BENCH_STAMP): $(STAMP)
 	$(VENV)/bin/pip install --quiet -e '.[test,bench]'

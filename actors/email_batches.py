@@ -16,8 +16,6 @@ replaying it revives the members and sends the same batch under the same key.
 
 from __future__ import annotations
 
-import logging
-
 from actors.emails import PROVIDER_KEY_LIFETIME, compose, email_actor, lease, sender_of
 from pipeline.core import runtime
 from pipeline.core.declare import DeclaredActor
@@ -25,10 +23,9 @@ from pipeline.core.errors import PermanentError, describe
 from pipeline.core.mailer import OutgoingEmail, Refused
 from pipeline.middleware.backoff import counted_attempt, current_message_id, must_run
 from pipeline.middleware.item_hooks import LeasedItemHooks
+from pipeline.middleware.item_log import Outcome, report
 from storage import batches, emails, leases
 from storage.models import EmailPriority
-
-logger = logging.getLogger(__name__)
 
 _HOOKS = LeasedItemHooks(
     emails.TABLE,
@@ -79,7 +76,7 @@ def deliver_batch(batch_id: int, *, transactional: bool) -> None:
             else leases.not_started(emails.TABLE, session, members[0], holder=current_message_id())
         )
     if not members or key is None or not must_run(first, label=label):
-        logger.info("Email batch %s needs no attempt now (sent, failed or in flight).", batch_id)
+        report(Outcome.SKIPPED)  # sent, failed or in flight
         return
     ours = {attempt.item.id for attempt in started if attempt.item is not None}
     with counted_attempt(first, label=label, max_attempts=settings.email_max_attempts):
@@ -95,7 +92,7 @@ def deliver_batch(batch_id: int, *, transactional: bool) -> None:
         for email_id, error in failures.items():
             batches.fail_member(session, email_id, error=error, queue=queue, actor=actor_name)
     refused = sum(isinstance(result, Refused) for result in answer.results)
-    logger.info("Email batch %s sent: %d emails, %d refused.", batch_id, len(answer.results) - refused, refused)
+    report(Outcome.SENT, emails=len(answer.results) - refused, refused=refused)
 
 
 def _outcomes(

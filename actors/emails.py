@@ -14,7 +14,6 @@ are not used: quorum queues do not have them on RabbitMQ 3.x.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -26,12 +25,11 @@ from pipeline.core.mailer import OutgoingEmail
 from pipeline.core.rendering import render
 from pipeline.middleware.backoff import counted_attempt, current_message_id, must_run
 from pipeline.middleware.item_hooks import LeasedItemHooks
+from pipeline.middleware.item_log import Outcome, report
 from storage import emails, leases
 from storage.clock import minutes
 from storage.emails import EmailMessage
 from storage.models import EmailPriority
-
-logger = logging.getLogger(__name__)
 
 #: The queue of transactional sends.
 EMAIL_QUEUE = "emails"
@@ -120,7 +118,7 @@ def deliver(email_id: int, *, transactional: bool) -> None:
             holder=current_message_id(),
         )
     if not must_run(attempt, label=f"email {email_id}"):
-        logger.info("Email %s needs no attempt now (sent, failed, not due or in flight).", email_id)
+        report(Outcome.SKIPPED)  # sent, failed, not due or in flight
         return
     assert attempt.item is not None
     email = attempt.item
@@ -131,4 +129,4 @@ def deliver(email_id: int, *, transactional: bool) -> None:
             request.answered(sent.headers)
     with current.sessions.begin() as session:
         emails.mark_sent(session, email_id, sent.provider_id)
-    logger.info("Email %s sent (%s).", email_id, sent.provider_id)
+    report(Outcome.SENT, provider_id=sent.provider_id)

@@ -27,6 +27,7 @@ from pipeline.core.declare import JobReport, actor, periodic
 from pipeline.core.enqueue import send_or_release
 from pipeline.middleware.backoff import counted_attempt, current_message_id, must_run
 from pipeline.middleware.item_hooks import LeasedItemHooks
+from pipeline.middleware.item_log import Outcome, report
 from storage import emails, leases, payments, webhooks
 from storage.clock import minutes
 from storage.inventory import StockLine
@@ -60,7 +61,7 @@ def process_webhook_event(event_id: int) -> None:
             holder=current_message_id(),
         )
     if not must_run(attempt, label=f"webhook event {event_id}"):
-        logger.info("Webhook event %s needs no attempt now (processed, archived, not due or in flight).", event_id)
+        report(Outcome.SKIPPED)  # processed, archived, not due or in flight
         return
     assert attempt.item is not None
     event = attempt.item
@@ -71,13 +72,11 @@ def process_webhook_event(event_id: int) -> None:
         send_or_release(send_email, emails.TABLE, outcome.email_id)
     if outcome.stock_short:
         _report_stock_short(event.order_id or "", outcome.stock_short)
-    logger.info(
-        "Webhook event %s (%s %s for order %s) %s.",
-        event_id,
-        event.provider,
-        event.type,
-        event.order_id,
-        "processed" if outcome.applied else "was processed already",
+    report(
+        Outcome.PROCESSED if outcome.applied else Outcome.SKIPPED,
+        provider=event.provider,
+        type=event.type,
+        order=event.order_id,
     )
 
 

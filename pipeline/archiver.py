@@ -55,6 +55,9 @@ PREFETCH = 100
 MAX_PAUSE_SECONDS = 30.0
 #: The fields of an ``x-death`` entry that tell one dead-lettering from another (``raw_id``).
 DEATH_FIELDS = ("queue", "reason", "count", "time")
+#: The error of a message a quorum queue dead-lettered for its ``delivery-limit`` (README: "Running on a
+#: RabbitMQ cluster"): its worker died, or lost its node, every time it held it.
+DELIVERY_LIMIT_ERROR = "DeliveryLimit: redelivered past the queue's delivery-limit; a worker never finished it"
 #: The error of a dead message the database would not take as a message, kept raw instead.
 UNARCHIVABLE = "Unarchivable"
 
@@ -81,7 +84,7 @@ def decode_dead_message(
             args=list(message.args),
             kwargs=dict(message.kwargs),
             options=options,
-            fallback_error=_last_line(options.get("traceback")) or "unknown error",
+            fallback_error=broker_cause(properties) or _last_line(options.get("traceback")) or "unknown error",
             fallback_traceback=options.get("traceback"),
             retries=int(options.get("retries", 0)),
         ),
@@ -119,6 +122,20 @@ def raw_id(queue: str, body: bytes, properties: Optional[pika.BasicProperties] =
     text = json.dumps(identity, sort_keys=True, default=str)
     digest = hashlib.sha256(text.encode() + b"\0" + body).hexdigest()
     return f"raw-{digest[:32]}"
+
+
+def broker_cause(properties: Optional[pika.BasicProperties]) -> Optional[str]:
+    """Why RabbitMQ itself dead-lettered a message, when no worker gave it up (``x-death`` reason not
+    ``rejected``): on a quorum queue, ``delivery_limit`` (redelivered past its ``delivery-limit``, as a
+    message whose worker dies each time it runs is). A traceback the message carries is then an older
+    attempt's, not why it died."""
+    deaths = _deaths(properties)
+    reason = deaths[0].get("reason") if deaths else None
+    if not isinstance(reason, str) or reason == "rejected":
+        return None
+    if reason == "delivery_limit":
+        return DELIVERY_LIMIT_ERROR
+    return f"Dead-lettered by RabbitMQ: {reason}"
 
 
 def died_on(properties: Optional[pika.BasicProperties]) -> Optional[str]:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
 import dramatiq
-from dramatiq import Broker
+from dramatiq import Broker, Middleware
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import CurrentMessage, TimeLimit
 from periodiq import PeriodiqMiddleware
@@ -42,29 +43,30 @@ BULK_PREFETCH = 3
 TICK_SKIP_SECONDS = 60
 
 
-def build_broker(settings: Settings, *, embedded: bool = False) -> Broker:
-    """RabbitMQ with publisher confirms, or Dramatiq's in-memory broker for ``dev``."""
+def build_broker(settings: Settings, *, embedded: bool = False, middleware: Sequence[Middleware] = ()) -> Broker:
+    """RabbitMQ with publisher confirms, or Dramatiq's in-memory broker for ``dev``; ``middleware`` added last."""
     broker: Broker
     if embedded:
         broker = StubBroker(middleware=[])
     else:
         broker = RabbitmqBroker(
-            url=settings.broker_url,
+            url=settings.broker_nodes,
             confirm_delivery=True,
             middleware=[],
             prefetch_caps={BULK_EMAIL_QUEUE: BULK_PREFETCH},
         )
     sessions = get_sessionmaker(settings.database_url)
     max_hold_ms = minutes_ms(settings.broker_max_hold_minutes)
-    for middleware in (
+    for added in (
         CurrentMessage(),
         LongDelays(max_hold_ms=max_hold_ms),
         RejectPoison(sessions),  # before periodiq's and the others' lookups of an unknown actor
         TimeLimit(),
         PeriodiqMiddleware(skip_delay=TICK_SKIP_SECONDS),
         Backoff(sessions, max_hold_ms=max_hold_ms),
+        *middleware,
     ):
-        broker.add_middleware(middleware)
+        broker.add_middleware(added)
     return broker
 
 
@@ -78,9 +80,18 @@ def default_mailer(settings: Settings) -> Mailer:
     return OutboxMailer(Path(settings.email_outbox_dir))
 
 
-def bootstrap(settings: Settings, *, embedded: bool = False, mailer: Optional[Mailer] = None) -> Runtime:
-    """Wire this process: build the broker, bind every actor to it, install the runtime."""
-    broker = build_broker(settings, embedded=embedded)
+def bootstrap(
+    settings: Settings,
+    *,
+    embedded: bool = False,
+    mailer: Optional[Mailer] = None,
+    middleware: Sequence[Middleware] = (),
+) -> Runtime:
+    """Wire this process: build the broker, bind every actor to it, install the runtime.
+
+    ``middleware``: more for this kind of process (the workers' Prometheus, ``pipeline.entry``).
+    """
+    broker = build_broker(settings, embedded=embedded, middleware=middleware)
     dramatiq.set_broker(broker)
     for declared in actors_in(actors.MODULES):
         bind(declared, broker, settings)

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.core.runtime import Runtime
-from storage import dead_letters, emails, inventory, orders, webhooks
+from storage import dead_letters, emails, inventory, orders, periodic_runs, webhooks
 
 
 def collect(current: Runtime) -> dict[str, Any]:
     """Every figure; ``sending`` is the provider limiter's state (the rate in use, any pause).
 
     ``orders``: paid orders flagged short of stock (``stock_short``) and the newest of their ids.
+    ``periodic``: each periodic job's last success, last failure and its error, by actor name.
     """
     with current.sessions() as session:
         figures = {
@@ -23,6 +24,7 @@ def collect(current: Runtime) -> dict[str, Any]:
             "reservations": inventory.reservation_stats(session),
             "orders": orders.stock_stats(session),
             "webhooks": webhooks.stats(session),
+            "periodic": {runs.job: runs.as_json() for runs in periodic_runs.all_runs(session)},
         }
     figures["sending"] = current.limiter.state()
     return figures

@@ -99,6 +99,10 @@ class EmailPriority(str, enum.Enum):
     BULK = "bulk"
 
 
+#: The unsent emails, which ``ix_email_queue_due_since`` indexes by the time they have been due since.
+_UNSENT_PREDICATE = "status IN ('pending', 'queued', 'sending', 'retrying')"
+
+
 class EmailQueue(Base):
     """One transactional email, written by the host, sent by the workers."""
 
@@ -116,6 +120,12 @@ class EmailQueue(Base):
         Index("ix_email_queue_due", "status", "scheduled_at"),
         Index("ix_email_queue_lease", "status", "locked_until"),
         Index("ix_email_queue_claim", "status", "priority", "id"),
+        Index(
+            "ix_email_queue_due_since",
+            text("coalesce(next_attempt_at, scheduled_at, created_at)"),
+            postgresql_where=text(_UNSENT_PREDICATE),
+            sqlite_where=text(_UNSENT_PREDICATE),
+        ),
         # Migration 0009 also indexes ``lower(recipient)`` (text_pattern_ops), for the ops API's search.
         Index("ix_email_queue_status_id", "status", "id"),
         Index("ix_email_queue_sent_at", "sent_at"),
@@ -178,6 +188,7 @@ class DeadLetter(Base):
     __tablename__ = "dead_letters"
     __table_args__ = (
         Index("ix_dead_letters_dead_at", "dead_at"),
+        Index("ix_dead_letters_queue_actor", "queue", "actor"),
         Index(
             "ix_dead_letters_unalerted",
             "id",
@@ -448,3 +459,20 @@ class AlertState(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     last_alert_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
     counted_since: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
+
+
+class PeriodicRun(Base):
+    """When each periodic job last succeeded and last failed, written by its actor's run.
+
+    One row per job (the actor's name), upserted; the metrics and ``stats`` read it, so
+    a job that stopped running (no ticker, no worker on ``ticks``, failing every time)
+    shows as a last success that grows old.
+    """
+
+    __tablename__ = "periodic_runs"
+
+    job: Mapped[str] = mapped_column(Text, primary_key=True)
+    last_success_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
+    last_failure_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
+    #: The last failure's error (``Type: message``), kept after a later success for the operator.
+    last_error: Mapped[Optional[str]] = mapped_column(Text)

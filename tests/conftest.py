@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
@@ -61,11 +60,7 @@ def private() -> Iterator[PrivateServices]:
     Started at the first test that asks (seconds), torn down at the end of the run.
     """
     with ExitStack() as stack:
-        try:
-            running = stack.enter_context(private_services())
-        except (RuntimeError, OSError, subprocess.SubprocessError, AssertionError) as exc:
-            services.unavailable(f"private PostgreSQL and RabbitMQ could not start: {exc}")
-        yield running
+        yield services.entered(stack, private_services(), "private PostgreSQL and RabbitMQ")
 
 
 @pytest.fixture

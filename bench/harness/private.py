@@ -274,6 +274,19 @@ class PrivateRabbitmq:
             os.kill(pid, signal.SIGKILL)
             wait_until(lambda: not _alive(pid), timeout=30, what="the RabbitMQ VM gone")
 
+    def ensure_running(self) -> None:
+        """Start the node if a test stopped it (``start_app``) or killed it (``start``: boot it again)."""
+        if self.answers():
+            return
+        pid = self.pid()
+        if pid is not None and _alive(pid):
+            try:
+                self.start_app()
+                return
+            except RuntimeError:
+                self.kill()
+        self.start()
+
     def pid(self) -> Optional[int]:
         try:
             return int((self.root / "rabbitmq.pid").read_text().strip())
@@ -324,15 +337,7 @@ class PrivateServices:
             if pid is not None and _alive(pid):
                 self.postgres.stop("immediate")
             self.postgres.start()
-        if not self.rabbitmq.answers():
-            pid = self.rabbitmq.pid()
-            if pid is not None and _alive(pid):
-                try:
-                    self.rabbitmq.start_app()
-                    return
-                except RuntimeError:
-                    self.rabbitmq.kill()
-            self.rabbitmq.start()
+        self.rabbitmq.ensure_running()
 
     @contextmanager
     def fresh(self, name: str) -> Iterator[Endpoints]:

@@ -9,15 +9,21 @@ import os
 import shutil
 import subprocess
 import uuid
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NoReturn, Protocol, TypeVar
 
 import pika
 import psycopg2
 import pytest
 
 POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+T = TypeVar("T")
+
 RABBITMQ_HOST = os.environ.get("TEST_RABBITMQ_HOST", "127.0.0.1")
+#: The type of every queue declared in a run's vhost (its ``--default-queue-type``): ``quorum`` runs the
+#: tests on quorum queues (``tests/cluster/test_quorum_vhost.py`` runs the dead-letter tests so).
+QUEUE_TYPE = os.environ.get("TEST_RABBITMQ_QUEUE_TYPE", "classic")
 
 
 class Located(Protocol):
@@ -44,11 +50,19 @@ class RunServices:
         return f"amqp://guest:guest@{RABBITMQ_HOST}:5672/{self.vhost}"
 
 
-def unavailable(reason: str) -> None:
+def unavailable(reason: str) -> NoReturn:
     """A missing service skips the tests on a laptop, and fails them in CI."""
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI must start it: see .ci/run)", pytrace=False)
     pytest.skip(reason)
+
+
+def entered(stack: ExitStack, services: AbstractContextManager[T], what: str) -> T:
+    """``services`` started and entered on ``stack``; when they cannot start, the test is skipped (failed in CI)."""
+    try:
+        return stack.enter_context(services)
+    except (RuntimeError, OSError, subprocess.SubprocessError, AssertionError) as exc:
+        unavailable(f"{what} could not start: {exc}")
 
 
 def _admin_sql(statement: str) -> None:
@@ -65,16 +79,31 @@ def _rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
 
 
-def create() -> RunServices:
-    name = f"mw_test_{uuid.uuid4().hex[:10]}"
+#: For tests that make a role or a user of their own (``tests/acceptance/test_log_secrets.py``).
+admin_sql = _admin_sql
+rabbitmqctl = _rabbitmqctl
+
+
+def create_database(name: str) -> str:
+    """A database of this name on the machine's PostgreSQL (a test is skipped without one); its URL."""
     try:
         _admin_sql(f'CREATE DATABASE "{name}"')
     except psycopg2.OperationalError as exc:
         unavailable(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}: {exc}")
+    return POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_database(name: str) -> None:
+    _admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def create() -> RunServices:
+    name = f"mw_test_{uuid.uuid4().hex[:10]}"
+    create_database(name)
     if shutil.which("rabbitmqctl") is None:
         unavailable("rabbitmqctl is not installed: cannot create a RabbitMQ vhost for this run")
     try:
-        _rabbitmqctl("add_vhost", name)
+        _rabbitmqctl("add_vhost", name, "--default-queue-type", QUEUE_TYPE)
         _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
         pika.BlockingConnection(pika.URLParameters(RunServices(name, name).broker_url)).close()
     except (subprocess.CalledProcessError, pika.exceptions.AMQPError) as exc:
@@ -93,7 +122,7 @@ def _forget(name: str) -> None:
 
 
 def destroy(services: RunServices) -> None:
-    _admin_sql(f'DROP DATABASE IF EXISTS "{services.database}" WITH (FORCE)')
+    drop_database(services.database)
     _rabbitmqctl("delete_vhost", services.vhost)
 
 

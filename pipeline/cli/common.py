@@ -19,7 +19,7 @@ def settings_from_env() -> Settings:
         settings = Settings.from_env()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    configure_logging(settings.log_level)
+    configure_logging(settings)
     return settings
 
 

@@ -23,7 +23,7 @@ from pipeline.web.app import serve as run_server
 def worker(processes: int | None, threads: int | None, dramatiq_args: tuple[str, ...]) -> None:
     """Run the Dramatiq workers; other options are passed to `dramatiq`."""
     settings_from_env()
-    command = [sys.executable, "-m", "dramatiq", "pipeline.entry:broker"]
+    command = [sys.executable, "-m", "pipeline.worker_main", "pipeline.entry:broker", "--skip-logging"]
     if processes:
         command += ["--processes", str(processes)]
     if threads:

@@ -13,13 +13,19 @@ threads (``pipeline.core.wellformed`` says how). Ours checks every body with
 ``wellformed.decode`` first and nacks the ones it refuses into the queue's XQ, raw
 and unrun, as Dramatiq does with undecodable ones; the worker never sees them, and
 the archiver keeps them with their raw body.
+
+A cluster's nodes (``BROKER_URL`` lists them) each get a share of the connections,
+and a connection lost with its node is opened again on another (``parameters``).
 """
 
 from __future__ import annotations
 
+import itertools
+import random
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import pika
 from dramatiq.brokers import rabbitmq
 from dramatiq.errors import DecodeError
 from dramatiq.logging import get_logger
@@ -34,12 +40,31 @@ Delivery = tuple[Any, Any, Any]
 
 
 class RabbitmqBroker(rabbitmq.RabbitmqBroker):
-    """``RabbitmqBroker`` whose consumers refuse malformed bodies, and prefetch at most
-    ``prefetch_caps[queue]`` on the queues named there."""
+    """``RabbitmqBroker`` whose consumers refuse malformed bodies, prefetch at most
+    ``prefetch_caps[queue]`` on the queues named there, and spread their connections over
+    a cluster's nodes."""
 
     def __init__(self, *, prefetch_caps: Mapping[str, int], **options: Any) -> None:
         super().__init__(**options)
         self.prefetch_caps = dict(prefetch_caps)
+
+    @property
+    def parameters(self) -> list[pika.ConnectionParameters]:
+        """The nodes in the order the next connection tries them: each one starts a node further on.
+
+        Dramatiq reads this for every connection it opens (each consumer's, each
+        publishing thread's, the archiver's), and pika connects to the first node of
+        the list that answers. Starting each at the next node (the first at a random
+        one) spreads a process's connections over the cluster, and a connection whose
+        node went away comes back on a node that is still there.
+        """
+        start = next(self._turns) % len(self._nodes)
+        return self._nodes[start:] + self._nodes[:start]
+
+    @parameters.setter
+    def parameters(self, nodes: pika.ConnectionParameters | list[pika.ConnectionParameters]) -> None:
+        self._nodes = nodes if isinstance(nodes, list) else [nodes]
+        self._turns = itertools.count(random.randrange(len(self._nodes)))
 
     @property
     def consumer_class(self) -> type[rabbitmq._RabbitmqConsumer]:

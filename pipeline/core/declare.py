@@ -22,9 +22,13 @@ from typing import Any, Optional
 import dramatiq
 from dramatiq import Broker, Message
 from periodiq import cron
+from sqlalchemy.orm import Session
 
 from pipeline.core import runtime
+from pipeline.core.errors import describe
 from pipeline.core.settings import RetryPolicy, Settings
+from storage import periodic_runs
+from storage.clock import utcnow
 
 #: The queue of periodic ticks, apart so that a backlog of work never delays a tick.
 TICKS_QUEUE = "ticks"
@@ -112,7 +116,7 @@ def periodic(*, schedule: str, tick: str) -> Callable[[Callable[[], JobReport]],
 
     def declare(run: Callable[[], JobReport]) -> PeriodicJob:
         def job() -> None:
-            run_and_log(run)
+            run_and_record(run, job=run.__name__)
 
         job.__name__ = run.__name__
         job.__doc__ = run.__doc__
@@ -127,6 +131,32 @@ def run_and_log(run: Callable[[], JobReport]) -> JobReport:
     report = run()
     logging.getLogger(run.__module__).info("%s", report.summary)
     return report
+
+
+def run_and_record(run: Callable[[], JobReport], *, job: str) -> JobReport:
+    """A scheduled run: logged, and its success or failure stamped in ``periodic_runs``.
+
+    The one place every periodic actor passes through, so a job that stops running
+    (no ticker, no worker on ``ticks``, failing every time) shows in the metrics as a
+    last success that grows old. A stamp that cannot be written is logged and skipped:
+    the run itself is done, and the next run writes it.
+    """
+    try:
+        report = run_and_log(run)
+    except Exception as exc:
+        error = describe(exc)
+        _stamp(job, lambda session: periodic_runs.record_failure(session, job, at=utcnow(), error=error))
+        raise
+    _stamp(job, lambda session: periodic_runs.record_success(session, job, at=utcnow()))
+    return report
+
+
+def _stamp(job: str, write: Callable[[Session], None]) -> None:
+    try:
+        with runtime.current().sessions.begin() as session:
+            write(session)
+    except Exception as exc:
+        logging.getLogger(__name__).warning("Could not record the run of %s (%s).", job, describe(exc))
 
 
 def actors_in(namespaces: Iterable[object]) -> list[DeclaredActor]:

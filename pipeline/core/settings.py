@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from periodiq import cron
 
@@ -178,6 +178,20 @@ def _log_level(raw: str) -> str:
     return level
 
 
+def _log_format(raw: str) -> str:
+    lowered = raw.lower()
+    if lowered not in ("text", "json"):
+        raise ValueError("expected text or json")
+    return lowered
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError("expected 0 (off) or a TCP port up to 65535")
+    return value
+
+
 def _hidden(_raw: str) -> str:
     return "(value not shown)"
 
@@ -196,7 +210,11 @@ def setting(
     ``shown`` is how its text is printed otherwise (``mask_password`` for URLs).
     """
     show = _hidden if secret else shown
-    return field(default=default, repr=not secret, metadata={"variable": variable, "parse": parse, "shown": show})
+    return field(
+        default=default,
+        repr=not secret,
+        metadata={"variable": variable, "parse": parse, "shown": show, "secret": secret},
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -245,6 +263,13 @@ class Settings:
     reservation_schedule: str = setting("RESERVATION_SCHEDULE", _cron, "*/5 * * * *")
     reservation_batch_size: int = setting("RESERVATION_BATCH_SIZE", _positive_count, 500)
     log_level: str = setting("LOG_LEVEL", _log_level, "INFO")
+    #: ``text`` (one line for people) or ``json`` (one JSON object a line, extras as fields).
+    log_format: str = setting("LOG_FORMAT", _log_format, "text")
+    #: A bearer token ``/metrics`` asks for; unset: it answers anyone who reaches it (a private network).
+    metrics_token: Optional[str] = setting("METRICS_TOKEN", str, secret=True)
+    #: Where each worker command serves Dramatiq's Prometheus metrics; 0: not served (the default:
+    #: two worker commands on one host would both want the port).
+    worker_metrics_port: int = setting("WORKER_METRICS_PORT", _port, 0)
     webhook_initial_retry_delay_minutes: float = setting(
         "WEBHOOK_INITIAL_RETRY_DELAY_MINUTES", _positive_minutes, 1.0
     )
@@ -274,6 +299,11 @@ class Settings:
     ops_read_token: Optional[str] = setting("OPS_READ_TOKEN", _token, secret=True)
     #: The ops session cookie is ``Secure``; false only for plain-http use on one's own machine.
     ops_cookie_secure: bool = setting("OPS_COOKIE_SECURE", _boolean, True)
+
+    @property
+    def broker_nodes(self) -> list[str]:
+        """``BROKER_URL``'s nodes, one URL each: one for a single RabbitMQ, several for a cluster."""
+        return [node.strip() for node in self.broker_url.split(";")]
 
     @property
     def email_max_attempts(self) -> int:
@@ -312,6 +342,17 @@ class Settings:
             shown.append(f"{spec.name}={show(value)!r}" if isinstance(value, str) else f"{spec.name}={value!r}")
         return f"{type(self).__name__}({', '.join(shown)})"
 
+    def secret_values(self) -> set[str]:
+        """Every secret this process knows: secret settings, webhook secrets, the URLs' passwords.
+
+        What the logs' last line of defence (``pipeline.core.logs``) masks wherever it appears.
+        """
+        values = {getattr(self, spec.name) for spec in fields(self) if spec.metadata.get("secret")}
+        values.update(secret for _, secret in self.provider_webhook_secrets)
+        for url in (self.database_url, self.broker_url):
+            values.update(url_passwords(url))
+        return {value for value in values if value}
+
     def webhook_secret(self, provider: str) -> Optional[str]:
         """``{PROVIDER}_WEBHOOK_SECRET``, or else PAYMENT_WEBHOOK_SECRET, or None."""
         return dict(self.provider_webhook_secrets).get(provider, self.payment_webhook_secret)
@@ -338,6 +379,23 @@ class Settings:
         _check_hold(settings)
         _check_ops_tokens(settings)
         return settings
+
+
+def url_passwords(url: str) -> set[str]:
+    """The passwords in ``url`` (each node of a broker URL; a ``password=`` parameter), as written and decoded."""
+    found: set[str] = set()
+    for node in url.split(";"):
+        parsed = urlsplit(node.strip())
+        try:
+            password = parsed.password
+        except ValueError:
+            password = None
+        candidates = [password] + [
+            value for key, value in parse_qsl(parsed.query, keep_blank_values=True) if key.lower() == "password"
+        ]
+        for candidate in filter(None, candidates):
+            found.update({candidate, unquote(candidate)})
+    return found
 
 
 def _read(

@@ -31,7 +31,9 @@ from dramatiq.middleware import CurrentMessage
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.core.errors import Deferred, PermanentError, RateLimited, RetriesExhausted, describe
+from pipeline.middleware import item_log
 from pipeline.middleware.item_hooks import ItemHooks
+from pipeline.middleware.item_log import Outcome
 from pipeline.middleware.long_delays import DEFAULT_MAX_HOLD_MS, send_later
 from storage import dead_letters
 from storage.clock import utcnow
@@ -131,32 +133,42 @@ class Backoff(Middleware):
         self.session_factory = session_factory
         self.max_hold_ms = max_hold_ms
 
+    def before_process_message(self, broker: Broker, message: Message) -> None:
+        item_log.clear_report()
+
     def after_process_message(
         self, broker: Broker, message: Message, *, result: Any = None, exception: Optional[BaseException] = None
     ) -> None:
+        attempt = self._retries_made(message, exception) + 1
         if exception is None:
-            return
+            outcome, details = item_log.take_report()
+        else:
+            outcome, details = self._settle(broker, message, exception)
+        item_log.log_outcome(message, outcome, attempt=attempt, **details)
+
+    def after_skip_message(self, broker: Broker, message: Message) -> None:
+        item_log.log_outcome(message, Outcome.SKIPPED, attempt=self._retries_made(message, None) + 1)
+
+    def _settle(self, broker: Broker, message: Message, exception: BaseException) -> tuple[Outcome, dict[str, Any]]:
+        """Retry, defer or give up the failed ``message``; what was done, for its log line."""
         actor_options = broker.get_actor(message.actor_name).options
         hooks: Optional[ItemHooks] = actor_options.get("item_hooks")
         error = describe(exception)
         deferral_ms = self._deferral_ms(message, exception)
         if deferral_ms is not None:
-            self.logger.info("Message %s runs again in %d ms (%s).", message.message_id, deferral_ms, error)
             send_later(broker, message, deferral_ms, self.max_hold_ms)
-            return
+            return Outcome.DEFERRED, {"delay_ms": deferral_ms, "error": error}
         if isinstance(exception, RateLimited):
             delay_ms = max(int(exception.retry_after * 1000), DEFAULT_RATE_LIMIT_DELAY_MS)
             self._retry(broker, message, hooks, error=error, delay_ms=delay_ms, refund=True)
-            return
+            return Outcome.DEFERRED, {"delay_ms": delay_ms, "error": error}
         throws = message.options.get("throws") or actor_options.get("throws") or ()
-        if isinstance(exception, (PermanentError, *_as_tuple(throws))):
-            self._give_up(message, hooks, error=error, retries=self._retries_made(message, exception))
-            return
         retries = self._retries_made(message, exception)
-        if retries >= self._option(message, actor_options, "max_retries"):
-            self.logger.warning("Retries exhausted for message %s: %s", message.message_id, error)
+        if isinstance(exception, (PermanentError, *_as_tuple(throws))) or retries >= self._option(
+            message, actor_options, "max_retries"
+        ):
             self._give_up(message, hooks, error=error, retries=retries)
-            return
+            return Outcome.GIVEN_UP, {"error": error}
         delay_ms = retry_delay_ms(
             retries,
             base_ms=self._option(message, actor_options, "retry_delay"),
@@ -165,6 +177,7 @@ class Backoff(Middleware):
         message.options["retries"] = retries + 1
         message.options["traceback"] = traceback.format_exc(limit=30)
         self._retry(broker, message, hooks, error=error, delay_ms=delay_ms, refund=False)
+        return Outcome.RETRYING, {"delay_ms": delay_ms, "error": error}
 
     @staticmethod
     def _deferral_ms(message: Message, exception: BaseException) -> Optional[int]:
@@ -189,7 +202,7 @@ class Backoff(Middleware):
         return int(value)
 
     @staticmethod
-    def _retries_made(message: Message, exception: BaseException) -> int:
+    def _retries_made(message: Message, exception: Optional[BaseException]) -> int:
         counted = getattr(exception, "retries_made", None)
         return int(counted if counted is not None else message.options.get("retries", 0))
 
@@ -203,7 +216,6 @@ class Backoff(Middleware):
         delay_ms: int,
         refund: bool,
     ) -> None:
-        self.logger.info("Retrying message %s in %d ms (%s).", message.message_id, delay_ms, error)
         if hooks is not None:
             delay = timedelta(milliseconds=delay_ms)
             self._in_transaction(lambda s: hooks.retrying(s, message, error=error, delay=delay, refund=refund))

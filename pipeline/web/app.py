@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException
 
 from pipeline.core.runtime import Runtime
 from pipeline.core.settings import PAYMENT_PROVIDERS
+from pipeline.metrics import METRICS_PATH, metrics_endpoint
 from pipeline.web import cron, health, ops_actions, ops_api, session
 from pipeline.web.auth import ApiError, OpsAuth
 from pipeline.web.dashboard import dashboard_routes
@@ -66,7 +67,8 @@ def build_app(current: Runtime) -> FastAPI:
 
 
 def mount_metrics(app: FastAPI, current: Runtime) -> None:
-    """The place of ``GET /metrics`` (``pipeline.metrics``, wired in when it is merged)."""
+    """``GET /metrics``: the domain gauges for Prometheus (``pipeline.metrics``; METRICS_TOKEN if set)."""
+    app.add_route(METRICS_PATH, metrics_endpoint(current), methods=["GET"], include_in_schema=False)
 
 
 async def _answer_error(_request: Request, error: ApiError) -> JSONResponse:

@@ -46,4 +46,4 @@ def test_demo_shows_sends_retries_and_dead_letters(tmp_path: Path) -> None:
     assert len(outbox) == 6
     log = (tmp_path / "dev.log").read_text()
     assert "RESEND_API_KEY is not set" in log
-    assert "Retrying message" in log and "Archived dead message" in log
+    assert "outcome=retrying" in log and "Archived dead message" in log

@@ -382,3 +382,22 @@ def test_a_body_seen_for_the_first_time_is_kept_even_when_the_same_bytes_were_ar
         ids = [row.message_id for row in dead_letters.list_all(session)]
     base = raw_id("emails.XQ", body, properties)
     assert ids[0] == base and ids[1].startswith(f"{base}-") and ids[2] == sent.message_id and len(ids) == 3
+
+
+@pytest.mark.parametrize(
+    ("reason", "error"),
+    [
+        ("delivery_limit", archiver.DELIVERY_LIMIT_ERROR),  # a quorum queue's delivery-limit
+        ("maxlen", "Dead-lettered by RabbitMQ: maxlen"),
+        ("rejected", "pipeline.core.errors.TransientError: Resend 500: down"),  # a worker gave it up: its traceback
+    ],
+)
+def test_a_message_rabbitmq_dead_lettered_itself_says_why_rather_than_an_older_traceback(
+    reason: str, error: str
+) -> None:
+    death = {"queue": "emails", "reason": reason, "count": 1, "time": datetime(2026, 1, 1)}
+    properties = pika.BasicProperties(headers={"x-death": [death], "x-delivery-count": 20})
+
+    dead, decoded = decode_dead_message("emails.XQ", message(retries=1, traceback=TRACEBACK).encode(), properties)
+
+    assert decoded is not None and dead.fallback_error == error

@@ -22,8 +22,9 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import current_millis, dq_name
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.core.errors import PermanentError, RateLimited, RetriesExhausted, TransientError
+from pipeline.core.errors import Deferred, PermanentError, RateLimited, RetriesExhausted, TransientError
 from pipeline.middleware.backoff import Backoff, counting
+from pipeline.middleware.item_log import Outcome, report
 from storage.models import FinalError
 
 #: The actors' policy in these tests (``Pipeline.actor``): 10 ms, 20 ms, then capped at 25 ms; three retries.
@@ -269,3 +270,53 @@ def test_a_database_outage_never_holds_a_message_back(pipeline: Pipeline, caplog
     assert given_up.failed
     assert pipeline.final_error(given_up.message_id) is None  # one transaction with the hooks: rolled back
     assert caplog.text.count("Could not record the outcome of a message in the database.") == 2
+
+
+# --- the one line per message ---------------------------------------------------------------------
+
+
+def outcome_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [
+        {name: getattr(record, name) for name in ("item", "actor", "attempt", "outcome")}
+        for record in caplog.records
+        if record.name == "pipeline.middleware.item_log"
+    ]
+
+
+def test_each_message_gets_one_line_with_its_item_actor_attempt_and_outcome(
+    pipeline: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    def flaky(item_id: int) -> None:
+        if len(outcome_lines(caplog)) < 2:
+            raise TransientError("provider down")
+        report(Outcome.SENT)
+
+    with caplog.at_level(logging.INFO, logger="pipeline.middleware.item_log"):
+        pipeline.run(pipeline.actor(flaky), 7)
+
+    assert outcome_lines(caplog) == [
+        {"item": 7, "actor": "flaky", "attempt": 1, "outcome": "retrying"},
+        {"item": 7, "actor": "flaky", "attempt": 2, "outcome": "retrying"},
+        {"item": 7, "actor": "flaky", "attempt": 3, "outcome": "sent"},
+    ]
+    assert "item=7 actor=flaky attempt=1 outcome=retrying delay_ms=10 error=TransientError: provider down" in (
+        caplog.text
+    )
+
+
+def test_a_given_up_or_deferred_message_says_so_and_an_unreported_success_is_done(
+    pipeline: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    actor = pipeline.actor(noop)
+    with caplog.at_level(logging.INFO, logger="pipeline.middleware.item_log"):
+        pipeline.decide(actor, PermanentError("refused"))
+        pipeline.decide(actor, Deferred("later", retry_after=1))
+        pipeline.run(actor, 3)
+
+    # the deferred message comes back a second later and runs to the end: a line of its own
+    assert sorted((line["item"], line["outcome"]) for line in outcome_lines(caplog)) == [
+        (1, "deferred"),
+        (1, "done"),
+        (1, "given_up"),
+        (3, "done"),
+    ]

@@ -43,6 +43,8 @@ def test_fractional_minutes_are_accepted() -> None:
         ("EMAIL_FROM", "no address here"),
         ("EMAIL_BATCH_SIZE", "0"),
         ("LOG_LEVEL", "LOUD"),
+        ("LOG_FORMAT", "xml"),
+        ("WORKER_METRICS_PORT", "70000"),
     ],
 )
 def test_invalid_value_fails_naming_the_variable(name: str, value: str) -> None:
@@ -216,3 +218,17 @@ def test_a_hold_below_the_consumer_timeout_is_accepted_and_a_raised_timeout_allo
     assert (raised.broker_max_hold_minutes, raised.broker_consumer_timeout_minutes) == (45, 60)
     with pytest.raises(ConfigError, match="BROKER_MAX_HOLD_MINUTES must be below"):
         Settings.from_env({"BROKER_MAX_HOLD_MINUTES": "10", "BROKER_CONSUMER_TIMEOUT_MINUTES": "5"})
+
+
+def test_secret_values_are_every_secret_setting_and_the_urls_passwords() -> None:
+    settings = Settings.from_env(
+        {
+            "RESEND_API_KEY": "re_key",
+            "METRICS_TOKEN": "metrics-tok",
+            "CBE_WEBHOOK_SECRET": "cbe-secret",
+            "DATABASE_URL": "postgresql://app:p%3Ass@db/shop?sslmode=require",
+            "BROKER_URL": "amqp://a:one@x:5672/%2F;amqp://b:two@y:5672/%2F",
+        }
+    )
+    assert settings.secret_values() == {"re_key", "metrics-tok", "cbe-secret", "p%3Ass", "p:ss", "one", "two"}
+    assert "metrics-tok" not in repr(settings)

@@ -1,7 +1,7 @@
 """What the dead-letter search (``dlq list -q``, the ops API's ``q``) reads fast on a big archive.
 
 Revision ID: 0011_dead_letter_search
-Revises: 0009_ops_api
+Revises: 0010_periodic_runs
 Create Date: 2026-11-29
 
 A search follows an email (by recipient), a batch (by a member's recipient) or a webhook
@@ -32,7 +32,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0011_dead_letter_search"
-down_revision = "0009_ops_api"
+down_revision = "0010_periodic_runs"
 branch_labels = None
 depends_on = None
 
