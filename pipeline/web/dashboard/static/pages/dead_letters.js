@@ -11,7 +11,7 @@ const QUEUES = ['emails.XQ', 'emails_bulk.XQ', 'webhooks.XQ', 'ticks.XQ'];
 const ACTORS = ['send_email', 'send_bulk_email', 'send_email_batch', 'send_bulk_email_batch', 'process_webhook_event',
   'fan_out_emails', 'retry_webhooks', 'cleanup_reservations', 'prune_dead_letters'];
 const FILTERS = [
-  {name: 'q', label: 'Search', placeholder: 'Recipient, id, order, message id, error…', wide: true},
+  {name: 'q', label: 'Search', placeholder: 'Recipient, id, order, error…', wide: true},
   {name: 'queue', label: 'Queue', options: QUEUES.map((q) => [q, q])},
   {name: 'actor', label: 'Actor', options: ACTORS.map((a) => [a, a])},
   {name: 'since', label: 'Dead since', any: 'Any time', options: [['1h', 'Last hour'], ['24h', 'Last 24 hours'], ['7d', 'Last 7 days'], ['30d', 'Last 30 days']]},
