@@ -1,12 +1,13 @@
-"""The ops API's latency on a million emails: lists, search, a deep page, stats, activity.
+"""The ops API's latency on a million emails: lists, search, a deep page, stats, activity, dead-letter search.
 
 Fills a fresh database (and vhost) with 1,000,000 emails in one ``generate_series``
 INSERT, then VACUUM ANALYZE (90% sent over the last 30 days, the last hour busy; 4% failed, 3% pending,
-3% retrying; a fifth bulk; 200,000 recipients of 5 emails each), serves the real
+3% retrying; a fifth bulk; 200,000 recipients of 5 emails each), and 100,000 dead letters
+(``send_email`` of every tenth email, a third refused by the provider, the rest 503s), serves the real
 app (``pipeline.web.app``) under uvicorn in this process, and prints the median and
 p95 of each request over HTTP, after a warm-up.
 
-    python -m bench.ops_api [--emails 1000000] [--samples 50]
+    python -m bench.ops_api [--emails 1000000] [--dead-letters 100000] [--samples 50]
 """
 
 from __future__ import annotations
@@ -50,15 +51,29 @@ SELECT 'user' || (i % 200000) || '@example' || (i % 50) || '.com',
 """
 
 
-def fill(database_url: str, count: int) -> float:
-    """Insert ``count`` emails and VACUUM ANALYZE them (the state autovacuum keeps a live table in); return
-    the seconds it took."""
+#: One INSERT of ``:n`` dead letters of ``send_email``, the emails ``lowest + 10 j + 4`` (recipients ``user…5``).
+FILL_DEAD_LETTERS = """
+INSERT INTO dead_letters (message_id, queue, actor, args, kwargs, options, error, retries, dead_at, archived_at)
+SELECT 'bench-' || j, 'emails.XQ', 'send_email', jsonb_build_array(:lowest + 10 * j + 4), '{}', '{}',
+       CASE WHEN j % 3 = 0 THEN 'PermanentError: Resend 422 validation_error: Invalid `to` field.'
+            ELSE 'TransientError: Resend 503 service_unavailable, attempt 4 of email ' || (:lowest + 10 * j + 4) END,
+       3, now() - (interval '30 days') * (1 - j::float / :n), now()
+  FROM generate_series(0, :n - 1) AS j
+"""
+
+
+def fill(database_url: str, count: int, dead: int) -> float:
+    """Insert ``count`` emails and ``dead`` dead letters and VACUUM ANALYZE them (the state autovacuum keeps a
+    live table in); return the seconds it took."""
     started = time.perf_counter()
     engine = get_engine(database_url)
     with engine.begin() as connection:
         connection.execute(text(FILL), {"n": count})
+        lowest = connection.execute(text("SELECT min(id) FROM email_queue")).scalar_one()
+        connection.execute(text(FILL_DEAD_LETTERS), {"n": dead, "lowest": lowest})
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.execute(text("VACUUM ANALYZE email_queue"))
+        connection.execute(text("VACUUM ANALYZE dead_letters"))
     return time.perf_counter() - started
 
 
@@ -78,12 +93,14 @@ def timed(get: Callable[[], requests.Response], samples: int) -> tuple[float, fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--emails", type=int, default=1_000_000)
+    parser.add_argument("--dead-letters", type=int, default=100_000)
     parser.add_argument("--samples", type=int, default=50)
     options = parser.parse_args()
     run = services.create()
     try:
         migrate.upgrade(run.database_url)
-        print(f"Filled {options.emails:,} emails in {fill(run.database_url, options.emails):.1f} s.")
+        took = fill(run.database_url, options.emails, options.dead_letters)
+        print(f"Filled {options.emails:,} emails and {options.dead_letters:,} dead letters in {took:.1f} s.")
         settings = dataclasses.replace(
             Settings.from_env({"DATABASE_URL": run.database_url, "BROKER_URL": run.broker_url, "LOG_LEVEL": "WARNING"}),
             cron_secret=TOKEN,
@@ -101,6 +118,12 @@ def main() -> None:
                 "emails, recipient (exact)": "/api/ops/emails?q=USER12345@example45.com",
                 "emails, recipient prefix": "/api/ops/emails?q=user1234&limit=50",
                 "emails, deep cursor page": f"/api/ops/emails?limit=50&cursor={lowest + 1000}",
+                "dead letters, first page": "/api/ops/dead-letters?limit=50",
+                "dead letters, q=recipient": "/api/ops/dead-letters?q=USER12345@example45.com",
+                "dead letters, q=prefix": "/api/ops/dead-letters?q=user1234&limit=50",
+                "dead letters, q=error text": "/api/ops/dead-letters?q=validation_error&limit=50",
+                "dead letters, q=message id": "/api/ops/dead-letters?q=bench-54321",
+                "dead letters, q=no match": "/api/ops/dead-letters?q=nobody@nowhere.example",
                 "stats": "/api/ops/stats",
                 "activity, 60 minutes": "/api/ops/activity?minutes=60",
             }

@@ -53,6 +53,7 @@ from pipeline.middleware.item_hooks import ItemHooks
 from pipeline.middleware.poison import misfit
 from storage import dead_letters
 from storage.clock import utcnow
+from storage.dead_letters import EVERY, LetterFilter
 from storage.models import DeadLetter
 
 logger = logging.getLogger(__name__)
@@ -158,17 +159,11 @@ def replay(
 
 
 def replay_all(
-    broker: Broker,
-    sessions: sessionmaker[Session],
-    *,
-    queue: Optional[str] = None,
-    actor: Optional[str] = None,
-    since: Optional[datetime] = None,
-    dry_run: bool = False,
+    broker: Broker, sessions: sessionmaker[Session], chosen: LetterFilter = EVERY, *, dry_run: bool = False
 ) -> Iterator[ReplayOutcome]:
-    """Replay every dead letter not replayed yet (matching ``queue``/``actor``/``since``), oldest first."""
+    """Replay every dead letter ``chosen`` matches that is not replayed yet, oldest first."""
     with sessions() as session:
-        ids = dead_letters.unreplayed_ids(session, queue=queue, actor=actor, since=since)
+        ids = dead_letters.matching_ids(session, dataclasses.replace(chosen, unreplayed=True))
     for dead_letter_id in ids:
         yield replay(broker, sessions, dead_letter_id, dry_run=dry_run)
 
@@ -332,20 +327,16 @@ def summary_of(letter: DeadLetter) -> dict[str, Any]:
 
 def list_letters(
     sessions: sessionmaker[Session],
+    chosen: LetterFilter = EVERY,
     *,
-    queue: Optional[str] = None,
-    actor: Optional[str] = None,
-    since: Optional[datetime] = None,
-    unreplayed: bool = False,
     limit: Optional[int] = DEFAULT_LIST_LIMIT,
     before: Optional[tuple[datetime, int]] = None,
 ) -> tuple[list[dict[str, Any]], int]:
-    """The matching dead letters, newest first (at most ``limit``; below ``before``, a page's end), and how
-    many match in all."""
-    filters: dict[str, Any] = {"queue": queue, "actor": actor, "since": since, "unreplayed": unreplayed}
+    """The dead letters ``chosen`` matches, newest first (at most ``limit``; below ``before``, a page's end),
+    and how many match in all."""
     with sessions() as session:
-        letters = dead_letters.search(session, limit=limit, before=before, **filters)
-        total = dead_letters.count_matching(session, **filters)
+        letters = dead_letters.search(session, chosen, limit=limit, before=before)
+        total = dead_letters.count_matching(session, chosen)
     return [summary_of(letter) for letter in letters], total
 
 

@@ -20,6 +20,7 @@ def collect(current: Runtime) -> dict[str, Any]:
             "emails_by_priority": emails.count_by_priority(session),
             "dead_letters": dead_letters.count(session),
             "dead_letters_by_queue": dead_letters.count_by_queue(session),
+            "dead_letter_groups": dead_letters.groups(session),
             "reservations": inventory.reservation_stats(session),
             "orders": orders.stock_stats(session),
             "webhooks": webhooks.stats(session),

@@ -7,12 +7,13 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
-from sqlalchemy import Table, delete, func, select, tuple_, update
+from sqlalchemy import ColumnElement, Table, Text, cast, delete, func, select, tuple_, union, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from storage import emails, webhooks
 from storage.clock import utcnow
 from storage.dialect import insert_ignoring_conflicts
-from storage.models import DeadLetter, FinalError
+from storage.models import DEAD_LETTER_ITEM_ID, DeadLetter, EmailQueue, FinalError, WebhookEvent
 
 #: Random bytes (hex) after the id of a ``fresh`` message whose id was taken.
 FRESH_SUFFIX_BYTES = 8
@@ -122,80 +123,102 @@ def count(session: Session) -> int:
 UNDECODABLE = "(undecodable)"
 
 
-def _matching(
-    statement: Any,
-    *,
-    queue: Optional[str] = None,
-    actor: Optional[str] = None,
-    since: Optional[datetime] = None,
-    unreplayed: bool = False,
-) -> Any:
+#: Actors whose first argument is an email's id, a batch's id, a webhook event's row id: what a search
+#: follows from an email or an event to its dead letters (checked against the declared actors by a test).
+EMAIL_ACTORS = ("send_email", "send_bulk_email")
+BATCH_ACTORS = ("send_email_batch", "send_bulk_email_batch")
+WEBHOOK_ACTORS = ("process_webhook_event",)
+ITEM_ACTORS = (*EMAIL_ACTORS, *BATCH_ACTORS, *WEBHOOK_ACTORS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LetterFilter:
+    """What ``dlq list``, ``dlq replay --all``, ``dlq purge`` and the ops API select by; each given one must match.
+
+    ``q`` (see ``search_clause``): a recipient's prefix, an id, a message id, or text of the error.
+    """
+
+    queue: Optional[str] = None
+    actor: Optional[str] = None
+    since: Optional[datetime] = None
+    unreplayed: bool = False
+    q: Optional[str] = None
+
+
+#: Every dead letter.
+EVERY = LetterFilter()
+
+
+def _matching(statement: Any, chosen: LetterFilter) -> Any:
     """``statement`` narrowed to the dead letters matching every filter given."""
-    if queue is not None:
-        statement = statement.where(DeadLetter.queue == queue)
-    if actor is not None:
-        statement = statement.where(DeadLetter.actor == actor)
-    if since is not None:
-        statement = statement.where(DeadLetter.dead_at >= since)
-    if unreplayed:
+    if chosen.queue is not None:
+        statement = statement.where(DeadLetter.queue == chosen.queue)
+    if chosen.actor is not None:
+        statement = statement.where(DeadLetter.actor == chosen.actor)
+    if chosen.since is not None:
+        statement = statement.where(DeadLetter.dead_at >= chosen.since)
+    if chosen.unreplayed:
         statement = statement.where(DeadLetter.replayed_at.is_(None))
+    if chosen.q and chosen.q.strip():
+        statement = statement.where(search_clause(chosen.q.strip()))
     return statement
+
+
+def search_clause(text: str) -> ColumnElement[bool]:
+    """Dead letters ``text`` finds: each way below is an index lookup, never a scan of the archive.
+
+    * an email whose recipient starts with ``text`` (any case): its ``send_email`` / ``send_bulk_email``
+      dead letters, and the dead letters of the batch it was sent in;
+    * a webhook event whose provider event id or order id is ``text``: its dead letters;
+    * a message id, or an item id (an email's, a batch's, a webhook event's) equal to ``text``;
+    * ``text`` anywhere in the error, any case (a trigram index on PostgreSQL: ``ix_dead_letters_error_trgm``).
+    """
+    text = storable(text)
+    recipient = emails.recipient_starts_with(text)
+    batches = select(cast(EmailQueue.batch_id, Text)).where(recipient, EmailQueue.batch_id.is_not(None))
+    events = select(cast(WebhookEvent.id, Text)).where(webhooks.event_or_order(text))
+    ids = union(
+        select(DeadLetter.id).where(DeadLetter.message_id == text),
+        select(DeadLetter.id).where(DEAD_LETTER_ITEM_ID == text, DeadLetter.actor.in_(ITEM_ACTORS)),
+        _of_items(EMAIL_ACTORS, select(cast(EmailQueue.id, Text)).where(recipient)),
+        _of_items(BATCH_ACTORS, batches),
+        _of_items(WEBHOOK_ACTORS, events),
+        select(DeadLetter.id).where(DeadLetter.error.ilike(f"%{emails.escape_like(text)}%", escape="\\")),
+    )
+    return DeadLetter.id.in_(ids.scalar_subquery())
+
+
+def _of_items(actors: tuple[str, ...], item_ids: Any) -> Any:
+    """The dead letters of ``actors`` whose item id is one of ``item_ids`` (a select of text ids)."""
+    return select(DeadLetter.id).where(DeadLetter.actor.in_(actors), DEAD_LETTER_ITEM_ID.in_(item_ids))
 
 
 def search(
     session: Session,
+    chosen: LetterFilter = EVERY,
     *,
-    queue: Optional[str] = None,
-    actor: Optional[str] = None,
-    since: Optional[datetime] = None,
-    unreplayed: bool = False,
     limit: Optional[int] = None,
     before: Optional[tuple[datetime, int]] = None,
 ) -> list[DeadLetter]:
-    """Dead letters matching every filter given, newest first (as Sidekiq's dead set lists them).
+    """Dead letters matching ``chosen``, newest first (as Sidekiq's dead set lists them).
 
     ``before``: the (``dead_at``, ``id``) where the previous page stopped (keyset paging).
     """
-    statement = _matching(select(DeadLetter), queue=queue, actor=actor, since=since, unreplayed=unreplayed)
+    statement = _matching(select(DeadLetter), chosen)
     if before is not None:
         statement = statement.where(tuple_(DeadLetter.dead_at, DeadLetter.id) < tuple_(*before))
     statement = statement.order_by(DeadLetter.dead_at.desc(), DeadLetter.id.desc()).limit(limit)
     return list(session.scalars(statement))
 
 
-def count_matching(
-    session: Session,
-    *,
-    queue: Optional[str] = None,
-    actor: Optional[str] = None,
-    since: Optional[datetime] = None,
-    unreplayed: bool = False,
-) -> int:
-    """How many dead letters match every filter given."""
-    statement = _matching(
-        select(func.count()).select_from(DeadLetter), queue=queue, actor=actor, since=since, unreplayed=unreplayed
-    )
-    return int(session.scalar(statement) or 0)
+def count_matching(session: Session, chosen: LetterFilter = EVERY) -> int:
+    """How many dead letters match ``chosen``."""
+    return int(session.scalar(_matching(select(func.count()).select_from(DeadLetter), chosen)) or 0)
 
 
-def unreplayed_ids(
-    session: Session, *, queue: Optional[str] = None, actor: Optional[str] = None, since: Optional[datetime] = None
-) -> list[int]:
-    """Ids of the dead letters not replayed yet, oldest first: what ``dlq replay --all`` works through."""
-    return matching_ids(session, queue=queue, actor=actor, since=since, unreplayed=True)
-
-
-def matching_ids(
-    session: Session,
-    *,
-    queue: Optional[str] = None,
-    actor: Optional[str] = None,
-    since: Optional[datetime] = None,
-    unreplayed: bool = False,
-) -> list[int]:
-    """Ids of the dead letters matching every filter given, oldest first."""
-    statement = _matching(select(DeadLetter.id), queue=queue, actor=actor, since=since, unreplayed=unreplayed)
-    return list(session.scalars(statement.order_by(DeadLetter.id)))
+def matching_ids(session: Session, chosen: LetterFilter = EVERY) -> list[int]:
+    """Ids of the dead letters matching ``chosen``, oldest first: what a replay or purge by filter works through."""
+    return list(session.scalars(_matching(select(DeadLetter.id), chosen).order_by(DeadLetter.id)))
 
 
 def get(session: Session, dead_letter_id: int) -> Optional[DeadLetter]:
@@ -242,23 +265,13 @@ def summary(session: Session) -> dict[str, Any]:
             func.max(DeadLetter.dead_at).label("newest"),
         )
     ).one()
-    groups = session.execute(
-        select(
-            DeadLetter.queue,
-            DeadLetter.actor,
-            func.count(),
-            func.count().filter(DeadLetter.replayed_at.is_(None)),
-            func.min(DeadLetter.dead_at),
-            func.max(DeadLetter.dead_at),
-        )
-        .group_by(DeadLetter.queue, DeadLetter.actor)
-        .order_by(DeadLetter.queue, DeadLetter.actor)
-    ).all()
+    by_both = groups(session)
     by_queue: dict[str, int] = {}
     by_actor: dict[str, int] = {}
-    for queue, actor, total, _, _, _ in groups:
-        by_queue[queue] = by_queue.get(queue, 0) + int(total)
-        by_actor[actor or UNDECODABLE] = by_actor.get(actor or UNDECODABLE, 0) + int(total)
+    for group in by_both:
+        actor = group["actor"] or UNDECODABLE
+        by_queue[group["queue"]] = by_queue.get(group["queue"], 0) + group["count"]
+        by_actor[actor] = by_actor.get(actor, 0) + group["count"]
     return {
         "total": int(totals.total),
         "unreplayed": int(totals.unreplayed),
@@ -266,18 +279,29 @@ def summary(session: Session) -> dict[str, Any]:
         "newest": totals.newest,
         "by_queue": by_queue,
         "by_actor": by_actor,
-        "groups": [
-            {
-                "queue": queue,
-                "actor": actor,
-                "count": int(total),
-                "unreplayed": int(unreplayed),
-                "oldest": oldest,
-                "newest": newest,
-            }
-            for queue, actor, total, unreplayed, oldest, newest in groups
-        ],
+        "groups": by_both,
     }
+
+
+def groups(session: Session) -> list[dict[str, Any]]:
+    """Dead letters by queue and actor (None: bodies kept raw): count, not replayed, oldest and newest death.
+
+    One GROUP BY over the archive, ordered by queue then actor: ``dlq stats``'s table and the ops
+    API's ``dead_letter_groups``.
+    """
+    rows = session.execute(
+        select(
+            DeadLetter.queue,
+            DeadLetter.actor,
+            func.count().label("count"),
+            func.count().filter(DeadLetter.replayed_at.is_(None)).label("unreplayed"),
+            func.min(DeadLetter.dead_at).label("oldest"),
+            func.max(DeadLetter.dead_at).label("newest"),
+        )
+        .group_by(DeadLetter.queue, DeadLetter.actor)
+        .order_by(DeadLetter.queue, DeadLetter.actor)
+    )
+    return [{**row._asdict(), "count": int(row.count), "unreplayed": int(row.unreplayed)} for row in rows]
 
 
 def count_by_queue(session: Session) -> dict[str, int]:

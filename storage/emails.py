@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
-from sqlalchemy import Text, and_, column, func, or_, select, update, values
+from sqlalchemy import ColumnElement, Text, and_, column, func, or_, select, update, values
 from sqlalchemy.orm import Session
 
 from storage.clock import utcnow
@@ -261,13 +261,15 @@ def count_by_status(session: Session) -> dict[str, int]:
 
 
 def count_by_priority(session: Session) -> dict[str, dict[str, int]]:
-    """Emails still to send (pending, queued, sending, retrying) by priority and status."""
+    """Emails still to send by priority and status: every priority and every live status (pending, queued,
+    sending, retrying) is there, 0 when none. Sent and failed are left out: counting them would read the
+    whole table again."""
     statement = (
         select(EmailQueue.priority, EmailQueue.status, func.count())
         .where(EmailQueue.status.in_([s.value for s in _LIVE]))
         .group_by(EmailQueue.priority, EmailQueue.status)
     )
-    counts: dict[str, dict[str, int]] = {priority.value: {} for priority in EmailPriority}
+    counts = {priority.value: {status.value: 0 for status in _LIVE} for priority in EmailPriority}
     for priority, status, count in session.execute(statement):
         counts.setdefault(priority, {})[status] = int(count)
     return counts
@@ -312,8 +314,7 @@ def page(
     """
     statement = select(*LISTED)
     if recipient_prefix:
-        pattern = _escape_like(recipient_prefix.strip().lower()) + "%"
-        statement = statement.where(func.lower(EmailQueue.recipient).like(pattern, escape="\\"))
+        statement = statement.where(recipient_starts_with(recipient_prefix))
     if status is not None:
         statement = statement.where(EmailQueue.status == status)
     if priority is not None:
@@ -324,7 +325,13 @@ def page(
     return [dict(row._mapping) for row in session.execute(statement)]
 
 
-def _escape_like(text: str) -> str:
+def recipient_starts_with(prefix: str) -> ColumnElement[bool]:
+    """Emails whose recipient starts with ``prefix``, any case: an index range on ``lower(recipient)``."""
+    return func.lower(EmailQueue.recipient).like(escape_like(prefix.strip().lower()) + "%", escape="\\")
+
+
+def escape_like(text: str) -> str:
+    """``text`` matched literally inside a LIKE pattern (escape character: backslash)."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 

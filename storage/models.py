@@ -195,6 +195,8 @@ class DeadLetter(Base):
             postgresql_where=text("alerted_at IS NULL"),
             sqlite_where=text("alerted_at IS NULL"),
         ),
+        # The search's "error contains" (migration 0011; PostgreSQL only, with pg_trgm).
+        Index("ix_dead_letters_error_trgm", "error", postgresql_using="gin", postgresql_ops={"error": "gin_trgm_ops"}),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -216,6 +218,12 @@ class DeadLetter(Base):
     replayed_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
     #: When an alert digest counted it (``pipeline.alerts``); NULL while no alert has.
     alerted_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
+
+
+#: A dead letter's item id: its message's first argument, as text (an email's, a batch's, a webhook event's
+#: id for the actors that take one): what the dead-letter search follows from an item to its dead letters.
+DEAD_LETTER_ITEM_ID = DeadLetter.args[0].as_string()
+Index("ix_dead_letters_item", DEAD_LETTER_ITEM_ID, DeadLetter.actor)
 
 
 class FinalError(Base):

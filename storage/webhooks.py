@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
-from sqlalchemy import and_, false, func, or_, select, text, true, update
+from sqlalchemy import ColumnElement, and_, false, func, or_, select, text, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -314,6 +314,11 @@ def stats(session: Session) -> dict[str, Any]:
     }
 
 
+def event_or_order(search: str) -> ColumnElement[bool]:
+    """Events whose provider event id or order id is ``search`` (both indexed)."""
+    return or_(WebhookEvent.event_id == search, WebhookEvent.order_id == search)
+
+
 def page(
     session: Session,
     *,
@@ -330,7 +335,7 @@ def page(
     if provider is not None:
         statement = statement.where(WebhookEvent.provider == provider)
     if search:
-        statement = statement.where(or_(WebhookEvent.event_id == search, WebhookEvent.order_id == search))
+        statement = statement.where(event_or_order(search))
     if before_id is not None:
         statement = statement.where(WebhookEvent.id < before_id)
     return list(session.scalars(statement.order_by(WebhookEvent.id.desc()).limit(limit)))

@@ -19,6 +19,7 @@ from pipeline.cli.common import runtime_from_env
 from pipeline.dlq import FAILED_STATUSES, ReplayOutcome, ReplayStatus
 from storage import dead_letters
 from storage.clock import utcnow
+from storage.dead_letters import LetterFilter
 
 #: Widest a table gets when the terminal's width is unknown (a pipe, a log).
 DEFAULT_WIDTH = 160
@@ -37,6 +38,24 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: Optional[str]
     return value
 
 
+#: ``--search``/``-q``: what it finds is ``storage.dead_letters.search_clause``'s.
+SEARCH_HELP = "A recipient (its start, any case), an email, batch or event id, a message id, or text of the error."
+
+
+def _search_text(_ctx: click.Context, _param: click.Parameter, value: Optional[str]) -> Optional[str]:
+    """Refuse a blank search: it would select every dead letter, which a purge must never do by accident."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("give some text to search for")
+    return value.strip() if value is not None else None
+
+
+def search_option(help_prefix: str = "") -> Any:
+    """``--search``/``-q TEXT``: a filter of ``dlq list``, ``dlq replay --all`` and ``dlq purge``."""
+    return click.option(
+        "--search", "-q", "search", metavar="TEXT", callback=_search_text, help=help_prefix + SEARCH_HELP
+    )
+
+
 @click.group()
 def dlq() -> None:
     """Dead letters: messages that failed for good (see also `stats`)."""
@@ -50,6 +69,7 @@ def dlq() -> None:
 @click.option("--actor", metavar="A", help="Only this actor (e.g. send_email).")
 @click.option("--since", metavar="2h|ISO", callback=_duration, help="Dead since: 30m, 2h, 7d or an ISO time.")
 @click.option("--unreplayed", is_flag=True, help="Only those not replayed yet.")
+@search_option()
 @click.option(
     "--limit",
     type=click.IntRange(min=0),
@@ -60,18 +80,24 @@ def dlq() -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="A JSON array, for scripts.")
 def list_command(
-    queue: Optional[str], actor: Optional[str], since: Optional[str], unreplayed: bool, limit: int, as_json: bool
+    queue: Optional[str],
+    actor: Optional[str],
+    since: Optional[str],
+    unreplayed: bool,
+    search: Optional[str],
+    limit: int,
+    as_json: bool,
 ) -> None:
     """Dead letters, newest first."""
     current = runtime_from_env()
-    letters, total = operations.list_letters(
-        current.sessions,
+    chosen = LetterFilter(
         queue=queue,
         actor=actor,
         since=operations.parse_since(since) if since else None,
         unreplayed=unreplayed,
-        limit=limit or None,
+        q=search,
     )
+    letters, total = operations.list_letters(current.sessions, chosen, limit=limit or None)
     if as_json:
         click.echo(json.dumps(letters, indent=2))
         if len(letters) < total:
@@ -180,6 +206,7 @@ def stats_command(as_json: bool) -> None:
 @click.option("--all", "replay_all", is_flag=True, help="Every dead letter not replayed yet, oldest first.")
 @click.option("--queue", metavar="Q", help="With --all: only this dead-letter queue.")
 @click.option("--actor", metavar="A", help="With --all: only this actor.")
+@search_option("With --all: only those found by TEXT: ")
 @click.option("--dry-run", is_flag=True, help="Say what would be replayed; change and send nothing.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array of outcomes, for scripts.")
 def replay_command(
@@ -187,6 +214,7 @@ def replay_command(
     replay_all: bool,
     queue: Optional[str],
     actor: Optional[str],
+    search: Optional[str],
     dry_run: bool,
     as_json: bool,
 ) -> None:
@@ -196,13 +224,13 @@ def replay_command(
     """
     if bool(ids) == replay_all:
         raise click.UsageError("Give dead letter IDs, or --all (not both).")
-    if (queue or actor) and not replay_all:
-        raise click.UsageError("--queue and --actor select for --all; with IDs, give just the IDs.")
+    if (queue or actor or search) and not replay_all:
+        raise click.UsageError("--queue, --actor and --search select for --all; with IDs, give just the IDs.")
     current = runtime_from_env()
     try:
         if replay_all:
             outcomes: Iterable[ReplayOutcome] = operations.replay_all(
-                current.broker, current.sessions, queue=queue, actor=actor, dry_run=dry_run
+                current.broker, current.sessions, LetterFilter(queue=queue, actor=actor, q=search), dry_run=dry_run
             )
         else:
             outcomes = (operations.replay(current.broker, current.sessions, i, dry_run=dry_run) for i in ids)
@@ -243,10 +271,17 @@ def _report(outcomes: Iterable[ReplayOutcome], *, as_json: bool, dry_run: bool) 
 @dlq.command("purge")
 @click.argument("ids", nargs=-1, type=int, metavar="[ID]...")
 @click.option("--older-than", metavar="30d", help="Every dead letter that died longer ago than this (d, h or m).")
-def purge_command(ids: tuple[int, ...], older_than: Optional[str]) -> None:
-    """Delete dead letters for good: by ID, or all older than a duration."""
-    if bool(ids) == bool(older_than):
-        raise click.UsageError("Give dead letter IDs, or --older-than DURATION (e.g. 30d), not both.")
+@search_option("Every dead letter found by TEXT (see `dlq list -q`): ")
+def purge_command(ids: tuple[int, ...], older_than: Optional[str], search: Optional[str]) -> None:
+    """Delete dead letters for good: by ID, all older than a duration, or all a search finds."""
+    if [bool(ids), bool(older_than), bool(search)].count(True) != 1:
+        raise click.UsageError("Give dead letter IDs, or --older-than DURATION (e.g. 30d), or --search TEXT: one.")
+    if search:
+        sessions = runtime_from_env().sessions
+        with sessions() as session:
+            found = dead_letters.matching_ids(session, LetterFilter(q=search))
+        click.echo(f"Purged {_count(dead_letters.purge_ids(sessions, found))} found by {search!r}.")
+        return
     if older_than:
         try:
             age = operations.parse_duration(older_than)

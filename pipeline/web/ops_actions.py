@@ -3,7 +3,7 @@
 Replay is ``dlq replay``'s (``pipeline.dlq.replay``), with its rules: one
 transaction per dead letter, at most once, an item not failed any more sends
 nothing, and a warning on a replay past the provider's idempotency window (24 h).
-A selection is ``{"ids": [...]}`` or ``{"filter": {...}}`` (``dlq list``'s filters), not both;
+A selection is ``{"ids": [...]}`` or ``{"filter": {...}}`` (``dlq list``'s filters and search ``q``), not both;
 a filter replays those not replayed yet, as ``dlq replay --all`` does. ``dry_run``
 reports and changes nothing. Every action is written to the audit log with the
 role, the selection and the counts.
@@ -22,6 +22,7 @@ from pipeline.web.auth import ApiError, OpsAuth, Principal, audit
 from pipeline.web.ops_api import OPS_PREFIX, REFUSALS, fits_bigint, parse_since
 from pipeline.web.schemas import ByIds, ErrorBody, PauseRequest, PurgeBody, ReplayBody, ResumeRequest, Selection
 from storage import dead_letters
+from storage.dead_letters import LetterFilter
 
 
 def router(current: Runtime, auth: OpsAuth) -> APIRouter:
@@ -84,12 +85,16 @@ def _selected(current: Runtime, selection: Selection, *, replaying: bool) -> lis
     """The ids a selection names: its ``ids`` as given, or those its ``filter`` matches."""
     if isinstance(selection, ByIds):
         return sorted({i for i in selection.ids if fits_bigint(i)})
-    chosen = selection.filter
-    filters: dict[str, Any] = {"queue": chosen.queue, "actor": chosen.actor, "since": parse_since(chosen.since)}
+    given = selection.filter
+    chosen = LetterFilter(
+        queue=given.queue,
+        actor=given.actor,
+        since=parse_since(given.since),
+        unreplayed=given.unreplayed or replaying,
+        q=given.q,
+    )
     with current.sessions() as session:
-        if replaying:
-            return dead_letters.unreplayed_ids(session, **filters)
-        return dead_letters.matching_ids(session, unreplayed=chosen.unreplayed, **filters)
+        return dead_letters.matching_ids(session, chosen)
 
 
 def _shown(selection: Selection) -> dict[str, Any]:

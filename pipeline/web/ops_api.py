@@ -22,6 +22,7 @@ from pipeline.web.auth import ApiError, OpsAuth, Principal
 from pipeline.web.depths import QueueDepths
 from pipeline.web.schemas import (
     MAX_PAGE,
+    MAX_SEARCH,
     NO_NUL,
     ActivityBody,
     DeadLetterDetail,
@@ -37,6 +38,7 @@ from pipeline.web.schemas import (
 )
 from storage import emails, inventory, webhooks
 from storage.clock import utcnow
+from storage.dead_letters import LetterFilter
 from storage.models import EmailPriority, EmailStatus, WebhookStatus
 
 #: Where the ops API lives.
@@ -60,7 +62,16 @@ Cursor = Annotated[Optional[str], Query(pattern=r"^[0-9]{0,18}$")]
 LetterCursor = Annotated[Optional[str], Query(pattern=r"^([0-9]{1,17}\.[0-9]{1,18})?$")]
 Name = Annotated[Optional[str], Query(max_length=200, pattern=NO_NUL)]
 RecipientPrefix = Annotated[
-    Optional[str], Query(max_length=320, pattern=NO_NUL, description="Recipient prefix, any case")
+    Optional[str], Query(max_length=MAX_SEARCH, pattern=NO_NUL, description="Recipient prefix, any case")
+]
+LetterSearch = Annotated[
+    Optional[str],
+    Query(
+        max_length=MAX_SEARCH,
+        pattern=NO_NUL,
+        description="A recipient's start (any case), an email, batch or webhook event id, an event or order id, "
+        "a message id, or text of the error",
+    ),
 ]
 EventOrOrder = Annotated[Optional[str], Query(max_length=200, pattern=NO_NUL, description="An event id or an order id")]
 SinceQuery = Annotated[Optional[Since], Query(description="30m, 2h, 7d back from now, or an ISO 8601 time")]
@@ -157,19 +168,13 @@ def router(current: Runtime, auth: OpsAuth, depths: QueueDepths) -> APIRouter:
         actor: Name = None,
         since: SinceQuery = None,
         unreplayed: bool = False,
+        q: LetterSearch = None,
         limit: Limit = 50,
         cursor: LetterCursor = None,
     ) -> Any:
-        """Dead letters newest first, with ``dlq list``'s filters."""
-        items, total = dlq.list_letters(
-            current.sessions,
-            queue=queue,
-            actor=actor,
-            since=parse_since(since),
-            unreplayed=unreplayed,
-            limit=limit,
-            before=_letter_cursor(cursor),
-        )
+        """Dead letters newest first, with ``dlq list``'s filters and search (``q``)."""
+        chosen = LetterFilter(queue=queue, actor=actor, since=parse_since(since), unreplayed=unreplayed, q=q)
+        items, total = dlq.list_letters(current.sessions, chosen, limit=limit, before=_letter_cursor(cursor))
         return {"items": items, "total": total, "next_cursor": _next(items, limit, _letter_key)}
 
     @routes.get("/dead-letters/{letter_id:int}", response_model=DeadLetterDetail, responses={404: {"model": ErrorBody}})

@@ -15,6 +15,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 MAX_PAGE = 500
 #: Replay and purge take at most this many ids in one request.
 MAX_IDS = 1000
+#: The longest search text (an email address's longest).
+MAX_SEARCH = 320
 #: Free text must not hold NUL, which PostgreSQL refuses in text (400 here rather than 500 there).
 NO_NUL = r"^[^\x00]*$"
 
@@ -97,6 +99,17 @@ class OldestDue(BaseModel):
     age_seconds: float
 
 
+class DeadLetterGroup(BaseModel):
+    """The dead letters of one queue and actor (``actor`` null: bodies kept raw)."""
+
+    queue: str
+    actor: Optional[str]
+    count: int
+    unreplayed: int
+    oldest: Optional[datetime]
+    newest: Optional[datetime]
+
+
 class StatsBody(BaseModel):
     """Everything ``minalesh-workers stats --json`` has, plus the broker's depths."""
 
@@ -106,6 +119,7 @@ class StatsBody(BaseModel):
     emails_by_priority: dict[str, dict[str, int]]
     dead_letters: int
     dead_letters_by_queue: dict[str, int]
+    dead_letter_groups: list[DeadLetterGroup]
     reservations: dict[str, int]
     orders: dict[str, Any]
     webhooks: dict[str, Any]
@@ -240,6 +254,8 @@ class LetterFilter(Strict):
     actor: Optional[str] = Field(default=None, max_length=200, pattern=NO_NUL)
     since: Optional[Since] = None
     unreplayed: StrictBool = False
+    #: ``dlq list -q``: a recipient's start, an item id, a message id, or text of the error.
+    q: Optional[str] = Field(default=None, max_length=MAX_SEARCH, pattern=NO_NUL)
 
 
 class ByIds(Strict):

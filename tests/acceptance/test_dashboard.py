@@ -15,6 +15,7 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -129,6 +130,20 @@ def fleet(
         services.destroy(created)
 
 
+def _row(tab: Page, card: str, first_cell: str) -> list[str]:
+    """The cells' text of the row of ``card``'s table whose first cell is ``first_cell`` (none: empty)."""
+    return tab.evaluate(  # type: ignore[no-any-return]
+        """([card, first]) => {
+          const section = [...document.querySelectorAll('section.card')]
+            .find((s) => s.querySelector('h2')?.textContent === card);
+          const row = [...(section?.querySelectorAll('tbody tr') ?? [])]
+            .find((r) => r.cells[0].textContent.trim() === first);
+          return row ? [...row.cells].map((cell) => cell.textContent.trim()) : [];
+        }""",
+        [card, first_cell],
+    )
+
+
 def test_signed_out_the_dashboard_asks_for_a_token_and_the_api_refuses(
     fleet: Fleet,
     page: Page,  # noqa: F811
@@ -158,21 +173,29 @@ def test_an_admin_finds_a_dead_email_by_recipient_and_replays_it(
     page.wait_for_selector(".chart .bar")
     page.screenshot(path=str(screenshots / "overview.png"))
     assert page.inner_text(".role") == "Admin"
+    assert _row(page, "Emails by status", "pending") == ["pending", "0", "0", "0"]  # split by priority
+    assert _row(page, "Emails by status", "sent")[:2] == ["sent", "5"]
+    assert _row(page, "Dead letters by queue and actor", "emails.XQ")[:3] == ["emails.XQ", "send_email", "1"]
 
     page.click("nav.nav a:has-text('Dead letters')")
     page.wait_for_selector("table.data tbody tr")
-    page.fill("input[name=q]", fleet.dead_recipient)
+    typed = fleet.dead_recipient.upper()[:-4]
+    searched = f"q={quote(typed)}"
+    with page.expect_response(lambda answer: "/api/ops/dead-letters?" in answer.url and searched in answer.url):
+        page.fill("input[name=q]", typed)  # the server's search: a recipient's start, any case
     page.wait_for_selector(".summary:has-text('1 dead letter matches')")
     rows = page.locator("table.data tbody tr")
     assert rows.count() == 1 and "send_email(" in rows.first.inner_text()
     assert "q=" in page.url  # the search is in the address: a reload or a shared link shows the same
     page.screenshot(path=str(screenshots / "dead-letters.png"))
 
-    page.click("button:has-text('Replay all matching')")  # the search's matches, counted by a dry run
+    with page.expect_request("**/api/ops/dead-letters/replay") as asked:
+        page.click("button:has-text('Replay all matching')")  # the search's matches, counted by a dry run
+    assert asked.value.post_data_json == {"filter": {"q": typed}, "dry_run": True}  # the filter, not ids
     dialog = page.locator("dialog[open]")
     dialog.wait_for()
     assert dialog.locator("h2").inner_text() == "Replay 1 dead letter?"
-    assert f"matching “{fleet.dead_recipient}”: 1 found." in dialog.inner_text()
+    assert f"matching “{typed}”: 1 found." in dialog.inner_text()
     dialog.locator("button:has-text('Cancel')").click()
     page.wait_for_selector("dialog", state="detached")
     assert len(fake_resend.deliveries_to(fleet.dead_recipient)) == 0  # a dry run and a "Cancel" send nothing

@@ -19,6 +19,7 @@ from pipeline.web.auth import COOKIE_NAME
 from storage import dead_letters, inventory
 from storage.clock import utcnow
 from storage.database import get_sessionmaker
+from storage.dead_letters import LetterFilter
 from storage.models import EmailQueue, InventoryReservation, WebhookEvent
 from tests.support.dlq_support import add_dead_letter, dead_email, letter
 from tests.support.helpers import insert_email, unique_address, wait_until
@@ -283,7 +284,7 @@ def test_replay_and_purge_by_ids_and_by_filter(
     }
     assert call(ops, "POST", "/api/ops/dead-letters/purge", body=selection).json()["deleted"] == 3
     with sessions() as session:
-        assert dead_letters.count_matching(session, queue=queue) == 0
+        assert dead_letters.count_matching(session, LetterFilter(queue=queue)) == 0
     both = call(ops, "POST", "/api/ops/dead-letters/purge", body={"ids": [1], "filter": {}})
     assert both.status_code == 422  # ids or filter, not both
 
@@ -291,6 +292,31 @@ def test_replay_and_purge_by_ids_and_by_filter(
     assert any("role=admin action=replay" in line and "matched=1 replayed=1" in line for line in lines)
     assert any("action=purge" in line and queue in line and "deleted=3" in line for line in lines)
     assert not any(ADMIN_TOKEN in record.getMessage() for record in caplog.records)
+
+
+def test_a_search_finds_a_dead_email_by_recipient_and_a_filter_with_it_replays_just_that(
+    ops: str, sessions: sessionmaker[Session], fake_resend: FakeResend
+) -> None:
+    email_id, address, dead = dead_email(sessions, fake_resend, "Ops-Search")
+    prefix = address.upper()[: address.index("@")]
+    listed = call(ops, "GET", "/api/ops/dead-letters", params={"q": prefix}).json()
+    assert (listed["total"], [item["id"] for item in listed["items"]]) == (1, [dead.id])
+    groups = call(ops, "GET", "/api/ops/stats").json()["dead_letter_groups"]
+    (emails_group,) = [group for group in groups if (group["queue"], group["actor"]) == ("emails.XQ", "send_email")]
+    assert emails_group["count"] >= 1 and emails_group["newest"] is not None
+
+    selection = {"filter": {"q": prefix}}
+    dry = call(ops, "POST", "/api/ops/dead-letters/replay", body={**selection, "dry_run": True}).json()
+    assert (dry["matched"], dry["replayed"], dry["ids"]) == (1, 1, [dead.id])
+    assert _email(sessions, email_id).status == "failed"  # a dry run changes nothing
+    fake_resend.clear_failures(address)
+    done = call(ops, "POST", "/api/ops/dead-letters/replay", body=selection).json()
+    assert (done["matched"], done["replayed"], done["ids"]) == (1, 1, [dead.id])
+    wait_until(lambda: len(fake_resend.deliveries_to(address)) == 1, what="the replayed email sent")
+    again = call(ops, "POST", "/api/ops/dead-letters/replay", body=selection).json()
+    assert (again["matched"], again["replayed"]) == (0, 0)  # replayed already: a filter replays the others
+    too_long = call(ops, "GET", "/api/ops/dead-letters", params={"q": "x" * 321})
+    assert too_long.status_code == 422
 
 
 def test_a_bulk_pause_holds_bulk_emails_while_transactional_ones_go(

@@ -13,6 +13,7 @@ from pipeline import dlq
 from storage import alerts, dead_letters, emails, leases, migrate
 from storage.clock import utcnow
 from storage.database import get_engine, get_sessionmaker
+from storage.dead_letters import LetterFilter
 from tests.support.dlq_support import add_dead_letter, letter
 
 
@@ -34,7 +35,9 @@ def test_the_dead_letter_statements_run_on_the_dev_modes_sqlite(tmp_path: Path) 
             taken = dead_letters.take_unalerted(session, at=now)
             alerts.record_alert(session, at=now)
         with lite() as session:
-            found = dead_letters.search(session, queue="emails.XQ", since=now - timedelta(days=3), limit=10)
+            found = dead_letters.search(
+                session, LetterFilter(queue="emails.XQ", since=now - timedelta(days=3)), limit=10
+            )
             figures = dead_letters.summary(session)
             stored_raw = dead_letters.get(session, raw)
         with lite.begin() as session:

@@ -24,6 +24,7 @@ from pipeline.dlq import ReplayStatus
 from pipeline.middleware.backoff import Backoff
 from storage import dead_letters
 from storage.clock import utcnow
+from storage.dead_letters import LetterFilter
 from tests.support.dlq_support import add_dead_letter, letter
 
 
@@ -192,7 +193,7 @@ def test_replay_all_takes_the_unreplayed_letters_of_a_queue_and_actor_oldest_fir
     with lite.begin() as session:
         dead_letters.mark_replayed(session, done, at=utcnow())
 
-    outcomes = list(dlq.replay_all(broker, lite, queue="things.XQ", actor="send_thing"))
+    outcomes = list(dlq.replay_all(broker, lite, LetterFilter(queue="things.XQ", actor="send_thing")))
 
     assert [(o.dead_letter_id, o.status) for o in outcomes] == [
         (first, ReplayStatus.REPLAYED),
@@ -201,7 +202,9 @@ def test_replay_all_takes_the_unreplayed_letters_of_a_queue_and_actor_oldest_fir
     assert [m.args for m in sent(broker)] == [(1,), (3,)]
     assert things.status == {1: "queued", 2: "failed", 3: "queued"}
     assert not stamped(lite, tick) and not stamped(lite, other_queue)
-    assert [o.dead_letter_id for o in dlq.replay_all(broker, lite, actor="cleanup", dry_run=True)] == [tick]
+    assert [o.dead_letter_id for o in dlq.replay_all(broker, lite, LetterFilter(actor="cleanup"), dry_run=True)] == [
+        tick
+    ]
 
 
 @pytest.mark.parametrize(("hours_ago", "warned"), [(30, True), (2, False)])

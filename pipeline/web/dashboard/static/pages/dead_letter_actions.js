@@ -1,81 +1,33 @@
 // Replay and delete of dead letters: every action asks the API for a dry run first, shows what
 // it would do in a confirmation dialog, and acts only on "confirm".
 
-import {get, post, remove} from '../api.js';
+import {post, remove} from '../api.js';
 import {h, num} from '../dom.js';
 import {confirmDialog, toast, actionFailed} from '../ui.js';
 
-/** The filters ``POST /dead-letters/replay|purge`` take as ``filter`` (the dlq list filters). */
-const SELECTION_FILTERS = ['queue', 'actor', 'since', 'unreplayed'];
-/** The API takes at most this many ids in one request, and lists at most this many a page. */
-const MAX_IDS = 1000;
-const PAGE = 500;
-/** A search reads at most this many of the newest dead letters matching the filters. */
-const SEARCH_SCAN = 2000;
-const EMAIL_ACTORS = new Set(['send_email', 'send_bulk_email']);
+/**
+ * The filters ``POST /dead-letters/replay|purge`` take as ``filter``: the dlq list filters and the
+ * server-side search ``q`` (a recipient's start, an id, a message id, or text of the error).
+ */
+const SELECTION_FILTERS = ['q', 'queue', 'actor', 'since', 'unreplayed'];
 
 function plural(count, word) {
   return `${num(count)} ${word}${count === 1 ? '' : 's'}`;
 }
 
-/** The dlq filters of the list's query string, as the API's ``filter`` takes them. */
+/** The dlq filters of the list's query string, as the API's list and ``filter`` take them. */
 export function letterFilter(query) {
-  const filter = Object.fromEntries(SELECTION_FILTERS.filter((name) => query.get(name)).map((name) => [name, query.get(name)]));
+  const filter = Object.fromEntries(SELECTION_FILTERS.filter((name) => query.get(name)?.trim()).map((name) => [name, query.get(name).trim()]));
   if (filter.unreplayed) filter.unreplayed = true;
   return filter;
 }
 
-async function scan(path, query, limit) {
-  const items = [];
-  let cursor = null;
-  let total = null;
-  do {
-    const page = await get(path, {...query, limit: PAGE, cursor});
-    items.push(...(page.items ?? []));
-    total = page.total ?? total;
-    cursor = page.next_cursor;
-  } while (cursor && items.length < limit);
-  return {items: items.slice(0, limit), total: total ?? items.length};
-}
-
-/**
- * Dead letters matching ``filter`` and a search text: the text is looked for in the error, the
- * message id and the call, and as a recipient (the dead letters of the emails whose recipient
- * starts with it). The API's list has no search of its own, so this reads the newest
- * ``SEARCH_SCAN`` matching letters and the emails the recipient search finds.
- */
-export async function searchLetters(filter, text) {
-  const needle = text.trim().toLowerCase();
-  const [letters, emails] = await Promise.all([
-    scan('/dead-letters', filter, SEARCH_SCAN),
-    scan('/emails', {q: text.trim()}, PAGE),
-  ]);
-  const emailIds = new Set(emails.items.map((email) => email.id));
-  const matches = (letter) => [letter.error, letter.message_id, letter.actor, JSON.stringify(letter.args ?? [])]
-    .some((field) => String(field ?? '').toLowerCase().includes(needle))
-    || (EMAIL_ACTORS.has(letter.actor) && emailIds.has(letter.args?.[0]));
-  return {items: letters.items.filter(matches), scanned: letters.items.length, total: letters.total};
-}
-
-/** The selection "every dead letter the list shows": its filters, or the ids a search found. */
-export async function matchingSelection(query) {
-  const filter = letterFilter(query);
-  if (!query.get('q')) return {filter};
-  const found = await searchLetters(filter, query.get('q'));
-  return {ids: found.items.slice(0, MAX_IDS).map((letter) => letter.id)};
-}
-
-/** How the dialog names "every dead letter the list shows". */
-export function matchingLabel(query) {
-  const text = query.get('q');
-  const filter = describe({filter: letterFilter(query)});
-  return text ? `${filter} matching “${text}”` : filter;
-}
-
 function describe(selection) {
   if (selection.ids) return plural(selection.ids.length, 'selected dead letter');
-  const parts = Object.entries(selection.filter).map(([name, value]) => `${name} ${value === true ? '' : value}`.trim());
-  return parts.length ? `Every dead letter with ${parts.join(', ')}` : 'Every dead letter';
+  const {q, ...filters} = selection.filter;
+  const parts = Object.entries(filters).map(([name, value]) => `${name} ${value === true ? '' : value}`.trim());
+  const scope = parts.length ? `Every dead letter with ${parts.join(', ')}` : 'Every dead letter';
+  return q ? `${scope} matching “${q}”` : scope;
 }
 
 /**

@@ -3,15 +3,15 @@
 
 import {get} from '../api.js';
 import {h, fill, num, when, clip, link, badge, table, relative} from '../dom.js';
-import {filterBar, Pager, region, actionFailed} from '../ui.js';
+import {filterBar, Pager, region} from '../ui.js';
 import {PAGE_SIZE} from './list.js';
-import {letterFilter, matchingLabel, matchingSelection, searchLetters, replay, purge} from './dead_letter_actions.js';
+import {letterFilter, replay, purge} from './dead_letter_actions.js';
 
 const QUEUES = ['emails.XQ', 'emails_bulk.XQ', 'webhooks.XQ', 'ticks.XQ'];
 const ACTORS = ['send_email', 'send_bulk_email', 'send_email_batch', 'send_bulk_email_batch', 'process_webhook_event',
   'fan_out_emails', 'retry_webhooks', 'cleanup_reservations', 'prune_dead_letters'];
 const FILTERS = [
-  {name: 'q', label: 'Search', placeholder: 'Recipient, error, message id…', wide: true},
+  {name: 'q', label: 'Search', placeholder: 'Recipient, id, order, error…', wide: true},
   {name: 'queue', label: 'Queue', options: QUEUES.map((q) => [q, q])},
   {name: 'actor', label: 'Actor', options: ACTORS.map((a) => [a, a])},
   {name: 'since', label: 'Dead since', any: 'Any time', options: [['1h', 'Last hour'], ['24h', 'Last 24 hours'], ['7d', 'Last 7 days'], ['30d', 'Last 30 days']]},
@@ -39,29 +39,25 @@ export default function deadLetters(ctx) {
   let total = null;
   const pager = new Pager(() => ctx.refresh());
 
-  /** Run ``action`` on the selection ``select()`` resolves to (it may have to search first). */
-  const act = async (action, select, what) => {
-    try {
-      if (await action(await select(), ctx, what)) selected.clear();
-    } catch (error) {
-      actionFailed(error, ctx);
-    }
+  /** Run ``action`` on ``selection`` ({ids} or {filter}), then show the list again. */
+  const act = async (action, selection) => {
+    if (await action(selection, ctx)) selected.clear();
     ctx.refresh();
   };
   const drawActions = () => {
     if (!ctx.admin) return;
     const count = selected.size;
-    const ids = async () => ({ids: [...selected]});
-    const matching = () => matchingSelection(ctx.query);
+    const ids = () => ({ids: [...selected]});
+    const matching = () => ({filter: letterFilter(ctx.query)});
     fill(actions,
       h('span', {class: 'selection-count'}, count ? `${num(count)} selected` : 'Select dead letters to act on them'),
-      h('button', {type: 'button', class: 'button small primary', disabled: !count, onclick: () => act(replay, ids)}, 'Replay selected'),
-      h('button', {type: 'button', class: 'button small danger-outline', disabled: !count, onclick: () => act(purge, ids)}, 'Delete selected'),
+      h('button', {type: 'button', class: 'button small primary', disabled: !count, onclick: () => act(replay, ids())}, 'Replay selected'),
+      h('button', {type: 'button', class: 'button small danger-outline', disabled: !count, onclick: () => act(purge, ids())}, 'Delete selected'),
       h('span', {class: 'spacer'}),
       h('button', {type: 'button', class: 'button small', disabled: !total,
-        onclick: () => act(replay, matching, matchingLabel(ctx.query))}, 'Replay all matching…'),
+        onclick: () => act(replay, matching())}, 'Replay all matching…'),
       h('button', {type: 'button', class: 'button small danger-outline', disabled: !total,
-        onclick: () => act(purge, matching, matchingLabel(ctx.query))}, 'Delete all matching…'));
+        onclick: () => act(purge, matching())}, 'Delete all matching…'));
   };
   const toggle = (id, on) => {
     if (on) selected.add(id); else selected.delete(id);
@@ -87,28 +83,15 @@ export default function deadLetters(ctx) {
     {label: 'Replay', cell: replayState},
   ].filter(Boolean);
 
-  /** A page of the API's list, or with a search text every match among the newest letters. */
-  const fetchLetters = async () => {
-    const filter = letterFilter(ctx.query);
-    const text = ctx.query.get('q');
-    if (!text) {
-      const page = await get('/dead-letters', {...filter, limit: PAGE_SIZE, cursor: pager.cursor});
-      pager.seen(page);
-      return {items: page.items ?? [], total: page.total ?? null, note: ''};
-    }
-    const found = await searchLetters(filter, text);
-    pager.seen({next_cursor: null});
-    const note = found.scanned < found.total ? ` (searched the newest ${num(found.scanned)} of ${num(found.total)})` : '';
-    return {items: found.items, total: found.items.length, note};
-  };
-
+  /** A page of the API's list: its filters and search are the server's, over the whole archive. */
   const load = async () => {
-    const found = await fetchLetters();
-    items = found.items;
-    total = found.total;
+    const page = await get('/dead-letters', {...letterFilter(ctx.query), limit: PAGE_SIZE, cursor: pager.cursor});
+    pager.seen(page);
+    items = page.items ?? [];
+    total = page.total ?? null;
     if (ctx.admin) columns[0].label = pickAll();
     results.show(
-      h('p', {class: 'summary'}, total === null ? '' : `${num(total)} dead letter${total === 1 ? '' : 's'} match${total === 1 ? 'es' : ''}${found.note}`),
+      h('p', {class: 'summary'}, total === null ? '' : `${num(total)} dead letter${total === 1 ? '' : 's'} match${total === 1 ? 'es' : ''}`),
       table(columns, items, {
         empty: 'No dead letter matches. Every message was delivered, is still being tried, or was cleared.',
         rowClass: (l) => (selected.has(l.id) ? 'selected' : null),

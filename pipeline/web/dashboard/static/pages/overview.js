@@ -112,6 +112,11 @@ function sending(state, ctx) {
   ])], {tools, id: 'limiter'});
 }
 
+/** A status's count for one priority; the API splits only the emails still to send (sent and failed: a dash). */
+function split(count) {
+  return count === undefined ? h('span', {title: 'Split by priority for emails still to send only'}, '–') : num(count);
+}
+
 function emailsByStatus(stats) {
   const counts = stats.emails ?? {};
   const priorities = stats.emails_by_priority ?? {};
@@ -121,8 +126,8 @@ function emailsByStatus(stats) {
   return card('Emails by status', table([
     {label: 'Status', cell: (r) => link(`/ops/emails?status=${r.status}`, badge(r.status))},
     {label: 'Emails', class: 'num', cell: (r) => num(r.count)},
-    {label: 'Transactional', class: 'num muted', cell: (r) => (r.transactional === undefined ? '' : num(r.transactional))},
-    {label: 'Bulk', class: 'num muted', cell: (r) => (r.bulk === undefined ? '' : num(r.bulk))},
+    {label: 'Transactional', class: 'num muted', cell: (r) => split(r.transactional)},
+    {label: 'Bulk', class: 'num muted', cell: (r) => split(r.bulk)},
   ], rows));
 }
 
@@ -136,50 +141,16 @@ function queues(stats) {
   ], rows, {empty: 'No queue figures (the broker did not answer).'}));
 }
 
-/** How often the fallback grouping of dead letters is read again (it reads a page of 500). */
-const GROUPS_EVERY_MS = 30000;
-const GROUPS_SCAN = 500;
-
-/** (queue, actor) groups with their count and newest death, from a list of dead letters. */
-function groupLetters(letters) {
-  const groups = new Map();
-  for (const letter of letters) {
-    const key = `${letter.queue}\u0000${letter.actor ?? ''}`;
-    const group = groups.get(key) ?? {queue: letter.queue, actor: letter.actor ?? '', count: 0, newest: letter.dead_at};
-    group.count += 1;
-    if (letter.dead_at > group.newest) group.newest = letter.dead_at;
-    groups.set(key, group);
-  }
-  return [...groups.values()].sort((a, b) => b.count - a.count);
-}
-
-/**
- * Dead letters by queue and actor: the API's ``dead_letter_groups`` when its stats have them;
- * otherwise grouped here from the newest ``GROUPS_SCAN`` dead letters, read every 30 s.
- */
-function deadLetterSource() {
-  let cached = null;
-  return async (stats) => {
-    if (stats.dead_letter_groups) return {groups: stats.dead_letter_groups, note: ''};
-    if (!stats.dead_letters) return {groups: [], note: ''};
-    if (!cached || Date.now() - cached.at > GROUPS_EVERY_MS || cached.total !== stats.dead_letters) {
-      const page = await get('/dead-letters', {limit: GROUPS_SCAN});
-      cached = {at: Date.now(), total: stats.dead_letters, groups: groupLetters(page.items ?? []),
-        note: page.next_cursor ? `the newest ${num(GROUPS_SCAN)} of ${num(stats.dead_letters)}` : ''};
-    }
-    return cached;
-  };
-}
-
-function deadLetterGroups({groups, note}) {
+/** Dead letters by queue and actor, most first: the API's ``dead_letter_groups`` (one GROUP BY over the archive). */
+function deadLetterGroups(stats) {
+  const groups = [...(stats.dead_letter_groups ?? [])].sort((a, b) => b.count - a.count);
   const filter = (g) => `/ops/dead-letters?${new URLSearchParams({queue: g.queue, ...(g.actor ? {actor: g.actor} : {})})}`;
   return card('Dead letters by queue and actor', table([
     {label: 'Queue', cell: (g) => link(filter(g), g.queue)},
     {label: 'Actor', cell: (g) => (g.actor ? h('code', null, g.actor) : h('span', {class: 'muted'}, '(undecodable)'))},
     {label: 'Dead', class: 'num', cell: (g) => num(g.count)},
     {label: 'Newest', cell: (g) => when(g.newest)},
-  ], groups, {empty: 'No dead letters. Every message was delivered or is still being tried.'}),
-  {tools: note ? h('span', {class: 'muted small'}, note) : null});
+  ], groups, {empty: 'No dead letters. Every message was delivered or is still being tried.'}));
 }
 
 function webhookStatuses(stats) {
@@ -201,7 +172,6 @@ export default function overview(ctx) {
   const limiter = region('limiter-slot');
   const bottom = region('overview-grid');
   let points = [];
-  const deadLetters = deadLetterSource();
   const drawChart = () => fill(chartFrame, activityChart(points, chartFrame.clientWidth || 700));
   new ResizeObserver(() => { if (points.length) drawChart(); }).observe(chartFrame);
   const view = h('div', {class: 'overview'},
@@ -215,13 +185,12 @@ export default function overview(ctx) {
     view,
     refresh: async () => {
       const [stats, activity] = await Promise.all([get('/stats'), get('/activity', {minutes: 60})]);
-      const groups = await deadLetters(stats);
       points = activity.minutes ?? [];
       top.show(tiles(stats));
       fill(chartLegend.element, legend(points));
       drawChart();
       limiter.show(sending(stats.sending ?? {}, ctx));
-      bottom.show(emailsByStatus(stats), queues(stats), deadLetterGroups(groups), webhookStatuses(stats));
+      bottom.show(emailsByStatus(stats), queues(stats), deadLetterGroups(stats), webhookStatuses(stats));
     },
   };
 }
