@@ -7,6 +7,7 @@ A database of its own, so the counts are exact. Items are made as the pipeline m
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -20,9 +21,9 @@ from actors.emails import send_bulk_email, send_email
 from actors.webhooks import process_webhook_event
 from bench.harness import services
 from bench.harness.processes import run_cli
-from storage import batches, dead_letters
+from storage import batches, dead_letters, migrate
 from storage.clock import utcnow
-from storage.database import get_sessionmaker
+from storage.database import get_engine, get_sessionmaker
 from storage.dead_letters import LetterFilter
 from storage.models import DeadLetter
 from tests.support.dlq_support import add_dead_letter, own_env, own_services, own_sessions  # noqa: F401
@@ -197,3 +198,26 @@ def test_dlq_purge_q_deletes_what_the_search_finds_and_nothing_else(
     assert result.returncode == 0 and "Purged 1 dead letter found by 'DOOMED: purge'." in result.stdout, result.stderr
     with own_sessions() as session:
         assert dead_letters.get(session, doomed) is None and dead_letters.count(session) == before - 1
+
+
+def test_a_role_that_may_not_create_pg_trgm_migrates_without_the_trigram_index() -> None:
+    """Migration 0011 must not stop a deploy whose role lacks CREATE on the database: it warns and skips."""
+    name = f"mw_noext_{uuid.uuid4().hex[:8]}"
+    role = f"{name}_owner"
+    admin_url = services.create_database(name)
+    services.admin_sql(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        with get_engine(admin_url).begin() as connection:
+            connection.execute(text(f'GRANT USAGE, CREATE ON SCHEMA public TO "{role}"'))
+        get_engine(admin_url).dispose()
+        role_url = admin_url.replace("://postgres@", f"://{role}@", 1)
+        migrate.upgrade(role_url)
+        with get_engine(role_url).connect() as connection:
+            indexes = set(connection.scalars(text("SELECT indexname FROM pg_indexes WHERE tablename = 'dead_letters'")))
+            version = connection.scalar(text("SELECT version_num FROM alembic_version"))
+        get_engine(role_url).dispose()
+        assert "ix_dead_letters_item" in indexes and "ix_dead_letters_error_trgm" not in indexes
+        assert version == migrate.head_revision()
+    finally:
+        services.drop_database(name)
+        services.admin_sql(f'DROP ROLE IF EXISTS "{role}"')
