@@ -185,7 +185,18 @@ def test_bulk_drains_in_batches_at_the_limit(run: services.RunServices, provider
         drained = time.monotonic() - started
     rate = len(ids) / drained
     assert sorted(deliveries_per_address(provider, addresses).values()) == [1] * len(ids)
-    assert provider.count_429() == 0
+    # The fleet paces at 90% of the limit and the fake counts at arrival: on a loaded 2-core CI machine one
+    # request held up half a second past its slot can land in the next one's window (seen once in a CI run
+    # of 710 tests). A stray 429 pauses the fleet for its retry-after and spends no retry; more is a bug.
+    refused = provider.count_429()
+    assert refused <= 1, f"{refused} requests refused with 429"
+    with sessions() as session:
+        assert not session.scalar(
+            text("SELECT COUNT(*) FROM email_queue WHERE retry_count > 0 AND id = ANY(:ids)"), {"ids": ids}
+        )
     assert rate >= 150, f"{rate:.0f} emails/s"
     requests = provider.requests_to("/emails/batch") + provider.requests_to("/emails")
-    print(f"\n[figures] 2,000 bulk at 2 req/s: {rate:.0f} emails/s in {drained:.1f}s, {requests} requests, 0 x 429")
+    print(
+        f"\n[figures] 2,000 bulk at 2 req/s: {rate:.0f} emails/s in {drained:.1f}s,"
+        f" {requests} requests, {refused} x 429"
+    )
