@@ -42,6 +42,18 @@ import psycopg2
 
 from bench.harness.waiting import wait_until
 
+
+def run_sql(url: str, statement: str) -> None:
+    """One statement in autocommit, as CREATE/DROP DATABASE and roles need."""
+    connection = psycopg2.connect(url, connect_timeout=10)
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(statement)
+    finally:
+        connection.close()
+
+
 #: Every private folder starts so, under the system's temporary folder: how stale ones are found.
 FOLDER_PREFIX = "minalesh-private-"
 #: Longest a service may take to come up (RabbitMQ takes a few seconds on a busy 2-core machine).
@@ -180,13 +192,7 @@ class PrivatePostgres:
         return True
 
     def execute(self, statement: str) -> None:
-        connection = psycopg2.connect(self.admin_url, connect_timeout=10)
-        connection.autocommit = True
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(statement)
-        finally:
-            connection.close()
+        run_sql(self.admin_url, statement)
 
     def teardown(self) -> None:
         """Stop at once (a crash is fine: the data is thrown away); kill if that fails."""

@@ -17,6 +17,8 @@ import pika
 import psycopg2
 import pytest
 
+from bench.harness.private import run_sql
+
 POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 T = TypeVar("T")
 
@@ -65,36 +67,26 @@ def entered(stack: ExitStack, services: AbstractContextManager[T], what: str) ->
         unavailable(f"{what} could not start: {exc}")
 
 
-def _admin_sql(statement: str) -> None:
-    connection = psycopg2.connect(POSTGRES_ADMIN_URL)
-    connection.autocommit = True
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(statement)
-    finally:
-        connection.close()
+def admin_sql(statement: str) -> None:
+    """One statement on the machine's PostgreSQL as its administrator (roles, databases)."""
+    run_sql(POSTGRES_ADMIN_URL, statement)
 
 
-def _rabbitmqctl(*args: str) -> None:
+def rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
-
-
-#: For tests that make a role or a user of their own (``tests/acceptance/test_log_secrets.py``).
-admin_sql = _admin_sql
-rabbitmqctl = _rabbitmqctl
 
 
 def create_database(name: str) -> str:
     """A database of this name on the machine's PostgreSQL (a test is skipped without one); its URL."""
     try:
-        _admin_sql(f'CREATE DATABASE "{name}"')
+        admin_sql(f'CREATE DATABASE "{name}"')
     except psycopg2.OperationalError as exc:
         unavailable(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}: {exc}")
     return POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
 
 
 def drop_database(name: str) -> None:
-    _admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def create() -> RunServices:
@@ -103,8 +95,8 @@ def create() -> RunServices:
     if shutil.which("rabbitmqctl") is None:
         unavailable("rabbitmqctl is not installed: cannot create a RabbitMQ vhost for this run")
     try:
-        _rabbitmqctl("add_vhost", name, "--default-queue-type", QUEUE_TYPE)
-        _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        rabbitmqctl("add_vhost", name, "--default-queue-type", QUEUE_TYPE)
+        rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
         pika.BlockingConnection(pika.URLParameters(RunServices(name, name).broker_url)).close()
     except (subprocess.CalledProcessError, pika.exceptions.AMQPError) as exc:
         _forget(name)
@@ -123,16 +115,22 @@ def _forget(name: str) -> None:
 
 def destroy(services: RunServices) -> None:
     drop_database(services.database)
-    _rabbitmqctl("delete_vhost", services.vhost)
+    rabbitmqctl("delete_vhost", services.vhost)
 
 
 def reject_publishes(services: RunServices, queue: str) -> None:
     """Make RabbitMQ refuse every publish to ``queue`` (a publisher-confirm nack)."""
-    _rabbitmqctl(
-        "set_policy", "-p", services.vhost, "--apply-to", "queues", f"reject-{queue}", f"^{queue}$",
+    rabbitmqctl(
+        "set_policy",
+        "-p",
+        services.vhost,
+        "--apply-to",
+        "queues",
+        f"reject-{queue}",
+        f"^{queue}$",
         '{"max-length": 0, "overflow": "reject-publish"}',
     )
 
 
 def accept_publishes(services: RunServices, queue: str) -> None:
-    _rabbitmqctl("clear_policy", "-p", services.vhost, f"reject-{queue}")
+    rabbitmqctl("clear_policy", "-p", services.vhost, f"reject-{queue}")

@@ -20,6 +20,7 @@ from actors.email_batches import send_bulk_email_batch, send_email_batch
 from actors.emails import send_bulk_email, send_email
 from actors.webhooks import process_webhook_event
 from bench.harness import services
+from bench.harness.private import run_sql
 from bench.harness.processes import run_cli
 from storage import batches, dead_letters, migrate
 from storage.clock import utcnow
@@ -207,9 +208,7 @@ def test_a_role_that_may_not_create_pg_trgm_migrates_without_the_trigram_index()
     admin_url = services.create_database(name)
     services.admin_sql(f'CREATE ROLE "{role}" LOGIN')
     try:
-        with get_engine(admin_url).begin() as connection:
-            connection.execute(text(f'GRANT USAGE, CREATE ON SCHEMA public TO "{role}"'))
-        get_engine(admin_url).dispose()
+        run_sql(admin_url, f'GRANT USAGE, CREATE ON SCHEMA public TO "{role}"')
         role_url = admin_url.replace("://postgres@", f"://{role}@", 1)
         migrate.upgrade(role_url)
         with get_engine(role_url).connect() as connection:
