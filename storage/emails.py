@@ -167,21 +167,26 @@ def _validate(
         raise InvalidEmail(f"template_data must be a dict of the template's variables, not {type(data).__name__}")
 
 
+def _sent(provider_message_id: Any, now: datetime) -> dict[str, Any]:
+    """The columns of an email the provider accepted (a value, or a column of a VALUES list)."""
+    return {
+        "status": EmailStatus.SENT.value,
+        "provider_message_id": provider_message_id,
+        "sent_at": now,
+        "last_error": None,
+        "locked_until": None,
+        "next_attempt_at": None,
+        "updated_at": now,
+    }
+
+
 def mark_sent(session: Session, email_id: int, provider_message_id: Optional[str]) -> bool:
     """Record the provider's acceptance; False if the email was not being sent."""
     now = utcnow()
     statement = (
         update(EmailQueue)
         .where(EmailQueue.id == email_id, EmailQueue.status == EmailStatus.SENDING.value)
-        .values(
-            status=EmailStatus.SENT.value,
-            provider_message_id=provider_message_id,
-            sent_at=now,
-            last_error=None,
-            locked_until=None,
-            next_attempt_at=None,
-            updated_at=now,
-        )
+        .values(**_sent(provider_message_id, now))
         .execution_options(synchronize_session=False)
     )
     return session.execute(statement).rowcount == 1
@@ -196,15 +201,7 @@ def mark_sent_many(session: Session, provider_ids: dict[int, str]) -> int:
     statement = (
         update(EmailQueue)
         .where(EmailQueue.id == sent.c.email_id, EmailQueue.status == EmailStatus.SENDING.value)
-        .values(
-            status=EmailStatus.SENT.value,
-            provider_message_id=sent.c.provider_id,
-            sent_at=now,
-            last_error=None,
-            locked_until=None,
-            next_attempt_at=None,
-            updated_at=now,
-        )
+        .values(**_sent(sent.c.provider_id, now))
         .execution_options(synchronize_session=False)
     )
     return session.execute(statement).rowcount
