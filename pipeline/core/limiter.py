@@ -65,6 +65,8 @@ MAX_POLL_SECONDS = 1.0
 DEFAULT_RETRY_AFTER_SECONDS = 1.0
 #: A send held by an operator's pause with no end (or a far one) asks again after this long.
 OPERATOR_PAUSE_RECHECK_SECONDS = 30.0
+#: Without pacing (EMAIL_RATE_LIMIT_PER_SECOND=0) a process reads the operators' pauses this often.
+HELD_RECHECK_SECONDS = 1.0
 #: Pause reasons that stop the whole fleet (a 409 for a key in flight concerns one email only).
 FLEET_REASONS = ("rate_limit_exceeded", *QUOTA_REASONS)
 
@@ -76,6 +78,13 @@ class QuotaPause:
     reason: str
     until: float
     detail: str
+
+
+def _raise_if_held(until: Optional[float], now: float) -> None:
+    """An operator's pause (ending at ``until``) holds this send: back to the broker, to ask again later."""
+    if until is not None and until > now:
+        wait = min(until - now, OPERATOR_PAUSE_RECHECK_SECONDS)
+        raise RateLimited("sending paused by an operator", retry_after=max(wait, MIN_POLL_SECONDS))
 
 
 class SendLimiter:
@@ -97,6 +106,8 @@ class SendLimiter:
         self.name = name
         #: The last ``ratelimit-limit`` this process recorded, so an unchanged one costs no write.
         self._known_limit: Optional[float] = None
+        #: Unlimited sending only: {transactional: (when read, the pauses' end)}.
+        self._held: dict[bool, tuple[float, Optional[float]]] = {}
 
     @property
     def unlimited(self) -> bool:
@@ -106,7 +117,7 @@ class SendLimiter:
     def acquire(self, *, transactional: bool) -> Slot:
         """Return when this request's slot has come; raise ``RateLimited`` to re-queue the email."""
         if self.unlimited:
-            self._raise_if_held(transactional, time.time())
+            self._raise_if_held_unlimited(transactional, time.time())
             return Slot(at=time.time(), probe=False)
         give_up_at = time.monotonic() + MAX_HOLD_SECONDS
         while True:
@@ -116,7 +127,6 @@ class SendLimiter:
                 time.sleep(max(slot.at - time.time(), 0.0))
                 return slot
             assert state is not None
-            self._raise_if_held(transactional, now)
             self._raise_if_paused_long(state, now)
             wait = self._wait(state, now, transactional)
             if time.monotonic() + wait > give_up_at:
@@ -151,19 +161,22 @@ class SendLimiter:
             )
             if slot is not None:
                 return slot, None
+            # take_slot refuses a held kind too: tell that apart before claiming precedence (a write).
+            _raise_if_held(sending_pauses.held_until(session, transactional=transactional, now=now), now)
             state = rate_limits.current(session, self.name, now=now)
             if transactional and not _paused(state, now):
                 interval = 1.0 / state.per_second(self.rate)
                 rate_limits.claim_precedence(session, self.name, until=now + 2 * interval)
             return None, state
 
-    def _raise_if_held(self, transactional: bool, now: float) -> None:
-        """An operator's pause holds this send: back to the broker, to ask again later."""
-        with self.sessions() as session:
-            until = sending_pauses.held_until(session, transactional=transactional, now=now)
-        if until is not None:
-            wait = min(until - now, OPERATOR_PAUSE_RECHECK_SECONDS)
-            raise RateLimited("sending paused by an operator", retry_after=max(wait, MIN_POLL_SECONDS))
+    def _raise_if_held_unlimited(self, transactional: bool, now: float) -> None:
+        """Without pacing, no query per email: an operator's pause is read at most once a second per kind."""
+        checked_at, until = self._held.get(transactional, (float("-inf"), None))
+        if now - checked_at >= HELD_RECHECK_SECONDS:
+            with self.sessions() as session:
+                until = sending_pauses.held_until(session, transactional=transactional, now=now)
+            self._held[transactional] = (now, until)
+        _raise_if_held(until, now)
 
     def holds(self, *, transactional: bool) -> bool:
         """Whether an operator's pause holds sends of this kind now (the fan-out then claims none)."""

@@ -1,0 +1,64 @@
+"""The limiter under an operator's pause, on the dev mode's SQLite: paced and unpaced sends."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import event
+from sqlalchemy.orm import Session, sessionmaker
+
+from bench.harness.waiting import wait_until
+from pipeline.core.errors import RateLimited
+from pipeline.core.limiter import HELD_RECHECK_SECONDS, SendLimiter
+from storage.database import get_engine, get_sessionmaker
+from storage.migrate import upgrade
+from storage.rate_limits import Rate
+
+
+@pytest.fixture
+def lite(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    url = f"sqlite:///{tmp_path / 'pauses.sqlite3'}"
+    upgrade(url)
+    yield get_sessionmaker(url)
+    get_engine(url).dispose()
+
+
+def limiter(lite: sessionmaker[Session], per_second: float) -> SendLimiter:
+    return SendLimiter(lite, rate=Rate(configured=per_second), quota_pause_seconds=60)
+
+
+@pytest.mark.parametrize("per_second", [0.0, 100.0], ids=["unpaced", "paced"])
+def test_a_bulk_pause_holds_bulk_sends_and_lets_transactional_ones_go(
+    lite: sessionmaker[Session], per_second: float
+) -> None:
+    sending = limiter(lite, per_second)
+    sending.pause("bulk", minutes=None, reason="check", by="admin")
+    with pytest.raises(RateLimited, match="paused by an operator"):
+        sending.acquire(transactional=False)
+    assert sending.acquire(transactional=True) is not None
+
+
+def test_unpaced_sends_read_the_pauses_once_a_second_not_once_per_email(
+    lite: sessionmaker[Session], tmp_path: Path
+) -> None:
+    sending = limiter(lite, 0.0)
+    statements: list[str] = []
+    engine = get_engine(f"sqlite:///{tmp_path / 'pauses.sqlite3'}")
+    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    for _ in range(50):
+        sending.acquire(transactional=True)
+    reads = [sql for sql in statements if "sending_pauses" in sql]
+    assert len(reads) == 1, f"{len(reads)} reads of the pauses for 50 sends"
+    sending.pause("all", minutes=None, reason=None, by="admin")
+    # The cached answer says "not held" for at most HELD_RECHECK_SECONDS; then the pause is seen.
+    wait_until(lambda: held(sending), timeout=5 * HELD_RECHECK_SECONDS, what="the pause seen by an unpaced send")
+
+
+def held(sending: SendLimiter) -> bool:
+    try:
+        sending.acquire(transactional=True)
+    except RateLimited:
+        return True
+    return False
