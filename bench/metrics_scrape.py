@@ -27,6 +27,7 @@ from bench.sending import percentile
 from pipeline.bootstrap import bootstrap
 from pipeline.core.settings import Settings
 from pipeline.metrics import metrics_registry
+from pipeline.web.depths import QueueDepths
 from storage import gauges, migrate
 from storage.clock import utcnow
 from storage.database import get_engine
@@ -89,7 +90,7 @@ def main() -> None:
         current = bootstrap(settings)
         for actor in current.broker.actors.values():
             current.broker.declare_queue(actor.queue_name, ensure=True)
-        registry = metrics_registry(current)
+        registry = metrics_registry(current, QueueDepths(current.broker))
         started = time.perf_counter()
         exposition = generate_latest(registry).decode()
         print(f"first scrape (settled rows counted too): {(time.perf_counter() - started) * 1000:.1f} ms")

@@ -81,12 +81,12 @@ class Recounted(Generic[T]):
 class DomainCollector(Collector):
     """The shop's gauges, read from their sources at each ``collect``."""
 
-    def __init__(self, current: Runtime, jobs: Iterable[PeriodicJob]) -> None:
+    def __init__(self, current: Runtime, jobs: Iterable[PeriodicJob], queue_depths: QueueDepths) -> None:
         self.current = current
         #: Every periodic job, so each has its interval even before its first run.
         self.jobs = list(jobs)
-        #: Asked as the ops API asks: passive declares on a thread of its own.
-        self.queue_depths = QueueDepths(current.broker)
+        #: The ops API's own (one thread and one connection per process): passive declares.
+        self.queue_depths = queue_depths
         self.settled_emails = Recounted(lambda session: gauges.emails_by_status_and_priority(session, gauges.SETTLED))
         self.settled_events = Recounted(lambda session: gauges.webhook_events_by_status(session, settled=True))
 
@@ -237,20 +237,20 @@ def schedule_interval_seconds(schedule: str) -> float:
     return float((second - first).total_seconds())
 
 
-def metrics_registry(current: Runtime) -> CollectorRegistry:
+def metrics_registry(current: Runtime, queue_depths: QueueDepths) -> CollectorRegistry:
     """A registry holding only the domain gauges (none of this process's own counters)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DomainCollector(current, periodic_jobs()))
+    registry.register(DomainCollector(current, periodic_jobs(), queue_depths))
     return registry
 
 
-def metrics_endpoint(current: Runtime) -> Callable[[Request], Response]:
+def metrics_endpoint(current: Runtime, queue_depths: QueueDepths) -> Callable[[Request], Response]:
     """The ASGI endpoint of ``/metrics``: the text exposition format, behind ``METRICS_TOKEN`` if set.
 
     Synchronous on purpose: Starlette runs it in its thread pool, so the queries never
     block the event loop that answers webhooks.
     """
-    registry = metrics_registry(current)
+    registry = metrics_registry(current, queue_depths)
     token = current.settings.metrics_token
 
     def metrics(request: Request) -> Response:
@@ -261,9 +261,9 @@ def metrics_endpoint(current: Runtime) -> Callable[[Request], Response]:
     return metrics
 
 
-def metrics_route(current: Runtime) -> Route:
-    """``GET /metrics`` for ``serve``'s app: ``routes=[..., metrics_route(runtime)]``."""
-    return Route(METRICS_PATH, metrics_endpoint(current), methods=["GET"])
+def metrics_route(current: Runtime, queue_depths: QueueDepths) -> Route:
+    """``GET /metrics`` for ``serve``'s app (outside the OpenAPI document)."""
+    return Route(METRICS_PATH, metrics_endpoint(current, queue_depths), methods=["GET"], include_in_schema=False)
 
 
 def _bearer_matches(request: Request, token: str) -> bool:

@@ -12,7 +12,7 @@ plain Starlette route it always was, byte for byte):
   static files; it signs in to the ops API like any client). Without CRON_SECRET none of them
   exists (404).
 
-``/metrics`` (Prometheus) is mounted by ``mount_metrics`` below.
+``/metrics`` (Prometheus) is ``pipeline.metrics.metrics_route``, sharing the ops API's ``QueueDepths``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException
 
 from pipeline.core.runtime import Runtime
 from pipeline.core.settings import PAYMENT_PROVIDERS
-from pipeline.metrics import METRICS_PATH, metrics_endpoint
+from pipeline.metrics import metrics_route
 from pipeline.web import cron, health, ops_actions, ops_api, session
 from pipeline.web.auth import ApiError, OpsAuth
 from pipeline.web.dashboard import dashboard_routes
@@ -55,20 +55,18 @@ def build_app(current: Runtime) -> FastAPI:
     app.include_router(health.router(sessions=current.sessions, broker_url=settings.broker_url))
     app.add_exception_handler(ApiError, _answer_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _answer_http_error)  # type: ignore[arg-type]
+    #: One per process, shared by the ops API and /metrics: a thread and a RabbitMQ connection of its own.
+    depths = QueueDepths(current.broker)
     if served:
         auth = OpsAuth.from_settings(settings)
         app.include_router(cron.router(current, auth))
         app.include_router(session.router(auth))
-        app.include_router(ops_api.router(current, auth, QueueDepths(current.broker)))
+        app.include_router(ops_api.router(current, auth, depths))
         app.include_router(ops_actions.router(current, auth))
         app.router.routes.extend(dashboard_routes())
-    mount_metrics(app, current)
+    # GET /metrics: the domain gauges for Prometheus (METRICS_TOKEN if set).
+    app.router.routes.append(metrics_route(current, depths))
     return app
-
-
-def mount_metrics(app: FastAPI, current: Runtime) -> None:
-    """``GET /metrics``: the domain gauges for Prometheus (``pipeline.metrics``; METRICS_TOKEN if set)."""
-    app.add_route(METRICS_PATH, metrics_endpoint(current), methods=["GET"], include_in_schema=False)
 
 
 async def _answer_error(_request: Request, error: ApiError) -> JSONResponse:

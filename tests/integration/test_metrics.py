@@ -25,6 +25,7 @@ from pipeline.core.broker import RabbitmqBroker
 from pipeline.core.runtime import Runtime
 from pipeline.metrics import metrics_route
 from pipeline.stats import collect
+from pipeline.web.depths import QueueDepths
 from storage import periodic_runs
 from storage.clock import utcnow
 from tests.support.dlq_support import add_dead_letter
@@ -38,7 +39,7 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 @contextmanager
 def metrics_app(current: Runtime) -> Iterator[str]:
     """A Starlette app with only the metrics route, under uvicorn on a free port; yields its URL."""
-    app = Starlette(routes=[metrics_route(current)])
+    app = Starlette(routes=[metrics_route(current, QueueDepths(current.broker))])
     with serving(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")) as url:
         yield f"{url}/metrics"
 
