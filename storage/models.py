@@ -263,6 +263,8 @@ class RateLimitSlot(Base):
     pause_reason: Mapped[Optional[str]] = mapped_column(Text)
     #: When the current quota pause began (NULL: none); the alert is sent once per pause.
     paused_since: Mapped[Optional[float]] = mapped_column(Float)
+    #: A process's first request is in flight: no other slot before its answer, or this at the latest.
+    warming_until: Mapped[Optional[float]] = mapped_column(Float)
 
 
 class SendingPause(Base):

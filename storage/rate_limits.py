@@ -47,10 +47,15 @@ class Rate:
 
 @dataclass(frozen=True)
 class Slot:
-    """A slot taken: when its request may go, and whether it is the probe after a quota pause."""
+    """A slot taken: when its request may go, and whether it is the probe after a quota pause.
+
+    ``warming_until`` is set on a process's first request (``take_slot(warm_up=True)``):
+    the fleet holds every other slot until ``end_warm_up`` is called with it.
+    """
 
     at: float
     probe: bool
+    warming_until: Optional[float] = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,6 +68,7 @@ class SlotState:
     paused_until: Optional[float]
     pause_reason: Optional[str]
     paused_since: Optional[float]
+    warming_until: Optional[float] = None
 
     def per_second(self, rate: Rate) -> float:
         """The requests per second the fleet uses now."""
@@ -93,37 +99,68 @@ def take_slot(
     horizon: float,
     transactional: bool,
     probe_window: float,
+    warm_up: Optional[float] = None,
 ) -> Optional[Slot]:
     """Take the next slot if it is at most ``horizon`` seconds ahead, or None.
 
     None when the provider or an operator paused us (``storage.sending_pauses``;
-    an operator's bulk pause holds bulk sends only), when the next slot is further than
+    an operator's bulk pause holds bulk sends only), while another process's first
+    request is in flight (``warming_until``), when the next slot is further than
     ``horizon``, or (for a bulk send) while a transactional send waits. After a
     quota pause the first taker is the probe: the pause is extended by
     ``probe_window`` until its answer (``resume`` or ``pause``) comes back.
+
+    ``warm_up`` (seconds): this is a process's first request; hold every other slot
+    until ``end_warm_up``, or for ``warm_up`` seconds after the slot if it never comes.
     """
     start = _later(RateLimitSlot.next_slot, literal(now))
     not_paused = or_(RateLimitSlot.paused_until.is_(None), RateLimitSlot.paused_until <= now)
+    not_warming = or_(RateLimitSlot.warming_until.is_(None), RateLimitSlot.warming_until <= now)
     may_go = (
         true() if transactional else or_(RateLimitSlot.priority_until.is_(None), RateLimitSlot.priority_until <= now)
     )
     probing = RateLimitSlot.paused_since.is_not(None)
     statement = (
         update(RateLimitSlot)
-        .where(RateLimitSlot.name == name, not_paused, may_go, start <= now + horizon)
+        .where(RateLimitSlot.name == name, not_paused, not_warming, may_go, start <= now + horizon)
         .where(~sending_pauses.holds(transactional=transactional, now=now))
         .values(
             next_slot=start + 1.0 / _per_second(rate),
             paused_until=case((probing, literal(now + probe_window)), else_=None),
+            warming_until=None if warm_up is None else start + warm_up,
         )
-        .returning(RateLimitSlot.next_slot, RateLimitSlot.provider_limit, RateLimitSlot.paused_until)
+        .returning(
+            RateLimitSlot.next_slot,
+            RateLimitSlot.provider_limit,
+            RateLimitSlot.paused_until,
+            RateLimitSlot.warming_until,
+        )
         .execution_options(synchronize_session=False)
     )
     taken = session.execute(statement).one_or_none()
     if taken is None:
         return None
     at = max(float(taken.next_slot) - 1.0 / rate.per_second(taken.provider_limit), now)
-    return Slot(at=at, probe=taken.paused_until is not None)
+    return Slot(at=at, probe=taken.paused_until is not None, warming_until=taken.warming_until)
+
+
+def end_warm_up(session: Session, name: str, *, warming_until: float, now: float, rate: Rate) -> None:
+    """A process's first request was answered: let the others go, paced from ``now``.
+
+    The request may have reached the provider as late as ``now``, so the next slot is
+    one interval after it rather than after its slot. A hold that is no longer the
+    one this request set (it expired and another process took its own) is left alone.
+    """
+    statement = (
+        update(RateLimitSlot)
+        .where(RateLimitSlot.name == name, RateLimitSlot.warming_until == warming_until)
+        .values(
+            warming_until=None,
+            next_slot=_later(RateLimitSlot.next_slot, literal(now) + 1.0 / _per_second(rate)),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(statement)
 
 
 def claim_precedence(session: Session, name: str, *, until: float) -> None:
@@ -151,6 +188,7 @@ def current(session: Session, name: str, *, now: float) -> SlotState:
         paused_until=row.paused_until,
         pause_reason=row.pause_reason,
         paused_since=row.paused_since,
+        warming_until=row.warming_until,
     )
 
 

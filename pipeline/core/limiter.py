@@ -20,6 +20,15 @@ What the provider says is followed (``observe``, ``refused``):
   out, and after the pause one request probes: it resumes sending when it gets
   through, or the pause starts over.
 
+A process's first request goes alone (``WARM_UP_HOLD_SECONDS``): a cold process's
+first request reaches the provider late (its first connection, its threads busy
+rendering their first batches), and a late request paced by its slot could share
+the provider's one-second window with the two after it. So the fleet holds every
+other slot until its answer, and paces the next ones from that answer. This costs
+one round trip per process start, and is what keeps a fleet that starts or
+restarts from overrunning the provider in its first second, at the pace the fleet
+already knows (the row) and never above it before the provider has spoken.
+
 Transactional sends go first: one that finds no free slot claims precedence for
 two slot intervals, during which bulk sends take none.
 
@@ -58,9 +67,13 @@ MAX_HOLD_SECONDS = 30.0
 MAX_PAUSE_HOLD_SECONDS = 5.0
 #: How long the probe after a quota pause holds the fleet back while its answer comes.
 PROBE_WINDOW_SECONDS = 30.0
+#: How long a process's first request holds the fleet if its answer never comes (the process died).
+WARM_UP_HOLD_SECONDS = 15.0
 #: Poll bounds of a waiting thread (seconds).
 MIN_POLL_SECONDS = 0.005
 MAX_POLL_SECONDS = 1.0
+#: A thread waiting for another process's first answer asks again this often (seconds): it is short.
+WARM_UP_POLL_SECONDS = 0.02
 #: A 429 without a usable ``retry-after`` pauses the fleet this long (seconds).
 DEFAULT_RETRY_AFTER_SECONDS = 1.0
 #: A send held by an operator's pause with no end (or a far one) asks again after this long.
@@ -108,6 +121,8 @@ class SendLimiter:
         self._known_limit: Optional[float] = None
         #: Unlimited sending only: {transactional: (when read, the pauses' end)}.
         self._held: dict[bool, tuple[float, Optional[float]]] = {}
+        #: Whether this process's first request was answered (until then each slot taken is a warm-up).
+        self._warm = False
 
     @property
     def unlimited(self) -> bool:
@@ -147,6 +162,8 @@ class SendLimiter:
         except RateLimited as error:
             self.refused(error)
             raise
+        finally:
+            self._end_warm_up(request.slot)
 
     def _try(self, now: float, transactional: bool) -> tuple[Optional[Slot], Optional[SlotState]]:
         with self.sessions.begin() as session:
@@ -158,6 +175,7 @@ class SendLimiter:
                 horizon=HORIZON_SECONDS,
                 transactional=transactional,
                 probe_window=PROBE_WINDOW_SECONDS,
+                warm_up=None if self._warm else WARM_UP_HOLD_SECONDS,
             )
             if slot is not None:
                 return slot, None
@@ -168,6 +186,16 @@ class SendLimiter:
                 interval = 1.0 / state.per_second(self.rate)
                 rate_limits.claim_precedence(session, self.name, until=now + 2 * interval)
             return None, state
+
+    def _end_warm_up(self, slot: Slot) -> None:
+        """This process's first request was answered (or failed): the fleet goes on, paced from now."""
+        if slot.warming_until is None:
+            return
+        self._warm = True
+        with self.sessions.begin() as session:
+            rate_limits.end_warm_up(
+                session, self.name, warming_until=slot.warming_until, now=time.time(), rate=self.rate
+            )
 
     def _raise_if_held_unlimited(self, transactional: bool, now: float) -> None:
         """Without pacing, no query per email: an operator's pause is read at most once a second per kind."""
@@ -208,7 +236,10 @@ class SendLimiter:
             candidates.append(state.paused_until - now)
         if not transactional and state.priority_until is not None:
             candidates.append(state.priority_until - now)
-        return min(max(max(candidates), MIN_POLL_SECONDS), MAX_POLL_SECONDS)
+        longest = MAX_POLL_SECONDS
+        if state.warming_until is not None and state.warming_until > now:
+            longest = WARM_UP_POLL_SECONDS
+        return min(max(max(candidates), MIN_POLL_SECONDS), longest)
 
     # --- what the provider says -------------------------------------------------------------
 

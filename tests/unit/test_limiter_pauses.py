@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from bench.harness.waiting import wait_until
 from pipeline.core.errors import RateLimited
 from pipeline.core.limiter import HELD_RECHECK_SECONDS, SendLimiter
+from storage import rate_limits
 from storage.database import get_engine, get_sessionmaker
 from storage.migrate import upgrade
 from storage.rate_limits import Rate
@@ -62,3 +64,22 @@ def held(sending: SendLimiter) -> bool:
     except RateLimited:
         return True
     return False
+
+
+def test_each_process_s_first_request_goes_alone_and_paces_the_fleet_from_its_answer(
+    lite: sessionmaker[Session],
+) -> None:
+    first, second = limiter(lite, 2.0), limiter(lite, 2.0)
+    with first.request(transactional=True) as request:
+        assert request.slot.warming_until is not None
+        with lite() as session:
+            assert rate_limits.current(session, "resend", now=time.time()).warming_until is not None
+    answered = time.time()
+    with lite() as session:
+        state = rate_limits.current(session, "resend", now=answered)
+    assert state.warming_until is None
+    assert state.next_slot >= answered + 0.5 - 0.01, "the next slot is not paced from the first answer"
+    with first.request(transactional=True) as request:
+        assert request.slot.warming_until is None, "a warm process warmed up again"
+    with second.request(transactional=True) as request:
+        assert request.slot.warming_until is not None, "another process's first request did not go alone"

@@ -85,3 +85,38 @@ def test_a_rate_429_holds_the_fleet_without_a_probe(lite: sessionmaker[Session])
     assert take(lite, 100.5) is None
     slot = take(lite, 101.0)
     assert slot is not None and slot.probe is False
+
+
+def test_a_first_request_holds_every_other_slot_until_its_answer(lite: sessionmaker[Session]) -> None:
+    """The flake of the bulk drain: a cold process's first request arrived 0.16 s after its slot."""
+    now = 1000.0
+    with lite.begin() as session:
+        rate_limits.current(session, NAME, now=now)
+        first = rate_limits.take_slot(
+            session, NAME, now=now, rate=RATE, horizon=1.0, transactional=True, probe_window=30, warm_up=15
+        )
+    assert first is not None and first.warming_until == 1015.0
+    assert take(lite, now + 0.5) is None, "a slot went out while the first request was in flight"
+    answered = now + 0.2
+    with lite.begin() as session:
+        rate_limits.end_warm_up(session, NAME, warming_until=first.warming_until, now=answered, rate=RATE)
+    following = take(lite, answered)
+    # Paced from the answer (the latest the first request can have arrived), not from its slot.
+    assert getattr(following, "at", None) == pytest.approx(answered + 0.5)
+
+
+def test_a_first_request_whose_process_died_holds_the_fleet_only_until_its_hold_ends(
+    lite: sessionmaker[Session],
+) -> None:
+    now = 1000.0
+    with lite.begin() as session:
+        rate_limits.current(session, NAME, now=now)
+        lost = rate_limits.take_slot(
+            session, NAME, now=now, rate=RATE, horizon=1.0, transactional=True, probe_window=30, warm_up=15
+        )
+    assert lost is not None and lost.warming_until is not None
+    assert take(lite, now + 14.9) is None
+    assert take(lite, now + 15.0) is not None
+    with lite.begin() as session:  # the late answer of a hold that ended changes nothing
+        rate_limits.end_warm_up(session, NAME, warming_until=lost.warming_until, now=now + 15.0, rate=RATE)
+        assert rate_limits.current(session, NAME, now=now + 15.0).next_slot == pytest.approx(now + 15.5)
