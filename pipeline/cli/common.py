@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from pipeline.bootstrap import bootstrap
+from pipeline.cli.readable import render
 from pipeline.core.errors import ConfigError
 from pipeline.core.logs import configure_logging
 from pipeline.core.runtime import Runtime
@@ -28,11 +29,6 @@ def runtime_from_env() -> Runtime:
     return bootstrap(settings_from_env())
 
 
-def print_nested(figures: dict[str, Any], indent: int = 0) -> None:
-    """Nested figures as an indented list, for people."""
-    for key, value in figures.items():
-        if isinstance(value, dict):
-            click.echo(f"{' ' * indent}{key}:")
-            print_nested(value, indent + 2)
-        else:
-            click.echo(f"{' ' * indent}{key}: {value}")
+def print_nested(figures: dict[str, Any]) -> None:
+    """Nested figures for people: indented sections, aligned numbers, times in UTC and how long ago."""
+    click.echo("\n".join(render(figures)))

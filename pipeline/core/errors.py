@@ -1,13 +1,15 @@
 """The pipeline's exceptions, below the project's root in ``storage.errors``.
 
 Provider and driver errors are converted into these at the boundary (see
-``pipeline.core.mailer``), so the backoff middleware classifies by class alone.
+``pipeline.core.mailer``), so the backoff middleware classifies by class alone,
+and the log tells an expected failure from a bug by the same classes (``expected``).
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
+from storage.database import transient_failure
 from storage.errors import MinaleshError, PermanentError, TransientError
 
 __all__ = [
@@ -19,6 +21,7 @@ __all__ = [
     "RetriesExhausted",
     "TransientError",
     "describe",
+    "expected",
 ]
 
 
@@ -57,3 +60,17 @@ def describe(exception: BaseException) -> str:
     text = str(exception).strip().splitlines()
     first: Optional[str] = text[0] if text else None
     return f"{type(exception).__name__}: {first}" if first else type(exception).__name__
+
+
+#: The classes of a failure some code foresaw: retried, refused, or waited for.
+EXPECTED_FAILURES = (TransientError, PermanentError, RateLimited, Deferred)
+
+
+def expected(exception: BaseException) -> bool:
+    """Whether an actor's ``exception`` is a failure its code foresaw, which the backoff middleware settles.
+
+    One of ``EXPECTED_FAILURES`` (a retry: ``TransientError``; a refusal: ``PermanentError``; a wait:
+    ``RateLimited``, ``Deferred``), or the database failing for now (``storage.database.transient_failure``):
+    logged as one WARNING line without a traceback. Anything else is a bug and keeps its traceback.
+    """
+    return isinstance(exception, EXPECTED_FAILURES) or transient_failure(exception)

@@ -11,6 +11,11 @@ URLs' ``mask_password``, the mailer's error messages). ``RedactSecrets`` is the
 last line of defence: every secret value this process knows (``Settings.secret_values``)
 is replaced by ``***`` in the message, its traceback and its extras, before any
 handler formats it. pika's chatter is kept at WARNING.
+
+An expected failure of a message (a retry, a deferral, a refusal: ``pipeline.core.errors.expected``)
+is told once, at WARNING and without a traceback, by the message's own line
+(``pipeline.middleware.item_log``); ``ExpectedFailures`` drops Dramatiq's line about it, which
+would say "unhandled exception" at ERROR with the traceback. A bug keeps Dramatiq's line.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from pipeline.core.errors import expected
 from pipeline.core.settings import Settings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
@@ -31,6 +37,10 @@ MASK = "***"
 MIN_SECRET_LENGTH = 4
 #: The attributes every ``LogRecord`` has (and uvicorn's ANSI-coloured copy of its message); any other is an extra.
 _RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
+#: The logger on which Dramatiq's worker threads report what an actor raised.
+WORKER_THREAD_LOGGER = "dramatiq.worker.WorkerThread"
+#: Dramatiq's INFO line for an exception in the actor's ``throws`` (no traceback).
+DRAMATIQ_THROWN = "Failed to process message %s with expected exception %s."
 
 
 def configure_logging(settings: Settings) -> None:
@@ -44,6 +54,27 @@ def configure_logging(settings: Settings) -> None:
     handler.addFilter(RedactSecrets(settings.secret_values()))
     logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
     logging.getLogger("pika").setLevel(logging.WARNING)
+    worker_threads = logging.getLogger(WORKER_THREAD_LOGGER)
+    if not any(isinstance(installed, ExpectedFailures) for installed in worker_threads.filters):
+        worker_threads.addFilter(ExpectedFailures())
+
+
+class ExpectedFailures(logging.Filter):
+    """Drops Dramatiq's line about an actor's exception when the failure was expected.
+
+    Dramatiq logs every exception an actor raises, before any middleware has settled the
+    message: at ERROR with its traceback ("unhandled exception"), or at INFO when the actor
+    declared it in ``throws``. For an expected failure (``pipeline.core.errors.expected``) and a
+    declared one, the backoff middleware's line of the message (WARNING: item, actor, attempt,
+    outcome, and the cause as ``error``) is the only line; anything else keeps Dramatiq's.
+    Installed on ``WORKER_THREAD_LOGGER`` only, so no other logger's records are looked at.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == DRAMATIQ_THROWN:
+            return False
+        raised = record.exc_info[1] if record.exc_info else None
+        return raised is None or not expected(raised)
 
 
 class JsonFormatter(logging.Formatter):

@@ -8,6 +8,11 @@ exactly one line::
 
     item=42 actor=send_email attempt=2 outcome=retrying delay_ms=120000 error=TransientError: …
 
+A failure (``retrying``, ``deferred``, ``given_up``) is a WARNING, its cause in ``error``;
+the rest are INFO. For a failure some code expected it is the only line, without a
+traceback (``pipeline.core.logs.ExpectedFailures``); a bug also gets Dramatiq's ERROR
+line with the traceback, before this one.
+
 In JSON logs (``LOG_FORMAT=json``) ``item``, ``actor``, ``attempt``, ``outcome``,
 ``message_id`` and the details are fields of their own.
 """
@@ -43,6 +48,9 @@ class Outcome(StrEnum):
     GIVEN_UP = "given_up"
 
 
+#: The outcomes logged at WARNING: the message failed; every other outcome is INFO.
+FAILURES = frozenset({Outcome.RETRYING, Outcome.DEFERRED, Outcome.GIVEN_UP})
+
 _reported = threading.local()
 
 
@@ -67,7 +75,8 @@ def log_outcome(message: Message, outcome: Outcome, *, attempt: int, **details: 
     item = item_of(message)
     fields = {"item": item, "actor": message.actor_name, "attempt": attempt, "outcome": outcome.value, **details}
     text = " ".join(f"{name}={'-' if value is None else value}" for name, value in fields.items())
-    logger.info("%s", text, extra={**fields, "message_id": message.message_id})
+    level = logging.WARNING if outcome in FAILURES else logging.INFO
+    logger.log(level, "%s", text, extra={**fields, "message_id": message.message_id})
 
 
 def item_of(message: Message) -> Optional[Any]:  # type: ignore[type-arg]

@@ -7,7 +7,9 @@ run, and dropped after); the fleet (``worker -p 2 -t 8``, ``ticker``, ``archiver
 takes good, badly signed and malformed webhooks and requests with good and bad
 tokens. Then every line of every process must parse as JSON, the per-item lines
 must carry item, actor, attempt and outcome, and no secret value or body text may
-appear anywhere.
+appear anywhere. The emails the provider refuses (422) and fails (500) are expected
+failures: one WARNING line per attempt with its cause, no "unhandled exception" and
+no traceback.
 
 The ops API's routes (cron, ``/api/ops/*``, the dashboard's sign-in) came with the
 ops-api branch, merged here: each must answer (not 404), with its good token and a bad one.
@@ -105,7 +107,7 @@ def test_no_secret_or_body_in_any_log_line(
             running.start("serve", "serve", "--port", str(port))
             base = f"http://127.0.0.1:{port}"
             wait_until(lambda: _answers(base), timeout=30, what="serve to answer")
-            _drive(running, base, sessions, provider, secrets)
+            sent, refused, down = _drive(running, base, sessions, provider, secrets)
         get_engine(database_url).dispose()
     logs = {path.name: path.read_text(errors="replace") for path in tmp_path.glob("*.log")}
     assert set(logs) >= {"worker-0.log", "ticker.log", "archiver.log", "serve.log"}
@@ -119,12 +121,22 @@ def test_no_secret_or_body_in_any_log_line(
     assert {"sent", "given_up", "retrying", "processed"} <= outcomes, outcomes
     for entry in per_item:
         assert {"item", "actor", "attempt", "outcome", "message_id"} <= set(entry), entry
+    assert _email_lines(per_item, sent) == [(1, "sent", "INFO")]
+    assert _email_lines(per_item, refused) == [(1, "given_up", "WARNING")]
+    three_attempts = [(1, "retrying", "WARNING"), (2, "retrying", "WARNING"), (3, "given_up", "WARNING")]
+    assert _email_lines(per_item, down) == three_attempts
+    for email_id in (refused, down):
+        about = [entry for entry in entries if _is_about(entry, email_id)]
+        dramatiqs = [entry for entry in about if "Failed to process message" in entry["message"]]
+        assert not dramatiqs and all("exception" not in entry and entry["level"] != "ERROR" for entry in about), about
+    causes = {entry["error"] for entry in per_item if _is_about(entry, down) and "outcome" in entry}
+    assert causes == {"TransientError: Resend 500 application_error: The recipient was rejected by the fake provider."}
 
 
 def _drive(
     running: Fleet, base: str, sessions: sessionmaker[Session], provider: FakeResend, secrets: Secrets
-) -> None:
-    """Emails sent, refused and dead-lettered; webhooks good, bad and malformed; the ops routes."""
+) -> list[int]:
+    """Emails sent, refused and dead-lettered (their ids); webhooks good, bad and malformed; the ops routes."""
     refused, down = "refused@example.com", "down@example.com"
     provider.fail_recipient(refused, status=422)
     provider.fail_recipient(down, status=500, name="application_error")
@@ -145,6 +157,7 @@ def _drive(
         what="the payment processed",
     )
     assert all(running.alive().values()), running.logs()
+    return ids
 
 
 def _ops_requests(base: str, secrets: Secrets) -> None:
@@ -195,6 +208,22 @@ def _parsed(name: str, line: str) -> dict[str, Any]:
         raise AssertionError(f"{name}: not a JSON line: {line[:300]}") from None
     assert {"time", "level", "logger", "process", "message"} <= set(entry), line
     return entry
+
+
+def _email_lines(per_item: list[dict[str, Any]], email_id: int) -> list[tuple[int, str, str]]:
+    """The attempts of ``send_email`` on ``email_id`` that ran (a deferral of an early message aside)."""
+    return [
+        (entry["attempt"], entry["outcome"], entry["level"])
+        for entry in per_item
+        if entry["item"] == email_id and entry["actor"] == "send_email" and entry["outcome"] != "deferred"
+    ]
+
+
+def _is_about(entry: dict[str, Any], email_id: int) -> bool:
+    """A line of the message ``send_email(email_id)``: its own, or Dramatiq's about it."""
+    return (entry.get("item"), entry.get("actor")) == (email_id, "send_email") or (
+        f"send_email({email_id})" in entry["message"]
+    )
 
 
 def _insert_alone(sessions: sessionmaker[Session], address: str, **columns: str) -> int:

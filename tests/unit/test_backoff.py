@@ -3,7 +3,9 @@
 On Dramatiq's ``StubBroker`` with an item-hooks object that records what it is
 told, and the final errors in SQLite. Whole runs go through a real ``Worker``
 with delays of milliseconds; single decisions are made the way the worker asks
-for them, ``after_process_message`` with the exception the actor raised.
+for them, ``after_process_message`` with the exception the actor raised. The
+log lines of a run are what a worker process writes: Dramatiq's filtered as
+``pipeline.core.logs.configure_logging`` does, then the message's own line.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import current_millis, dq_name
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.core.errors import Deferred, PermanentError, RateLimited, RetriesExhausted, TransientError
+from pipeline.core.errors import Deferred, PermanentError, RateLimited, RetriesExhausted, TransientError, describe
+from pipeline.core.logs import WORKER_THREAD_LOGGER, ExpectedFailures
 from pipeline.middleware.backoff import Backoff, counting
 from pipeline.middleware.item_log import Outcome, report
 from storage.models import FinalError
@@ -320,3 +323,73 @@ def test_a_given_up_or_deferred_message_says_so_and_an_unreported_success_is_don
         (1, "given_up"),
         (3, "done"),
     ]
+
+
+# --- expected failures against bugs in the log ----------------------------------------------------
+
+
+@pytest.fixture
+def worker_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """Every record of a run, Dramatiq's worker threads filtered as a worker process's are."""
+    worker_threads = logging.getLogger(WORKER_THREAD_LOGGER)
+    installed = ExpectedFailures()
+    worker_threads.addFilter(installed)
+    with caplog.at_level(logging.DEBUG):
+        yield caplog
+    worker_threads.removeFilter(installed)
+
+
+def fails_first(exception: Exception) -> Callable[[int], None]:
+    """An actor that raises ``exception`` on its first run and sends on the next."""
+    runs: list[int] = []
+
+    def fails_once(item_id: int) -> None:
+        runs.append(item_id)
+        if len(runs) == 1:
+            raise exception
+        report(Outcome.SENT)
+
+    return fails_once
+
+
+@pytest.mark.parametrize(
+    ("exception", "throws", "outcome"),
+    [
+        (TransientError("Resend 500 application_error: down"), (), "retrying"),
+        (PermanentError("Resend 422 validation_error: refused"), (PermanentError,), "given_up"),  # the email actors
+        (PermanentError("order MN-1 does not match"), (), "given_up"),  # the webhook actor
+        (Deferred("email 7: its retry is due later", retry_after=0.01), (), "deferred"),
+        (ValueError("bad data"), (ValueError,), "given_up"),  # declared by the actor
+    ],
+)
+def test_an_expected_failure_is_one_warning_line_with_its_cause_and_no_traceback(
+    pipeline: Pipeline,
+    worker_logs: pytest.LogCaptureFixture,
+    exception: Exception,
+    throws: tuple[type[Exception], ...],
+    outcome: str,
+) -> None:
+    pipeline.run(pipeline.actor(fails_first(exception), throws=throws), 7)
+
+    (line,) = [record for record in worker_logs.records if record.levelno >= logging.WARNING]
+    assert (line.name, line.levelname, line.exc_info) == ("pipeline.middleware.item_log", "WARNING", None)
+    text = line.getMessage()
+    assert text.startswith(f"item=7 actor=fails_once attempt=1 outcome={outcome} ") and text.endswith(
+        f" error={describe(exception)}"
+    )
+    assert not [record for record in worker_logs.records if record.exc_info]
+    assert "unhandled exception" not in worker_logs.text and "expected exception" not in worker_logs.text
+
+
+def test_a_bug_keeps_dramatiqs_error_with_its_traceback_and_the_retry_line(
+    pipeline: Pipeline, worker_logs: pytest.LogCaptureFixture
+) -> None:
+    pipeline.run(pipeline.actor(fails_first(ValueError("bad data"))), 7)
+
+    error, retrying = [record for record in worker_logs.records if record.levelno >= logging.WARNING]
+    assert (error.name, error.levelname) == (WORKER_THREAD_LOGGER, "ERROR")
+    assert "unhandled exception" in error.getMessage()
+    assert error.exc_info is not None and isinstance(error.exc_info[1], ValueError)
+    assert (retrying.name, retrying.levelname, retrying.exc_info) == ("pipeline.middleware.item_log", "WARNING", None)
+    expected_line = "item=7 actor=fails_once attempt=1 outcome=retrying delay_ms=10 error=ValueError: bad data"
+    assert retrying.getMessage() == expected_line

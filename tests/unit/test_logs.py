@@ -1,4 +1,5 @@
-"""Log lines: text or JSON, extras as fields, and every known secret masked wherever it appears."""
+"""Log lines: text or JSON, extras as fields, every known secret masked wherever it appears, and
+Dramatiq's "unhandled exception" kept for bugs only."""
 
 from __future__ import annotations
 
@@ -8,9 +9,20 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
-from pipeline.core.logs import JsonFormatter, RedactSecrets, configure_logging
+from pipeline.core.errors import (
+    ConfigError,
+    Deferred,
+    PermanentError,
+    RateLimited,
+    RetriesExhausted,
+    TransientError,
+    expected,
+)
+from pipeline.core.logs import DRAMATIQ_THROWN, WORKER_THREAD_LOGGER, JsonFormatter, RedactSecrets, configure_logging
 from pipeline.core.settings import Settings
+from storage.errors import ItemNotFound
 
 SECRETS = {
     "RESEND_API_KEY": "re_live_abcdef123",
@@ -25,12 +37,13 @@ SECRETS = {
 @pytest.fixture
 def captured() -> Iterator[io.StringIO]:
     """The root logger configured as a process does, writing to a buffer; restored afterwards."""
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
+    root, worker_threads = logging.getLogger(), logging.getLogger(WORKER_THREAD_LOGGER)
+    saved_handlers, saved_level, saved_filters = root.handlers[:], root.level, worker_threads.filters[:]
     stream = io.StringIO()
     yield stream
     root.handlers[:] = saved_handlers
     root.setLevel(saved_level)
+    worker_threads.filters[:] = saved_filters
 
 
 def configure(stream: io.StringIO, **environ: str) -> None:
@@ -101,3 +114,55 @@ def test_json_formatter_keeps_a_traceback_as_one_field() -> None:
         record = logging.makeLogRecord({"msg": "failed", "exc_info": (type(exc), exc, exc.__traceback__)})
     entry = json.loads(JsonFormatter().format(record))
     assert entry["message"] == "failed" and "ValueError: boom" in entry["exception"]
+
+
+# --- expected failures against bugs ---------------------------------------------------------------
+
+UNHANDLED = "Failed to process message %s with unhandled exception."
+
+
+def dramatiq_reports(exception: Exception) -> None:
+    """What Dramatiq's worker thread logs when an actor raises ``exception`` (its ``throws`` aside)."""
+    try:
+        raise exception
+    except Exception:
+        logging.getLogger(WORKER_THREAD_LOGGER).error(UNHANDLED, "send_email(3)", exc_info=True)
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_dramatiqs_line_is_dropped_for_an_expected_failure_and_kept_with_its_traceback_for_a_bug(
+    captured: io.StringIO, log_format: str
+) -> None:
+    configure(captured, LOG_FORMAT=log_format)
+    configure(captured, LOG_FORMAT=log_format)  # a second configuration installs no second filter
+
+    dramatiq_reports(TransientError("Resend 500 application_error: down"))
+    logging.getLogger(WORKER_THREAD_LOGGER).info(DRAMATIQ_THROWN, "send_email(3)", "PermanentError")
+    assert captured.getvalue() == ""
+
+    dramatiq_reports(KeyError(f"key {SECRETS['RESEND_API_KEY']}"))
+    written = captured.getvalue()
+    assert written.count("unhandled exception") == 1 and "Traceback" in written and "KeyError" in written
+    assert SECRETS["RESEND_API_KEY"] not in written  # the filter of secrets still applies
+    if log_format == "json":
+        entry = json.loads(written)
+        assert entry["level"] == "ERROR" and "KeyError" in entry["exception"]
+
+
+@pytest.mark.parametrize(
+    ("exception", "is_expected"),
+    [
+        (TransientError("Resend 500"), True),
+        (PermanentError("Resend 422"), True),
+        (RetriesExhausted("email 3: attempt 5 started, 4 allowed"), True),
+        (RateLimited("429", retry_after=1), True),
+        (Deferred("later", retry_after=1), True),
+        (OperationalError("SELECT 1", {}, ConnectionError("connection refused")), True),  # the database, for now
+        (ValueError("bad data"), False),
+        (KeyError("missing"), False),
+        (ItemNotFound("no email 3"), False),  # ours, but retried as a bug is
+        (ConfigError("RESEND_API_KEY is missing"), False),
+    ],
+)
+def test_expected_failures_are_the_ones_the_backoff_settles_by_class(exception: Exception, is_expected: bool) -> None:
+    assert expected(exception) is is_expected
