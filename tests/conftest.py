@@ -1,4 +1,4 @@
-"""Shared fixtures: this run's database and vhost, the fake Resend, an in-process worker."""
+"""Shared fixtures: this run's database and vhost, the fake Resend, an in-process worker; skips fail CI."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from pipeline.core.runtime import Runtime
 from pipeline.core.settings import Settings
 from storage import migrate
 from storage.database import get_engine
+from tests.support import ci_skips
 
 #: Fast schedule for tests: retries after 0.3 s, 0.6 s, 1.2 s (the last in two hops of 0.6 s).
 TEST_ENVIRONMENT = {
@@ -42,6 +43,15 @@ TEST_ENVIRONMENT = {
     "PAYMENT_WEBHOOK_SECRET": "whsec_test_shared",
     "TELEBIRR_WEBHOOK_SECRET": "whsec_test_telebirr",
 }
+
+#: The tests a CI run may skip (node id: why); any other skip fails a run with ``CI`` set
+#: (``tests/support/ci_skips.py``). Empty: ``.ci/run`` provides every service and tool a test
+#: asks for (PostgreSQL, RabbitMQ, Chromium, promtool). An entry needs a reason CI cannot fix.
+CI_MAY_SKIP: dict[str, str] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    ci_skips.register(config, CI_MAY_SKIP)
 
 
 @pytest.fixture(scope="session")

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from bench.harness.private import PrivateServices
 from tests.chaos.faults import ALL
-from tests.chaos.reliability import Report
+from tests.chaos.reliability import WRITE_VARIABLE, Report
 
 
 @pytest.fixture(scope="session")
 def reliability_report(private: PrivateServices) -> Iterator[Report]:
-    """Collects every scenario's outcome; writes ``docs/RELIABILITY.md`` once the last one is done."""
+    """Collects every scenario's outcome; writes ``docs/RELIABILITY.md`` once the last one is done, if asked."""
     report = Report(private, order=[fault.id for fault in ALL])
     yield report
-    report.write()
+    if os.environ.get(WRITE_VARIABLE):
+        report.write()

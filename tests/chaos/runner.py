@@ -12,7 +12,7 @@ Every scenario runs the same way, only the fault differs (``tests.chaos.faults``
 4. a wait, up to a deadline, until every item is final and every failure archived;
 5. the verdict (``tests.chaos.verdict``), the fault's own checks, and the processes alive.
 
-The result of each run is kept for ``docs/RELIABILITY.md``; the test asserts after.
+The result of each run is kept for ``docs/RELIABILITY.md`` (written when the run asks); the test asserts after.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 One runner (``tests.chaos.runner``), parameterised by the fault (``tests.chaos.faults``).
 Each asserts from the fake provider's own count and the database: nothing lost,
 nothing delivered or applied twice, nothing stuck, and the last item done within
-60 s of the fault's end. ``make chaos`` runs this tier alone; ``docs/RELIABILITY.md``
-gets the figures of the run.
+60 s of the fault's end. ``make chaos`` runs this tier alone and writes the figures of
+the run into ``docs/RELIABILITY.md`` (``WRITE_RELIABILITY=1``); ``make test`` writes nothing.
 """
 
 from __future__ import annotations
