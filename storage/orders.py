@@ -59,6 +59,14 @@ class OrderSnapshot:
     customer_email: Optional[str]
 
 
+def create(
+    session: Session, *, order_id: str, total: Decimal, currency: str = "ETB", customer_email: Optional[str] = None
+) -> None:
+    """Insert an order as the host does at checkout (the ``dev`` demo; the host owns its orders)."""
+    session.add(Order(id=order_id, total=total, currency=currency, customer_email=customer_email))
+    session.flush()
+
+
 def lock(session: Session, order_id: str) -> Optional[OrderSnapshot]:
     """The order, locked ``FOR UPDATE`` until the transaction ends; None if it does not exist.
 

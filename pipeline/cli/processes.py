@@ -11,9 +11,11 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
 from pipeline.archiver import RabbitmqArchiver
 from pipeline.cli.common import runtime_from_env, settings_from_env
+from pipeline.core.errors import ConfigError
 from pipeline.dev import run_dev
 from pipeline.ticker import run_ticker
 from pipeline.web.app import serve as run_server
+from pipeline.webhook_server import DEFAULT_PORT
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -58,7 +60,7 @@ def serve(host: str, port: int) -> None:
 
 
 @click.command()
-@click.option("--demo", is_flag=True, help="Seed sample emails, some failing, to watch retries and dead letters.")
+@click.option("--demo", is_flag=True, help="Start afresh, seed emails (some failing), orders and payment webhooks.")
 @click.option(
     "--database",
     type=click.Path(dir_okay=False),
@@ -66,6 +68,17 @@ def serve(host: str, port: int) -> None:
     show_default=True,
     help="The SQLite file of the embedded mode.",
 )
-def dev(demo: bool, database: str) -> None:
-    """Worker, ticker and archiver in one process, on SQLite and an in-memory broker."""
-    run_dev(settings_from_env(), database=database, demo=demo)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=DEFAULT_PORT,
+    show_default=True,
+    help="Port of the web app on 127.0.0.1 (0: any free one).",
+)
+@click.option("--reset", is_flag=True, help="Delete the database and the outbox's emails first (--demo always does).")
+def dev(demo: bool, database: str, port: int, reset: bool) -> None:
+    """Worker, ticker, archiver and the web app (dashboard: /ops) in one process, on SQLite and an in-memory broker."""
+    try:
+        run_dev(settings_from_env(), database=database, demo=demo, reset=reset, port=port)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
