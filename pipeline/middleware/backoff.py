@@ -8,8 +8,8 @@ Differences from ``Retries``, each a promise of the issue tracker:
 * ``RateLimited`` waits for the provider's ``retry-after`` and spends no retry;
 * ``Deferred`` and an unreachable database run the message again later without
   touching its row or its retry count (see ``_deferral_ms``);
-* the retry count can come from the database (see ``counting``), so attempts made
-  by workers that died mid-way still count;
+* the retry count can come from the database (``pipeline.core.outcomes.counting``),
+  so attempts made by workers that died mid-way still count;
 * the item's row is told (``ItemHooks``), and the final error is recorded for the
   archiver before the message is nacked into its dead-letter queue;
 * delays longer than the broker may hold a message travel in hops (``long_delays``).
@@ -20,25 +20,21 @@ Options resolve message → actor → middleware default, as Dramatiq's do.
 from __future__ import annotations
 
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, Optional, Protocol
+from typing import Any, Optional
 
 from dramatiq import Broker, Message, Middleware
 from dramatiq.logging import get_logger
-from dramatiq.middleware import CurrentMessage
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.core.errors import Deferred, PermanentError, RateLimited, RetriesExhausted, describe
+from pipeline.core import outcomes
+from pipeline.core.errors import Deferred, PermanentError, RateLimited, describe
+from pipeline.core.item_hooks import ItemHooks
+from pipeline.core.outcomes import Outcome
 from pipeline.middleware import item_log
-from pipeline.middleware.item_hooks import ItemHooks
-from pipeline.middleware.item_log import Outcome
 from pipeline.middleware.long_delays import DEFAULT_MAX_HOLD_MS, send_later
 from storage import dead_letters
-from storage.clock import utcnow
 from storage.database import transient_failure
-from storage.leases import Attempt, AttemptOutcome
 
 #: An actor that declares no retry policy is never retried; policies live in ``Settings``
 #: and reach the actors' options through ``pipeline.core.declare.bind``.
@@ -48,69 +44,6 @@ DATABASE_RETRY_MS = 2_000
 MAX_DATABASE_RETRY_MS = 30_000
 #: A 429 without a usable retry-after waits this long (ms).
 DEFAULT_RATE_LIMIT_DELAY_MS = 1_000
-
-
-@contextmanager
-def counting(retries_made: int) -> Iterator[None]:
-    """Tell the middleware how many retries the database says were made.
-
-    Wrap the part of an actor that may fail after it counted its attempt::
-
-        with counting(attempt.retry_count):
-            provider.send(...)
-    """
-    try:
-        yield
-    except Exception as exc:
-        exc.retries_made = retries_made  # type: ignore[attr-defined]
-        raise
-
-
-class CountedItem(Protocol):
-    """An item whose attempts are counted in its row (an email, a webhook event)."""
-
-    retry_count: int
-    attempts: int
-
-
-@contextmanager
-def counted_attempt(attempt: Attempt[CountedItem], *, label: str, max_attempts: int) -> Iterator[None]:
-    """The body of an attempt ``start_attempt`` said GO or EXHAUSTED to.
-
-    Refuses an exhausted item (``RetriesExhausted``, a permanent error) and stamps
-    the row's retry count on whatever the body raises (see ``counting``).
-    """
-    assert attempt.item is not None
-    item = attempt.item
-    with counting(item.retry_count):
-        if attempt.outcome is AttemptOutcome.EXHAUSTED:
-            raise RetriesExhausted(f"{label}: attempt {item.attempts} started, {max_attempts} allowed")
-        yield
-
-
-class GivenUpEarlier(PermanentError):
-    """This message's earlier delivery gave its item up, and its nack was lost: dead-letter it again."""
-
-
-def current_message_id() -> Optional[str]:
-    """The id of the message this worker thread processes: the lease holder of its attempt."""
-    message = CurrentMessage.get_current_message()
-    return message.message_id if message is not None else None
-
-
-def must_run(attempt: Attempt[Any], *, label: str) -> bool:
-    """Whether an actor goes on with what ``start_attempt`` said; False: nothing to do now.
-
-    Its own message coming back early is deferred to the retry's time (``Deferred``);
-    coming back after it gave the item up, it is dead-lettered again (the first
-    recorded error stays the final one), so a failed item never lacks its dead letter.
-    """
-    if attempt.outcome is AttemptOutcome.NOT_DUE and attempt.due_at is not None:
-        wait = max((attempt.due_at - utcnow()).total_seconds(), 0.0)
-        raise Deferred(f"{label}: its retry is due later", retry_after=wait)
-    if attempt.outcome is AttemptOutcome.GIVEN_UP:
-        raise GivenUpEarlier(f"{label}: given up by an earlier delivery of this message")
-    return attempt.outcome is not AttemptOutcome.SKIP and attempt.item is not None
 
 
 def retry_delay_ms(retries_made: int, *, base_ms: int, cap_ms: int) -> int:
@@ -134,14 +67,14 @@ class Backoff(Middleware):
         self.max_hold_ms = max_hold_ms
 
     def before_process_message(self, broker: Broker, message: Message) -> None:
-        item_log.clear_report()
+        outcomes.clear()
 
     def after_process_message(
         self, broker: Broker, message: Message, *, result: Any = None, exception: Optional[BaseException] = None
     ) -> None:
         attempt = self._retries_made(message, exception) + 1
         if exception is None:
-            outcome, details = item_log.take_report()
+            outcome, details = outcomes.take_report()
         else:
             outcome, details = self._settle(broker, message, exception)
         item_log.log_outcome(message, outcome, attempt=attempt, **details)
@@ -203,7 +136,7 @@ class Backoff(Middleware):
 
     @staticmethod
     def _retries_made(message: Message, exception: Optional[BaseException]) -> int:
-        counted = getattr(exception, "retries_made", None)
+        counted = outcomes.retries_counted(exception)
         return int(counted if counted is not None else message.options.get("retries", 0))
 
     def _retry(
