@@ -25,7 +25,7 @@ from actors.emails import send_email
 from pipeline.core import runtime
 from pipeline.core.attempts import leased_attempt
 from pipeline.core.declare import JobReport, actor, periodic
-from pipeline.core.enqueue import send_or_release
+from pipeline.core.enqueue import send_each, send_or_release
 from pipeline.core.item_hooks import LeasedItemHooks
 from pipeline.core.outcomes import Outcome, report
 from storage import emails, leases, payments, webhooks
@@ -107,11 +107,5 @@ def enqueue_due_webhooks() -> int:
     current = runtime.current()
     with current.sessions.begin() as session:
         claimed = leases.claim_due(webhooks.TABLE, session, limit=current.settings.webhook_batch_size, lease=_lease())
-    for position, row_id in enumerate(claimed):
-        try:
-            process_webhook_event.send(row_id)
-        except Exception:
-            with current.sessions.begin() as session:
-                leases.release_claims(webhooks.TABLE, session, claimed[position:])
-            raise
+    send_each([(process_webhook_event, row_id) for row_id in claimed], webhooks.TABLE)
     return len(claimed)
