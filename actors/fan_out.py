@@ -42,10 +42,11 @@ TRANSACTIONAL_RESERVE = 0.1
 BULK = EmailPriority.BULK
 
 
-@periodic(schedule="email_schedule", tick="emails")
+@periodic(schedule="email_schedule", tick="emails", cron="process-email-queue")
 def fan_out_emails() -> JobReport:
     """Claim every due email and enqueue its send."""
-    return JobReport(f"Enqueued {enqueue_due_emails()} emails.")
+    enqueued = enqueue_due_emails()
+    return JobReport(f"Enqueued {enqueued} emails.", processed=enqueued)
 
 
 def enqueue_due_emails() -> int:

@@ -96,10 +96,11 @@ def _report_stock_short(order_id: str, lines: tuple[StockLine, ...]) -> None:
     )
 
 
-@periodic(schedule="webhook_schedule", tick="webhooks")
+@periodic(schedule="webhook_schedule", tick="webhooks", cron="retry-webhooks")
 def retry_webhooks() -> JobReport:
     """Re-enqueue payment webhook events whose message was lost (at most WEBHOOK_BATCH_SIZE)."""
-    return JobReport(f"Enqueued {enqueue_due_webhooks()} webhook events.")
+    enqueued = enqueue_due_webhooks()
+    return JobReport(f"Enqueued {enqueued} webhook events.", processed=enqueued)
 
 
 def enqueue_due_webhooks() -> int:
