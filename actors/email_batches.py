@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from actors.emails import PROVIDER_KEY_LIFETIME, compose, email_actor, lease, sender_of
 from pipeline.core import runtime
+from pipeline.core.attempts import counted_attempt, current_message_id
 from pipeline.core.declare import DeclaredActor
 from pipeline.core.errors import PermanentError, describe
+from pipeline.core.item_hooks import LeasedItemHooks
 from pipeline.core.mailer import OutgoingEmail, Refused
-from pipeline.middleware.backoff import counted_attempt, current_message_id, must_run
-from pipeline.middleware.item_hooks import LeasedItemHooks
-from pipeline.middleware.item_log import Outcome, report
+from pipeline.core.outcomes import Outcome, report
 from storage import batches, emails, leases
 from storage.models import EmailPriority
 
@@ -75,11 +75,13 @@ def deliver_batch(batch_id: int, *, transactional: bool) -> None:
             if started
             else leases.not_started(emails.TABLE, session, members[0], holder=current_message_id())
         )
-    if not members or key is None or not must_run(first, label=label):
-        report(Outcome.SKIPPED)  # sent, failed or in flight
+    if not members or key is None:
+        report(Outcome.SKIPPED)  # no such batch
         return
     ours = {attempt.item.id for attempt in started if attempt.item is not None}
-    with counted_attempt(first, label=label, max_attempts=settings.email_max_attempts):
+    with counted_attempt(first, label=label, max_attempts=settings.email_max_attempts) as counted:
+        if counted is None:
+            return  # sent, failed or in flight
         outgoing, unrenderable = _compose_all(payload)
         with current.limiter.request(transactional=transactional) as request:
             answer = current.mailer.send_batch([email for _, email in outgoing], idempotency_key=key)

@@ -19,14 +19,14 @@ from datetime import timedelta
 from typing import Any
 
 from pipeline.core import runtime
+from pipeline.core.attempts import leased_attempt
 from pipeline.core.declare import DeclaredActor, actor
 from pipeline.core.errors import PermanentError
+from pipeline.core.item_hooks import LeasedItemHooks
 from pipeline.core.mailer import OutgoingEmail
+from pipeline.core.outcomes import Outcome, report
 from pipeline.core.rendering import render
-from pipeline.middleware.backoff import counted_attempt, current_message_id, must_run
-from pipeline.middleware.item_hooks import LeasedItemHooks
-from pipeline.middleware.item_log import Outcome, report
-from storage import emails, leases
+from storage import emails
 from storage.clock import minutes
 from storage.emails import EmailMessage
 from storage.models import EmailPriority
@@ -107,22 +107,12 @@ def compose(email: EmailMessage) -> OutgoingEmail:
 def deliver(email_id: int, *, transactional: bool) -> None:
     """Count the attempt, render, wait for a slot of the provider's rate, send, record."""
     current = runtime.current()
-    settings = current.settings
-    with current.sessions.begin() as session:
-        attempt = leases.start_attempt(
-            emails.TABLE,
-            session,
-            email_id,
-            lease=lease(),
-            max_attempts=settings.email_max_attempts,
-            holder=current_message_id(),
-        )
-    if not must_run(attempt, label=f"email {email_id}"):
-        report(Outcome.SKIPPED)  # sent, failed, not due or in flight
-        return
-    assert attempt.item is not None
-    email = attempt.item
-    with counted_attempt(attempt, label=f"email {email_id}", max_attempts=settings.email_max_attempts):
+    max_attempts = current.settings.email_max_attempts
+    with leased_attempt(
+        emails.TABLE, email_id, lease=lease(), max_attempts=max_attempts, label=f"email {email_id}"
+    ) as email:
+        if email is None:
+            return  # sent, failed, not due or in flight
         outgoing = compose(email)
         with current.limiter.request(transactional=transactional) as request:
             sent = current.mailer.send(outgoing)

@@ -21,10 +21,15 @@ waits in the table, not in the broker.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from sqlalchemy.orm import Session
+
 from actors.email_batches import batch_sender_of
 from actors.emails import lease, sender_of
 from pipeline.core import runtime
 from pipeline.core.declare import JobReport, periodic
+from pipeline.core.enqueue import Send, send_each
 from storage import batches, emails, leases
 from storage.models import EmailPriority
 
@@ -37,10 +42,11 @@ TRANSACTIONAL_RESERVE = 0.1
 BULK = EmailPriority.BULK
 
 
-@periodic(schedule="email_schedule", tick="emails")
+@periodic(schedule="email_schedule", tick="emails", cron="process-email-queue")
 def fan_out_emails() -> JobReport:
     """Claim every due email and enqueue its send."""
-    return JobReport(f"Enqueued {enqueue_due_emails()} emails.")
+    enqueued = enqueue_due_emails()
+    return JobReport(f"Enqueued {enqueued} emails.", processed=enqueued)
 
 
 def enqueue_due_emails() -> int:
@@ -97,14 +103,12 @@ def _send(plan: batches.Plan, priority: EmailPriority) -> None:
     A batch keeps its members whatever happens to its message: should the broker
     have taken it after all, it is the same batch, under the same key, that goes out.
     """
-    messages = [(batch_sender_of(priority), batch_id, True) for batch_id in plan.batch_ids]
-    messages += [(sender_of(priority), email_id, False) for email_id in plan.alone]
-    for position, (actor, item, _batched) in enumerate(messages):
-        try:
-            actor.send(item)
-        except Exception:
-            unsent = messages[position:]
-            with runtime.current().sessions.begin() as session:
-                members = batches.member_ids_of(session, [i for _, i, batched in unsent if batched])
-                leases.release_claims(emails.TABLE, session, members + [i for _, i, batched in unsent if not batched])
-            raise
+    batch_sender = batch_sender_of(priority)
+
+    def claims(session: Session, unsent: Sequence[Send]) -> list[int]:
+        members = batches.member_ids_of(session, [item for actor, item in unsent if actor is batch_sender])
+        return members + [item for actor, item in unsent if actor is not batch_sender]
+
+    messages: list[Send] = [(batch_sender, batch_id) for batch_id in plan.batch_ids]
+    messages += [(sender_of(priority), email_id) for email_id in plan.alone]
+    send_each(messages, emails.TABLE, claims=claims)

@@ -23,11 +23,11 @@ from datetime import timedelta
 
 from actors.emails import send_email
 from pipeline.core import runtime
+from pipeline.core.attempts import leased_attempt
 from pipeline.core.declare import JobReport, actor, periodic
-from pipeline.core.enqueue import send_or_release
-from pipeline.middleware.backoff import counted_attempt, current_message_id, must_run
-from pipeline.middleware.item_hooks import LeasedItemHooks
-from pipeline.middleware.item_log import Outcome, report
+from pipeline.core.enqueue import send_each, send_or_release
+from pipeline.core.item_hooks import LeasedItemHooks
+from pipeline.core.outcomes import Outcome, report
 from storage import emails, leases, payments, webhooks
 from storage.clock import minutes
 from storage.inventory import StockLine
@@ -51,21 +51,15 @@ def process_webhook_event(event_id: int) -> None:
     """Apply one stored event (``webhook_events.id``) to its order, at most once."""
     current = runtime.current()
     settings = current.settings
-    with current.sessions.begin() as session:
-        attempt = leases.start_attempt(
-            webhooks.TABLE,
-            session,
-            event_id,
-            lease=_lease(),
-            max_attempts=settings.webhook_max_attempts,
-            holder=current_message_id(),
-        )
-    if not must_run(attempt, label=f"webhook event {event_id}"):
-        report(Outcome.SKIPPED)  # processed, archived, not due or in flight
-        return
-    assert attempt.item is not None
-    event = attempt.item
-    with counted_attempt(attempt, label=f"webhook event {event_id}", max_attempts=settings.webhook_max_attempts):
+    with leased_attempt(
+        webhooks.TABLE,
+        event_id,
+        lease=_lease(),
+        max_attempts=settings.webhook_max_attempts,
+        label=f"webhook event {event_id}",
+    ) as event:
+        if event is None:
+            return  # processed, archived, not due or in flight
         with current.sessions.begin() as session:
             outcome = payments.apply_event(session, event, email_lease=minutes(settings.email_lease_minutes))
     if outcome.email_id is not None:
@@ -102,10 +96,11 @@ def _report_stock_short(order_id: str, lines: tuple[StockLine, ...]) -> None:
     )
 
 
-@periodic(schedule="webhook_schedule", tick="webhooks")
+@periodic(schedule="webhook_schedule", tick="webhooks", cron="retry-webhooks")
 def retry_webhooks() -> JobReport:
     """Re-enqueue payment webhook events whose message was lost (at most WEBHOOK_BATCH_SIZE)."""
-    return JobReport(f"Enqueued {enqueue_due_webhooks()} webhook events.")
+    enqueued = enqueue_due_webhooks()
+    return JobReport(f"Enqueued {enqueued} webhook events.", processed=enqueued)
 
 
 def enqueue_due_webhooks() -> int:
@@ -113,11 +108,5 @@ def enqueue_due_webhooks() -> int:
     current = runtime.current()
     with current.sessions.begin() as session:
         claimed = leases.claim_due(webhooks.TABLE, session, limit=current.settings.webhook_batch_size, lease=_lease())
-    for position, row_id in enumerate(claimed):
-        try:
-            process_webhook_event.send(row_id)
-        except Exception:
-            with current.sessions.begin() as session:
-                leases.release_claims(webhooks.TABLE, session, claimed[position:])
-            raise
+    send_each([(process_webhook_event, row_id) for row_id in claimed], webhooks.TABLE)
     return len(claimed)

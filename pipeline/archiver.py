@@ -34,14 +34,14 @@ from dramatiq import Broker, Message
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import xq_name
-from dramatiq.errors import ActorNotFound, DecodeError
+from dramatiq.errors import DecodeError
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline import alerts
 from pipeline.alerts import Alerter
 from pipeline.core import wellformed
 from pipeline.core.errors import describe
-from pipeline.middleware.item_hooks import ItemHooks
+from pipeline.core.item_hooks import ItemHooks, hooks_of
 from pipeline.middleware.poison import misfit
 from storage import dead_letters
 from storage.database import transient_failure
@@ -204,7 +204,7 @@ def _archive(
     poisoned = misfit(broker, message) if message is not None else None
     if poisoned is not None:  # kept as sent, and no item hooks: its arguments name no item
         dead = replace(dead, fallback_error=poisoned, raw_body=body.decode("utf-8", errors="replace"))
-    hooks = _hooks_for(broker, message) if poisoned is None else None
+    hooks = hooks_of(broker, message.actor_name) if poisoned is None and message is not None else None
     with sessions.begin() as session:
         written = dead_letters.archive(session, dead, fresh=first_sight and message is None)
         if hooks is not None and message is not None:
@@ -212,15 +212,6 @@ def _archive(
     if written:
         logger.warning("Archived dead message %s from %s (%s).", dead.message_id, queue, dead.actor or "raw body")
     return written
-
-
-def _hooks_for(broker: Broker, message: Optional[Message]) -> Optional[ItemHooks]:
-    if message is None:
-        return None
-    try:
-        return broker.get_actor(message.actor_name).options.get("item_hooks")
-    except ActorNotFound:
-        return None
 
 
 def _mark_item_failed(session: Session, hooks: ItemHooks, message: Message, message_id: str) -> None:

@@ -49,7 +49,7 @@ from dramatiq.errors import ActorNotFound
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.core.errors import describe
-from pipeline.middleware.item_hooks import ItemHooks
+from pipeline.core.item_hooks import ItemHooks, hooks_of
 from pipeline.middleware.poison import misfit
 from storage import dead_letters
 from storage.clock import utcnow
@@ -181,7 +181,7 @@ def _decide(session: Session, broker: Broker, dead_letter_id: int, *, dry_run: b
     if isinstance(built, str):
         return _Decision(_outcome(dead_letter_id, ReplayStatus.NOT_REPLAYABLE, built, replay_of=original))
     message = built
-    hooks = _hooks(broker, message.actor_name)
+    hooks = hooks_of(broker, message.actor_name)
     revived = False
     if hooks is not None:
         revive = getattr(hooks, "revive", None)
@@ -268,13 +268,6 @@ def _outcome(
     return ReplayOutcome(
         dead_letter_id=dead_letter_id, status=status, detail=detail, message_id=message_id, replay_of=replay_of
     )
-
-
-def _hooks(broker: Broker, actor_name: str) -> Optional[ItemHooks]:
-    try:
-        return broker.get_actor(actor_name).options.get("item_hooks")
-    except ActorNotFound:
-        return None
 
 
 def _item_label(session: Session, hooks: Optional[ItemHooks], message: Message) -> str:
@@ -367,7 +360,7 @@ def _item_of(session: Session, broker: Broker, letter: DeadLetter) -> tuple[Opti
     built = replay_message(broker, letter)
     if isinstance(built, str):
         return None, built
-    hooks = _hooks(broker, built.actor_name)
+    hooks = hooks_of(broker, built.actor_name)
     if hooks is None:
         return None, f"{built.actor_name} has no item (a periodic tick, or an actor without item hooks)"
     item = _describe_item(session, hooks, built)

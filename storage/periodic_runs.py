@@ -1,8 +1,9 @@
 """Each periodic job's last success and last failure: one row per job, upserted.
 
-Written by the job's actor after each run (``pipeline.core.declare``), never by a
-run by hand (``minalesh-workers tick``): the row says whether the *scheduled* job
-still runs, which is what an alert on it must know.
+Written after each scheduled run (``pipeline.core.declare``): the job's actor's,
+emitted by the ticker, or a call of the shop's cron endpoint (an outside scheduler),
+never by a run by hand (``minalesh-workers tick``): the row says whether the
+*scheduled* job still runs, which is what an alert on it must know.
 """
 
 from __future__ import annotations

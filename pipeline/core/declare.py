@@ -8,8 +8,9 @@ which broker the actors live on. Here an actor module only *declares* its actors
 settings give (schedules, retry policies). Until then, calling ``send`` says so.
 
 A periodic job is one declaration: ``@periodic(schedule="email_schedule",
-tick="emails")`` names the ``Settings`` field holding its cron schedule and its
-``minalesh-workers tick`` subcommand; the ticker, the CLI and bootstrap all read it.
+tick="emails", cron="process-email-queue")`` names the ``Settings`` field holding
+its cron schedule, its ``minalesh-workers tick`` subcommand and, if any, the shop's
+cron endpoint; the ticker, the CLI, bootstrap and ``serve`` all read it.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class JobReport:
 
     summary: str
     details: list[str] = field(default_factory=list)
+    #: How many items the run took on (claimed, expired): the cron endpoints' ``processed``.
+    processed: int = 0
 
 
 @dataclass(eq=False)
@@ -84,10 +87,16 @@ class PeriodicJob:
     tick: str
     #: One run, returning its report; the actor logs the summary, the CLI prints it all.
     run: Callable[[], JobReport]
+    #: The shop's cron endpoint running it (``/api/cron/<cron>``, ``pipeline.web.cron``); None: no endpoint.
+    cron: Optional[str] = None
 
     def send(self) -> Message:  # type: ignore[type-arg]
         """One run now, through the ticks queue (as the ticker would)."""
         return self.actor.send()
+
+    def run_scheduled(self) -> JobReport:
+        """One scheduled run in this thread (a cron call): logged and stamped in ``periodic_runs`` as the actor's."""
+        return run_and_record(self.run, job=self.actor.actor_name)
 
     @property
     def help(self) -> str:
@@ -109,8 +118,13 @@ def actor(
     return declare
 
 
-def periodic(*, schedule: str, tick: str) -> Callable[[Callable[[], JobReport]], PeriodicJob]:
-    """Declare a periodic job on the ticks queue, scheduled by the ``Settings`` field ``schedule``."""
+def periodic(
+    *, schedule: str, tick: str, cron: Optional[str] = None
+) -> Callable[[Callable[[], JobReport]], PeriodicJob]:
+    """Declare a periodic job on the ticks queue, scheduled by the ``Settings`` field ``schedule``.
+
+    ``cron``: the shop's cron endpoint that runs it too (``/api/cron/<cron>``).
+    """
     if schedule not in Settings.__dataclass_fields__:
         raise TypeError(f"@periodic(schedule={schedule!r}): Settings has no such field")
 
@@ -121,7 +135,7 @@ def periodic(*, schedule: str, tick: str) -> Callable[[Callable[[], JobReport]],
         job.__name__ = run.__name__
         job.__doc__ = run.__doc__
         declared = DeclaredActor(fn=job, queue_name=TICKS_QUEUE, schedule_setting=schedule)
-        return PeriodicJob(actor=declared, tick=tick, run=run)
+        return PeriodicJob(actor=declared, tick=tick, run=run, cron=cron)
 
     return declare
 
@@ -134,7 +148,7 @@ def run_and_log(run: Callable[[], JobReport]) -> JobReport:
 
 
 def run_and_record(run: Callable[[], JobReport], *, job: str) -> JobReport:
-    """A scheduled run: logged, and its success or failure stamped in ``periodic_runs``.
+    """A scheduled run (the ticker's, a cron call's): logged, its success or failure stamped in ``periodic_runs``.
 
     The one place every periodic actor passes through, so a job that stops running
     (no ticker, no worker on ``ticks``, failing every time) shows in the metrics as a

@@ -32,12 +32,9 @@ already knows (the row) and never above it before the provider has spoken.
 Transactional sends go first: one that finds no free slot claims precedence for
 two slot intervals, during which bulk sends take none.
 
-An operator may pause all sending, or bulk sending only (``pause``, ``resume``;
-``minalesh-workers sending``, ``POST /api/ops/sending/pause``), for a while or
-until resumed; the pause is a row of ``sending_pauses`` every host sees. A held
-send takes no slot and goes back to the broker (``RateLimited``: no retry spent),
-asking again every ``OPERATOR_PAUSE_RECHECK_SECONDS`` at most, and the fan-out
-claims none of the held kind meanwhile.
+An operator's pause (all sending, or bulk only) is ``pipeline.core.operator_pauses``'s;
+the limiter asks it before pacing, and ``pause``, ``resume`` and ``holds`` pass
+through to it (``limiter.pauses``).
 """
 
 from __future__ import annotations
@@ -52,7 +49,8 @@ from typing import Optional
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.core.errors import RateLimited
-from storage import rate_limits, sending_pauses
+from pipeline.core.operator_pauses import OperatorPauses, held_wait
+from storage import rate_limits
 from storage.rate_limits import QUOTA_REASONS, Rate, Slot, SlotState
 
 logger = logging.getLogger(__name__)
@@ -76,10 +74,6 @@ MAX_POLL_SECONDS = 1.0
 WARM_UP_POLL_SECONDS = 0.02
 #: A 429 without a usable ``retry-after`` pauses the fleet this long (seconds).
 DEFAULT_RETRY_AFTER_SECONDS = 1.0
-#: A send held by an operator's pause with no end (or a far one) asks again after this long.
-OPERATOR_PAUSE_RECHECK_SECONDS = 30.0
-#: Without pacing (EMAIL_RATE_LIMIT_PER_SECOND=0) a process reads the operators' pauses this often.
-HELD_RECHECK_SECONDS = 1.0
 #: Pause reasons that stop the whole fleet (a 409 for a key in flight concerns one email only).
 FLEET_REASONS = ("rate_limit_exceeded", *QUOTA_REASONS)
 
@@ -95,9 +89,24 @@ class QuotaPause:
 
 def _raise_if_held(until: Optional[float], now: float) -> None:
     """An operator's pause (ending at ``until``) holds this send: back to the broker, to ask again later."""
-    if until is not None and until > now:
-        wait = min(until - now, OPERATOR_PAUSE_RECHECK_SECONDS)
+    wait = held_wait(until, now)
+    if wait is not None:
         raise RateLimited("sending paused by an operator", retry_after=max(wait, MIN_POLL_SECONDS))
+
+
+def fleet_pause_seconds(error: RateLimited, *, quota_pause_seconds: float) -> Optional[float]:
+    """How long a refusal by the provider pauses the whole fleet; None: it pauses nothing.
+
+    A quota waits for the provider's reset (``retry-after``) or ``quota_pause_seconds``;
+    a 429 for ``retry-after`` or ``DEFAULT_RETRY_AFTER_SECONDS``; a refusal of one
+    email (a 409 for a key in flight) pauses no one else.
+    """
+    if error.reason not in FLEET_REASONS:
+        return None
+    wait = error.retry_after if error.retry_after > 0 else None
+    if error.reason in QUOTA_REASONS:
+        return wait or quota_pause_seconds
+    return wait or DEFAULT_RETRY_AFTER_SECONDS
 
 
 class SendLimiter:
@@ -117,10 +126,10 @@ class SendLimiter:
         self.quota_pause_seconds = quota_pause_seconds
         self.on_quota_pause = on_quota_pause
         self.name = name
+        #: The operators' pauses, asked before every slot.
+        self.pauses = OperatorPauses(sessions)
         #: The last ``ratelimit-limit`` this process recorded, so an unchanged one costs no write.
         self._known_limit: Optional[float] = None
-        #: Unlimited sending only: {transactional: (when read, the pauses' end)}.
-        self._held: dict[bool, tuple[float, Optional[float]]] = {}
         #: Whether this process's first request was answered (until then each slot taken is a warm-up).
         self._warm = False
 
@@ -132,7 +141,8 @@ class SendLimiter:
     def acquire(self, *, transactional: bool) -> Slot:
         """Return when this request's slot has come; raise ``RateLimited`` to re-queue the email."""
         if self.unlimited:
-            self._raise_if_held_unlimited(transactional, time.time())
+            now = time.time()
+            _raise_if_held(self.pauses.held_until_cached(transactional=transactional, now=now), now)
             return Slot(at=time.time(), probe=False)
         give_up_at = time.monotonic() + MAX_HOLD_SECONDS
         while True:
@@ -154,13 +164,16 @@ class SendLimiter:
         """One request to the provider: wait for its slot; follow its answer; a 429 pauses the fleet.
 
         The caller reports a successful answer's headers with ``answered``; a
-        ``RateLimited`` raised inside the block is handed to ``refused`` and re-raised.
+        ``RateLimited`` raised inside the block is handed to ``refused`` and re-raised,
+        waiting as long as the fleet's pause it began, if any.
         """
         request = Request(self, self.acquire(transactional=transactional))
         try:
             yield request
         except RateLimited as error:
-            self.refused(error)
+            pause = self.refused(error)
+            if pause is not None:
+                error.retry_after = pause
             raise
         finally:
             self._end_warm_up(request.slot)
@@ -180,7 +193,7 @@ class SendLimiter:
             if slot is not None:
                 return slot, None
             # take_slot refuses a held kind too: tell that apart before claiming precedence (a write).
-            _raise_if_held(sending_pauses.held_until(session, transactional=transactional, now=now), now)
+            _raise_if_held(self.pauses.held_until(session, transactional=transactional, now=now), now)
             state = rate_limits.current(session, self.name, now=now)
             if transactional and not _paused(state, now):
                 interval = 1.0 / state.per_second(self.rate)
@@ -197,31 +210,17 @@ class SendLimiter:
                 session, self.name, warming_until=slot.warming_until, now=time.time(), rate=self.rate
             )
 
-    def _raise_if_held_unlimited(self, transactional: bool, now: float) -> None:
-        """Without pacing, no query per email: an operator's pause is read at most once a second per kind."""
-        checked_at, until = self._held.get(transactional, (float("-inf"), None))
-        if now - checked_at >= HELD_RECHECK_SECONDS:
-            with self.sessions() as session:
-                until = sending_pauses.held_until(session, transactional=transactional, now=now)
-            self._held[transactional] = (now, until)
-        _raise_if_held(until, now)
-
     def holds(self, *, transactional: bool) -> bool:
-        """Whether an operator's pause holds sends of this kind now (the fan-out then claims none)."""
-        with self.sessions() as session:
-            return sending_pauses.held_until(session, transactional=transactional, now=time.time()) is not None
+        """Whether an operator's pause holds sends of this kind now (``OperatorPauses.holds``)."""
+        return self.pauses.holds(transactional=transactional)
 
     def pause(self, scope: str, *, minutes: Optional[float], reason: Optional[str], by: str) -> None:
-        """An operator's pause of ``scope`` (``all``, ``bulk``), for ``minutes`` or until resumed."""
-        now = time.time()
-        until = now + minutes * 60 if minutes else None
-        with self.sessions.begin() as session:
-            sending_pauses.pause(session, scope, until=until, reason=reason, by=by, now=now)
+        """An operator's pause of ``scope`` (``OperatorPauses.pause``)."""
+        self.pauses.pause(scope, minutes=minutes, reason=reason, by=by)
 
     def resume(self, scope: str) -> bool:
-        """End an operator's pause of ``scope``; True if one was in force."""
-        with self.sessions.begin() as session:
-            return sending_pauses.resume(session, scope)
+        """End an operator's pause of ``scope`` (``OperatorPauses.resume``)."""
+        return self.pauses.resume(scope)
 
     def _raise_if_paused_long(self, state: SlotState, now: float) -> None:
         if _paused(state, now) and state.paused_until is not None:
@@ -265,23 +264,24 @@ class SendLimiter:
             if slot.probe and rate_limits.resume(session, self.name):
                 logger.warning("The provider accepts requests again: sending resumed.")
 
-    def refused(self, error: RateLimited) -> None:
-        """A 429: pause the whole fleet for as long as the provider said (a quota: until its reset)."""
-        if self.unlimited or error.reason not in FLEET_REASONS:
-            return
+    def refused(self, error: RateLimited) -> Optional[float]:
+        """A 429: pause the whole fleet for as long as the provider said (a quota: until its reset).
+
+        Returns the pause (seconds) the refused request should wait too; None when it paused nothing.
+        """
+        seconds = None if self.unlimited else fleet_pause_seconds(error, quota_pause_seconds=self.quota_pause_seconds)
+        if seconds is None:
+            return None
         now = time.time()
-        quota = error.reason in QUOTA_REASONS
-        wait = error.retry_after if error.retry_after > 0 else None
-        seconds = (wait or self.quota_pause_seconds) if quota else (wait or DEFAULT_RETRY_AFTER_SECONDS)
         with self.sessions.begin() as session:
             began = rate_limits.pause(session, self.name, until=now + seconds, reason=error.reason, now=now)
-        error.retry_after = seconds
         if began:
             logger.error("Provider quota reached (%s): sending paused for %.0fs.", error.reason, seconds)
             if self.on_quota_pause is not None:
                 self.on_quota_pause(QuotaPause(reason=error.reason, until=now + seconds, detail=str(error)))
         else:
             logger.info("The provider refused a request (%s): the fleet waits %.1fs.", error.reason, seconds)
+        return seconds
 
     def per_second(self) -> float:
         """The requests per second the fleet uses now (what the provider said, within the cap)."""
@@ -293,12 +293,10 @@ class SendLimiter:
         now = time.time()
         with self.sessions.begin() as session:
             state = rate_limits.current(session, self.name, now=now)
-            operator = sending_pauses.in_force(session, now=now)
+            operator = self.pauses.state(session, now=now)
         paused = _paused(state, now) and state.pause_reason is not None
         return {
-            "paused_by_operator": operator[sending_pauses.ALL] is not None,
-            "bulk_paused": operator[sending_pauses.BULK] is not None,
-            "operator_pauses": operator,
+            **operator,
             "per_second": 0 if self.unlimited else round(state.per_second(self.rate), 3),
             "configured_per_second": self.rate.configured,
             "cap_per_second": self.rate.cap,

@@ -1,15 +1,17 @@
 """Retries on the shop's schedule, replacing Dramatiq's ``Retries`` middleware.
 
-Differences from ``Retries``, each a promise of the issue tracker:
+What to do with a failure is decided by ``pipeline.core.retry_policy.decide``, a pure
+function; this middleware applies its answer. Differences from ``Retries``, each a
+promise of the issue tracker:
 
 * exact delays, no jitter: ``retry_delay * 2**retries_made``, capped by
   ``max_retry_delay`` (1, 2, 4, 8, 16 … minutes);
 * ``PermanentError`` (and the actor's ``throws``) are never retried;
 * ``RateLimited`` waits for the provider's ``retry-after`` and spends no retry;
 * ``Deferred`` and an unreachable database run the message again later without
-  touching its row or its retry count (see ``_deferral_ms``);
-* the retry count can come from the database (see ``counting``), so attempts made
-  by workers that died mid-way still count;
+  touching its row or its retry count;
+* the retry count can come from the database (``pipeline.core.outcomes.counting``),
+  so attempts made by workers that died mid-way still count;
 * the item's row is told (``ItemHooks``), and the final error is recorded for the
   archiver before the message is nacked into its dead-letter queue;
 * delays longer than the broker may hold a message travel in hops (``long_delays``).
@@ -20,102 +22,25 @@ Options resolve message → actor → middleware default, as Dramatiq's do.
 from __future__ import annotations
 
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, Optional, Protocol
+from typing import Any, Optional
 
 from dramatiq import Broker, Message, Middleware
 from dramatiq.logging import get_logger
-from dramatiq.middleware import CurrentMessage
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.core.errors import Deferred, PermanentError, RateLimited, RetriesExhausted, describe
+from pipeline.core import outcomes
+from pipeline.core.errors import describe
+from pipeline.core.item_hooks import ItemHooks
+from pipeline.core.outcomes import Outcome
+from pipeline.core.retry_policy import Defer, GiveUp, Policy, Refund, decide
 from pipeline.middleware import item_log
-from pipeline.middleware.item_hooks import ItemHooks
-from pipeline.middleware.item_log import Outcome
 from pipeline.middleware.long_delays import DEFAULT_MAX_HOLD_MS, send_later
 from storage import dead_letters
-from storage.clock import utcnow
-from storage.database import transient_failure
-from storage.leases import Attempt, AttemptOutcome
 
 #: An actor that declares no retry policy is never retried; policies live in ``Settings``
 #: and reach the actors' options through ``pipeline.core.declare.bind``.
 NO_RETRIES = {"max_retries": 0, "retry_delay": 0, "max_retry_delay": 0}
-#: A message whose database was unreachable runs again after this long (ms), doubling per deferral.
-DATABASE_RETRY_MS = 2_000
-MAX_DATABASE_RETRY_MS = 30_000
-#: A 429 without a usable retry-after waits this long (ms).
-DEFAULT_RATE_LIMIT_DELAY_MS = 1_000
-
-
-@contextmanager
-def counting(retries_made: int) -> Iterator[None]:
-    """Tell the middleware how many retries the database says were made.
-
-    Wrap the part of an actor that may fail after it counted its attempt::
-
-        with counting(attempt.retry_count):
-            provider.send(...)
-    """
-    try:
-        yield
-    except Exception as exc:
-        exc.retries_made = retries_made  # type: ignore[attr-defined]
-        raise
-
-
-class CountedItem(Protocol):
-    """An item whose attempts are counted in its row (an email, a webhook event)."""
-
-    retry_count: int
-    attempts: int
-
-
-@contextmanager
-def counted_attempt(attempt: Attempt[CountedItem], *, label: str, max_attempts: int) -> Iterator[None]:
-    """The body of an attempt ``start_attempt`` said GO or EXHAUSTED to.
-
-    Refuses an exhausted item (``RetriesExhausted``, a permanent error) and stamps
-    the row's retry count on whatever the body raises (see ``counting``).
-    """
-    assert attempt.item is not None
-    item = attempt.item
-    with counting(item.retry_count):
-        if attempt.outcome is AttemptOutcome.EXHAUSTED:
-            raise RetriesExhausted(f"{label}: attempt {item.attempts} started, {max_attempts} allowed")
-        yield
-
-
-class GivenUpEarlier(PermanentError):
-    """This message's earlier delivery gave its item up, and its nack was lost: dead-letter it again."""
-
-
-def current_message_id() -> Optional[str]:
-    """The id of the message this worker thread processes: the lease holder of its attempt."""
-    message = CurrentMessage.get_current_message()
-    return message.message_id if message is not None else None
-
-
-def must_run(attempt: Attempt[Any], *, label: str) -> bool:
-    """Whether an actor goes on with what ``start_attempt`` said; False: nothing to do now.
-
-    Its own message coming back early is deferred to the retry's time (``Deferred``);
-    coming back after it gave the item up, it is dead-lettered again (the first
-    recorded error stays the final one), so a failed item never lacks its dead letter.
-    """
-    if attempt.outcome is AttemptOutcome.NOT_DUE and attempt.due_at is not None:
-        wait = max((attempt.due_at - utcnow()).total_seconds(), 0.0)
-        raise Deferred(f"{label}: its retry is due later", retry_after=wait)
-    if attempt.outcome is AttemptOutcome.GIVEN_UP:
-        raise GivenUpEarlier(f"{label}: given up by an earlier delivery of this message")
-    return attempt.outcome is not AttemptOutcome.SKIP and attempt.item is not None
-
-
-def retry_delay_ms(retries_made: int, *, base_ms: int, cap_ms: int) -> int:
-    """The wait before retry number ``retries_made + 1``."""
-    return int(min(base_ms * (2**retries_made), cap_ms))
 
 
 class Backoff(Middleware):
@@ -134,68 +59,55 @@ class Backoff(Middleware):
         self.max_hold_ms = max_hold_ms
 
     def before_process_message(self, broker: Broker, message: Message) -> None:
-        item_log.clear_report()
+        outcomes.clear()
 
     def after_process_message(
         self, broker: Broker, message: Message, *, result: Any = None, exception: Optional[BaseException] = None
     ) -> None:
-        attempt = self._retries_made(message, exception) + 1
+        retries = self._retries_made(message, exception)
         if exception is None:
-            outcome, details = item_log.take_report()
+            outcome, details = outcomes.take_report()
         else:
-            outcome, details = self._settle(broker, message, exception)
-        item_log.log_outcome(message, outcome, attempt=attempt, **details)
+            outcome, details = self._settle(broker, message, exception, retries)
+        item_log.log_outcome(message, outcome, attempt=retries + 1, **details)
 
     def after_skip_message(self, broker: Broker, message: Message) -> None:
         item_log.log_outcome(message, Outcome.SKIPPED, attempt=self._retries_made(message, None) + 1)
 
-    def _settle(self, broker: Broker, message: Message, exception: BaseException) -> tuple[Outcome, dict[str, Any]]:
-        """Retry, defer or give up the failed ``message``; what was done, for its log line."""
+    def _settle(
+        self, broker: Broker, message: Message, exception: BaseException, retries: int
+    ) -> tuple[Outcome, dict[str, Any]]:
+        """Decide (``decide``) and apply: retry, defer or give up ``message``; what was done, for its log line."""
         actor_options = broker.get_actor(message.actor_name).options
         hooks: Optional[ItemHooks] = actor_options.get("item_hooks")
         error = describe(exception)
-        deferral_ms = self._deferral_ms(message, exception)
-        if deferral_ms is not None:
-            send_later(broker, message, deferral_ms, self.max_hold_ms)
-            return Outcome.DEFERRED, {"delay_ms": deferral_ms, "error": error}
-        if isinstance(exception, RateLimited):
-            delay_ms = max(int(exception.retry_after * 1000), DEFAULT_RATE_LIMIT_DELAY_MS)
-            self._retry(broker, message, hooks, error=error, delay_ms=delay_ms, refund=True)
-            return Outcome.DEFERRED, {"delay_ms": delay_ms, "error": error}
-        throws = message.options.get("throws") or actor_options.get("throws") or ()
-        retries = self._retries_made(message, exception)
-        if isinstance(exception, (PermanentError, *_as_tuple(throws))) or retries >= self._option(
-            message, actor_options, "max_retries"
-        ):
+        deferrals = int(message.options.get("deferrals", 0))
+        decision = decide(exception, retries, self._policy(message, actor_options), deferrals_made=deferrals)
+        if isinstance(decision, Defer):
+            if decision.deferrals is not None:
+                message.options["deferrals"] = decision.deferrals
+            send_later(broker, message, decision.delay_ms, self.max_hold_ms)
+            return Outcome.DEFERRED, {"delay_ms": decision.delay_ms, "error": error}
+        if isinstance(decision, Refund):
+            self._retry(broker, message, hooks, error=error, delay_ms=decision.delay_ms, refund=True)
+            return Outcome.DEFERRED, {"delay_ms": decision.delay_ms, "error": error}
+        if isinstance(decision, GiveUp):
             self._give_up(message, hooks, error=error, retries=retries)
             return Outcome.GIVEN_UP, {"error": error}
-        delay_ms = retry_delay_ms(
-            retries,
-            base_ms=self._option(message, actor_options, "retry_delay"),
-            cap_ms=self._option(message, actor_options, "max_retry_delay"),
-        )
-        message.options["retries"] = retries + 1
+        message.options["retries"] = decision.retries
         message.options["traceback"] = traceback.format_exc(limit=30)
-        self._retry(broker, message, hooks, error=error, delay_ms=delay_ms, refund=False)
-        return Outcome.RETRYING, {"delay_ms": delay_ms, "error": error}
+        self._retry(broker, message, hooks, error=error, delay_ms=decision.delay_ms, refund=False)
+        return Outcome.RETRYING, {"delay_ms": decision.delay_ms, "error": error}
 
-    @staticmethod
-    def _deferral_ms(message: Message, exception: BaseException) -> Optional[int]:
-        """The wait before running ``message`` again untouched, when the failure was not its item's.
-
-        ``Deferred`` says when; a database failing for now (``transient_failure``: not a
-        refusal of the statement, which would fail the same way on every try) is asked again after
-        ``DATABASE_RETRY_MS``, doubling per deferral up to ``MAX_DATABASE_RETRY_MS``: the
-        row could not be told anything, so nothing is counted, and the message's own
-        lease lets it take its row back when it returns.
-        """
-        if isinstance(exception, Deferred):
-            return max(int(exception.retry_after * 1000), 1)
-        if transient_failure(exception):
-            deferrals = int(message.options.get("deferrals", 0))
-            message.options["deferrals"] = deferrals + 1
-            return min(DATABASE_RETRY_MS * 2**deferrals, MAX_DATABASE_RETRY_MS)
-        return None
+    def _policy(self, message: Message, actor_options: dict[str, Any]) -> Policy:
+        """The retry options of ``message``: its own, else its actor's, else ``NO_RETRIES``."""
+        throws = message.options.get("throws") or actor_options.get("throws") or ()
+        return Policy(
+            max_retries=self._option(message, actor_options, "max_retries"),
+            retry_delay_ms=self._option(message, actor_options, "retry_delay"),
+            max_retry_delay_ms=self._option(message, actor_options, "max_retry_delay"),
+            throws=_as_tuple(throws),
+        )
 
     def _option(self, message: Message, actor_options: dict[str, Any], name: str) -> int:
         value = message.options.get(name, actor_options.get(name, NO_RETRIES[name]))
@@ -203,7 +115,7 @@ class Backoff(Middleware):
 
     @staticmethod
     def _retries_made(message: Message, exception: Optional[BaseException]) -> int:
-        counted = getattr(exception, "retries_made", None)
+        counted = outcomes.retries_counted(exception)
         return int(counted if counted is not None else message.options.get("retries", 0))
 
     def _retry(

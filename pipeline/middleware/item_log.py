@@ -2,7 +2,7 @@
 
 The backoff middleware knows a failed message's fate (retried, deferred, given
 up); only the actor knows what a success was (sent, or nothing to do because the
-item was sent already). The actor says so with ``report``; the middleware writes
+item was sent already). The actor says so with ``pipeline.core.outcomes.report``; the middleware writes
 the line with ``log_outcome`` once the message is settled, so every message gets
 exactly one line::
 
@@ -20,54 +20,16 @@ In JSON logs (``LOG_FORMAT=json``) ``item``, ``actor``, ``attempt``, ``outcome``
 from __future__ import annotations
 
 import logging
-import threading
-from enum import StrEnum
 from typing import Any, Optional
 
 from dramatiq import Message
 
+from pipeline.core.outcomes import Outcome
+
 logger = logging.getLogger(__name__)
-
-
-class Outcome(StrEnum):
-    """What became of a message's item."""
-
-    #: The provider took the email(s).
-    SENT = "sent"
-    #: The event was applied to its order.
-    PROCESSED = "processed"
-    #: Nothing to do: done already, failed, not due or in another message's hands.
-    SKIPPED = "skipped"
-    #: Ran to the end (a tick, or an actor that reports nothing finer).
-    DONE = "done"
-    #: Failed; it runs again after ``delay_ms``, counted as a retry.
-    RETRYING = "retrying"
-    #: Not its item's failure (the database down, a rate-limit wait): runs again untouched.
-    DEFERRED = "deferred"
-    #: Failed for good: the item is marked failed and the message dead-lettered.
-    GIVEN_UP = "given_up"
-
 
 #: The outcomes logged at WARNING: the message failed; every other outcome is INFO.
 FAILURES = frozenset({Outcome.RETRYING, Outcome.DEFERRED, Outcome.GIVEN_UP})
-
-_reported = threading.local()
-
-
-def report(outcome: Outcome, **details: Any) -> None:
-    """The running actor's own word on its item, logged when its message is settled."""
-    _reported.value = (outcome, details)
-
-
-def take_report() -> tuple[Outcome, dict[str, Any]]:
-    """What the actor of this thread reported (``DONE`` if nothing), cleared for the next message."""
-    reported = getattr(_reported, "value", None) or (Outcome.DONE, {})
-    _reported.value = None
-    return reported
-
-
-def clear_report() -> None:
-    _reported.value = None
 
 
 def log_outcome(message: Message, outcome: Outcome, *, attempt: int, **details: Any) -> None:  # type: ignore[type-arg]

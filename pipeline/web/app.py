@@ -59,7 +59,7 @@ def build_app(current: Runtime) -> FastAPI:
     depths = QueueDepths(current.broker)
     if served:
         auth = OpsAuth.from_settings(settings)
-        app.include_router(cron.router(current, auth))
+        app.include_router(cron.router(auth))
         app.include_router(session.router(auth))
         app.include_router(ops_api.router(current, auth, depths))
         app.include_router(ops_actions.router(current, auth))

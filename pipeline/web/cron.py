@@ -4,7 +4,9 @@ The shop's TypeScript workers did the work inside the request and answered
 ``{"success": true, "processed": N, "succeeded": N, "failed": N}``; an existing
 Vercel Cron or GitHub Actions configuration pointed at ``serve`` keeps working.
 Here the work is the same periodic job the ticker runs (``minalesh-workers tick``),
-and two of the three hand it to the workers rather than doing it inline:
+declared once with its endpoint's name (``@periodic(cron=...)``), and a call is
+stamped in ``periodic_runs`` as the ticker's runs are; two of the three hand the
+work to the workers rather than doing it inline:
 
 * ``process-email-queue``: one email fan-out. ``processed``: emails claimed;
   ``succeeded``: emails whose send message RabbitMQ confirmed (batch members
@@ -33,12 +35,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from actors.fan_out import enqueue_due_emails
-from actors.webhooks import enqueue_due_webhooks
-from pipeline.core.runtime import Runtime
+from pipeline.bootstrap import periodic_jobs
+from pipeline.core.declare import PeriodicJob
 from pipeline.web.auth import OpsAuth, Principal, audit
 from pipeline.web.schemas import CronBody, CronFailure, ErrorBody
-from storage import inventory
 
 logger = logging.getLogger(__name__)
 
@@ -46,33 +46,30 @@ logger = logging.getLogger(__name__)
 CRON_PREFIX = "/api/cron"
 
 
-def router(current: Runtime, auth: OpsAuth) -> APIRouter:
-    """The three endpoints, each running one job of ``current``."""
+def router(auth: OpsAuth) -> APIRouter:
+    """One endpoint per periodic job declared with a ``cron`` name, the registry the ticker reads."""
     routes = APIRouter(prefix=CRON_PREFIX, tags=["cron"])
-    jobs: dict[str, Callable[[], int]] = {
-        "process-email-queue": enqueue_due_emails,
-        "retry-webhooks": enqueue_due_webhooks,
-        "cleanup-reservations": lambda: _cleanup(current),
-    }
-    for name, job in jobs.items():
-        run = _endpoint(name, job, auth)
+    for job in periodic_jobs():
+        if job.cron is None:
+            continue
+        run = _endpoint(job.cron, job, auth)
         for method in ("GET", "POST"):
             routes.add_api_route(
-                f"/{name}",
+                f"/{job.cron}",
                 run,
                 methods=[method],
                 response_model=CronBody,
                 responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 500: {"model": CronFailure}},
-                operation_id=f"cron_{name.replace('-', '_')}_{method.lower()}",
-                summary=f"Run {name} now (the shop's cron endpoint)",
+                operation_id=f"cron_{job.cron.replace('-', '_')}_{method.lower()}",
+                summary=f"Run {job.cron} now (the shop's cron endpoint)",
             )
     return routes
 
 
-def _endpoint(name: str, job: Callable[[], int], auth: OpsAuth) -> Callable[..., JSONResponse]:
+def _endpoint(name: str, job: PeriodicJob, auth: OpsAuth) -> Callable[..., JSONResponse]:
     def run(principal: Annotated[Principal, Depends(auth.admin)]) -> JSONResponse:
         try:
-            done = job()
+            done = job.run_scheduled().processed
         except Exception:
             logger.exception("The cron endpoint %s failed.", name)
             audit(principal, f"cron:{name}", success=False)
@@ -81,8 +78,3 @@ def _endpoint(name: str, job: Callable[[], int], auth: OpsAuth) -> Callable[...,
         return JSONResponse({"success": True, "processed": done, "succeeded": done, "failed": 0})
 
     return run
-
-
-def _cleanup(current: Runtime) -> int:
-    batch = current.settings.reservation_batch_size
-    return len(inventory.expire_all_due(current.sessions, batch_size=batch))

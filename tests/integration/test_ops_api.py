@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from bench.harness.fake_resend import FakeResend
 from pipeline.core.runtime import Runtime
 from pipeline.web.auth import COOKIE_NAME
-from storage import dead_letters, inventory
+from storage import dead_letters, inventory, periodic_runs
 from storage.clock import utcnow
 from storage.database import get_sessionmaker
 from storage.dead_letters import LetterFilter
@@ -162,6 +162,21 @@ def test_cleanup_reservations_releases_expired_holds(ops: str, sessions: session
     assert answer.status_code == 200
     assert answer.json()["succeeded"] >= 1
     assert _reservation(sessions, held).status == "expired"
+
+
+def test_a_cron_call_is_stamped_in_periodic_runs_as_the_tickers_runs_are(
+    ops: str, sessions: sessionmaker[Session]
+) -> None:
+    before = utcnow()
+
+    assert call(ops, "POST", "/api/cron/cleanup-reservations").status_code == 200
+    assert call(ops, "GET", "/api/cron/retry-webhooks").status_code == 200
+
+    with sessions() as session:
+        stamped = {run.job: run.last_success_at for run in periodic_runs.all_runs(session)}
+    for job in ("cleanup_reservations", "retry_webhooks"):
+        last_success = stamped.get(job)
+        assert last_success is not None and last_success >= before, job
 
 
 # --- sessions and CSRF --------------------------------------------------------------------------

@@ -26,8 +26,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.core.errors import Deferred, PermanentError, RateLimited, RetriesExhausted, TransientError, describe
 from pipeline.core.logs import WORKER_THREAD_LOGGER, ExpectedFailures
-from pipeline.middleware.backoff import Backoff, counting
-from pipeline.middleware.item_log import Outcome, report
+from pipeline.core.outcomes import Outcome, counting, report
+from pipeline.middleware.backoff import Backoff
 from storage.models import FinalError
 
 #: The actors' policy in these tests (``Pipeline.actor``): 10 ms, 20 ms, then capped at 25 ms; three retries.

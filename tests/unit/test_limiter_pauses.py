@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Optional
 
 import pytest
 from sqlalchemy import event
@@ -12,7 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bench.harness.waiting import wait_until
 from pipeline.core.errors import RateLimited
-from pipeline.core.limiter import HELD_RECHECK_SECONDS, SendLimiter
+from pipeline.core.limiter import DEFAULT_RETRY_AFTER_SECONDS, SendLimiter, fleet_pause_seconds
+from pipeline.core.operator_pauses import HELD_RECHECK_SECONDS, OPERATOR_PAUSE_RECHECK_SECONDS, held_wait
 from storage import rate_limits
 from storage.database import get_engine, get_sessionmaker
 from storage.migrate import upgrade
@@ -83,3 +85,47 @@ def test_each_process_s_first_request_goes_alone_and_paces_the_fleet_from_its_an
         assert request.slot.warming_until is None, "a warm process warmed up again"
     with second.request(transactional=True) as request:
         assert request.slot.warming_until is not None, "another process's first request did not go alone"
+
+
+# --- the pure decisions: how long a held send waits, how long a refusal pauses the fleet ----------
+
+
+@pytest.mark.parametrize(
+    ("until", "now", "wait"),
+    [
+        (None, 100.0, None),
+        (100.0, 100.0, None),
+        (90.0, 100.0, None),
+        (105.0, 100.0, 5.0),
+        (float("inf"), 100.0, OPERATOR_PAUSE_RECHECK_SECONDS),
+        (100.0 + 10 * OPERATOR_PAUSE_RECHECK_SECONDS, 100.0, OPERATOR_PAUSE_RECHECK_SECONDS),
+    ],
+)
+def test_held_wait(until: Optional[float], now: float, wait: Optional[float]) -> None:
+    assert held_wait(until, now) == wait
+
+
+@pytest.mark.parametrize(
+    ("reason", "retry_after", "pause"),
+    [
+        ("rate_limit_exceeded", 2.0, 2.0),
+        ("rate_limit_exceeded", 0.0, DEFAULT_RETRY_AFTER_SECONDS),
+        ("daily_quota_exceeded", 3600.0, 3600.0),
+        ("daily_quota_exceeded", 0.0, 600.0),
+        ("monthly_quota_exceeded", 0.0, 600.0),
+        ("concurrent_idempotent_requests", 5.0, None),
+        ("local", 5.0, None),
+    ],
+)
+def test_fleet_pause_seconds(reason: str, retry_after: float, pause: Optional[float]) -> None:
+    error = RateLimited("refused", retry_after=retry_after, reason=reason)
+    assert fleet_pause_seconds(error, quota_pause_seconds=600.0) == pause
+    assert error.retry_after == retry_after
+
+
+def test_a_refusal_that_pauses_the_fleet_says_how_long_and_leaves_the_error_alone(lite: sessionmaker[Session]) -> None:
+    sending = limiter(lite, 10.0)
+    error = RateLimited("429", retry_after=0.0, reason="rate_limit_exceeded")
+    assert sending.refused(error) == DEFAULT_RETRY_AFTER_SECONDS
+    assert error.retry_after == 0.0
+    assert limiter(lite, 0.0).refused(error) is None

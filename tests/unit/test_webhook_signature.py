@@ -11,8 +11,8 @@ import pytest
 
 from pipeline.core.declare import minutes_ms
 from pipeline.core.errors import ConfigError
+from pipeline.core.retry_policy import retry_delay_ms
 from pipeline.core.settings import Settings
-from pipeline.middleware.backoff import retry_delay_ms
 from pipeline.webhook_server import (
     SignatureRejected,
     compute_signature,

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Optional, Protocol
 
-from dramatiq import Message
+from dramatiq import Broker, Message
+from dramatiq.errors import ActorNotFound
 from sqlalchemy.orm import Session
 
 from storage import leases
@@ -81,6 +82,14 @@ class LeasedItemHooks:
 
     def describe(self, session: Session, message: Message) -> Optional[dict[str, Any]]:
         return self.describe_row(session, _row_id(message))
+
+
+def hooks_of(broker: Broker, actor_name: str) -> Optional[ItemHooks]:
+    """The ``item_hooks`` option of ``actor_name`` on ``broker``; None without, or for an actor this release lacks."""
+    try:
+        return broker.get_actor(actor_name).options.get("item_hooks")  # type: ignore[no-any-return]
+    except ActorNotFound:
+        return None
 
 
 def _row_id(message: Message) -> int:
