@@ -171,6 +171,22 @@ class OpsAuth:
             raise ApiError(403, "the read role may not do this")
         return principal
 
+    def cron(
+        self,
+        request: Request,
+        _bearer: Annotated[Optional[HTTPAuthorizationCredentials], Depends(_BEARER)],
+    ) -> Principal:
+        """The dependency of a cron endpoint: the admin's bearer token, never a session cookie.
+
+        The cron paths answer GET (Vercel Cron calls them so), and a cookie rides along
+        with any GET a page of the same site makes (``<img src=...>``), where no CSRF
+        header is asked for. So a cookie is not even looked at here: without the
+        ``Authorization`` header the answer is 401, whatever cookie came with it.
+        """
+        if request.headers.get("authorization") is None:
+            raise ApiError(401, "missing or invalid credentials")
+        return self.admin(request, _bearer, None)
+
     # --- sessions ---------------------------------------------------------------------------
 
     def issue(self, role: Role) -> tuple[str, Principal]:
