@@ -21,6 +21,7 @@ import logging
 
 import uvicorn
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
@@ -31,6 +32,7 @@ from pipeline.web import cron, health, ops_actions, ops_api, session
 from pipeline.web.auth import ApiError, OpsAuth
 from pipeline.web.dashboard import dashboard_routes
 from pipeline.web.depths import QueueDepths
+from pipeline.web.limits import BodyLimit, validation_errors
 from pipeline.webhook_server import DEFAULT_HOST, DEFAULT_PORT, WEBHOOK_PATH, intake_for, uvicorn_config
 
 logger = logging.getLogger(__name__)
@@ -55,6 +57,9 @@ def build_app(current: Runtime) -> FastAPI:
     app.include_router(health.router(sessions=current.sessions, broker_url=settings.broker_url))
     app.add_exception_handler(ApiError, _answer_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _answer_http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, validation_errors)  # type: ignore[arg-type]
+    # Bodies are read bounded before any route sees them; the intake bounds its own.
+    app.add_middleware(BodyLimit, exempt=[WEBHOOK_PATH.split("{", 1)[0]])
     #: One per process, shared by the ops API and /metrics: a thread and a RabbitMQ connection of its own.
     depths = QueueDepths(current.broker)
     if served:

@@ -50,6 +50,8 @@ COOKIE_NAME = "minalesh_ops"
 CSRF_HEADER = "X-CSRF-Token"
 #: A session ends this long after sign-in.
 SESSION_SECONDS = 8 * 3600
+#: A session cookie longer than this is refused unread (the ones issued here are under 200 characters).
+MAX_COOKIE_CHARS = 512
 #: Methods that change something: with a cookie, they need the CSRF header.
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: Failed sign-ins of one client within the window before it gets 429.
@@ -196,20 +198,40 @@ class OpsAuth:
         return f"{payload}.{self._sign(role, payload)}", Principal(role, "cookie", csrf)
 
     def read_session(self, value: str) -> Optional[Principal]:
-        """The session of a cookie value, or None when it is forged, malformed or expired."""
+        """The session of a cookie value, or None when it is forged, malformed or expired.
+
+        The signature is checked before anything of the payload is read: a forged
+        cookie is refused unparsed, so no client without a key can make the JSON
+        reader meet ``1e400`` or nesting thousands deep. A value longer than any
+        cookie this server issues is refused unread.
+        """
+        if len(value) > MAX_COOKIE_CHARS:
+            return None
         payload, _, signature = value.partition(".")
+        role = self._signed_by(payload, signature)
+        if role is None:
+            return None
         try:
             fields: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-            role = Role(fields["r"])
+            claimed = Role(fields["r"])
             csrf, expires = str(fields["c"]), int(fields["e"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError):  # signed, so never expected
             return None
-        if role not in self._keys or not hmac.compare_digest(self._sign(role, payload), signature):
+        if claimed is not role:
             return None
         return Principal(role, "cookie", csrf) if expires > self.clock() else None
 
+    def _signed_by(self, payload: str, signature: str) -> Optional[Role]:
+        """The role whose key signed ``payload``, or None; every key is tried, in constant time each."""
+        offered = signature.encode("utf-8", "replace")
+        found: Optional[Role] = None
+        for role in self._keys:
+            if hmac.compare_digest(self._sign(role, payload).encode(), offered) and found is None:
+                found = role
+        return found
+
     def _sign(self, role: Role, payload: str) -> str:
-        return _b64(hmac.new(self._keys[role], payload.encode(), hashlib.sha256).digest())
+        return _b64(hmac.new(self._keys[role], payload.encode("utf-8", "replace"), hashlib.sha256).digest())
 
     # --- sign-in throttle -------------------------------------------------------------------
 
