@@ -39,6 +39,9 @@ MAX_PER_REQUEST = 100
 DEFAULT_CONSUMER_TIMEOUT_MINUTES = 30.0
 #: The payment providers that may call the webhook intake; each may have ``{NAME}_WEBHOOK_SECRET``.
 PAYMENT_PROVIDERS = ("telebirr", "cbe", "awash", "generic")
+#: The largest subject and body (each of html and text) a template may render, in UTF-8 bytes.
+DEFAULT_EMAIL_MAX_SUBJECT_BYTES = 2048
+DEFAULT_EMAIL_MAX_BODY_BYTES = 1024 * 1024
 #: CRON_SECRET and OPS_READ_TOKEN are bearer tokens on the internet: shorter ones are refused.
 MIN_TOKEN_LENGTH = 32
 
@@ -253,6 +256,10 @@ class Settings:
     #: transaction-pooling PgBouncer); false: only the cron tick picks emails up.
     email_listen: bool = setting("EMAIL_LISTEN", _boolean, True)
     email_outbox_dir: str = setting("EMAIL_OUTBOX_DIR", str, "outbox")
+    #: A templated email whose subject, or either body, renders larger than this fails permanently;
+    #: no value one render builds may be larger than the body's limit either (docs/security.md).
+    email_max_subject_bytes: int = setting("EMAIL_MAX_SUBJECT_BYTES", _positive_count, DEFAULT_EMAIL_MAX_SUBJECT_BYTES)
+    email_max_body_bytes: int = setting("EMAIL_MAX_BODY_BYTES", _positive_count, DEFAULT_EMAIL_MAX_BODY_BYTES)
     #: Longest a worker holds a delayed message; must be below RabbitMQ's ``consumer_timeout``.
     broker_max_hold_minutes: float = setting("BROKER_MAX_HOLD_MINUTES", _positive_minutes, 10.0)
     #: RabbitMQ's ``consumer_timeout``, for the check of ``broker_max_hold_minutes``: set it
