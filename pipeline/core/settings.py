@@ -12,6 +12,7 @@ messages never quote them.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -195,6 +196,27 @@ def _port(raw: str) -> int:
     return value
 
 
+def _proxies(raw: str) -> tuple[str, ...]:
+    """Addresses or networks (``10.0.0.1``, ``10.0.0.0/24``, ``::1``), comma-separated; ``*`` trusts every peer."""
+    items = tuple(item.strip() for item in raw.split(",") if item.strip())
+    for item in items:
+        if item != "*":
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network") from None
+    return items
+
+
+def _host_names(raw: str) -> tuple[str, ...]:
+    """Host names, comma-separated, without port; ``*.example.com`` matches its subdomains."""
+    items = tuple(item.strip().lower() for item in raw.split(",") if item.strip())
+    for item in items:
+        if ":" in item.strip("[]") and not item.startswith("[") or "/" in item or " " in item:
+            raise ValueError(f"{item!r} is not a host name (no port, no scheme)")
+    return items
+
+
 def _hidden(_raw: str) -> str:
     return "(value not shown)"
 
@@ -306,6 +328,11 @@ class Settings:
     ops_read_token: Optional[str] = setting("OPS_READ_TOKEN", _token, secret=True)
     #: The ops session cookie is ``Secure``; false only for plain-http use on one's own machine.
     ops_cookie_secure: bool = setting("OPS_COOKIE_SECURE", _boolean, True)
+    #: The proxies whose ``X-Forwarded-For``/``-Proto`` ``serve`` believes (uvicorn's ``forwarded_allow_ips``);
+    #: empty: none, the peer is the client (docs/security.md).
+    forwarded_allow_ips: tuple[str, ...] = setting("FORWARDED_ALLOW_IPS", _proxies, ())
+    #: The ``Host`` names ``serve`` answers; empty: any (docs/security.md: DNS rebinding).
+    ops_allowed_hosts: tuple[str, ...] = setting("OPS_ALLOWED_HOSTS", _host_names, ())
 
     @property
     def broker_nodes(self) -> list[str]:

@@ -17,7 +17,9 @@ header is the second lock). A bearer request needs none: a browser never adds on
 
 Tokens are 32+ characters, so guessing is hopeless; sign-in failures are still
 logged and a client failing ``MAX_FAILURES`` times within ``FAILURE_WINDOW_SECONDS``
-gets 429 until the window passes, which keeps a scanner out of the logs' way.
+gets 429 until the window passes, which keeps a scanner out of the logs' way. The
+client is the real one behind the proxies named in FORWARDED_ALLOW_IPS (never one a
+client names itself), and the table keeps ``MAX_TRACKED_CLIENTS`` at most.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: Failed sign-ins of one client within the window before it gets 429.
 MAX_FAILURES = 10
 FAILURE_WINDOW_SECONDS = 60.0
+#: The failure table keeps this many clients at most, the most recent: a scan from many addresses
+#: cannot grow it without end (each entry holds at most MAX_FAILURES times).
+MAX_TRACKED_CLIENTS = 10_000
 
 
 #: How the OpenAPI document names the two ways in (checking is ``OpsAuth.principal``'s).
@@ -246,7 +251,12 @@ class OpsAuth:
 
     def record_failure(self, client: str) -> None:
         with self._lock:
-            self._recent(client).append(self.clock())
+            recent = self._recent(client)
+            recent.append(self.clock())
+            while len(recent) > MAX_FAILURES:  # more are never needed to answer 429
+                recent.popleft()
+            while len(self._failures) > MAX_TRACKED_CLIENTS:  # the least recently failing first
+                del self._failures[next(iter(self._failures))]
 
     def _recent(self, client: str) -> deque[float]:
         """``client``'s failures within the window; a client without any is forgotten."""
@@ -264,6 +274,7 @@ def audit(principal: Principal | str, action: str, **details: Any) -> None:
 
 
 def client_of(request: Request) -> str:
+    """The client's address: the peer's, or the one a proxy named in FORWARDED_ALLOW_IPS forwarded."""
     return request.client.host if request.client else "unknown"
 
 
