@@ -339,6 +339,9 @@ def uvicorn_config(app: Starlette, *, host: str, port: int) -> uvicorn.Config:
         ws="none",
         lifespan="off",
         log_config=None,
+        # uvicorn believes X-Forwarded-For from 127.0.0.1 by default; ``pipeline.web.app`` applies
+        # the proxies of FORWARDED_ALLOW_IPS itself, and the intake alone needs none.
+        proxy_headers=False,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=10,
     )

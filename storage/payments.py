@@ -35,6 +35,9 @@ PAYMENT_FAILED = "payment.failed"
 EVENT_TYPES = (PAYMENT_SUCCEEDED, PAYMENT_FAILED)
 #: The fields every event must carry.
 REQUIRED_FIELDS = ("event_id", "type", "order_id", "amount", "currency")
+#: An event nested deeper than this is refused: providers send a few levels, and every reader of the
+#: payload after this one (PostgreSQL's jsonb, the ops API, the dashboard) then has a bound too.
+MAX_DEPTH = 32
 #: Email templates (``pipeline/core/templates``) and their subjects, per event type.
 EMAILS = {
     PAYMENT_SUCCEEDED: ("order_confirmation", "Order {{ order_id }} confirmed"),
@@ -77,8 +80,12 @@ def parse_event(body: bytes) -> IncomingEvent:
         payload = json.loads(body, parse_constant=_no_constants)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidEvent(f"body is not JSON: {exc}") from None
+    except RecursionError:  # the parser's own bound, thousands of levels down
+        raise InvalidEvent(f"body is nested more than {MAX_DEPTH} levels deep") from None
     if not isinstance(payload, dict):
         raise InvalidEvent("body must be a JSON object")
+    if _depth(payload) > MAX_DEPTH:
+        raise InvalidEvent(f"body is nested more than {MAX_DEPTH} levels deep")
     unstorable = _unstorable_text(payload)
     if unstorable is not None:
         raise InvalidEvent(
@@ -137,6 +144,19 @@ def _unstorable_text(payload: dict[str, Any]) -> Optional[str]:
         elif isinstance(value, list):
             pending.extend((f"{path}[{index}]", item) for index, item in enumerate(value))
     return None
+
+
+def _depth(value: Any) -> int:
+    """How many objects and arrays deep ``value`` goes (walked without recursion)."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, level = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        pending.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _storable(text: str) -> bool:

@@ -10,7 +10,13 @@ Secrets are kept out of log calls in the first place (the settings' repr, the
 URLs' ``mask_password``, the mailer's error messages). ``RedactSecrets`` is the
 last line of defence: every secret value this process knows (``Settings.secret_values``)
 is replaced by ``***`` in the message, its traceback and its extras, before any
-handler formats it. pika's chatter is kept at WARNING.
+handler formats it, in every form a URL may carry it: as written, percent-encoded
+(any characters of it, hex in either case) and with ``+`` for a space. A base64
+token (``openssl rand -base64 32``) has ``+``, ``/`` and ``=``, which a client
+encodes, and uvicorn's access line shows the target as the client sent it. The
+value of a query parameter named like a credential (``token``, ``secret``, ``key``,
+``password``, ``signature``, ``auth``, in any case and part of any name) is masked
+whatever it holds, a wrong token included. pika's chatter is kept at WARNING.
 
 An expected failure of a message (a retry, a deferral, a refusal: ``pipeline.core.errors.expected``)
 is told once, at WARNING and without a traceback, by the message's own line
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -35,6 +42,11 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
 MASK = "***"
 #: Shorter values are not masked: masking a two-letter password would garble every line.
 MIN_SECRET_LENGTH = 4
+#: A query parameter whose name holds one of these words (any case) is masked whatever its value.
+CREDENTIAL_WORDS = ("token", "secret", "password", "passwd", "key", "signature", "auth")
+_CREDENTIAL_PARAMETER = re.compile(
+    r"([?&;][^=&#\s\"']*(?:" + "|".join(CREDENTIAL_WORDS) + r")[^=&#\s\"']*=)[^&#\s\"']*", re.IGNORECASE
+)
 #: The attributes every ``LogRecord`` has (and uvicorn's ANSI-coloured copy of its message); any other is an extra.
 _RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
 #: The logger on which Dramatiq's worker threads report what an actor raised.
@@ -105,16 +117,17 @@ class RedactSecrets(logging.Filter):
         super().__init__()
         #: Longest first, so a secret containing another is masked whole.
         self.secrets = sorted({s for s in secrets if len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
+        self._patterns = [_any_encoding(secret) for secret in self.secrets]
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
-            return True
         try:
             message = record.getMessage()
         except Exception:  # a bad format string: the handler reports it, with the raw text masked
             record.msg = self.redact(str(record.msg))
             return True
         record.msg, record.args = self.redact(message), None
+        if not self.secrets:
+            return True
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
@@ -126,8 +139,10 @@ class RedactSecrets(logging.Filter):
         return True
 
     def redact(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, MASK)
+        """``text`` with credential parameters' values and every known secret, in any encoding, masked."""
+        text = _CREDENTIAL_PARAMETER.sub(lambda found: found.group(1) + MASK, text)
+        for pattern in self._patterns:
+            text = pattern.sub(MASK, text)
         return text
 
     def redact_value(self, value: Any) -> Any:
@@ -139,6 +154,21 @@ class RedactSecrets(logging.Filter):
         if isinstance(value, (list, tuple)):
             return [self.redact_value(item) for item in value]
         return value
+
+
+def _any_encoding(secret: str) -> re.Pattern[str]:
+    """A pattern of ``secret`` with each character as written or percent-encoded (hex in either case)."""
+    parts = []
+    for char in secret:
+        encoded = "".join(f"%{_hex_digit(byte >> 4)}{_hex_digit(byte & 15)}" for byte in char.encode("utf-8"))
+        plus = r"|\+" if char == " " else ""
+        parts.append(f"(?:{re.escape(char)}|{encoded}{plus})")
+    return re.compile("".join(parts))
+
+
+def _hex_digit(value: int) -> str:
+    digit = f"{value:X}"
+    return f"[{digit}{digit.lower()}]" if digit.isalpha() else digit
 
 
 def extras_of(record: logging.LogRecord) -> dict[str, Any]:

@@ -8,14 +8,27 @@ The subject is template text too, and it comes from the host's row: a host that
 puts customer text into it hands that customer a template. So every template is
 rendered in Jinja2's ``SandboxedEnvironment``, which refuses attribute access
 that leads out of the data (``''.__class__.__mro__``…) with a ``SecurityError``.
-The sandbox stops code, not cost (a large loop still takes its time): customer
-data belongs in ``template_data``, never in the template text. Rendering is a
-pure function of the template and its data, so any error it raises fails the
-email permanently (``TemplateFailed``): retrying would fail the same way.
+
+The sandbox stops code, not cost, so ``BoundedSandbox`` bounds what one render
+may build: ``{{ "A" * 20000000 }}`` rendered 20 MB and sent it, and a larger
+factor took the worker down with every email it held. No value may grow past
+EMAIL_MAX_BODY_BYTES characters, checked *before* it is built where an operator
+or call multiplies (``*``, ``**``, ``%`` and ``format`` widths, ``center``,
+``join``, ``replace``…) and after it is built everywhere else (every call,
+filter, ``namespace`` assignment and macro argument, so no doubling loop gets
+far); the output is streamed and cut at EMAIL_MAX_SUBJECT_BYTES for the subject
+and EMAIL_MAX_BODY_BYTES for each body. A large loop still takes its time
+(``range`` stops at 100,000): customer data belongs in ``template_data``, never
+in the template text. Rendering is a pure function of the template and its data,
+so any error it raises fails the email permanently (``TemplateFailed``), its
+neighbours in a batch untouched: retrying would fail the same way.
 """
 
 from __future__ import annotations
 
+import functools
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Optional
@@ -28,13 +41,24 @@ from jinja2 import (
     TemplateNotFound,
     select_autoescape,
 )
+from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
+from jinja2.utils import Namespace
 
+from pipeline.core import runtime
 from pipeline.core.errors import PermanentError, describe
+from pipeline.core.settings import DEFAULT_EMAIL_MAX_BODY_BYTES, DEFAULT_EMAIL_MAX_SUBJECT_BYTES
+
+#: Numbers in a format string (widths, precisions): one larger than the limit would build a value that large.
+_NUMBERS = re.compile(r"[0-9]+")
 
 
 class TemplateFailed(PermanentError):
     """The template is unknown or its data does not fit it."""
+
+
+class RenderTooLarge(TemplateFailed):
+    """One render would build more than its limit allows."""
 
 
 @dataclass(frozen=True)
@@ -44,10 +68,96 @@ class RenderedEmail:
     text: Optional[str]
 
 
-@lru_cache(maxsize=1)
-def _environment() -> SandboxedEnvironment:
-    """The one environment of every template, the shipped ones and the subjects alike."""
-    return SandboxedEnvironment(
+class BoundedSandbox(SandboxedEnvironment):
+    """The sandbox, with no value of one render larger than ``max_chars`` characters (see the module's doc)."""
+
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
+
+    def __init__(self, *, max_chars: int, **options: Any) -> None:
+        super().__init__(**options)
+        self.max_chars = max_chars
+        self.filters = {name: self._bounded(function) for name, function in self.filters.items()}
+        self.globals["namespace"] = _bounded_namespace(self)
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for sequence, times in ((left, right), (right, left)):
+                if _is_sized(sequence) and isinstance(times, int):
+                    self.check(len(sequence) * times, "a repetition")
+        elif operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1:
+            self.check(int(right * max(abs(left), 2).bit_length() * 0.302), "a power")  # its decimal digits
+        elif operator == "%" and isinstance(left, str):
+            self.check_format(left)
+        return self.checked(super().call_binop(context, operator, left, right))
+
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: B902 - Jinja's
+        __self.check_arguments(__obj, args, kwargs)
+        return __self.checked(super().call(__context, __obj, *args, **kwargs))
+
+    def format_string(self, s: str, args: tuple[Any, ...], kwargs: dict[str, Any], format_func: Any = None) -> str:
+        self.check_format(s)
+        return self.checked(super().format_string(s, args, kwargs, format_func))
+
+    def check(self, size: int, what: str) -> None:
+        if size > self.max_chars:
+            raise RenderTooLarge(f"{what} would be too large: {size} characters, the limit is {self.max_chars}")
+
+    def checked(self, value: Any) -> Any:
+        if _is_sized(value):
+            self.check(len(value), "a value")
+        return value
+
+    def check_format(self, text: str) -> None:
+        """A width or precision past the limit would pad a value that far."""
+        for number in _NUMBERS.findall(text):
+            self.check(int(number) if len(number) <= 12 else self.max_chars + 1, "a formatted value")
+
+    def check_arguments(self, function: Any, args: Iterable[Any], kwargs: dict[str, Any]) -> None:
+        """Arguments too large already, widths past the limit, and ``join``'s and ``replace``'s products."""
+        given = [*args, *kwargs.values()]
+        for value in given:
+            if isinstance(value, int) and not isinstance(value, bool):
+                self.check(value, "a width or count")
+            self.checked(value)
+        name = getattr(function, "__name__", "")
+        owner = getattr(function, "__self__", None)  # ``"x".join(...)``: the separator is the method's string
+        strings = [value for value in [owner, *given] if isinstance(value, str)]
+        if name in ("join", "do_join") and strings:
+            items = [value for value in given if hasattr(value, "__len__") and not isinstance(value, str)]
+            self.check(max(map(len, strings)) * max(map(len, items), default=0), "a join")
+        if name in ("replace", "do_replace") and strings:
+            self.check(max(map(len, strings)) ** 2 + len(strings[0]), "a replacement")
+
+    def _bounded(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        """A filter with its arguments and result checked (Jinja calls filters directly, not through ``call``)."""
+
+        @functools.wraps(function)
+        def bounded(*args: Any, **kwargs: Any) -> Any:
+            self.check_arguments(function, args, kwargs)
+            return self.checked(function(*args, **kwargs))
+
+        return bounded
+
+
+def _bounded_namespace(environment: BoundedSandbox) -> type[Namespace]:
+    class BoundedNamespace(Namespace):
+        """``namespace()``, whose attributes are checked as they are set: a loop cannot double one unbounded."""
+
+        def __setitem__(self, name: str, value: Any) -> None:
+            super().__setitem__(name, environment.checked(value))
+
+    return BoundedNamespace
+
+
+def _is_sized(value: Any) -> bool:
+    return isinstance(value, (str, bytes, list, tuple, dict))
+
+
+@lru_cache(maxsize=4)
+def _environment(max_chars: int = DEFAULT_EMAIL_MAX_BODY_BYTES) -> BoundedSandbox:
+    """The one environment of every template under a limit, the shipped ones and the subjects alike."""
+    return BoundedSandbox(
+        max_chars=max_chars,
         loader=PackageLoader("pipeline.core", "templates"),
         autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
         undefined=StrictUndefined,
@@ -56,9 +166,9 @@ def _environment() -> SandboxedEnvironment:
 
 
 @lru_cache(maxsize=1024)
-def _subject_template(subject: str) -> Template:
+def _subject_template(subject: str, max_chars: int) -> Template:
     """A templated subject, compiled once: hosts reuse a handful of subjects for every email."""
-    return _environment().from_string(subject)
+    return _environment(max_chars).from_string(subject)
 
 
 def templates() -> list[str]:
@@ -75,29 +185,58 @@ def render(
     text: Optional[str],
     template: Optional[str],
     data: object,
+    max_subject_bytes: Optional[int] = None,
+    max_body_bytes: Optional[int] = None,
 ) -> RenderedEmail:
     """The email to send: the stored bodies, or the template rendered with ``data``.
 
     ``data`` is the row's ``template_data``, which the host's SQL may have set to
     any JSON: only an object (or nothing) names variables, and anything else fails
     the email permanently, naming what it got. Without a template it is not read.
+    The limits are EMAIL_MAX_SUBJECT_BYTES and EMAIL_MAX_BODY_BYTES unless given.
     """
     if template is None:
         return RenderedEmail(subject=subject, html=html, text=text)
+    subject_limit, body_limit = _limits(max_subject_bytes, max_body_bytes)
     context = _variables(data)
-    environment = _environment()
+    environment = _environment(body_limit)
     try:
         return RenderedEmail(
-            subject=_subject_template(subject).render(context),
-            html=environment.get_template(f"{template}.html").render(context),
-            text=environment.get_template(f"{template}.txt").render(context),
+            subject=_streamed(_subject_template(subject, body_limit), context, subject_limit, "the subject"),
+            html=_streamed(environment.get_template(f"{template}.html"), context, body_limit, "the html body"),
+            text=_streamed(environment.get_template(f"{template}.txt"), context, body_limit, "the text body"),
         )
+    except TemplateFailed as exc:
+        raise TemplateFailed(f"template {template!r}: {exc}") from None
     except TemplateNotFound:
         raise TemplateFailed(f"unknown template {template!r}; shipped: {', '.join(templates())}") from None
     except TemplateError as exc:  # the sandbox's refusals (SecurityError) among them
         raise TemplateFailed(f"template {template!r}: {exc}") from None
     except Exception as exc:  # the sandbox's limits (OverflowError), and errors of the data's own methods
         raise TemplateFailed(f"template {template!r}: {describe(exc)}") from None
+
+
+def _limits(max_subject_bytes: Optional[int], max_body_bytes: Optional[int]) -> tuple[int, int]:
+    """The limits given, else this process's settings, else the defaults (a render outside a worker)."""
+    settings = runtime.current().settings if runtime.is_installed() else None
+    subject = max_subject_bytes or (settings.email_max_subject_bytes if settings else DEFAULT_EMAIL_MAX_SUBJECT_BYTES)
+    body = max_body_bytes or (settings.email_max_body_bytes if settings else DEFAULT_EMAIL_MAX_BODY_BYTES)
+    return subject, body
+
+
+def _streamed(template: Template, context: dict[str, Any], limit: int, what: str) -> str:
+    """The rendered text, given up as soon as it is known to be over ``limit`` UTF-8 bytes."""
+    parts: list[str] = []
+    characters = 0
+    for part in template.generate(context):
+        characters += len(part)  # a character is at least a byte
+        if characters > limit:
+            raise RenderTooLarge(f"{what} is over {limit} bytes")
+        parts.append(part)
+    rendered = "".join(parts)
+    if len(rendered.encode("utf-8", "surrogatepass")) > limit:
+        raise RenderTooLarge(f"{what} is over {limit} bytes")
+    return rendered
 
 
 def _variables(data: object) -> dict[str, Any]:

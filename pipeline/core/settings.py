@@ -12,6 +12,7 @@ messages never quote them.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -39,6 +40,9 @@ MAX_PER_REQUEST = 100
 DEFAULT_CONSUMER_TIMEOUT_MINUTES = 30.0
 #: The payment providers that may call the webhook intake; each may have ``{NAME}_WEBHOOK_SECRET``.
 PAYMENT_PROVIDERS = ("telebirr", "cbe", "awash", "generic")
+#: The largest subject and body (each of html and text) a template may render, in UTF-8 bytes.
+DEFAULT_EMAIL_MAX_SUBJECT_BYTES = 2048
+DEFAULT_EMAIL_MAX_BODY_BYTES = 1024 * 1024
 #: CRON_SECRET and OPS_READ_TOKEN are bearer tokens on the internet: shorter ones are refused.
 MIN_TOKEN_LENGTH = 32
 
@@ -192,6 +196,27 @@ def _port(raw: str) -> int:
     return value
 
 
+def _proxies(raw: str) -> tuple[str, ...]:
+    """Addresses or networks (``10.0.0.1``, ``10.0.0.0/24``, ``::1``), comma-separated; ``*`` trusts every peer."""
+    items = tuple(item.strip() for item in raw.split(",") if item.strip())
+    for item in items:
+        if item != "*":
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network") from None
+    return items
+
+
+def _host_names(raw: str) -> tuple[str, ...]:
+    """Host names, comma-separated, without port; ``*.example.com`` matches its subdomains."""
+    items = tuple(item.strip().lower() for item in raw.split(",") if item.strip())
+    for item in items:
+        if ":" in item.strip("[]") and not item.startswith("[") or "/" in item or " " in item:
+            raise ValueError(f"{item!r} is not a host name (no port, no scheme)")
+    return items
+
+
 def _hidden(_raw: str) -> str:
     return "(value not shown)"
 
@@ -253,6 +278,10 @@ class Settings:
     #: transaction-pooling PgBouncer); false: only the cron tick picks emails up.
     email_listen: bool = setting("EMAIL_LISTEN", _boolean, True)
     email_outbox_dir: str = setting("EMAIL_OUTBOX_DIR", str, "outbox")
+    #: A templated email whose subject, or either body, renders larger than this fails permanently;
+    #: no value one render builds may be larger than the body's limit either (docs/security.md).
+    email_max_subject_bytes: int = setting("EMAIL_MAX_SUBJECT_BYTES", _positive_count, DEFAULT_EMAIL_MAX_SUBJECT_BYTES)
+    email_max_body_bytes: int = setting("EMAIL_MAX_BODY_BYTES", _positive_count, DEFAULT_EMAIL_MAX_BODY_BYTES)
     #: Longest a worker holds a delayed message; must be below RabbitMQ's ``consumer_timeout``.
     broker_max_hold_minutes: float = setting("BROKER_MAX_HOLD_MINUTES", _positive_minutes, 10.0)
     #: RabbitMQ's ``consumer_timeout``, for the check of ``broker_max_hold_minutes``: set it
@@ -299,6 +328,11 @@ class Settings:
     ops_read_token: Optional[str] = setting("OPS_READ_TOKEN", _token, secret=True)
     #: The ops session cookie is ``Secure``; false only for plain-http use on one's own machine.
     ops_cookie_secure: bool = setting("OPS_COOKIE_SECURE", _boolean, True)
+    #: The proxies whose ``X-Forwarded-For``/``-Proto`` ``serve`` believes (uvicorn's ``forwarded_allow_ips``);
+    #: empty: none, the peer is the client (docs/security.md).
+    forwarded_allow_ips: tuple[str, ...] = setting("FORWARDED_ALLOW_IPS", _proxies, ())
+    #: The ``Host`` names ``serve`` answers; empty: any (docs/security.md: DNS rebinding).
+    ops_allowed_hosts: tuple[str, ...] = setting("OPS_ALLOWED_HOSTS", _host_names, ())
 
     @property
     def broker_nodes(self) -> list[str]:

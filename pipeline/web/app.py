@@ -21,8 +21,11 @@ import logging
 
 import uvicorn
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from pipeline.core.runtime import Runtime
 from pipeline.core.settings import PAYMENT_PROVIDERS
@@ -31,6 +34,7 @@ from pipeline.web import cron, health, ops_actions, ops_api, session
 from pipeline.web.auth import ApiError, OpsAuth
 from pipeline.web.dashboard import dashboard_routes
 from pipeline.web.depths import QueueDepths
+from pipeline.web.limits import BodyLimit, validation_errors
 from pipeline.webhook_server import DEFAULT_HOST, DEFAULT_PORT, WEBHOOK_PATH, intake_for, uvicorn_config
 
 logger = logging.getLogger(__name__)
@@ -55,6 +59,13 @@ def build_app(current: Runtime) -> FastAPI:
     app.include_router(health.router(sessions=current.sessions, broker_url=settings.broker_url))
     app.add_exception_handler(ApiError, _answer_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _answer_http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, validation_errors)  # type: ignore[arg-type]
+    # Bodies are read bounded before any route sees them; the intake bounds its own.
+    app.add_middleware(BodyLimit, exempt=[WEBHOOK_PATH.split("{", 1)[0]])
+    if settings.ops_allowed_hosts:  # another Host is a browser sent here by DNS rebinding: 400
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(settings.ops_allowed_hosts))
+    if settings.forwarded_allow_ips:  # outermost: everything inside sees the real client
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.forwarded_allow_ips))
     #: One per process, shared by the ops API and /metrics: a thread and a RabbitMQ connection of its own.
     depths = QueueDepths(current.broker)
     if served:
@@ -80,7 +91,11 @@ async def _answer_http_error(_request: Request, error: HTTPException) -> JSONRes
 
 
 def server_config(current: Runtime, *, host: str, port: int) -> uvicorn.Config:
-    """uvicorn's configuration for ``build_app(current)``; tests build their server from it."""
+    """uvicorn's configuration for ``build_app(current)``; tests build their server from it.
+
+    uvicorn's own proxy headers stay off (``uvicorn_config``): the app applies them itself,
+    for FORWARDED_ALLOW_IPS only, so in-process tests see what a served request sees.
+    """
     return uvicorn_config(build_app(current), host=host, port=port)
 
 

@@ -17,7 +17,9 @@ header is the second lock). A bearer request needs none: a browser never adds on
 
 Tokens are 32+ characters, so guessing is hopeless; sign-in failures are still
 logged and a client failing ``MAX_FAILURES`` times within ``FAILURE_WINDOW_SECONDS``
-gets 429 until the window passes, which keeps a scanner out of the logs' way.
+gets 429 until the window passes, which keeps a scanner out of the logs' way. The
+client is the real one behind the proxies named in FORWARDED_ALLOW_IPS (never one a
+client names itself), and the table keeps ``MAX_TRACKED_CLIENTS`` at most.
 """
 
 from __future__ import annotations
@@ -50,11 +52,16 @@ COOKIE_NAME = "minalesh_ops"
 CSRF_HEADER = "X-CSRF-Token"
 #: A session ends this long after sign-in.
 SESSION_SECONDS = 8 * 3600
+#: A session cookie longer than this is refused unread (the ones issued here are under 200 characters).
+MAX_COOKIE_CHARS = 512
 #: Methods that change something: with a cookie, they need the CSRF header.
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: Failed sign-ins of one client within the window before it gets 429.
 MAX_FAILURES = 10
 FAILURE_WINDOW_SECONDS = 60.0
+#: The failure table keeps this many clients at most, the most recent: a scan from many addresses
+#: cannot grow it without end (each entry holds at most MAX_FAILURES times).
+MAX_TRACKED_CLIENTS = 10_000
 
 
 #: How the OpenAPI document names the two ways in (checking is ``OpsAuth.principal``'s).
@@ -171,6 +178,22 @@ class OpsAuth:
             raise ApiError(403, "the read role may not do this")
         return principal
 
+    def cron(
+        self,
+        request: Request,
+        _bearer: Annotated[Optional[HTTPAuthorizationCredentials], Depends(_BEARER)],
+    ) -> Principal:
+        """The dependency of a cron endpoint: the admin's bearer token, never a session cookie.
+
+        The cron paths answer GET (Vercel Cron calls them so), and a cookie rides along
+        with any GET a page of the same site makes (``<img src=...>``), where no CSRF
+        header is asked for. So a cookie is not even looked at here: without the
+        ``Authorization`` header the answer is 401, whatever cookie came with it.
+        """
+        if request.headers.get("authorization") is None:
+            raise ApiError(401, "missing or invalid credentials")
+        return self.admin(request, _bearer, None)
+
     # --- sessions ---------------------------------------------------------------------------
 
     def issue(self, role: Role) -> tuple[str, Principal]:
@@ -180,20 +203,40 @@ class OpsAuth:
         return f"{payload}.{self._sign(role, payload)}", Principal(role, "cookie", csrf)
 
     def read_session(self, value: str) -> Optional[Principal]:
-        """The session of a cookie value, or None when it is forged, malformed or expired."""
+        """The session of a cookie value, or None when it is forged, malformed or expired.
+
+        The signature is checked before anything of the payload is read: a forged
+        cookie is refused unparsed, so no client without a key can make the JSON
+        reader meet ``1e400`` or nesting thousands deep. A value longer than any
+        cookie this server issues is refused unread.
+        """
+        if len(value) > MAX_COOKIE_CHARS:
+            return None
         payload, _, signature = value.partition(".")
+        role = self._signed_by(payload, signature)
+        if role is None:
+            return None
         try:
             fields: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-            role = Role(fields["r"])
+            claimed = Role(fields["r"])
             csrf, expires = str(fields["c"]), int(fields["e"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError):  # signed, so never expected
             return None
-        if role not in self._keys or not hmac.compare_digest(self._sign(role, payload), signature):
+        if claimed is not role:
             return None
         return Principal(role, "cookie", csrf) if expires > self.clock() else None
 
+    def _signed_by(self, payload: str, signature: str) -> Optional[Role]:
+        """The role whose key signed ``payload``, or None; every key is tried, in constant time each."""
+        offered = signature.encode("utf-8", "replace")
+        found: Optional[Role] = None
+        for role in self._keys:
+            if hmac.compare_digest(self._sign(role, payload).encode(), offered) and found is None:
+                found = role
+        return found
+
     def _sign(self, role: Role, payload: str) -> str:
-        return _b64(hmac.new(self._keys[role], payload.encode(), hashlib.sha256).digest())
+        return _b64(hmac.new(self._keys[role], payload.encode("utf-8", "replace"), hashlib.sha256).digest())
 
     # --- sign-in throttle -------------------------------------------------------------------
 
@@ -208,7 +251,12 @@ class OpsAuth:
 
     def record_failure(self, client: str) -> None:
         with self._lock:
-            self._recent(client).append(self.clock())
+            recent = self._recent(client)
+            recent.append(self.clock())
+            while len(recent) > MAX_FAILURES:  # more are never needed to answer 429
+                recent.popleft()
+            while len(self._failures) > MAX_TRACKED_CLIENTS:  # the least recently failing first
+                del self._failures[next(iter(self._failures))]
 
     def _recent(self, client: str) -> deque[float]:
         """``client``'s failures within the window; a client without any is forgotten."""
@@ -226,6 +274,7 @@ def audit(principal: Principal | str, action: str, **details: Any) -> None:
 
 
 def client_of(request: Request) -> str:
+    """The client's address: the peer's, or the one a proxy named in FORWARDED_ALLOW_IPS forwarded."""
     return request.client.host if request.client else "unknown"
 
 

@@ -20,8 +20,10 @@ work to the workers rather than doing it inline:
   expired and their stock given back; ``failed``: 0 (a batch that fails rolls back
   whole and the request answers 500).
 
-Only the admin role may call them: they are actions. A missing or wrong token is
-401 and nothing runs. An error is 500 ``{"success": false, "error": ...}`` without
+Only the admin role may call them, by its bearer token: they are actions. A missing
+or wrong token is 401 and nothing runs; so is a dashboard session's cookie, on any
+method (a GET carries no CSRF token, and any page of the site can make one).
+An error is 500 ``{"success": false, "error": ...}`` without
 internals (the log has them). Every call is in the audit log.
 """
 
@@ -67,7 +69,7 @@ def router(auth: OpsAuth) -> APIRouter:
 
 
 def _endpoint(name: str, job: PeriodicJob, auth: OpsAuth) -> Callable[..., JSONResponse]:
-    def run(principal: Annotated[Principal, Depends(auth.admin)]) -> JSONResponse:
+    def run(principal: Annotated[Principal, Depends(auth.cron)]) -> JSONResponse:
         try:
             done = job.run_scheduled().processed
         except Exception:

@@ -55,7 +55,7 @@ def router(current: Runtime, auth: OpsAuth) -> APIRouter:
         audit(principal, "purge", selection=_shown(selection), matched=existing, deleted=deleted)
         return {"matched": existing, "deleted": deleted, "dry_run": selection.dry_run}
 
-    @routes.delete("/dead-letters/{letter_id:int}", response_model=PurgeBody, responses={404: {"model": ErrorBody}})
+    @routes.delete("/dead-letters/{letter_id:rowid}", response_model=PurgeBody, responses={404: {"model": ErrorBody}})
     def delete_one(principal: Admin, letter_id: int) -> Any:
         """Delete one dead letter."""
         deleted = dead_letters.purge_ids(current.sessions, [letter_id]) if fits_bigint(letter_id) else 0

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from pipeline import dlq
 from pipeline.core.runtime import Runtime
 from pipeline.stats import collect
+from pipeline.web import limits  # noqa: F401 - registers the ``rowid`` path convertor the routes use
 from pipeline.web.auth import ApiError, OpsAuth, Principal
 from pipeline.web.depths import QueueDepths
 from pipeline.web.schemas import (
@@ -117,7 +118,7 @@ def router(current: Runtime, auth: OpsAuth, depths: QueueDepths) -> APIRouter:
             )
         return _id_page([_email(row, max_retries) for row in rows], limit)
 
-    @routes.get("/emails/{email_id:int}", response_model=EmailItem, responses={404: {"model": ErrorBody}})
+    @routes.get("/emails/{email_id:rowid}", response_model=EmailItem, responses={404: {"model": ErrorBody}})
     def one_email(_principal: Reader, email_id: int) -> Any:
         """One email (without its bodies)."""
         with current.sessions() as session:
@@ -142,7 +143,7 @@ def router(current: Runtime, auth: OpsAuth, depths: QueueDepths) -> APIRouter:
             )
             return _id_page([_webhook(row) for row in rows], limit)
 
-    @routes.get("/webhooks/{event_row_id:int}", response_model=WebhookDetail, responses={404: {"model": ErrorBody}})
+    @routes.get("/webhooks/{event_row_id:rowid}", response_model=WebhookDetail, responses={404: {"model": ErrorBody}})
     def one_webhook(_principal: Reader, event_row_id: int) -> Any:
         """One webhook event with its payload."""
         with current.sessions() as session:
@@ -177,7 +178,9 @@ def router(current: Runtime, auth: OpsAuth, depths: QueueDepths) -> APIRouter:
         items, total = dlq.list_letters(current.sessions, chosen, limit=limit, before=_letter_cursor(cursor))
         return {"items": items, "total": total, "next_cursor": _next(items, limit, _letter_key)}
 
-    @routes.get("/dead-letters/{letter_id:int}", response_model=DeadLetterDetail, responses={404: {"model": ErrorBody}})
+    @routes.get(
+        "/dead-letters/{letter_id:rowid}", response_model=DeadLetterDetail, responses={404: {"model": ErrorBody}}
+    )
     def one_dead_letter(_principal: Reader, letter_id: int) -> Any:
         """``dlq show``: the traceback, the body, and the email's or webhook event's state now (``item``)."""
         details = dlq.show(current.broker, current.sessions, str(letter_id)) if fits_bigint(letter_id) else None

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import pytest
 import requests
@@ -55,6 +56,8 @@ class Secrets:
     tag: str
 
     def value(self, name: str) -> str:
+        if name == "CRON_SECRET":  # base64, as ``openssl rand -base64 32`` makes one: + / = change when encoded
+            return f"cr0n+LOGSECRET/{self.tag}+b64/x=="
         return f"{name.lower()}-LOGSECRET-{self.tag}"
 
     @property
@@ -113,7 +116,8 @@ def test_no_secret_or_body_in_any_log_line(
     assert set(logs) >= {"worker-0.log", "ticker.log", "archiver.log", "serve.log"}
     for name, content in logs.items():
         for secret in [*secrets.all(), secrets.body]:
-            assert secret not in content, f"{secret!r} appears in {name}"
+            for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
+                assert form not in content, f"{secret!r} appears in {name} as {form!r}"
     lines = [(name, line) for name, content in logs.items() for line in content.splitlines() if line.strip()]
     entries = [_parsed(name, line) for name, line in lines]
     per_item = [entry for entry in entries if "outcome" in entry]
@@ -172,6 +176,11 @@ def _ops_requests(base: str, secrets: Secrets) -> None:
     for token, status in ((secrets.value("OPS_READ_TOKEN"), 200), (secrets.value("CRON_SECRET"), 200), ("bad", 401)):
         signed_in = requests.post(f"{base}/api/ops/session", json={"token": token}, timeout=30)
         assert signed_in.status_code == status, signed_in.text[:300]
+    # A client putting the secret in the query: refused, and the access line must not keep it, in any encoding.
+    cron = secrets.value("CRON_SECRET")
+    for query in (f"token={quote(cron, safe='')}", f"other={quote_plus(cron)}", f"t={cron}"):
+        in_query = requests.get(f"{base}/api/cron/retry-webhooks?{query}", timeout=30)
+        assert in_query.status_code == 401, (query, in_query.status_code)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
+from urllib.parse import quote, quote_plus
 
 import pytest
 from sqlalchemy.exc import OperationalError
@@ -99,6 +101,43 @@ def test_every_secret_is_masked_in_message_arguments_traceback_and_extras(
 def test_the_filter_masks_decoded_passwords_and_the_longest_secret_first() -> None:
     redact = RedactSecrets(["abcd", "abcdefgh", "xy"])  # "xy" is too short to mask
     assert redact.redact("abcdefgh abcd xy") == "*** *** xy"
+
+
+#: A CRON_SECRET as ``openssl rand -base64 32`` makes them: ``+``, ``/`` and ``=`` change when URL-encoded.
+BASE64_SECRET = "q+3xT/9kLm2Zp8Rw+Vb1Nc4Hd6Jf0Gs/Ya7Ue5Io3Q="
+
+
+def access_line(target: str) -> logging.LogRecord:
+    """uvicorn's access log record of a request for ``target`` (its format and arguments, as uvicorn logs it)."""
+    arguments = ("10.0.0.7:5123", "GET", target, "1.1", 401)
+    return logging.makeLogRecord({"name": "uvicorn.access", "msg": '%s - "%s %s HTTP/%s" %d', "args": arguments})
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        BASE64_SECRET,
+        quote(BASE64_SECRET, safe=""),
+        quote(BASE64_SECRET, safe="/"),
+        quote_plus(BASE64_SECRET),
+        re.sub("%[0-9A-F]{2}", lambda hex: hex.group().lower(), quote(BASE64_SECRET, safe="")),
+        "".join(f"%{byte:02X}" for byte in BASE64_SECRET.encode()),  # every character encoded
+    ],
+    ids=["as-written", "encoded", "encoded-but-slash", "plus-form", "lower-hex", "all-encoded"],
+)
+def test_a_secret_in_a_query_string_is_masked_in_every_encoding(written: str) -> None:
+    """A client putting CRON_SECRET in ``?token=`` got 401 and the access line kept it in clear, URL-encoded."""
+    record = access_line(f"/api/cron/retry-webhooks?other={written}&x=1")
+    RedactSecrets([BASE64_SECRET]).filter(record)
+    line = record.getMessage()
+    assert "other=***&x=1" in line, line
+
+
+@pytest.mark.parametrize("name", ["token", "access_token", "secret", "api_key", "password", "X-Signature", "AUTH"])
+def test_a_query_parameter_named_like_a_credential_is_masked_whatever_it_holds(name: str) -> None:
+    record = access_line(f"/api/ops/stats?limit=5&{name}=not-a-known-secret%2B&q=abc")
+    RedactSecrets([]).filter(record)
+    assert record.getMessage().endswith(f'/api/ops/stats?limit=5&{name}=***&q=abc HTTP/1.1" 401'), record.getMessage()
 
 
 def test_a_record_whose_arguments_do_not_fit_still_reaches_the_handler() -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.core.errors import ConfigError
 from pipeline.core.settings import Settings
-from pipeline.web.auth import MAX_FAILURES, SESSION_SECONDS, ApiError, OpsAuth, Role
+from pipeline.web.auth import MAX_FAILURES, MAX_TRACKED_CLIENTS, SESSION_SECONDS, ApiError, OpsAuth, Role
 
 ADMIN = "a" * 32
 READ = "r" * 40
@@ -86,3 +86,16 @@ def test_tokens_stay_out_of_the_settings_repr() -> None:
     settings = Settings.from_env({"CRON_SECRET": ADMIN, "OPS_READ_TOKEN": READ})
     assert ADMIN not in repr(settings) and READ not in repr(settings)
     assert settings.ops_cookie_secure is True
+
+
+def test_the_failure_table_holds_a_bounded_number_of_clients() -> None:
+    """A scanner from a million addresses must not grow the table (memory) without end."""
+    clock = Clock()
+    auth = OpsAuth(admin_token=ADMIN, clock=clock)
+    for n in range(MAX_TRACKED_CLIENTS + 500):
+        auth.record_failure(f"client-{n}")
+    assert len(auth._failures) <= MAX_TRACKED_CLIENTS
+    for _ in range(MAX_FAILURES):
+        auth.record_failure("latest")
+    with pytest.raises(ApiError):
+        auth.check_throttle("latest")  # the most recent clients are the ones kept

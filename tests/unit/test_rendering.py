@@ -163,3 +163,52 @@ def test_the_python_api_refuses_template_data_that_is_not_a_dict_before_storing(
         with pytest.raises(InvalidEmail, match="^template_data must be a dict of the template's variables, not list$"):
             emails.enqueue(session, recipient="a@b.et", subject="S", template="payment_failed", template_data=[1])
         assert session.scalar(select(func.count()).select_from(EmailQueue)) == 0
+
+
+# --- what one render may build ----------------------------------------------------------------------
+
+#: Templates that would build far more than any email: each must fail at its limit, not after building it.
+RUNAWAYS = {
+    "repeat": '{{ "A" * 20000000 }}',
+    "repeat-list": "{{ ([1] * 20000000) | length }}",
+    "power": "{{ 10 ** 10000000 }}",
+    "percent-width": '{{ "%020000000d" % 1 }}',
+    "format-width": '{{ "{:>20000000}".format(1) }}',
+    "center": '{{ "A".center(20000000) }}',
+    "center-filter": '{{ "A" | center(20000000) }}',
+    "join": '{{ range(100000) | join("x" * 1000) }}',
+    "join-method": '{{ ("x" * 1000).join(range(100000)|map("string")|list) }}',
+    "replace": '{{ ("A" * 5000) | replace("", "B" * 5000) }}',
+    "namespace-doubling": '{% set ns = namespace(s="x") %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}'
+    "{% endfor %}{{ ns.s | length }}",
+    "macro-doubling": '{% macro f(s, n) %}{% if n %}{{ f(s ~ s, n - 1) }}{% else %}{{ s | length }}{% endif %}'
+    '{% endmacro %}{{ f("x", 40) }}',
+    "loop-output": '{% for i in range(100000) %}{{ "x" * 1000 }}{% endfor %}',
+}
+
+
+@pytest.mark.parametrize("subject", list(RUNAWAYS.values()), ids=list(RUNAWAYS))
+def test_a_subject_that_would_build_megabytes_fails_permanently_at_its_limit(subject: str) -> None:
+    """``{{ "A" * 20000000 }}`` rendered 20 MB and sent it; a larger factor took the worker down."""
+    with pytest.raises(TemplateFailed, match="(too large|over .* bytes|limit)") as raised:
+        rendered("payment_failed", {"order_id": "MN-1"}, subject=subject)
+    assert isinstance(raised.value, PermanentError)
+
+
+def test_the_rendered_subject_and_bodies_are_capped_by_their_settings() -> None:
+    data = {"order_id": "MN-1", "customer_name": "x" * 3500}
+    with pytest.raises(TemplateFailed, match="subject is over 100 bytes"):
+        render(subject="{{ customer_name }}", html=None, text=None, template="payment_failed", data=data,
+               max_subject_bytes=100, max_body_bytes=100_000)
+    with pytest.raises(TemplateFailed, match="the html body is over 4000 bytes"):
+        render(subject="Hi", html=None, text=None, template="payment_failed", data=data,
+               max_subject_bytes=100, max_body_bytes=4000)
+    email = render(subject="{{ '€' * 33 }}", html=None, text=None, template="payment_failed", data=data,
+                   max_subject_bytes=100, max_body_bytes=100_000)
+    assert email.subject == "€" * 33  # 99 bytes: the limit counts UTF-8 bytes, not characters
+
+
+def test_ordinary_arithmetic_and_repetition_still_render() -> None:
+    subject = '{{ "-" * 10 }} {{ 2 ** 10 }} {{ "%05d" % 42 }} {{ "{:>6}".format("ab") }} {{ [1, 2] + [3] }}'
+    email = rendered("payment_failed", {"order_id": "MN-1"}, subject=subject)
+    assert email.subject == "---------- 1024 00042     ab [1, 2, 3]"
