@@ -10,7 +10,7 @@ Secrets are kept out of log calls in the first place (the settings' repr, the
 URLs' ``mask_password``, the mailer's error messages). ``RedactSecrets`` is the
 last line of defence: every secret value this process knows (``Settings.secret_values``)
 is replaced by ``***`` in the message, its traceback and its extras, before any
-handler formats it. pika's chatter is kept at WARNING.
+handler formats it. A lost RabbitMQ is one line per reconnect attempt (``pipeline.core.outages``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from pipeline.core import outages
 from pipeline.core.settings import Settings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
@@ -41,9 +42,10 @@ def configure_logging(settings: Settings) -> None:
     """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else logging.Formatter(LOG_FORMAT))
+    handler.addFilter(outages.OneLinePerAttempt())  # first: RedactSecrets then masks the words it adds
     handler.addFilter(RedactSecrets(settings.secret_values()))
     logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    outages.quiet_pika()
 
 
 class JsonFormatter(logging.Formatter):
