@@ -1,5 +1,6 @@
 """The long-running processes: ``worker``, ``ticker``, ``archiver``, ``serve`` and ``dev``.
 
+Each but ``dev`` checks its services first (``pipeline.cli.common.ready_settings``).
 Ctrl-C is how an operator stops one at a terminal, so it ends ``ticker``, ``archiver``
 and ``serve`` quietly with status 0, as Dramatiq's ``worker`` does, rather than with
 click's ``Aborted!`` and status 1 (``serve`` finishes its requests first, uvicorn's own
@@ -17,7 +18,7 @@ import click
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
 from pipeline.archiver import RabbitmqArchiver
-from pipeline.cli.common import runtime_from_env, settings_from_env
+from pipeline.cli.common import ready_settings, runtime_from_env, settings_from_env
 from pipeline.dev import run_dev
 from pipeline.ticker import run_ticker
 from pipeline.web.app import serve as run_server
@@ -29,7 +30,10 @@ from pipeline.web.app import serve as run_server
 @click.argument("dramatiq_args", nargs=-1, type=click.UNPROCESSED)
 def worker(processes: int | None, threads: int | None, dramatiq_args: tuple[str, ...]) -> None:
     """Run the Dramatiq workers; other options are passed to `dramatiq`."""
-    settings_from_env()
+    try:
+        ready_settings()  # here, once, rather than in each of Dramatiq's processes
+    except KeyboardInterrupt:  # Ctrl-C while the services are waited for
+        return
     command = [sys.executable, "-m", "pipeline.worker_main", "pipeline.entry:broker", "--skip-logging"]
     if processes:
         command += ["--processes", str(processes)]
