@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from pipeline import alerts
 from pipeline.alerts import Alerter
 from pipeline.core import wellformed
+from pipeline.core.connection_errors import in_words
 from pipeline.core.errors import describe
 from pipeline.core.item_hooks import ItemHooks, hooks_of
 from pipeline.middleware.poison import misfit
@@ -252,7 +253,7 @@ class RabbitmqArchiver:
                 self._consume(stop)
                 pause = 1.0
             except (pika.exceptions.AMQPError, OSError) as exc:
-                logger.warning("Archiver lost RabbitMQ (%s); retrying in %.0fs.", exc, pause)
+                logger.warning("Archiver lost RabbitMQ (%s); retrying in %.0fs.", in_words(exc), pause)
                 stop.wait(pause)
                 pause = min(pause * 2, MAX_PAUSE_SECONDS)
 

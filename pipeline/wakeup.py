@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from pipeline.core.connection_errors import Address, database_failure, in_words
 from storage.clock import utcnow
 from storage.notifications import Listener, next_scheduled_at
 
@@ -77,7 +78,8 @@ class WakeUp:
             try:
                 listener = self.connect(self.database_url)
             except Exception as exc:
-                logger.warning("Wake-up cannot listen (%s); again in %.1fs.", type(exc).__name__, backoff)
+                cause = database_failure(exc, Address.of_database(self.database_url)).reason
+                logger.warning("Wake-up cannot listen: %s; again in %.1fs.", cause, backoff)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, MAX_RECONNECT_SECONDS)
                 continue
@@ -86,7 +88,7 @@ class WakeUp:
             try:
                 self._listen(listener, stop)
             except Exception as exc:
-                logger.warning("Wake-up lost its connection (%s); reconnecting.", type(exc).__name__)
+                logger.warning("Wake-up lost its connection (%s); reconnecting.", in_words(exc))
             finally:
                 listener.close()
 
@@ -115,7 +117,7 @@ class WakeUp:
         try:
             count = self.fan_out()
         except Exception as exc:
-            logger.warning("Wake-up could not fan out (%s); again in %.0fs.", type(exc).__name__, AGAIN_SECONDS)
+            logger.warning("Wake-up could not fan out (%s); again in %.0fs.", in_words(exc), AGAIN_SECONDS)
             return _Outcome.FAILED
         if not count:
             return _Outcome.IDLE

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from storage.errors import InvalidDatabaseUrl
 
@@ -25,6 +28,9 @@ from storage.errors import InvalidDatabaseUrl
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/minalesh"
 
 _POSTGRES_SCHEMES = {"postgres", "postgresql"}
+#: The drivers this package ships (psycopg2, and the standard library's sqlite3 for ``dev``), as
+#: ``normalize_url`` spells them; a URL naming any other fails on import, far from the setting.
+SUPPORTED_DRIVERS = frozenset({"postgresql+psycopg2", "sqlite", "sqlite+pysqlite"})
 #: What a password is shown as: SQLAlchemy's own mask.
 PASSWORD_MASK = "***"
 #: Where an address of a URL starts: ``scheme://`` at the start or after a ``;``.
@@ -100,6 +106,23 @@ def get_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(normalized, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+
+@contextmanager
+def probe_connection(url: str, *, timeout_seconds: int) -> Iterator[Connection]:
+    """One connection of its own, outside the process's pool, that stops trying to connect after ``timeout_seconds``.
+
+    For the start-up check: the pooled engine has no connect timeout (a host that drops
+    packets would hold it for minutes), and a probe should leave nothing open behind it.
+    """
+    normalized = normalize_url(url)
+    connect_args = {} if is_sqlite(normalized) else {"connect_timeout": max(timeout_seconds, 1)}
+    engine = create_engine(normalized, poolclass=NullPool, connect_args=connect_args)
+    try:
+        with engine.connect() as connection:
+            yield connection
+    finally:
+        engine.dispose()
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:

@@ -43,6 +43,7 @@ _OURS = (
     "LOG_",
     "CRON_",
     "OPS_",
+    "STARTUP_",
 )
 
 #: The README's production worker: ``worker --processes 2 --threads 8``.

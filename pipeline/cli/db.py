@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pipeline.cli.common import settings_from_env
+from pipeline.cli.common import ready_settings
 from storage import migrate
 
 
@@ -16,7 +16,7 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Apply every pending migration (safe to run again, and concurrently)."""
-    settings = settings_from_env()
+    settings = ready_settings(broker=False, schema=False)  # the database must answer; its schema is the job
     migrate.upgrade(settings.database_url)
     click.echo(f"Database at revision {migrate.current_revision(settings.database_url)}.")
 
@@ -24,5 +24,5 @@ def db_upgrade() -> None:
 @db.command("current")
 def db_current() -> None:
     """Print the database's revision and the newest one shipped."""
-    settings = settings_from_env()
+    settings = ready_settings(broker=False, schema=False)
     click.echo(f"current: {migrate.current_revision(settings.database_url)}  head: {migrate.head_revision()}")

@@ -89,7 +89,7 @@ def list_command(
     as_json: bool,
 ) -> None:
     """Dead letters, newest first."""
-    current = runtime_from_env()
+    current = runtime_from_env(broker=False)
     chosen = LetterFilter(
         queue=queue,
         actor=actor,
@@ -131,7 +131,7 @@ def list_command(
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
 def show_command(key: str, as_json: bool) -> None:
     """Everything about one dead letter (ID, or its message id) and its item's state now."""
-    current = runtime_from_env()
+    current = runtime_from_env(broker=False)
     details = operations.show(current.broker, current.sessions, key)
     if details is None:
         raise click.ClickException(f"No dead letter {key}.")
@@ -176,7 +176,7 @@ def show_command(key: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts and monitoring.")
 def stats_command(as_json: bool) -> None:
     """Counts by queue and actor, oldest and newest."""
-    figures = operations.stats(runtime_from_env().sessions)
+    figures = operations.stats(runtime_from_env(broker=False).sessions)
     if as_json:
         click.echo(json.dumps(figures, indent=2))
         return
@@ -226,7 +226,7 @@ def replay_command(
         raise click.UsageError("Give dead letter IDs, or --all (not both).")
     if (queue or actor or search) and not replay_all:
         raise click.UsageError("--queue, --actor and --search select for --all; with IDs, give just the IDs.")
-    current = runtime_from_env()
+    current = runtime_from_env()  # a replay sends a new message
     try:
         if replay_all:
             outcomes: Iterable[ReplayOutcome] = operations.replay_all(
@@ -277,7 +277,7 @@ def purge_command(ids: tuple[int, ...], older_than: Optional[str], search: Optio
     if [bool(ids), bool(older_than), bool(search)].count(True) != 1:
         raise click.UsageError("Give dead letter IDs, or --older-than DURATION (e.g. 30d), or --search TEXT: one.")
     if search:
-        sessions = runtime_from_env().sessions
+        sessions = runtime_from_env(broker=False).sessions
         with sessions() as session:
             found = dead_letters.matching_ids(session, LetterFilter(q=search))
         click.echo(f"Purged {_count(dead_letters.purge_ids(sessions, found))} found by {search!r}.")
@@ -287,12 +287,12 @@ def purge_command(ids: tuple[int, ...], older_than: Optional[str], search: Optio
             age = operations.parse_duration(older_than)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--older-than") from None
-        current = runtime_from_env()
+        current = runtime_from_env(broker=False)
         cutoff = utcnow() - age
         deleted = dead_letters.purge_older_than(current.sessions, cutoff)
         click.echo(f"Purged {_count(deleted)} that died before {_short_time(cutoff.isoformat())} UTC.")
         return
-    deleted = dead_letters.purge_ids(runtime_from_env().sessions, sorted(set(ids)))
+    deleted = dead_letters.purge_ids(runtime_from_env(broker=False).sessions, sorted(set(ids)))
     missing = len(set(ids)) - deleted
     click.echo(f"Purged {_count(deleted)}" + (f" ({missing} of the IDs did not exist)." if missing else "."))
 

@@ -1,16 +1,24 @@
-"""The long-running processes: ``worker``, ``ticker``, ``archiver``, ``serve`` and ``dev``."""
+"""The long-running processes: ``worker``, ``ticker``, ``archiver``, ``serve`` and ``dev``.
+
+Each but ``dev`` checks its services first (``pipeline.cli.common.ready_settings``).
+Ctrl-C is how an operator stops one at a terminal, so it ends ``ticker``, ``archiver``
+and ``serve`` quietly with status 0, as Dramatiq's ``worker`` does, rather than with
+click's ``Aborted!`` and status 1 (``serve`` finishes its requests first, uvicorn's own
+handling; the ticker's ticks are claims in the database, so one cut short loses nothing).
+"""
 
 from __future__ import annotations
 
 import os
 import sys
 import threading
+from contextlib import suppress
 
 import click
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
 from pipeline.archiver import RabbitmqArchiver
-from pipeline.cli.common import runtime_from_env, settings_from_env
+from pipeline.cli.common import ready_settings, runtime_from_env, settings_from_env
 from pipeline.core.errors import ConfigError
 from pipeline.dev import run_dev
 from pipeline.ticker import run_ticker
@@ -24,7 +32,10 @@ from pipeline.webhook_server import DEFAULT_PORT
 @click.argument("dramatiq_args", nargs=-1, type=click.UNPROCESSED)
 def worker(processes: int | None, threads: int | None, dramatiq_args: tuple[str, ...]) -> None:
     """Run the Dramatiq workers; other options are passed to `dramatiq`."""
-    settings_from_env()
+    try:
+        ready_settings()  # here, once, rather than in each of Dramatiq's processes
+    except KeyboardInterrupt:  # Ctrl-C while the services are waited for
+        return
     command = [sys.executable, "-m", "pipeline.worker_main", "pipeline.entry:broker", "--skip-logging"]
     if processes:
         command += ["--processes", str(processes)]
@@ -36,16 +47,17 @@ def worker(processes: int | None, threads: int | None, dramatiq_args: tuple[str,
 @click.command()
 def ticker() -> None:
     """Emit the periodic ticks (emails on EMAIL_SCHEDULE, …) into RabbitMQ."""
-    run_ticker(runtime_from_env())
+    with suppress(KeyboardInterrupt):
+        run_ticker(runtime_from_env())
 
 
 @click.command()
 def archiver() -> None:
     """Move dead-lettered messages from RabbitMQ into the dead_letters table."""
-    current = runtime_from_env()
-    assert isinstance(current.broker, RabbitmqBroker)
     stop = threading.Event()
     try:
+        current = runtime_from_env()
+        assert isinstance(current.broker, RabbitmqBroker)
         RabbitmqArchiver(current.broker, current.sessions).run(stop)
     except KeyboardInterrupt:
         stop.set()
@@ -56,7 +68,8 @@ def archiver() -> None:
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="TCP port.")
 def serve(host: str, port: int) -> None:
     """Payment provider webhooks, health; with CRON_SECRET, the cron endpoints and the ops API."""
-    run_server(runtime_from_env(), host=host, port=port)
+    with suppress(KeyboardInterrupt):  # uvicorn re-raises the SIGINT once it has shut down
+        run_server(runtime_from_env(), host=host, port=port)
 
 
 @click.command()

@@ -14,7 +14,7 @@ from pipeline.stats import collect
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def stats(as_json: bool) -> None:
     """Counts an operator watches: emails by status, webhook events, reservations, dead letters."""
-    figures = collect(runtime_from_env())
+    figures = collect(runtime_from_env(broker=False))
     if as_json:
         click.echo(json.dumps(figures, indent=2, default=str))
     else:

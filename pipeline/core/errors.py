@@ -19,6 +19,9 @@ __all__ = [
     "PermanentError",
     "RateLimited",
     "RetriesExhausted",
+    "ServiceNotReady",
+    "ServiceRefused",
+    "ServiceUnreachable",
     "TransientError",
     "describe",
     "expected",
@@ -27,6 +30,30 @@ __all__ = [
 
 class ConfigError(MinaleshError):
     """A setting is missing or invalid; the message names the variable."""
+
+
+class ServiceNotReady(MinaleshError):
+    """PostgreSQL or RabbitMQ cannot be used by a process starting; the message names the setting and the cause.
+
+    Raised by ``pipeline.core.preflight`` and turned into one line and an exit status
+    (``exit_status``, from sysexits.h) at the command's boundary (``pipeline.cli.common``).
+    """
+
+    exit_status = 1
+
+
+class ServiceUnreachable(ServiceNotReady):
+    """Nothing answered at the setting's address for the whole start-up wait: it may come back, a restart may do."""
+
+    #: EX_TEMPFAIL: a temporary failure, the supervisor should try again.
+    exit_status = 75
+
+
+class ServiceRefused(ServiceNotReady):
+    """The service answered and said no (credentials, vhost, database, schema): waiting cannot help."""
+
+    #: EX_CONFIG: the configuration is wrong.
+    exit_status = 78
 
 
 class RetriesExhausted(PermanentError):

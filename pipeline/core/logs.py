@@ -22,6 +22,7 @@ An expected failure of a message (a retry, a deferral, a refusal: ``pipeline.cor
 is told once, at WARNING and without a traceback, by the message's own line
 (``pipeline.middleware.item_log``); ``ExpectedFailures`` drops Dramatiq's line about it, which
 would say "unhandled exception" at ERROR with the traceback. A bug keeps Dramatiq's line.
+handler formats it. A lost RabbitMQ is one line per reconnect attempt (``pipeline.core.outages``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from pipeline.core import outages
 from pipeline.core.errors import expected
 from pipeline.core.settings import Settings
 
@@ -63,6 +65,7 @@ def configure_logging(settings: Settings) -> None:
     """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else logging.Formatter(LOG_FORMAT))
+    handler.addFilter(outages.OneLinePerAttempt())  # first: RedactSecrets then masks the words it adds
     handler.addFilter(RedactSecrets(settings.secret_values()))
     logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
     logging.getLogger("pika").setLevel(logging.WARNING)
@@ -87,6 +90,7 @@ class ExpectedFailures(logging.Filter):
             return False
         raised = record.exc_info[1] if record.exc_info else None
         return raised is None or not expected(raised)
+    outages.quiet_pika()
 
 
 class JsonFormatter(logging.Formatter):

@@ -20,9 +20,10 @@ from typing import Any, Optional, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from periodiq import cron
+from sqlalchemy.engine import make_url
 
 from pipeline.core.errors import ConfigError
-from storage.database import DEFAULT_DATABASE_URL, mask_password, normalize_url
+from storage.database import DEFAULT_DATABASE_URL, SUPPORTED_DRIVERS, mask_password, normalize_url
 from storage.errors import InvalidDatabaseUrl
 
 T = TypeVar("T")
@@ -48,10 +49,14 @@ MIN_TOKEN_LENGTH = 32
 
 
 def _database_url(raw: str) -> str:
+    """A PostgreSQL URL (or SQLite, for ``dev``): another scheme fails here, not as a missing driver module later."""
     try:
-        normalize_url(raw)
+        driver = make_url(normalize_url(raw)).drivername
     except InvalidDatabaseUrl:
         raise ValueError("expected a URL such as postgresql://user:password@host:5432/name") from None
+    if driver not in SUPPORTED_DRIVERS:
+        scheme = make_url(raw).drivername
+        raise ValueError(f"unsupported scheme {scheme!r} (expected postgresql://user:password@host:5432/name)")
     return raw
 
 
@@ -217,6 +222,13 @@ def _host_names(raw: str) -> tuple[str, ...]:
     return items
 
 
+def _wait_minutes(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value < float("inf"):
+        raise ValueError("must be 0 (one attempt, no wait) or a positive number of minutes")
+    return value
+
+
 def _hidden(_raw: str) -> str:
     return "(value not shown)"
 
@@ -257,6 +269,9 @@ class Settings:
 
     database_url: str = setting("DATABASE_URL", _database_url, DEFAULT_DATABASE_URL, shown=mask_password)
     broker_url: str = setting("BROKER_URL", _amqp_url, DEFAULT_BROKER_URL, shown=mask_password)
+    #: How long a process starting waits for PostgreSQL and RabbitMQ to accept connections before it
+    #: exits (``pipeline.core.preflight``); a refusal (credentials, vhost, database, schema) exits at once.
+    startup_wait_minutes: float = setting("STARTUP_WAIT_MINUTES", _wait_minutes, 0.5)
     resend_api_key: Optional[str] = setting("RESEND_API_KEY", str, secret=True)
     resend_api_url: str = setting("RESEND_API_URL", _http_url, DEFAULT_RESEND_API_URL)
     email_from: str = setting("EMAIL_FROM", _sender, "Minalesh <no-reply@minalesh.local>")
