@@ -16,7 +16,7 @@ token (``openssl rand -base64 32``) has ``+``, ``/`` and ``=``, which a client
 encodes, and uvicorn's access line shows the target as the client sent it. The
 value of a query parameter named like a credential (``token``, ``secret``, ``key``,
 ``password``, ``signature``, ``auth``, in any case and part of any name) is masked
-whatever it holds, a wrong token included. pika's chatter is kept at WARNING.
+whatever it holds, a wrong token included.
 
 An expected failure of a message (a retry, a deferral, a refusal: ``pipeline.core.errors.expected``)
 is told once, at WARNING and without a traceback, by the message's own line
@@ -68,7 +68,7 @@ def configure_logging(settings: Settings) -> None:
     handler.addFilter(outages.OneLinePerAttempt())  # first: RedactSecrets then masks the words it adds
     handler.addFilter(RedactSecrets(settings.secret_values()))
     logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    outages.quiet_pika()
     worker_threads = logging.getLogger(WORKER_THREAD_LOGGER)
     if not any(isinstance(installed, ExpectedFailures) for installed in worker_threads.filters):
         worker_threads.addFilter(ExpectedFailures())
@@ -90,7 +90,6 @@ class ExpectedFailures(logging.Filter):
             return False
         raised = record.exc_info[1] if record.exc_info else None
         return raised is None or not expected(raised)
-    outages.quiet_pika()
 
 
 class JsonFormatter(logging.Formatter):

@@ -296,6 +296,7 @@ class Settings:
     #: A templated email whose subject, or either body, renders larger than this fails permanently;
     #: no value one render builds may be larger than the body's limit either (docs/security.md).
     email_max_subject_bytes: int = setting("EMAIL_MAX_SUBJECT_BYTES", _positive_count, DEFAULT_EMAIL_MAX_SUBJECT_BYTES)
+    #: The largest rendered html or text body, and the largest value one render may build (bytes).
     email_max_body_bytes: int = setting("EMAIL_MAX_BODY_BYTES", _positive_count, DEFAULT_EMAIL_MAX_BODY_BYTES)
     #: Longest a worker holds a delayed message; must be below RabbitMQ's ``consumer_timeout``.
     broker_max_hold_minutes: float = setting("BROKER_MAX_HOLD_MINUTES", _positive_minutes, 10.0)

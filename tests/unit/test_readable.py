@@ -145,7 +145,7 @@ def test_a_moment_is_utc_and_how_long_ago(offset: timedelta, when: str) -> None:
 
 def test_the_stats_command_prints_text_for_people_and_the_same_json_as_before(monkeypatch: pytest.MonkeyPatch) -> None:
     figures = realistic(datetime.now(UTC))
-    monkeypatch.setattr(stats_command, "runtime_from_env", lambda: None)
+    monkeypatch.setattr(stats_command, "runtime_from_env", lambda **_: None)
     monkeypatch.setattr(stats_command, "collect", lambda runtime: figures)
 
     text = CliRunner().invoke(stats_command.stats, [])
