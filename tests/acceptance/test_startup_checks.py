@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 
 from bench.harness import services
 from bench.harness.processes import run_cli
+from storage import migrate
 
 pytestmark = pytest.mark.slow
 
@@ -126,7 +127,7 @@ def test_a_database_never_migrated_stops_serve_naming_the_upgrade(
 ) -> None:
     fresh = {**env, "DATABASE_URL": run.database_url, "BROKER_URL": run.broker_url}
     result = run_cli("serve", "--port", str(closed_port()), env=fresh, cwd=tmp_path)
-    refused_in_one_line(result, "code needs 0011_dead_letter_search: run `minalesh-workers db upgrade`")
+    refused_in_one_line(result, f"code needs {migrate.head_revision()}: run `minalesh-workers db upgrade`")
     assert f"DATABASE_URL: database '{run.database}' has no schema yet" in result.stderr
     upgraded = run_cli("db", "upgrade", env=fresh, cwd=tmp_path)  # the database answers: no schema is asked of it
     assert upgraded.returncode == 0, upgraded.stderr
