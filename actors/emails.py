@@ -91,11 +91,18 @@ def sender_of(priority: EmailPriority | str) -> DeclaredActor:
 
 def compose(email: EmailMessage) -> OutgoingEmail:
     """The email as the provider gets it: rendered, from EMAIL_FROM, under its own idempotency key."""
+    settings = runtime.current().settings
     body = render(
-        subject=email.subject, html=email.html, text=email.text, template=email.template, data=email.template_data
+        subject=email.subject,
+        html=email.html,
+        text=email.text,
+        template=email.template,
+        data=email.template_data,
+        max_subject_bytes=settings.email_max_subject_bytes,
+        max_body_bytes=settings.email_max_body_bytes,
     )
     return OutgoingEmail(
-        sender=runtime.current().settings.email_from,
+        sender=settings.email_from,
         recipient=email.recipient,
         subject=body.subject,
         html=body.html,

@@ -45,7 +45,6 @@ from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
 from jinja2.utils import Namespace
 
-from pipeline.core import runtime
 from pipeline.core.errors import PermanentError, describe
 from pipeline.core.settings import DEFAULT_EMAIL_MAX_BODY_BYTES, DEFAULT_EMAIL_MAX_SUBJECT_BYTES
 
@@ -185,19 +184,19 @@ def render(
     text: Optional[str],
     template: Optional[str],
     data: object,
-    max_subject_bytes: Optional[int] = None,
-    max_body_bytes: Optional[int] = None,
+    max_subject_bytes: int = DEFAULT_EMAIL_MAX_SUBJECT_BYTES,
+    max_body_bytes: int = DEFAULT_EMAIL_MAX_BODY_BYTES,
 ) -> RenderedEmail:
     """The email to send: the stored bodies, or the template rendered with ``data``.
 
     ``data`` is the row's ``template_data``, which the host's SQL may have set to
     any JSON: only an object (or nothing) names variables, and anything else fails
     the email permanently, naming what it got. Without a template it is not read.
-    The limits are EMAIL_MAX_SUBJECT_BYTES and EMAIL_MAX_BODY_BYTES unless given.
+    The limits are the caller's EMAIL_MAX_SUBJECT_BYTES and EMAIL_MAX_BODY_BYTES.
     """
     if template is None:
         return RenderedEmail(subject=subject, html=html, text=text)
-    subject_limit, body_limit = _limits(max_subject_bytes, max_body_bytes)
+    subject_limit, body_limit = max_subject_bytes, max_body_bytes
     context = _variables(data)
     environment = _environment(body_limit)
     try:
@@ -214,14 +213,6 @@ def render(
         raise TemplateFailed(f"template {template!r}: {exc}") from None
     except Exception as exc:  # the sandbox's limits (OverflowError), and errors of the data's own methods
         raise TemplateFailed(f"template {template!r}: {describe(exc)}") from None
-
-
-def _limits(max_subject_bytes: Optional[int], max_body_bytes: Optional[int]) -> tuple[int, int]:
-    """The limits given, else this process's settings, else the defaults (a render outside a worker)."""
-    settings = runtime.current().settings if runtime.is_installed() else None
-    subject = max_subject_bytes or (settings.email_max_subject_bytes if settings else DEFAULT_EMAIL_MAX_SUBJECT_BYTES)
-    body = max_body_bytes or (settings.email_max_body_bytes if settings else DEFAULT_EMAIL_MAX_BODY_BYTES)
-    return subject, body
 
 
 def _streamed(template: Template, context: dict[str, Any], limit: int, what: str) -> str:
