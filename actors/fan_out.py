@@ -1,7 +1,7 @@
 """The email fan-out: claim due emails and send their messages, transactional first.
 
 It runs on ``EMAIL_SCHEDULE``, and whenever the ticker's wake-up hears of a new
-email (``pipeline.wakeup``). Emails of one priority claimed together go out
+email (``pipeline.core.wakeup``). Emails of one priority claimed together go out
 together, in batches of up to EMAIL_PER_REQUEST (100) (``actors.email_batches``),
 one request each; a lone email goes alone: nothing is ever held back to fill a
 batch, so a password reset inserted on its own is sent on its own, at once. The

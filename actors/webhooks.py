@@ -12,7 +12,7 @@ the last retry the event is archived and its message lands in ``dead_letters``.
 A success that paid an order whose stock was gone (``Applied.stock_short``; the
 order is flagged in the same transaction) is logged at ERROR once the
 transaction has committed, carrying an ``alert``: ``pipeline.bootstrap`` forwards
-such records to the ALERT_* channels (``pipeline.alerts.AlertLogHandler``), which
+such records to the ALERT_* channels (``pipeline.core.alerts.AlertLogHandler``), which
 this layer may not import.
 """
 

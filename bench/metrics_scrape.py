@@ -5,7 +5,7 @@ emails, 95% sent; 200,000 webhook events; 200,000 reservations; 50,000 dead lett
 VACUUM ANALYZE as autovacuum would, then times the first scrape (which counts the
 settled rows too), the scrapes after it (every gauge: PostgreSQL, the dead-letter
 queues' depths in RabbitMQ, the limiter's row; the settled counts from the cache of
-``pipeline.metrics.Recounted``) and each storage query alone, and prints p50/p95/max.
+``pipeline.web.metrics.Recounted``) and each storage query alone, and prints p50/p95/max.
 5% of the emails are pending and due: a backlog of 50,000.
 
     python -m bench.metrics_scrape [--emails 1000000] [--scrapes 20]
@@ -26,8 +26,8 @@ from bench.harness import services
 from bench.sending import percentile
 from pipeline.bootstrap import bootstrap
 from pipeline.core.settings import Settings
-from pipeline.metrics import metrics_registry
 from pipeline.web.depths import QueueDepths
+from pipeline.web.metrics import metrics_registry
 from storage import gauges, migrate
 from storage.clock import utcnow
 from storage.database import get_engine

@@ -1,17 +1,13 @@
-"""Everything around the actors, in two layers.
+"""Everything around the actors, in layers.
 
-Below the actors (they import these; these import no actor):
+Below the actors (they import these; these import no actor): ``pipeline.core``
+(settings, errors, the process runtime, the provider boundary, pacing, alerts,
+logging) and ``pipeline.middleware`` (Dramatiq's hooks: backoff, long delays,
+poison messages, the log line per message).
 
-* ``pipeline.core``: settings, the error tree, the process runtime, the email
-  provider boundary (``mailer``), rendering and templates, logging, the audit
-  trail, and the actor declarations (``declare``) the actor modules use;
-* ``pipeline.middleware``: the Dramatiq middleware (backoff, long delays, poison
-  messages) and the item-hooks protocol they speak to the actors' rows through.
-
-Above the actors (entry points; these import the actors): ``bootstrap`` (broker,
-middleware, actors), ``entry`` (what ``dramatiq`` loads in a worker process),
-``ticker``, ``archiver`` and its ``alerts``, ``dlq`` (replay and inspection),
-``stats``, ``webhook_server``, ``dev``, ``api`` (the Python host API), the ``web``
-package (``serve``'s app: health, cron endpoints, the ops API) and the ``cli``
-package, one module per command group.
+Above the actors: ``pipeline.ops``, the operators' services (dead letters, stats)
+that the CLI and the web app both call; ``pipeline.web``, ``serve``'s HTTP app;
+``pipeline.cli``, one module per command group. The root holds only what a
+process starts from: ``bootstrap``, ``entry`` (what ``dramatiq`` loads),
+``worker_main``, ``ticker``, ``archiver``, ``dev`` and ``api`` (a host app's).
 """

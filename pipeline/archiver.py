@@ -13,7 +13,7 @@ it refuses): every XQ shares the archiver's one consumer, so a message retried f
 ever would hold up every queue. Only a database failing for now is waited for. A raw
 body's id is made of the body, its queue and what RabbitMQ says of its death
 (``raw_id``), so distinct deaths of the same bytes are all kept, and a redelivery once.
-Each new row pokes the dead-letter alerter (``pipeline.alerts``), which works in its
+Each new row pokes the dead-letter alerter (``pipeline.core.alerts``), which works in its
 own thread.
 """
 
@@ -37,9 +37,8 @@ from dramatiq.common import xq_name
 from dramatiq.errors import DecodeError
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline import alerts
-from pipeline.alerts import Alerter
-from pipeline.core import wellformed
+from pipeline.core import alerts, wellformed
+from pipeline.core.alerts import Alerter
 from pipeline.core.connection_errors import in_words
 from pipeline.core.errors import describe
 from pipeline.core.item_hooks import ItemHooks, hooks_of

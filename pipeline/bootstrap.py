@@ -22,8 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import actors
 from actors.emails import BULK_EMAIL_QUEUE
-from pipeline import alerts
-from pipeline.core import runtime
+from pipeline.core import alerts, runtime
 from pipeline.core.broker import RabbitmqBroker
 from pipeline.core.declare import PeriodicJob, actors_in, bind, jobs_in, minutes_ms
 from pipeline.core.limiter import SendLimiter

@@ -46,12 +46,11 @@ from pipeline.core.logs import configure_logging
 from pipeline.core.mailer import BatchSent, Mailer, OutgoingEmail, Refused, Sent
 from pipeline.core.runtime import Runtime
 from pipeline.core.settings import Settings
-from pipeline.stats import collect
+from pipeline.ops.stats import collect
 from pipeline.ticker import run_ticker
-from pipeline.web.app import server_config
+from pipeline.web.app import DEFAULT_PORT, server_config
 from pipeline.web.dashboard import BASE_PATH as DASHBOARD_PATH
-from pipeline.webhook_server import (
-    DEFAULT_PORT,
+from pipeline.web.intake import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     WEBHOOK_PATH,

@@ -17,7 +17,7 @@ from actors.fan_out import enqueue_due_emails
 from actors.webhooks import enqueue_due_webhooks
 from pipeline.bootstrap import periodic_actors
 from pipeline.core.runtime import Runtime
-from pipeline.wakeup import WakeUp
+from pipeline.core.wakeup import WakeUp
 from storage.notifications import is_listenable
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def enqueue_due_work() -> int:
 def run_ticker(current: Runtime) -> None:
     """Emit every periodic actor on its schedule until the process is stopped (main thread only).
 
-    On PostgreSQL with EMAIL_LISTEN on, the email wake-up listens beside it (``pipeline.wakeup``).
+    On PostgreSQL with EMAIL_LISTEN on, the email wake-up listens beside it (``pipeline.core.wakeup``).
     """
     if current.settings.email_listen and is_listenable(current.settings.database_url):
         WakeUp(current.settings.database_url, current.sessions, enqueue_due_work).start(threading.Event())

@@ -5,7 +5,7 @@ that Dramatiq's own processes (the main one and the forked exposition server) lo
 in LOG_FORMAT with secrets masked like every other line (``--skip-logging`` keeps
 Dramatiq from configuring its own format), and so that the Prometheus files of
 this worker command live in a directory of its own, made empty at start and
-removed at exit (``pipeline.worker_metrics``), before any process imports
+removed at exit (``pipeline.core.worker_metrics``), before any process imports
 Dramatiq's Prometheus middleware, which reads where they go when it is imported.
 """
 
@@ -17,7 +17,7 @@ from dramatiq.cli import main as dramatiq_main
 
 from pipeline.core.logs import configure_logging
 from pipeline.core.settings import Settings
-from pipeline.worker_metrics import metrics_directory
+from pipeline.core.worker_metrics import metrics_directory
 
 
 def main() -> int:

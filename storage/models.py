@@ -216,7 +216,7 @@ class DeadLetter(Base):
     dead_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
     archived_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
     replayed_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
-    #: When an alert digest counted it (``pipeline.alerts``); NULL while no alert has.
+    #: When an alert digest counted it (``pipeline.core.alerts``); NULL while no alert has.
     alerted_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
 
 

@@ -1,6 +1,6 @@
 """Payment events: what a valid one is, and what applying one does to the shop's tables.
 
-Both the intake (``pipeline.webhook_server``, checking a body before storing it) and
+Both the intake (``pipeline.web.intake``, checking a body before storing it) and
 the actor (``actors.webhooks``, applying a stored event) use this module, so the
 schema and the amount rules are written once.
 

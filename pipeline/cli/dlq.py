@@ -1,7 +1,7 @@
 """``minalesh-workers dlq``: inspect, replay and purge dead letters.
 
 Tables for people, ``--json`` for scripts (stdout holds the JSON alone; notes go
-to stderr). The work is done by ``pipeline.dlq``; this module parses and prints.
+to stderr). The work is done by ``pipeline.ops.dlq``; this module parses and prints.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any, Optional
 
 import click
 
-from pipeline import dlq as operations
 from pipeline.cli.common import runtime_from_env
-from pipeline.dlq import FAILED_STATUSES, ReplayOutcome, ReplayStatus
+from pipeline.ops import dlq as operations
+from pipeline.ops.dlq import FAILED_STATUSES, ReplayOutcome, ReplayStatus
 from storage import dead_letters
 from storage.clock import utcnow
 from storage.dead_letters import LetterFilter

@@ -22,8 +22,8 @@ from pipeline.cli.common import ready_settings, runtime_from_env, settings_from_
 from pipeline.core.errors import ConfigError
 from pipeline.dev import run_dev
 from pipeline.ticker import run_ticker
+from pipeline.web.app import DEFAULT_PORT
 from pipeline.web.app import serve as run_server
-from pipeline.webhook_server import DEFAULT_PORT
 
 
 @click.command(context_settings={"ignore_unknown_options": True})

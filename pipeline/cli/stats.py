@@ -7,7 +7,7 @@ import json
 import click
 
 from pipeline.cli.common import print_nested, runtime_from_env
-from pipeline.stats import collect
+from pipeline.ops.stats import collect
 
 
 @click.command()

@@ -3,7 +3,7 @@
 One FastAPI app (FastAPI is Starlette underneath, so the webhook intake stays the
 plain Starlette route it always was, byte for byte):
 
-* ``POST /api/payments/webhook/{provider}``: the intake (``pipeline.webhook_server``);
+* ``POST /api/payments/webhook/{provider}``: the intake (``pipeline.web.intake``);
 * ``GET /healthz``, ``GET /readyz``: health, no auth (``pipeline.web.health``);
 * with CRON_SECRET only: ``/api/cron/*`` (``pipeline.web.cron``), ``/api/ops/*``
   (``session``, ``ops_api``, ``ops_actions``) and the OpenAPI document
@@ -12,7 +12,7 @@ plain Starlette route it always was, byte for byte):
   static files; it signs in to the ops API like any client). Without CRON_SECRET none of them
   exists (404).
 
-``/metrics`` (Prometheus) is ``pipeline.metrics.metrics_route``, sharing the ops API's ``QueueDepths``.
+``/metrics`` (Prometheus) is ``pipeline.web.metrics.metrics_route``, sharing the ops API's ``QueueDepths``.
 """
 
 from __future__ import annotations
@@ -25,19 +25,26 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import ASGIApp
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from pipeline.core.runtime import Runtime
 from pipeline.core.settings import PAYMENT_PROVIDERS
-from pipeline.metrics import metrics_route
 from pipeline.web import cron, health, ops_actions, ops_api, session
 from pipeline.web.auth import ApiError, OpsAuth
 from pipeline.web.dashboard import dashboard_routes
 from pipeline.web.depths import QueueDepths
+from pipeline.web.intake import WEBHOOK_PATH, intake_for
 from pipeline.web.limits import BodyLimit, validation_errors
-from pipeline.webhook_server import DEFAULT_HOST, DEFAULT_PORT, WEBHOOK_PATH, intake_for, uvicorn_config
+from pipeline.web.metrics import metrics_route
 
 logger = logging.getLogger(__name__)
+
+#: Default address of ``serve``; put it behind the TLS-terminating proxy (``--host 0.0.0.0`` in a container).
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+#: uvicorn closes a keep-alive connection idle for this long (its default, stated here on purpose).
+KEEP_ALIVE_SECONDS = 5
 
 #: The OpenAPI document of the cron, ops and health routes.
 OPENAPI_PATH = "/api/ops/openapi.json"
@@ -97,6 +104,30 @@ def server_config(current: Runtime, *, host: str, port: int) -> uvicorn.Config:
     for FORWARDED_ALLOW_IPS only, so in-process tests see what a served request sees.
     """
     return uvicorn_config(build_app(current), host=host, port=port)
+
+
+def uvicorn_config(app: ASGIApp, *, host: str, port: int) -> uvicorn.Config:
+    """uvicorn's production options for ``app``.
+
+    uvicorn (the encode team's, the usual production ASGI server; h11 here, httptools
+    when installed) bounds a slow client by its keep-alive timeout between requests; it
+    sets no deadline on request headers, which is the TLS-terminating proxy's job
+    (nginx's ``client_header_timeout``).
+    """
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http="auto",
+        ws="none",
+        lifespan="off",
+        log_config=None,
+        # uvicorn believes X-Forwarded-For from 127.0.0.1 by default; ``build_app`` applies
+        # the proxies of FORWARDED_ALLOW_IPS itself.
+        proxy_headers=False,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        timeout_graceful_shutdown=10,
+    )
 
 
 def serve(current: Runtime, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pipeline.webhook_server import BODY_TIMEOUT_SECONDS
+from pipeline.web.intake import BODY_TIMEOUT_SECONDS
 
 #: The largest body of a request to the ops API, cron or session routes: the largest
 #: real one (replaying 1,000 ids) is about 20 KB.

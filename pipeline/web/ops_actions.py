@@ -1,6 +1,6 @@
 """The ops API's actions: replay and purge dead letters, pause and resume sending. Admin role only.
 
-Replay is ``dlq replay``'s (``pipeline.dlq.replay``), with its rules: one
+Replay is ``dlq replay``'s (``pipeline.ops.dlq.replay``), with its rules: one
 transaction per dead letter, at most once, an item not failed any more sends
 nothing, and a warning on a replay past the provider's idempotency window (24 h).
 A selection is ``{"ids": [...]}`` or ``{"filter": {...}}`` (``dlq list``'s filters and search ``q``), not both;
@@ -16,8 +16,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
-from pipeline import dlq
 from pipeline.core.runtime import Runtime
+from pipeline.ops import dlq
 from pipeline.web.auth import ApiError, OpsAuth, Principal, audit
 from pipeline.web.ops_api import OPS_PREFIX, REFUSALS, fits_bigint, parse_since
 from pipeline.web.schemas import ByIds, ErrorBody, PauseRequest, PurgeBody, ReplayBody, ResumeRequest, Selection

@@ -15,9 +15,9 @@ from typing import Annotated, Any, Literal, Optional
 from fastapi import APIRouter, Depends, Query
 from starlette.concurrency import run_in_threadpool
 
-from pipeline import dlq
 from pipeline.core.runtime import Runtime
-from pipeline.stats import collect
+from pipeline.ops import dlq
+from pipeline.ops.stats import collect
 from pipeline.web import limits  # noqa: F401 - registers the ``rowid`` path convertor the routes use
 from pipeline.web.auth import ApiError, OpsAuth, Principal
 from pipeline.web.depths import QueueDepths

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from bench.harness.fake_resend import FakeResend
 from bench.harness.processes import run_cli
 from pipeline.core.runtime import Runtime
-from pipeline.dlq import ReplayStatus
+from pipeline.ops.dlq import ReplayStatus
 from storage import leases, webhooks
 from storage.clock import utcnow
 from tests.support.dlq_support import add_dead_letter, dead_email, dlq_json, letter, replay

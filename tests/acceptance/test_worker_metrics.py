@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session, sessionmaker
 
 from bench.harness.shipped import fleet, statuses
-from pipeline.worker_metrics import directory_for
+from pipeline.core.worker_metrics import directory_for
 from tests.support.dlq_support import own_env, own_services, own_sessions  # noqa: F401  (fixtures)
 from tests.support.helpers import insert_email, unique_address, wait_until
 

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as fixed_seed
 from hypothesis import strategies as st
 
-from pipeline.webhook_server import signature_header
+from pipeline.web.intake import signature_header
 from tests.chaos.load import WEBHOOK_SECRET
 
 #: Header values that ``requests`` will send (printable ASCII, no CR/LF).

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from bench.harness.fake_resend import FakeResend
-from pipeline.alerts import Alerter, Outcome
+from pipeline.core.alerts import Alerter, Outcome
 from pipeline.core.mailer import ResendMailer
 from storage.clock import utcnow
 from tests.support.alert_support import HookServer, hook, quiet, refused_url  # noqa: F401  (fixtures)

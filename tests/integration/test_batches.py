@@ -8,9 +8,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from actors.fan_out import enqueue_due_emails
 from bench.harness.fake_resend import FakeResend
-from pipeline import dlq
 from pipeline.core.runtime import Runtime
-from pipeline.dlq import ReplayStatus
+from pipeline.ops import dlq
+from pipeline.ops.dlq import ReplayStatus
 from storage.models import DeadLetter
 from tests.support.helpers import insert_email, unique_address, wait_until
 

@@ -21,7 +21,7 @@ from actors.maintenance import prune_dead_letters
 from bench.harness import services
 from bench.harness.fake_resend import FakeResend
 from pipeline.core.runtime import Runtime
-from pipeline.dlq import ReplayOutcome, ReplayStatus
+from pipeline.ops.dlq import ReplayOutcome, ReplayStatus
 from storage import dead_letters, inventory
 from storage.clock import utcnow
 from storage.database import get_engine

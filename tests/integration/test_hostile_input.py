@@ -13,7 +13,7 @@ import pytest
 from pipeline.core.runtime import Runtime
 from pipeline.web.app import build_app
 from pipeline.web.auth import COOKIE_NAME, CSRF_HEADER
-from pipeline.webhook_server import signature_header
+from pipeline.web.intake import signature_header
 from tests.support.asgi_support import InProcess
 from tests.support.ops_support import ADMIN_TOKEN, READ_TOKEN, with_tokens
 from tests.support.webhook_support import SHARED_SECRET

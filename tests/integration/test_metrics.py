@@ -23,9 +23,9 @@ from starlette.applications import Starlette
 from actors.maintenance import prune_dead_letters
 from pipeline.core.broker import RabbitmqBroker
 from pipeline.core.runtime import Runtime
-from pipeline.metrics import metrics_route
-from pipeline.stats import collect
+from pipeline.ops.stats import collect
 from pipeline.web.depths import QueueDepths
+from pipeline.web.metrics import metrics_route
 from storage import periodic_runs
 from storage.clock import utcnow
 from tests.support.dlq_support import add_dead_letter

@@ -24,7 +24,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.alerts import Alerter, forward_alert_logs
+from pipeline.core.alerts import Alerter, forward_alert_logs
 from pipeline.core.runtime import Runtime
 from storage import inventory, payments, webhooks
 from storage.database import normalize_url

@@ -25,7 +25,7 @@ from bench.harness import services
 from bench.harness.fake_resend import FakeResend
 from pipeline.core.enqueue import send_or_release
 from pipeline.core.runtime import Runtime
-from pipeline.webhook_server import MAX_BODY_BYTES, signature_header
+from pipeline.web.intake import MAX_BODY_BYTES, signature_header
 from storage import inventory, webhooks
 from tests.support.helpers import unique_address, wait_until
 from tests.support.webhook_support import (

@@ -19,9 +19,10 @@ from actors.emails import send_email
 from bench.harness import services
 from bench.harness.fake_resend import FakeResend
 from bench.harness.processes import run_cli
-from pipeline import archiver, dlq
+from pipeline import archiver
 from pipeline.core.runtime import Runtime
-from pipeline.dlq import ReplayOutcome
+from pipeline.ops import dlq
+from pipeline.ops.dlq import ReplayOutcome
 from storage import dead_letters, emails, migrate
 from storage.database import get_engine, get_sessionmaker
 from storage.dead_letters import DeadMessage

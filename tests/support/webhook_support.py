@@ -18,7 +18,7 @@ from actors.webhooks import enqueue_due_webhooks
 from bench.harness.serving import serving
 from pipeline.core.runtime import Runtime
 from pipeline.web.app import server_config
-from pipeline.webhook_server import signature_header
+from pipeline.web.intake import signature_header
 from storage import inventory, webhooks
 from storage.models import DeadLetter, EmailQueue, WebhookEvent
 from tests.support.helpers import wait_until

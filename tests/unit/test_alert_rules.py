@@ -22,7 +22,7 @@ REQUIRED = {
     "MinaleshSendingPaused",
     "MinaleshPeriodicJobStopped",
 }
-#: What the rules read: every one a gauge of pipeline.metrics.
+#: What the rules read: every one a gauge of pipeline.web.metrics.
 GAUGES = {
     "MinaleshDeadLettersRising": "minalesh_dead_letters",
     "MinaleshOldestDueEmailTooOld": "minalesh_oldest_due_email_age_seconds",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.alerts import Alerter, Outcome
+from pipeline.core.alerts import Alerter, Outcome
 from pipeline.core.errors import ConfigError
 from pipeline.core.settings import Settings
 from storage.database import get_engine, get_sessionmaker

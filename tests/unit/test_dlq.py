@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline import dlq
+from pipeline.ops import dlq
 from storage import alerts, dead_letters, emails, leases, migrate
 from storage.clock import utcnow
 from storage.database import get_engine, get_sessionmaker

@@ -20,7 +20,7 @@ from sqlalchemy import inspect, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from actors.webhooks import _report_stock_short
-from pipeline.alerts import ALERT_LOGGER, Alerter, AlertLogHandler, forward_alert_logs
+from pipeline.core.alerts import ALERT_LOGGER, Alerter, AlertLogHandler, forward_alert_logs
 from storage import inventory, orders, payments, webhooks
 from storage.clock import utcnow
 from storage.database import get_engine

@@ -21,7 +21,7 @@ stats_command = importlib.import_module("pipeline.cli.stats")
 
 
 def realistic(now: datetime) -> dict[str, Any]:
-    """What ``pipeline.stats.collect`` returns on a busy day: datetimes, None, flags, epoch seconds, lists."""
+    """What ``pipeline.ops.stats.collect`` returns on a busy day: datetimes, None, flags, epoch seconds, lists."""
     return {
         "emails": {"failed": 2, "pending": 3, "sent": 1200},
         "emails_by_priority": {

@@ -1,4 +1,4 @@
-"""Replay decisions (``pipeline.dlq``) on SQLite and a StubBroker, with item hooks over a dict.
+"""Replay decisions (``pipeline.ops.dlq``) on SQLite and a StubBroker, with item hooks over a dict.
 
 The integration tier replays real emails and webhook events; here the decisions
 themselves: which options a replay keeps, what cannot be replayed, what a
@@ -19,9 +19,9 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.errors import ConnectionClosed
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline import dlq
-from pipeline.dlq import ReplayStatus
 from pipeline.middleware.backoff import Backoff
+from pipeline.ops import dlq
+from pipeline.ops.dlq import ReplayStatus
 from storage import dead_letters
 from storage.clock import utcnow
 from storage.dead_letters import LetterFilter

@@ -1,8 +1,9 @@
 """The intake over real HTTP without services: uvicorn on 127.0.0.1, the events on SQLite, enqueues recorded.
 
-The app is the one ``serve`` runs (``create_app`` of a ``WebhookIntake``, under
+The route is the one ``serve`` mounts (``WebhookIntake.handle``, under
 ``uvicorn_config``'s production options); only its secrets, its database (the dev
-mode's SQLite) and its enqueue (a list) are this test's.
+mode's SQLite) and its enqueue (a list) are this test's, and the rest of
+``serve``'s app (which needs PostgreSQL and RabbitMQ) is left out.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ import pytest
 import requests
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.applications import Starlette
+from starlette.routing import Route
 
-from pipeline.webhook_server import WebhookIntake, create_app, signature_header, uvicorn_config
+from pipeline.web.app import uvicorn_config
+from pipeline.web.intake import WEBHOOK_PATH, WebhookIntake, signature_header
 from storage.models import WebhookEvent
 from tests.support.webhook_support import SHARED_SECRET, payment, post, serving
 
@@ -35,9 +39,14 @@ def enqueued() -> list[int]:
 
 @pytest.fixture
 def intake(lite: sessionmaker[Session], enqueued: list[int]) -> Iterator[str]:
-    app = create_app(WebhookIntake(secrets=SECRETS, sessions=lite, enqueue=enqueued.append, lease_minutes=5))
+    app = intake_app(WebhookIntake(secrets=SECRETS, sessions=lite, enqueue=enqueued.append, lease_minutes=5))
     with serving(uvicorn_config(app, host="127.0.0.1", port=0)) as url:
         yield url
+
+
+def intake_app(intake: WebhookIntake) -> Starlette:
+    """The intake's route alone, as ``build_app`` mounts it."""
+    return Starlette(routes=[Route(WEBHOOK_PATH, intake.handle, methods=["POST"])])
 
 
 def answer(response: requests.Response) -> tuple[int, Any]:
@@ -69,7 +78,7 @@ def test_a_provider_without_a_secret_is_answered_like_a_bad_signature(
     assert answer(unconfigured) == answer(wrongly_signed)
     assert unconfigured.status_code == 401 and unconfigured.json()["error"].startswith("invalid signature")
     assert "secret" not in unconfigured.text
-    refusals = [r for r in caplog.records if r.name == "pipeline.webhook_server" and "awash" in r.getMessage()]
+    refusals = [r for r in caplog.records if r.name == "pipeline.web.intake" and "awash" in r.getMessage()]
     assert [r.levelno for r in refusals] == [logging.ERROR]
     assert "no AWASH_WEBHOOK_SECRET nor PAYMENT_WEBHOOK_SECRET is configured" in refusals[0].getMessage()
 
@@ -83,7 +92,7 @@ def impatient_intake(lite: sessionmaker[Session], enqueued: list[int]) -> Iterat
     intake = WebhookIntake(
         secrets=SECRETS, sessions=lite, enqueue=enqueued.append, lease_minutes=5, body_timeout=BODY_TIMEOUT
     )
-    with serving(uvicorn_config(create_app(intake), host="127.0.0.1", port=0)) as url:
+    with serving(uvicorn_config(intake_app(intake), host="127.0.0.1", port=0)) as url:
         yield url
 
 

@@ -13,7 +13,7 @@ from pipeline.core.declare import minutes_ms
 from pipeline.core.errors import ConfigError
 from pipeline.core.retry_policy import retry_delay_ms
 from pipeline.core.settings import Settings
-from pipeline.webhook_server import (
+from pipeline.web.intake import (
     SignatureRejected,
     compute_signature,
     parse_signatures,

@@ -1,4 +1,4 @@
-"""``minalesh-workers serve``: the signed intake of payment provider webhooks.
+"""The signed intake of payment provider webhooks, one route of ``serve``'s app (``pipeline.web.app``).
 
 ``POST /api/payments/webhook/{provider}`` checks, in this order, each answer
 final: an unknown provider is 404; a body over 1 MiB is 413, refused while it is
@@ -38,9 +38,8 @@ If that send fails, the event's claim is handed back at once
 (``pipeline.core.enqueue``) and the ticker's wake-up, which polls every few
 seconds, enqueues it (``retry_webhooks`` on its schedule is the safety net).
 
-Starlette serves the app and uvicorn runs it: both are maintained by the
-encode team, uvicorn is the usual production ASGI server (h11 here, httptools
-when installed). The database work runs in Starlette's thread pool. A slow
+The route is plain Starlette (FastAPI's base): it reads the raw body itself, bounded,
+before any parsing. The database work runs in Starlette's thread pool. A slow
 client is bounded by the body deadline and by uvicorn's keep-alive timeout
 between requests; uvicorn sets no deadline on the request headers, which is the
 job of the TLS-terminating proxy in front (nginx's ``client_header_timeout``).
@@ -58,14 +57,11 @@ from collections.abc import Callable, Mapping
 from secrets import token_hex
 from typing import Any, Optional
 
-import uvicorn
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from actors.webhooks import process_webhook_event
 from pipeline.core.enqueue import send_or_release
@@ -86,8 +82,6 @@ MAX_BODY_BYTES = 1024 * 1024
 #: is closed: a client trickling bytes (slow loris) holds a connection no longer. 1 MiB in 10 s is
 #: 100 KB/s; providers send a few hundred bytes from their servers.
 BODY_TIMEOUT_SECONDS = 10.0
-#: uvicorn closes a keep-alive connection idle for this long (its default, stated here on purpose).
-KEEP_ALIVE_SECONDS = 5
 #: A signature timestamp further than this from now (either way) is refused as a replay.
 TIMESTAMP_TOLERANCE_SECONDS = 300
 #: The headers a provider signs with.
@@ -95,9 +89,6 @@ TIMESTAMP_HEADER = "X-Webhook-Timestamp"
 SIGNATURE_HEADER = "X-Webhook-Signature"
 #: The only signature scheme accepted; other schemes in the header are ignored.
 SIGNATURE_SCHEME = "v1"
-#: Default address of ``serve``; put it behind the TLS-terminating proxy (``--host 0.0.0.0`` in a container).
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8000
 
 
 #: The key a request to a provider without a secret is checked under, so that refusing it takes
@@ -304,20 +295,6 @@ def _client(request: Request) -> str:
     return request.client.host if request.client else "unknown client"
 
 
-async def _health(_request: Request) -> JSONResponse:
-    return JSONResponse({"status": "ok"})
-
-
-def create_app(intake: WebhookIntake) -> Starlette:
-    """The ASGI app: the intake, and ``GET /healthz`` for load balancers."""
-    return Starlette(
-        routes=[
-            Route(WEBHOOK_PATH, intake.handle, methods=["POST"]),
-            Route("/healthz", _health, methods=["GET"]),
-        ]
-    )
-
-
 def intake_for(current: Runtime) -> WebhookIntake:
     """The intake of a bootstrapped process: its settings' secrets, database and broker."""
     settings = current.settings
@@ -326,22 +303,4 @@ def intake_for(current: Runtime) -> WebhookIntake:
         sessions=current.sessions,
         enqueue=functools.partial(send_or_release, process_webhook_event, webhooks.TABLE),
         lease_minutes=settings.webhook_lease_minutes,
-    )
-
-
-def uvicorn_config(app: Starlette, *, host: str, port: int) -> uvicorn.Config:
-    """uvicorn's options for ``app`` (the intake alone, or ``pipeline.web.app``'s whole app)."""
-    return uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        http="auto",
-        ws="none",
-        lifespan="off",
-        log_config=None,
-        # uvicorn believes X-Forwarded-For from 127.0.0.1 by default; ``pipeline.web.app`` applies
-        # the proxies of FORWARDED_ALLOW_IPS itself, and the intake alone needs none.
-        proxy_headers=False,
-        timeout_keep_alive=KEEP_ALIVE_SECONDS,
-        timeout_graceful_shutdown=10,
     )

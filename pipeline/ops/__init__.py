@@ -1,0 +1,1 @@
+"""The operators' services: what ``minalesh-workers`` commands and the ops API both run."""
