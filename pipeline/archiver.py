@@ -37,7 +37,7 @@ from dramatiq.common import xq_name
 from dramatiq.errors import DecodeError
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.core import alerts, wellformed
+from pipeline.core import wellformed
 from pipeline.core.alerts import Alerter
 from pipeline.core.connection_errors import in_words
 from pipeline.core.errors import describe
@@ -236,12 +236,12 @@ class RabbitmqArchiver:
     """Consumes every XQ over its own connection until ``stop`` is set."""
 
     def __init__(
-        self, broker: RabbitmqBroker, sessions: sessionmaker[Session], *, alerter: Optional[Alerter] = None
+        self, broker: RabbitmqBroker, sessions: sessionmaker[Session], *, alerter: Optional[Alerter]
     ) -> None:
         self.broker = broker
         self.sessions = sessions
-        #: Told of each new dead letter; by default the one ALERT_* configure (or none).
-        self.alerter = alerter if alerter is not None else alerts.from_runtime()
+        #: Told of each new dead letter: the process's (``Runtime.alerter``), or None for no alerts.
+        self.alerter = alerter
 
     def run(self, stop: threading.Event) -> None:
         if self.alerter is not None:
@@ -303,13 +303,13 @@ class StubArchiver:
         broker: StubBroker,
         sessions: sessionmaker[Session],
         *,
+        alerter: Optional[Alerter],
         interval: float = 0.5,
-        alerter: Optional[Alerter] = None,
     ) -> None:
         self.broker = broker
         self.sessions = sessions
         self.interval = interval
-        self.alerter = alerter if alerter is not None else alerts.from_runtime()
+        self.alerter = alerter
 
     def drain(self) -> int:
         """Archive every dead letter now; return how many were new."""

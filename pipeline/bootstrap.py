@@ -96,21 +96,24 @@ def bootstrap(
         bind(declared, broker, settings)
     sessions = get_sessionmaker(settings.database_url)
     mailer = mailer or default_mailer(settings)
+    alerter = alerts.from_settings(settings, sessions, mailer)
     installed = Runtime(
         settings=settings,
         broker=broker,
         sessions=sessions,
         mailer=mailer,
-        limiter=build_limiter(settings, sessions, mailer),
+        limiter=build_limiter(settings, sessions, alerter),
+        alerter=alerter,
     )
     runtime.install(installed)
-    alerts.forward_alert_logs(alerts.from_settings(settings, sessions, mailer))  # actors' alerts (paid, short)
+    alerts.forward_alert_logs(alerter)  # actors' alerts (paid, short)
     return installed
 
 
-def build_limiter(settings: Settings, sessions: sessionmaker[Session], mailer: Mailer) -> SendLimiter:
-    """The provider's pace for this process; a quota pause alerts through the dead-letter channels."""
-    alerter = alerts.from_settings(settings, sessions, mailer)
+def build_limiter(
+    settings: Settings, sessions: sessionmaker[Session], alerter: Optional[alerts.Alerter]
+) -> SendLimiter:
+    """The provider's pace for this process; a quota pause alerts through the process's alerter."""
     return SendLimiter(
         sessions,
         rate=Rate(configured=settings.email_rate_limit_per_second, cap=settings.email_rate_limit_cap),

@@ -137,7 +137,7 @@ def dev_settings(settings: Settings, *, database: Path, demo: bool) -> Settings:
     if settings.payment_webhook_secret is None:
         # The intake refuses unsigned webhooks; the demo signs its own with this one.
         changes["payment_webhook_secret"] = secrets.token_urlsafe(32)
-    if demo and not os.environ.get("EMAIL_RETRY_DELAY_MINUTES"):
+    if demo and "EMAIL_RETRY_DELAY_MINUTES" not in settings.set_in_environment:
         changes["email_retry_delay_minutes"] = DEMO_RETRY_DELAY_MINUTES
     if demo:
         # One email per request, so the demo's flaky address retries alone: a provider error
@@ -154,7 +154,7 @@ def reset_data(database: Path, outbox: Path) -> None:
         written.unlink()
 
 
-def seed_demo(sessions: sessionmaker[Session]) -> None:
+def seed_demo(sessions: sessionmaker[Session], *, hold_minutes: float) -> None:
     """A few good emails and the failing kinds a newcomer should see; orders holding stock, for the webhooks."""
     with sessions.begin() as session:
         for number in range(1, 6):
@@ -175,7 +175,7 @@ def seed_demo(sessions: sessionmaker[Session]) -> None:
             ("MN-1003", "300.00", "hana@example.com", jebena, 1),
         ):
             orders.create(session, order_id=order_id, total=Decimal(total), customer_email=customer)
-            inventory.reserve(product, quantity, order_id=order_id, session=session)
+            inventory.reserve(session, product, quantity, ttl_minutes=hold_minutes, order_id=order_id)
     logger.info("Demo: seeded 8 emails (2 fail permanently, 1 fails after every retry) and 3 orders holding stock.")
 
 
@@ -293,7 +293,7 @@ def _run(
     current = bootstrap(settings, embedded=True, mailer=DemoMailer(mailer) if demo else mailer)
     assert isinstance(current.broker, StubBroker)
     if demo:
-        seed_demo(current.sessions)
+        seed_demo(current.sessions, hold_minutes=current.settings.reservation_timeout_minutes)
     base_url = serve_in_thread(current, listener, running)
     announce(base_url, settings, own_token=own_token, data=describe_data(database, settings, fresh=fresh))
     _start_workers(current, running)
@@ -312,7 +312,8 @@ def _start_workers(current: Runtime, running: ExitStack) -> None:
     worker.start()
     running.callback(worker.stop)
     running.callback(stop.set)
-    for target in (StubArchiver(current.broker, current.sessions).run, functools.partial(_report, current)):
+    archiver = StubArchiver(current.broker, current.sessions, alerter=current.alerter)
+    for target in (archiver.run, functools.partial(_report, current)):
         threading.Thread(target=target, args=(stop,), daemon=True).start()
 
 

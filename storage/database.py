@@ -10,7 +10,6 @@ gives the text that error messages and reprs print instead.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,9 +23,6 @@ from sqlalchemy.pool import NullPool
 
 from storage.errors import InvalidDatabaseUrl
 
-#: Used when DATABASE_URL is unset: the PostgreSQL of docker-compose.yml.
-DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/minalesh"
-
 _POSTGRES_SCHEMES = {"postgres", "postgresql"}
 #: The drivers this package ships (psycopg2, and the standard library's sqlite3 for ``dev``), as
 #: ``normalize_url`` spells them; a URL naming any other fails on import, far from the setting.
@@ -37,15 +33,6 @@ PASSWORD_MASK = "***"
 _ADDRESS_START = re.compile(r"(?:^|;)\s*[A-Za-z][A-Za-z0-9+.-]*://")
 #: A ``password=`` query parameter (libpq accepts the password there too).
 _QUERY_PASSWORD = re.compile(r"(?i)([?&;]password=)[^&;#]*")
-
-
-def database_url_from_env() -> str:
-    """DATABASE_URL, the one environment variable the storage layer reads itself.
-
-    The storage API is also used by host applications that have no settings object
-    of ours, so it needs a way to find the database on its own.
-    """
-    return os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
 
 
 def mask_password(url: str) -> str:
@@ -162,11 +149,6 @@ def transient_failure(exc: BaseException) -> bool:
 def get_sessionmaker(url: str) -> sessionmaker[Session]:
     """The process-wide session factory for ``url``."""
     return sessionmaker(get_engine(url), expire_on_commit=False)
-
-
-def default_sessionmaker() -> sessionmaker[Session]:
-    """Sessions on DATABASE_URL, for callers that do not pass their own."""
-    return get_sessionmaker(database_url_from_env())
 
 
 def ping(session: Session) -> None:

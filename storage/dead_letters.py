@@ -123,12 +123,22 @@ def count(session: Session) -> int:
 UNDECODABLE = "(undecodable)"
 
 
-#: Actors whose first argument is an email's id, a batch's id, a webhook event's row id: what a search
-#: follows from an email or an event to its dead letters (checked against the declared actors by a test).
-EMAIL_ACTORS = ("send_email", "send_bulk_email")
-BATCH_ACTORS = ("send_email_batch", "send_bulk_email_batch")
-WEBHOOK_ACTORS = ("process_webhook_event",)
-ITEM_ACTORS = (*EMAIL_ACTORS, *BATCH_ACTORS, *WEBHOOK_ACTORS)
+@dataclass(frozen=True, kw_only=True)
+class ItemActors:
+    """The actors whose first argument is an email's id, a batch's id, a webhook event's row id.
+
+    What a search follows from an email or an event to its dead letters. The layer
+    that declares the actors names them (``pipeline.ops.dlq.ITEM_ACTORS``); without
+    them a search finds message ids and error text only.
+    """
+
+    emails: tuple[str, ...] = ()
+    batches: tuple[str, ...] = ()
+    webhooks: tuple[str, ...] = ()
+
+    @property
+    def every(self) -> tuple[str, ...]:
+        return (*self.emails, *self.batches, *self.webhooks)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,6 +153,8 @@ class LetterFilter:
     since: Optional[datetime] = None
     unreplayed: bool = False
     q: Optional[str] = None
+    #: The actors ``q`` follows items through.
+    items: ItemActors = ItemActors()
 
 
 #: Every dead letter.
@@ -160,15 +172,15 @@ def _matching(statement: Any, chosen: LetterFilter) -> Any:
     if chosen.unreplayed:
         statement = statement.where(DeadLetter.replayed_at.is_(None))
     if chosen.q and chosen.q.strip():
-        statement = statement.where(search_clause(chosen.q.strip()))
+        statement = statement.where(search_clause(chosen.q.strip(), chosen.items))
     return statement
 
 
-def search_clause(text: str) -> ColumnElement[bool]:
+def search_clause(text: str, items: ItemActors) -> ColumnElement[bool]:
     """Dead letters ``text`` finds: each way below is an index lookup, never a scan of the archive.
 
-    * an email whose recipient starts with ``text`` (any case): its ``send_email`` / ``send_bulk_email``
-      dead letters, and the dead letters of the batch it was sent in;
+    * an email whose recipient starts with ``text`` (any case): the dead letters of ``items.emails``
+      about it, and those of ``items.batches`` about the batch it was sent in;
     * a webhook event whose provider event id or order id is ``text``: its dead letters;
     * a message id, or an item id (an email's, a batch's, a webhook event's) equal to ``text``;
     * ``text`` anywhere in the error, any case (a trigram index on PostgreSQL: ``ix_dead_letters_error_trgm``).
@@ -179,10 +191,10 @@ def search_clause(text: str) -> ColumnElement[bool]:
     events = select(cast(WebhookEvent.id, Text)).where(webhooks.event_or_order(text))
     ids = union(
         select(DeadLetter.id).where(DeadLetter.message_id == text),
-        select(DeadLetter.id).where(DEAD_LETTER_ITEM_ID == text, DeadLetter.actor.in_(ITEM_ACTORS)),
-        _of_items(EMAIL_ACTORS, select(cast(EmailQueue.id, Text)).where(recipient)),
-        _of_items(BATCH_ACTORS, batches),
-        _of_items(WEBHOOK_ACTORS, events),
+        select(DeadLetter.id).where(DEAD_LETTER_ITEM_ID == text, DeadLetter.actor.in_(items.every)),
+        _of_items(items.emails, select(cast(EmailQueue.id, Text)).where(recipient)),
+        _of_items(items.batches, batches),
+        _of_items(items.webhooks, events),
         select(DeadLetter.id).where(DeadLetter.error.ilike(f"%{emails.escape_like(text)}%", escape="\\")),
     )
     return DeadLetter.id.in_(ids.scalar_subquery())

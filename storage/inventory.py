@@ -99,29 +99,18 @@ No row returned means not enough stock. Monitoring keeps working as is:
 from __future__ import annotations
 
 import math
-import os
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Optional, TypeVar
+from typing import Any, Optional
 
 from sqlalchemy import DateTime, Integer, Text, and_, func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from storage.clock import minutes, utcnow
-from storage.database import default_sessionmaker
 from storage.errors import ItemNotFound, StorageError
 from storage.models import InventoryReservation, Product, ReservationStatus
-
-#: Minutes a reservation holds stock unless the caller or the environment says otherwise.
-DEFAULT_RESERVATION_TIMEOUT_MINUTES = 15.0
-
-#: The environment variable overriding that default (fractions of a minute allowed).
-RESERVATION_TIMEOUT_ENV = "RESERVATION_TIMEOUT_MINUTES"
-
-#: Reservations expired per transaction by ``expire_all_due``: short locks, bounded work.
-DEFAULT_EXPIRY_BATCH_SIZE = 500
 
 #: Batches one ``expire_all_due`` run takes at most; the next run picks up the rest.
 DEFAULT_MAX_EXPIRY_BATCHES = 20
@@ -131,7 +120,6 @@ _ACTIVE = ReservationStatus.ACTIVE.value
 _LAPSED = (ReservationStatus.RELEASED.value, ReservationStatus.EXPIRED.value)
 #: Statuses that hold or have taken a product's units for their order.
 _HELD_OR_TAKEN = (_ACTIVE, ReservationStatus.COMMITTED.value)
-_T = TypeVar("_T")
 
 
 class InvalidReservation(StorageError, ValueError):
@@ -165,44 +153,24 @@ class ExpiredReservation:
     quantity: int
 
 
-def reservation_timeout_minutes() -> float:
-    """The default hold time: ``RESERVATION_TIMEOUT_MINUTES`` or 15 minutes.
-
-    Read here because hosts call ``reserve`` without any settings object of ours.
-    """
-    raw = os.environ.get(RESERVATION_TIMEOUT_ENV, "").strip()
-    if not raw:
-        return DEFAULT_RESERVATION_TIMEOUT_MINUTES
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{RESERVATION_TIMEOUT_ENV} must be a number of minutes, got {raw!r}") from None
-    return _positive_minutes(value, RESERVATION_TIMEOUT_ENV)
-
-
 def reserve(
+    session: Session,
     product_id: int,
     quantity: int,
-    ttl_minutes: Optional[float] = None,
     *,
+    ttl_minutes: float,
     order_id: Optional[str] = None,
-    session: Optional[Session] = None,
 ) -> int:
     """Hold ``quantity`` units of ``product_id`` for ``ttl_minutes``; return the reservation id.
 
-    Raises ``InsufficientStock`` when ``available`` does not cover it. Without a
-    session it commits its own transaction on DATABASE_URL; with one, the product
-    row stays locked until the caller's transaction ends, so commit promptly.
+    Raises ``InsufficientStock`` when ``available`` does not cover it. The product
+    row stays locked until the caller's transaction ends, so commit promptly. Hosts
+    call ``pipeline.api.reserve``, which holds for RESERVATION_TIMEOUT_MINUTES when
+    it is told no hold and runs its own transaction when it is given no session.
     """
     _positive_int(product_id, "product_id")
     _positive_int(quantity, "quantity")
-    if ttl_minutes is None:
-        ttl_minutes = reservation_timeout_minutes()
     expires_at = utcnow() + minutes(_positive_minutes(ttl_minutes, "ttl_minutes"))
-    return _run(session, lambda s: _reserve(s, product_id, quantity, expires_at, order_id))
-
-
-def _reserve(session: Session, product_id: int, quantity: int, expires_at: datetime, order_id: Optional[str]) -> int:
     _lock_product(session, product_id)
     reservation_id = _insert_if_available(session, product_id, quantity, expires_at, order_id)
     if reservation_id is None:
@@ -254,7 +222,7 @@ def available(session: Session, product_id: int) -> int:
     return int(value)
 
 
-def commit(reservation_id: int, *, session: Optional[Session] = None) -> bool:
+def commit(session: Session, reservation_id: int) -> bool:
     """The order was paid: the reservation's units leave ``products.stock`` for good.
 
     False when it is no longer active (committed already, released or expired),
@@ -263,10 +231,6 @@ def commit(reservation_id: int, *, session: Optional[Session] = None) -> bool:
     transaction must then be rolled back, as after any error.
     """
     _positive_int(reservation_id, "reservation_id")
-    return _run(session, lambda s: _commit_one(s, reservation_id))
-
-
-def _commit_one(session: Session, reservation_id: int) -> bool:
     statement = _finish(ReservationStatus.COMMITTED, InventoryReservation.id == reservation_id)
     taken = session.execute(statement).all()
     if not taken:
@@ -276,13 +240,9 @@ def _commit_one(session: Session, reservation_id: int) -> bool:
     return True
 
 
-def release(reservation_id: int, *, session: Optional[Session] = None) -> bool:
+def release(session: Session, reservation_id: int) -> bool:
     """Give the reservation's units back to ``available``; False if it was not active."""
     _positive_int(reservation_id, "reservation_id")
-    return _run(session, lambda s: _release_one(s, reservation_id))
-
-
-def _release_one(session: Session, reservation_id: int) -> bool:
     statement = _finish(ReservationStatus.RELEASED, InventoryReservation.id == reservation_id)
     if session.execute(statement).first() is None:
         _require_reservation(session, reservation_id)
@@ -495,7 +455,7 @@ def expire_due(session: Session, *, batch_size: int) -> list[ExpiredReservation]
 def expire_all_due(
     sessions: sessionmaker[Session],
     *,
-    batch_size: int = DEFAULT_EXPIRY_BATCH_SIZE,
+    batch_size: int,
     max_batches: int = DEFAULT_MAX_EXPIRY_BATCHES,
 ) -> list[ExpiredReservation]:
     """Expire due reservations batch by batch, each batch its own transaction.
@@ -545,14 +505,6 @@ def create_product(session: Session, *, sku: str, name: str, stock: int) -> int:
     session.add(product)
     session.flush()
     return product.id
-
-
-def _run(session: Optional[Session], work: Callable[[Session], _T]) -> _T:
-    """Run ``work`` in the caller's transaction, or in its own committed on success."""
-    if session is not None:
-        return work(session)
-    with default_sessionmaker().begin() as own:
-        return work(own)
 
 
 def _positive_int(value: Any, name: str) -> None:

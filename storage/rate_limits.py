@@ -1,6 +1,6 @@
 """A provider's request rate, shared by every worker host, kept in one row.
 
-Resend allows a team a few requests a second; workers on several hosts must share
+An email provider allows a few requests a second (Resend: 2 per team); workers on several hosts must share
 that budget, and RabbitMQ has no notion of it. The row holds the next free slot,
 what the provider told us (its limit; a pause and why) and the precedence of a
 waiting transactional send. Times are epoch seconds as floats, so each statement
@@ -24,9 +24,6 @@ from sqlalchemy.orm import Session
 from storage import sending_pauses
 from storage.dialect import insert_ignoring_conflicts
 from storage.models import RateLimitSlot
-
-#: Pause reasons whose pause lasts until the provider's reset and is probed by one request.
-QUOTA_REASONS = ("daily_quota_exceeded", "monthly_quota_exceeded")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -216,15 +213,15 @@ def hold_until(session: Session, name: str, *, until: float, now: float) -> None
     session.execute(statement)
 
 
-def pause(session: Session, name: str, *, until: float, reason: str, now: float) -> bool:
+def pause(session: Session, name: str, *, until: float, reason: str, quota: bool, now: float) -> bool:
     """Stop every request until ``until``; True when this starts a new quota pause.
 
-    A ``rate_limit_exceeded`` pause is a short hold; a quota pause lasts until the
-    provider's reset, remembers when it began (an alert goes out once per quota
-    pause) and is ended by ``resume`` once a probe gets through.
+    ``reason`` is the provider's word, kept for display. A pause that is not a
+    ``quota`` is a short hold; a quota pause lasts until the provider's reset,
+    remembers when it began (an alert goes out once per quota pause) and is ended
+    by ``resume`` once a probe gets through.
     """
     _ensure_row(session, name, now)
-    quota = reason in QUOTA_REASONS
     statement = (
         update(RateLimitSlot)
         .where(RateLimitSlot.name == name)

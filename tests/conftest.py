@@ -117,7 +117,8 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
     worker.start()
     stop = threading.Event()
     assert isinstance(current.broker, RabbitmqBroker)
-    archiver = threading.Thread(target=RabbitmqArchiver(current.broker, current.sessions).run, args=(stop,))
+    archiver_of_run = RabbitmqArchiver(current.broker, current.sessions, alerter=current.alerter)
+    archiver = threading.Thread(target=archiver_of_run.run, args=(stop,))
     archiver.start()
     yield current
     stop.set()

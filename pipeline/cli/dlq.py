@@ -96,6 +96,7 @@ def list_command(
         since=operations.parse_since(since) if since else None,
         unreplayed=unreplayed,
         q=search,
+        items=operations.ITEM_ACTORS,
     )
     letters, total = operations.list_letters(current.sessions, chosen, limit=limit or None)
     if as_json:
@@ -229,8 +230,9 @@ def replay_command(
     current = runtime_from_env()  # a replay sends a new message
     try:
         if replay_all:
+            chosen = LetterFilter(queue=queue, actor=actor, q=search, items=operations.ITEM_ACTORS)
             outcomes: Iterable[ReplayOutcome] = operations.replay_all(
-                current.broker, current.sessions, LetterFilter(queue=queue, actor=actor, q=search), dry_run=dry_run
+                current.broker, current.sessions, chosen, dry_run=dry_run
             )
         else:
             outcomes = (operations.replay(current.broker, current.sessions, i, dry_run=dry_run) for i in ids)
@@ -279,7 +281,7 @@ def purge_command(ids: tuple[int, ...], older_than: Optional[str], search: Optio
     if search:
         sessions = runtime_from_env(broker=False).sessions
         with sessions() as session:
-            found = dead_letters.matching_ids(session, LetterFilter(q=search))
+            found = dead_letters.matching_ids(session, LetterFilter(q=search, items=operations.ITEM_ACTORS))
         click.echo(f"Purged {_count(dead_letters.purge_ids(sessions, found))} found by {search!r}.")
         return
     if older_than:

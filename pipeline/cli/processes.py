@@ -58,7 +58,7 @@ def archiver() -> None:
     try:
         current = runtime_from_env()
         assert isinstance(current.broker, RabbitmqBroker)
-        RabbitmqArchiver(current.broker, current.sessions).run(stop)
+        RabbitmqArchiver(current.broker, current.sessions, alerter=current.alerter).run(stop)
     except KeyboardInterrupt:
         stop.set()
 

@@ -38,7 +38,6 @@ from typing import Any, Optional
 import requests
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.core import runtime
 from pipeline.core.errors import describe
 from pipeline.core.limiter import QuotaPause
 from pipeline.core.mailer import Mailer, OutgoingEmail
@@ -339,14 +338,6 @@ def forward_alert_logs(alerter: Optional[Alerter]) -> None:
         target.removeHandler(handler)
     if alerter is not None:
         target.addHandler(AlertLogHandler(alerter))
-
-
-def from_runtime() -> Optional[Alerter]:
-    """The alerter ALERT_* configure for this process, or None (no channel, or not bootstrapped)."""
-    if not runtime.is_installed():
-        return None
-    current = runtime.current()
-    return from_settings(current.settings, current.sessions, current.mailer)
 
 
 def from_settings(settings: Settings, sessions: sessionmaker[Session], mailer: Mailer) -> Optional[Alerter]:

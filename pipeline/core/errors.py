@@ -60,6 +60,10 @@ class RetriesExhausted(PermanentError):
     """More attempts were started than allowed, some by workers that died mid-way."""
 
 
+#: How long a 429 that names no ``retry-after`` waits (seconds): the fleet's pause and the message's.
+DEFAULT_RETRY_AFTER_SECONDS = 1.0
+
+
 class RateLimited(MinaleshError):
     """The provider asked us to slow down, or our own limiter did; retry after ``retry_after`` seconds.
 

@@ -48,10 +48,11 @@ from typing import Optional
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.core.errors import RateLimited
+from pipeline.core.errors import DEFAULT_RETRY_AFTER_SECONDS, RateLimited
+from pipeline.core.mailer import QUOTA_REASONS
 from pipeline.core.operator_pauses import OperatorPauses, held_wait
 from storage import rate_limits
-from storage.rate_limits import QUOTA_REASONS, Rate, Slot, SlotState
+from storage.rate_limits import Rate, Slot, SlotState
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +73,6 @@ MIN_POLL_SECONDS = 0.005
 MAX_POLL_SECONDS = 1.0
 #: A thread waiting for another process's first answer asks again this often (seconds): it is short.
 WARM_UP_POLL_SECONDS = 0.02
-#: A 429 without a usable ``retry-after`` pauses the fleet this long (seconds).
-DEFAULT_RETRY_AFTER_SECONDS = 1.0
 #: Pause reasons that stop the whole fleet (a 409 for a key in flight concerns one email only).
 FLEET_REASONS = ("rate_limit_exceeded", *QUOTA_REASONS)
 
@@ -273,12 +272,13 @@ class SendLimiter:
         if seconds is None:
             return None
         now = time.time()
+        until, quota = now + seconds, error.reason in QUOTA_REASONS
         with self.sessions.begin() as session:
-            began = rate_limits.pause(session, self.name, until=now + seconds, reason=error.reason, now=now)
+            began = rate_limits.pause(session, self.name, until=until, reason=error.reason, quota=quota, now=now)
         if began:
             logger.error("Provider quota reached (%s): sending paused for %.0fs.", error.reason, seconds)
             if self.on_quota_pause is not None:
-                self.on_quota_pause(QuotaPause(reason=error.reason, until=now + seconds, detail=str(error)))
+                self.on_quota_pause(QuotaPause(reason=error.reason, until=until, detail=str(error)))
         else:
             logger.info("The provider refused a request (%s): the fleet waits %.1fs.", error.reason, seconds)
         return seconds

@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 REQUEST_TIMEOUT_SECONDS = 15
 #: How long to wait when a 409 says a request with our key is still in flight.
 CONCURRENT_REQUEST_RETRY_SECONDS = 2.0
+#: Resend's names of a used-up quota: a pause until its reset, probed by one request.
+QUOTA_REASONS = ("daily_quota_exceeded", "monthly_quota_exceeded")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,15 +20,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from pipeline.core.errors import Deferred, PermanentError, RateLimited
+from pipeline.core.errors import DEFAULT_RETRY_AFTER_SECONDS, Deferred, PermanentError, RateLimited
 from storage.database import transient_failure
 
 #: A message whose database was unreachable runs again after this long (ms), doubling per deferral.
 DATABASE_RETRY_MS = 2_000
 #: The longest wait of a message whose database stays unreachable (ms).
 MAX_DATABASE_RETRY_MS = 30_000
-#: A 429 without a usable retry-after waits this long (ms).
-DEFAULT_RATE_LIMIT_DELAY_MS = 1_000
 #: ``GiveUp.reason``: the error says no retry can succeed (``PermanentError``, the actor's ``throws``).
 PERMANENT = "permanent"
 #: ``GiveUp.reason``: the actor's ``max_retries`` were made.
@@ -91,7 +89,7 @@ def decide(exception: BaseException, retries_made: int, policy: Policy, *, defer
     if transient_failure(exception):
         return Defer(min(DATABASE_RETRY_MS * 2**deferrals_made, MAX_DATABASE_RETRY_MS), deferrals=deferrals_made + 1)
     if isinstance(exception, RateLimited):
-        return Refund(max(int(exception.retry_after * 1000), DEFAULT_RATE_LIMIT_DELAY_MS))
+        return Refund(int(max(exception.retry_after, DEFAULT_RETRY_AFTER_SECONDS) * 1000))
     if isinstance(exception, (PermanentError, *policy.throws)):
         return GiveUp(PERMANENT)
     if retries_made >= policy.max_retries:

@@ -1,4 +1,4 @@
-"""What the actors of this process share: settings, database sessions, the mailer.
+"""What the actors of this process share: settings, database sessions, the mailer, its pace, its alerts.
 
 Set once per process by ``pipeline.bootstrap.bootstrap``; actors read it with ``current()``.
 Like Dramatiq's global broker, it is the process's wiring, not state that changes.
@@ -12,6 +12,7 @@ from typing import Optional
 from dramatiq import Broker
 from sqlalchemy.orm import Session, sessionmaker
 
+from pipeline.core.alerts import Alerter
 from pipeline.core.limiter import SendLimiter
 from pipeline.core.mailer import Mailer
 from pipeline.core.settings import Settings
@@ -24,6 +25,9 @@ class Runtime:
     sessions: sessionmaker[Session]
     mailer: Mailer
     limiter: SendLimiter
+    #: The one alerter of the process (None: no ALERT_* channel is set); the limiter's quota
+    #: pauses, the actors' alert logs and the archiver's digests all go through it.
+    alerter: Optional[Alerter] = None
 
 
 _current: Optional[Runtime] = None

@@ -23,11 +23,13 @@ from periodiq import cron
 from sqlalchemy.engine import make_url
 
 from pipeline.core.errors import ConfigError
-from storage.database import DEFAULT_DATABASE_URL, SUPPORTED_DRIVERS, mask_password, normalize_url
+from storage.database import SUPPORTED_DRIVERS, mask_password, normalize_url
 from storage.errors import InvalidDatabaseUrl
 
 T = TypeVar("T")
 
+#: The PostgreSQL of docker-compose.yml.
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/minalesh"
 #: RabbitMQ of docker-compose.yml and of a development machine.
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 #: Resend's documented base URL; RESEND_API_URL is the SDK's own override.
@@ -307,6 +309,8 @@ class Settings:
     )
     reservation_schedule: str = setting("RESERVATION_SCHEDULE", _cron, "*/5 * * * *")
     reservation_batch_size: int = setting("RESERVATION_BATCH_SIZE", _positive_count, 500)
+    #: Minutes a reservation holds stock when the host's ``reserve()`` names no hold (fractions allowed).
+    reservation_timeout_minutes: float = setting("RESERVATION_TIMEOUT_MINUTES", _positive_minutes, 15.0)
     log_level: str = setting("LOG_LEVEL", _log_level, "INFO")
     #: ``text`` (one line for people) or ``json`` (one JSON object a line, extras as fields).
     log_format: str = setting("LOG_FORMAT", _log_format, "text")
@@ -329,6 +333,9 @@ class Settings:
     payment_webhook_secret: Optional[str] = setting("PAYMENT_WEBHOOK_SECRET", str, secret=True)
     #: (provider, secret) pairs from ``{PROVIDER}_WEBHOOK_SECRET``; a tuple keeps Settings hashable.
     provider_webhook_secrets: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    #: The variables this process's environment set (non-empty), whatever their values: a mode
+    #: that changes a default (``dev --demo``) leaves an operator's own choice alone.
+    set_in_environment: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
     #: Where dead-letter digests are POSTed (a Slack incoming webhook works); its path is a
     #: secret at Slack, hence kept out of the repr.
     alert_webhook_url: Optional[str] = setting("ALERT_WEBHOOK_URL", _webhook_url, secret=True)
@@ -420,6 +427,11 @@ class Settings:
             (provider, secret)
             for provider in PAYMENT_PROVIDERS
             if (secret := _read(environ, f"{provider.upper()}_WEBHOOK_SECRET", str, None, _hidden)) is not None
+        )
+        values["set_in_environment"] = frozenset(
+            spec.metadata["variable"]
+            for spec in fields(cls)
+            if "variable" in spec.metadata and environ.get(spec.metadata["variable"], "").strip()
         )
         settings = cls(**values)
         _check_delays(settings.email_retries, "EMAIL_MAX_RETRY_DELAY_MINUTES", "EMAIL_RETRY_DELAY_MINUTES")

@@ -17,8 +17,7 @@ Where each column comes from:
   not (kept here, so that ``settings.py`` stays code). A variable with neither shows "—".
 
 Variables are grouped by their prefix (``SECTIONS``); one no section claims lands in
-"Other". ``RESERVATION_TIMEOUT_MINUTES`` is read by ``storage.inventory`` itself, not by
-``Settings``, and is listed with the inventory's settings.
+"Other".
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ from dataclasses import MISSING, Field, dataclass, fields
 from typing import Any
 
 from pipeline.core.settings import MAX_PER_REQUEST, MIN_TOKEN_LENGTH, PAYMENT_PROVIDERS, Settings
-from storage import inventory
 
 #: The page's first lines, before the tables.
 PREAMBLE = f"""\
@@ -119,8 +117,7 @@ NOTES: dict[str, str] = {
     "BROKER_CONSUMER_TIMEOUT_MINUTES": "RabbitMQ's default is 30 minutes.",
     "RESERVATION_SCHEDULE": "Cron schedule of the reservation cleanup (`cleanup_reservations`).",
     "RESERVATION_BATCH_SIZE": "Reservations expired per transaction.",
-    "RESERVATION_TIMEOUT_MINUTES": "Default hold time of `reserve()`. Read by `storage.inventory` itself, not "
-    "`Settings`, since host processes call `reserve()` without our settings.",
+    "RESERVATION_TIMEOUT_MINUTES": "Read by the host API's `pipeline.api.reserve()` (see inventory.md).",
     "LOG_LEVEL": "Level of every process's log on stderr, Dramatiq's own processes included "
     "(`LOG_LEVEL`, not `dramatiq -v`).",
     "LOG_FORMAT": "See [operations.md](operations.md#logs).",
@@ -222,13 +219,6 @@ def rows() -> Iterator[Row]:
             accepts=_accepts(spec.metadata["parse"]),
             meaning=_join(comments.get(spec.name, ""), NOTES.get(variable, ""), _SECRET if secret else ""),
         )
-    yield Row(
-        variable=inventory.RESERVATION_TIMEOUT_ENV,
-        field="",
-        default=f"`{_plain(inventory.DEFAULT_RESERVATION_TIMEOUT_MINUTES)}`",
-        accepts=ACCEPTS["_positive_minutes"],
-        meaning=NOTES.get(inventory.RESERVATION_TIMEOUT_ENV, ""),
-    )
 
 
 def field_comments() -> dict[str, str]:

@@ -35,7 +35,7 @@ from pipeline.core.item_hooks import ItemHooks
 from pipeline.core.outcomes import Outcome
 from pipeline.core.retry_policy import Defer, GiveUp, Policy, Refund, decide
 from pipeline.middleware import item_log
-from pipeline.middleware.long_delays import DEFAULT_MAX_HOLD_MS, send_later
+from pipeline.middleware.long_delays import send_later
 from storage import dead_letters
 
 #: An actor that declares no retry policy is never retried; policies live in ``Settings``
@@ -52,7 +52,7 @@ class Backoff(Middleware):
         self,
         session_factory: sessionmaker[Session],
         *,
-        max_hold_ms: int = DEFAULT_MAX_HOLD_MS,
+        max_hold_ms: int,
     ) -> None:
         self.logger = get_logger(__name__, type(self))
         self.session_factory = session_factory

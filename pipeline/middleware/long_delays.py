@@ -15,9 +15,6 @@ from dramatiq.common import current_millis
 from dramatiq.logging import get_logger
 from dramatiq.middleware import SkipMessage
 
-#: Hold a delayed message at most this long (ms); well below the 30-minute default.
-DEFAULT_MAX_HOLD_MS = 10 * 60 * 1000
-
 
 def send_later(broker: Broker, message: Message, delay_ms: int, max_hold_ms: int) -> None:
     """Enqueue ``message`` to run in ``delay_ms``, in hops of at most ``max_hold_ms``."""
@@ -31,7 +28,8 @@ def send_later(broker: Broker, message: Message, delay_ms: int, max_hold_ms: int
 class LongDelays(Middleware):
     """Sends a message that arrived before its ``not_before`` on its next hop."""
 
-    def __init__(self, *, max_hold_ms: int = DEFAULT_MAX_HOLD_MS) -> None:
+    def __init__(self, *, max_hold_ms: int) -> None:
+        """``max_hold_ms``: BROKER_MAX_HOLD_MINUTES, well below RabbitMQ's ``consumer_timeout``."""
         self.logger = get_logger(__name__, type(self))
         self.max_hold_ms = max_hold_ms
 

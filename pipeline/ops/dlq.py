@@ -48,13 +48,23 @@ from dramatiq import Broker, Message
 from dramatiq.errors import ActorNotFound
 from sqlalchemy.orm import Session, sessionmaker
 
+from actors.email_batches import send_bulk_email_batch, send_email_batch
+from actors.emails import send_bulk_email, send_email
+from actors.webhooks import process_webhook_event
 from pipeline.core.errors import describe
 from pipeline.core.item_hooks import ItemHooks, hooks_of
 from pipeline.middleware.poison import misfit
 from storage import dead_letters
 from storage.clock import utcnow
-from storage.dead_letters import EVERY, LetterFilter
+from storage.dead_letters import EVERY, ItemActors, LetterFilter
 from storage.models import DeadLetter
+
+#: What a search (``LetterFilter.q``) follows from an email, a batch or an event to its dead letters.
+ITEM_ACTORS = ItemActors(
+    emails=(send_email.actor_name, send_bulk_email.actor_name),
+    batches=(send_email_batch.actor_name, send_bulk_email_batch.actor_name),
+    webhooks=(process_webhook_event.actor_name,),
+)
 
 logger = logging.getLogger(__name__)
 

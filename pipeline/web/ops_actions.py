@@ -92,6 +92,7 @@ def _selected(current: Runtime, selection: Selection, *, replaying: bool) -> lis
         since=parse_since(given.since),
         unreplayed=given.unreplayed or replaying,
         q=given.q,
+        items=dlq.ITEM_ACTORS,
     )
     with current.sessions() as session:
         return dead_letters.matching_ids(session, chosen)

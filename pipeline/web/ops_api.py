@@ -174,7 +174,9 @@ def router(current: Runtime, auth: OpsAuth, depths: QueueDepths) -> APIRouter:
         cursor: LetterCursor = None,
     ) -> Any:
         """Dead letters newest first, with ``dlq list``'s filters and search (``q``)."""
-        chosen = LetterFilter(queue=queue, actor=actor, since=parse_since(since), unreplayed=unreplayed, q=q)
+        chosen = LetterFilter(
+            queue=queue, actor=actor, since=parse_since(since), unreplayed=unreplayed, q=q, items=dlq.ITEM_ACTORS
+        )
         items, total = dlq.list_letters(current.sessions, chosen, limit=limit, before=_letter_cursor(cursor))
         return {"items": items, "total": total, "next_cursor": _next(items, limit, _letter_key)}
 

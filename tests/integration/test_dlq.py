@@ -173,7 +173,7 @@ def test_a_tick_is_replayed_as_sent_without_its_spent_options(
 ) -> None:
     with sessions.begin() as session:
         product = inventory.create_product(session, sku=new_id("SKU"), name="Mesob", stock=5)
-        reservation = inventory.reserve(product, 2, session=session)
+        reservation = inventory.reserve(session, product, 2, ttl_minutes=15)
         session.execute(
             text("UPDATE inventory_reservations SET expires_at = now() - interval '1 minute' WHERE id = :id"),
             {"id": reservation},

@@ -25,6 +25,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from pipeline import api
 from storage import inventory
 from storage.clock import utcnow
 from storage.database import get_engine, get_sessionmaker, normalize_url
@@ -164,14 +165,14 @@ def host_reserve(
 def test_reserve_holds_stock_and_commit_takes_it(sessions: sessionmaker[Session]) -> None:
     product = new_product(sessions, stock=5)
     with sessions.begin() as session:
-        reservation_id = reserve(product, 2, order_id="order-1", session=session)
+        reservation_id = reserve(session, product, 2, ttl_minutes=15, order_id="order-1")
     row = reservation(sessions, reservation_id)
     assert (row.status, row.quantity, row.order_id) == ("active", 2, "order-1")
     assert abs(row.expires_at - (utcnow() + timedelta(minutes=15))) < timedelta(seconds=5)
     assert (stock_of(sessions, product), available_of(sessions, product)) == (5, 3)
 
     with sessions.begin() as session:
-        assert commit(reservation_id, session=session) is True
+        assert commit(session, reservation_id) is True
     row = reservation(sessions, reservation_id)
     assert row.status == "committed" and row.committed_at is not None and row.released_at is None
     assert (stock_of(sessions, product), available_of(sessions, product)) == (3, 3)
@@ -180,10 +181,10 @@ def test_reserve_holds_stock_and_commit_takes_it(sessions: sessionmaker[Session]
 def test_release_gives_the_stock_back(sessions: sessionmaker[Session]) -> None:
     product = new_product(sessions, stock=5)
     with sessions.begin() as session:
-        reservation_id = reserve(product, 4, session=session)
+        reservation_id = reserve(session, product, 4, ttl_minutes=15)
     assert available_of(sessions, product) == 1
     with sessions.begin() as session:
-        assert release(reservation_id, session=session) is True
+        assert release(session, reservation_id) is True
     row = reservation(sessions, reservation_id)
     assert row.status == "released" and row.released_at is not None and row.committed_at is None
     assert (stock_of(sessions, product), available_of(sessions, product)) == (5, 5)
@@ -192,15 +193,15 @@ def test_release_gives_the_stock_back(sessions: sessionmaker[Session]) -> None:
 def test_commit_and_release_are_idempotent(sessions: sessionmaker[Session]) -> None:
     product = new_product(sessions, stock=10)
     with sessions.begin() as session:
-        committed = reserve(product, 3, session=session)
-        released = reserve(product, 2, session=session)
+        committed = reserve(session, product, 3, ttl_minutes=15)
+        released = reserve(session, product, 2, ttl_minutes=15)
     with sessions.begin() as session:
-        assert commit(committed, session=session) is True
-        assert commit(committed, session=session) is False
-        assert release(committed, session=session) is False
-        assert release(released, session=session) is True
-        assert release(released, session=session) is False
-        assert commit(released, session=session) is False
+        assert commit(session, committed) is True
+        assert commit(session, committed) is False
+        assert release(session, committed) is False
+        assert release(session, released) is True
+        assert release(session, released) is False
+        assert commit(session, released) is False
     assert reservation(sessions, committed).status == "committed"
     assert reservation(sessions, released).status == "released"
     assert (stock_of(sessions, product), available_of(sessions, product)) == (7, 7)
@@ -209,19 +210,19 @@ def test_commit_and_release_are_idempotent(sessions: sessionmaker[Session]) -> N
 def test_unknown_ids_raise(sessions: sessionmaker[Session]) -> None:
     with sessions() as session:
         with pytest.raises(ReservationNotFound, match="reservation 424242"):
-            commit(424242, session=session)
+            commit(session, 424242)
         with pytest.raises(ReservationNotFound, match="reservation 424242"):
-            release(424242, session=session)
+            release(session, 424242)
         with pytest.raises(ProductNotFound, match="product 434343"):
-            reserve(434343, 1, session=session)
+            reserve(session, 434343, 1, ttl_minutes=15)
 
 
 def test_insufficient_stock_names_product_and_quantities(sessions: sessionmaker[Session]) -> None:
     product = new_product(sessions, stock=3)
     with sessions.begin() as session:
-        reserve(product, 2, session=session)
+        reserve(session, product, 2, ttl_minutes=15)
     with sessions() as session, pytest.raises(InsufficientStock) as caught:
-        reserve(product, 2, session=session)
+        reserve(session, product, 2, ttl_minutes=15)
     assert str(caught.value) == f"product {product}: 2 requested but only 1 available"
     assert (caught.value.product_id, caught.value.requested, caught.value.available) == (product, 2, 1)
     with sessions() as session:
@@ -248,26 +249,28 @@ def test_bad_arguments_are_rejected(
 ) -> None:
     new_product(sessions, stock=10)
     with sessions() as session, pytest.raises(ValueError, match=named):
-        reserve(product_id, quantity, ttl, session=session)
+        reserve(session, product_id, quantity, ttl_minutes=ttl)
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(InventoryReservation)) == 0
 
 
-def test_ttl_comes_from_the_environment_unless_given(
-    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+def test_the_host_api_holds_for_the_environments_ttl_unless_given(
+    sessions: sessionmaker[Session], database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     product = new_product(sessions, stock=10)
+    monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("RESERVATION_TIMEOUT_MINUTES", "0.5")
     with sessions.begin() as session:
-        from_env = reserve(product, 1, session=session)
-        explicit = reserve(product, 1, 60, session=session)
+        from_env = api.reserve(product, 1, session=session)
+        explicit = api.reserve(product, 1, 60, session=session)
+    monkeypatch.delenv("RESERVATION_TIMEOUT_MINUTES")
+    shipped = api.reserve(product, 1)
     now = utcnow()
     assert abs(reservation(sessions, from_env).expires_at - (now + timedelta(seconds=30))) < timedelta(
         seconds=5
     )
     assert abs(reservation(sessions, explicit).expires_at - (now + timedelta(hours=1))) < timedelta(seconds=5)
-    monkeypatch.delenv("RESERVATION_TIMEOUT_MINUTES")
-    assert inventory.reservation_timeout_minutes() == 15.0
+    assert abs(reservation(sessions, shipped).expires_at - (now + timedelta(minutes=15))) < timedelta(seconds=5)
 
 
 def test_without_a_session_the_api_uses_database_url(
@@ -275,14 +278,14 @@ def test_without_a_session_the_api_uses_database_url(
 ) -> None:
     product = new_product(sessions, stock=6)
     monkeypatch.setenv("DATABASE_URL", database_url)
-    kept = reserve(product, 2, order_id="order-env")
-    dropped = reserve(product, 3)
+    kept = api.reserve(product, 2, order_id="order-env")
+    dropped = api.reserve(product, 3)
     assert reservation(sessions, kept).order_id == "order-env"
     assert available_of(sessions, product) == 1
-    assert commit(kept) is True and release(dropped) is True
+    assert api.commit(kept) is True and api.release(dropped) is True
     assert (stock_of(sessions, product), available_of(sessions, product)) == (4, 4)
     with pytest.raises(InsufficientStock):
-        reserve(product, 5)
+        api.reserve(product, 5)
     assert get_sessionmaker(database_url).kw["bind"] is get_engine(database_url)
 
 
@@ -291,11 +294,11 @@ def test_commit_refuses_when_stock_was_lowered_below_what_is_reserved(
 ) -> None:
     product = new_product(sessions, stock=5)
     with sessions.begin() as session:
-        reservation_id = reserve(product, 4, session=session)
+        reservation_id = reserve(session, product, 4, ttl_minutes=15)
         session.execute(update(Product).where(Product.id == product).values(stock=2))
     # the exception leaves sessions.begin() and rolls the whole commit back
     with pytest.raises(InsufficientStock, match="4 requested but only 2"), sessions.begin() as session:
-        commit(reservation_id, session=session)
+        commit(session, reservation_id)
     assert reservation(sessions, reservation_id).status == "active"
     assert stock_of(sessions, product) == 2
 
@@ -314,7 +317,7 @@ def test_host_reserving_by_the_documented_sql(sessions: sessionmaker[Session]) -
 
     assert host_reserve(sessions, product, 2, "host-order-2") is None
     with sessions.begin() as session:
-        reserve(product, 1, session=session)
+        reserve(session, product, 1, ttl_minutes=15)
     assert available_of(sessions, product) == 0
 
     with sessions.begin() as session:
@@ -335,7 +338,7 @@ def test_plain_insert_by_the_host_counts_and_expires(sessions: sessionmaker[Sess
         assert connection.execute(text(MONITORING_QUERY)).scalar() == 1
     assert available_of(sessions, product) == 3
 
-    expired = expire_all_due(sessions)
+    expired = expire_all_due(sessions, batch_size=500)
     assert [(e.product_id, e.quantity) for e in expired] == [(product, 2)]
     with engine.connect() as connection:
         assert connection.execute(text(MONITORING_QUERY)).scalar() == 0
@@ -408,7 +411,7 @@ def test_cleanup_skips_a_reservation_a_commit_is_finishing(sessions: sessionmake
     product = new_product(sessions, stock=5)
     reservation_id = add_reservation(sessions, product, 3, expires_in=PAST)
     with sessions() as paying, sessions() as cleaning:
-        assert commit(reservation_id, session=paying) is True  # row locked, not committed yet
+        assert commit(paying, reservation_id) is True  # row locked, not committed yet
         cleaning.execute(text("SET LOCAL lock_timeout = '2s'"))
         assert expire_due(cleaning, batch_size=10) == []
         cleaning.commit()
@@ -423,9 +426,9 @@ def test_cleanup_skips_a_reservation_a_commit_is_finishing(sessions: sessionmake
 def test_commit_after_expiry_takes_nothing(sessions: sessionmaker[Session]) -> None:
     product = new_product(sessions, stock=5)
     reservation_id = add_reservation(sessions, product, 3, expires_in=PAST, order_id="late")
-    assert [e.id for e in expire_all_due(sessions)] == [reservation_id]
+    assert [e.id for e in expire_all_due(sessions, batch_size=500)] == [reservation_id]
     with sessions.begin() as session:
-        assert commit(reservation_id, session=session) is False
+        assert commit(session, reservation_id) is False
         assert commit_order(session, "late") == 0
     assert (stock_of(sessions, product), available_of(sessions, product)) == (5, 5)
 
@@ -439,7 +442,7 @@ def test_cleanup_racing_commits_never_gives_back_committed_stock(sessions: sessi
         won = set()
         for reservation_id in reversed(ids):  # meet the cleanup, which starts from the oldest
             with sessions.begin() as session:
-                if commit(reservation_id, session=session):
+                if commit(session, reservation_id):
                     won.add(reservation_id)
         return won
 
@@ -471,7 +474,7 @@ def test_fifty_reservers_of_ten_units_never_oversell(sessions: sessionmaker[Sess
             session.connection().exec_driver_sql("SELECT 1")  # connected before the start
             go()
             try:
-                reservation_id = reserve(product, 1, session=session)
+                reservation_id = reserve(session, product, 1, ttl_minutes=15)
             except InsufficientStock as exc:
                 session.rollback()
                 return exc
@@ -490,7 +493,7 @@ def test_fifty_reservers_of_ten_units_never_oversell(sessions: sessionmaker[Sess
     assert (stock_of(sessions, product), available_of(sessions, product)) == (10, 0)
 
     with sessions.begin() as session:
-        assert all(commit(reservation_id, session=session) for reservation_id in won)
+        assert all(commit(session, reservation_id) for reservation_id in won)
     assert (stock_of(sessions, product), available_of(sessions, product)) == (0, 0)
 
 
@@ -500,11 +503,11 @@ def test_fifty_reservers_of_ten_units_never_oversell(sessions: sessionmaker[Sess
 def test_commit_order_and_release_order(sessions: sessionmaker[Session]) -> None:
     first, second = new_product(sessions, stock=10), new_product(sessions, stock=5)
     with sessions.begin() as session:
-        reserve(first, 2, order_id="paid", session=session)
-        reserve(second, 1, order_id="paid", session=session)
-        gone = reserve(first, 1, order_id="paid", session=session)
-        reserve(first, 3, order_id="failed", session=session)
-        release(gone, session=session)
+        reserve(session, first, 2, ttl_minutes=15, order_id="paid")
+        reserve(session, second, 1, ttl_minutes=15, order_id="paid")
+        gone = reserve(session, first, 1, ttl_minutes=15, order_id="paid")
+        reserve(session, first, 3, ttl_minutes=15, order_id="failed")
+        release(session, gone)
     assert (available_of(sessions, first), available_of(sessions, second)) == (5, 4)
 
     with sessions.begin() as session:
@@ -530,7 +533,7 @@ def test_reservation_stats(sessions: sessionmaker[Session]) -> None:
         sessions, product, 1, expires_in=PAST, status="released", released_at=utcnow() - timedelta(hours=2)
     )
     with sessions.begin() as session:
-        release(reserve(product, 1, session=session), session=session)
+        release(session, reserve(session, product, 1, ttl_minutes=15))
         assert reservation_stats(session) == {"active": 4, "expired_not_released": 2, "released_last_hour": 1}
     with sessions.begin() as session:
         expire_due(session, batch_size=1)

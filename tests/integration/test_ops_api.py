@@ -152,7 +152,7 @@ def test_retry_webhooks_enqueues_lost_events(ops: str, sessions: sessionmaker[Se
 def test_cleanup_reservations_releases_expired_holds(ops: str, sessions: sessionmaker[Session]) -> None:
     with sessions.begin() as session:
         product = inventory.create_product(session, sku=f"SKU-{uuid.uuid4().hex[:8]}", name="Mesob", stock=5)
-        held = inventory.reserve(product, 2, 0.0001, session=session)
+        held = inventory.reserve(session, product, 2, ttl_minutes=0.0001)
     wait_until(lambda: _reservation(sessions, held).expires_at < utcnow(), what="the hold to lapse")
     assert call(ops, "GET", "/api/cron/cleanup-reservations", token="z" * 40).status_code == 401
     assert _reservation(sessions, held).status == "active"
@@ -254,7 +254,7 @@ def test_webhooks_reservations_and_stats(ops: str, sessions: sessionmaker[Sessio
 
     with sessions.begin() as session:
         product = inventory.create_product(session, sku=f"SKU-{uuid.uuid4().hex[:8]}", name="Jebena", stock=5)
-        held = inventory.reserve(product, 1, 60, session=session)
+        held = inventory.reserve(session, product, 1, ttl_minutes=60)
     active = call(ops, "GET", "/api/ops/reservations?state=active&limit=500").json()["items"]
     assert held in [item["id"] for item in active]
     assert held not in [item["id"] for item in call(ops, "GET", "/api/ops/reservations?state=expired").json()["items"]]

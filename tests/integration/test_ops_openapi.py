@@ -30,7 +30,7 @@ def isolated_api(runtime: Runtime, own_services: services.RunServices) -> Iterat
     sessions = get_sessionmaker(own_services.database_url)
     current = with_tokens(runtime)
     current = dataclasses.replace(
-        current, sessions=sessions, limiter=build_limiter(current.settings, sessions, current.mailer)
+        current, sessions=sessions, limiter=build_limiter(current.settings, sessions, current.alerter)
     )
     with running_app(current) as url:
         yield url

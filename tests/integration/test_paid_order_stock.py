@@ -73,7 +73,7 @@ def hold(
     sessions: sessionmaker[Session], order_id: str, product_id: int, quantity: int, ttl_minutes: float = 15
 ) -> int:
     with sessions.begin() as session:
-        return inventory.reserve(product_id, quantity, ttl_minutes, order_id=order_id, session=session)
+        return inventory.reserve(session, product_id, quantity, ttl_minutes=ttl_minutes, order_id=order_id)
 
 
 def available(sessions: sessionmaker[Session], product_id: int) -> int:
@@ -117,7 +117,7 @@ def test_a_success_after_the_hold_expired_and_was_cleaned_up_takes_the_stock(
     product = new_product(sessions, 5)
     reservation_id = hold(sessions, order_id, product, 2, ttl_minutes=0.0005)  # 30 ms
     time.sleep(0.1)
-    expired = inventory.expire_all_due(sessions)  # the cleanup, as the tick runs it
+    expired = inventory.expire_all_due(sessions, batch_size=500)  # the cleanup, as the tick runs it
     assert reservation_id in {e.id for e in expired}
     assert reservation_statuses(sessions, order_id) == ["expired"]
 
@@ -221,7 +221,7 @@ def test_reservers_racing_a_late_success_never_oversell(
                 go()
                 time.sleep(n * step)  # a stream of walk-ins, which the success meets at another point each round
                 try:
-                    reservation_id = inventory.reserve(product, 1, session=session)
+                    reservation_id = inventory.reserve(session, product, 1, ttl_minutes=15)
                 except InsufficientStock as exc:
                     session.rollback()
                     return exc
@@ -273,7 +273,7 @@ def test_a_repeated_success_changes_nothing(intake: str, sessions: sessionmaker[
     hold(sessions, short, scarce, 2)
     apply(intake, sessions, short, "payment.failed")
     with sessions.begin() as session:
-        inventory.reserve(scarce, 2, session=session)  # a walk-in holds the two units
+        inventory.reserve(session, scarce, 2, ttl_minutes=15)  # a walk-in holds the two units
     apply(intake, sessions, short)
     flagged = order(sessions, short)["stock_shortfall"]
     assert flagged == [{"product_id": scarce, "needed": 2, "available": 0}]

@@ -123,7 +123,7 @@ def test_a_redelivery_after_an_archiver_crash_is_archived_once(
     publish(own_services.broker_url, xq, [bytes_])  # and then another message, byte for byte the same
 
     stop = threading.Event()
-    archiver = threading.Thread(target=RabbitmqArchiver(broker, own_sessions).run, args=(stop,))
+    archiver = threading.Thread(target=RabbitmqArchiver(broker, own_sessions, alerter=None).run, args=(stop,))
     archiver.start()
     try:
         wait_until(lambda: queue_depth(own_services.broker_url, xq) == 0, what="the XQ emptied by the next archiver")

@@ -9,10 +9,15 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from bench.harness.waiting import wait_until
+from pipeline.core.declare import minutes_ms
+from pipeline.core.settings import Settings
 
 __all__ = ["insert_email", "unique_address", "wait_until"]
 
 T = TypeVar("T")
+
+#: The broker hold the shipped settings give the middleware (BROKER_MAX_HOLD_MINUTES).
+SHIPPED_MAX_HOLD_MS = minutes_ms(Settings().broker_max_hold_minutes)
 
 
 def insert_email(session: Session, recipient: str, **columns: Any) -> int:

@@ -68,7 +68,7 @@ def probe(
     worker = Worker(broker, worker_threads=1, worker_timeout=100)
     worker.start()
     stop = threading.Event()
-    archiver = threading.Thread(target=RabbitmqArchiver(broker, own_sessions).run, args=(stop,))
+    archiver = threading.Thread(target=RabbitmqArchiver(broker, own_sessions, alerter=None).run, args=(stop,))
     archiver.start()
     yield Probe(broker, queue, other_queue, worker, ran, own_sessions, own_services.broker_url)
     stop.set()

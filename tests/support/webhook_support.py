@@ -125,7 +125,7 @@ def reservation_statuses(sessions: sessionmaker[Session], order_id: str) -> list
 def reserve_for(sessions: sessionmaker[Session], order_id: str, quantity: int = 2) -> int:
     with sessions.begin() as session:
         product = inventory.create_product(session, sku=new_id("SKU"), name="Jebena", stock=10)
-        inventory.reserve(product, quantity, order_id=order_id, session=session)
+        inventory.reserve(session, product, quantity, ttl_minutes=15, order_id=order_id)
     return product
 
 

@@ -22,6 +22,7 @@ from storage import dead_letters
 from storage.clock import utcnow
 from storage.database import transient_failure
 from storage.models import FinalError
+from tests.support.helpers import SHIPPED_MAX_HOLD_MS
 
 #: How a malformed count is described.
 COUNT = "a count (0 to 2147483647)"
@@ -162,7 +163,7 @@ def hooks() -> RecordingHooks:
 @pytest.fixture
 def broker(lite: sessionmaker[Session], hooks: RecordingHooks) -> Iterator[StubBroker]:
     stub = StubBroker(middleware=[])
-    stub.add_middleware(Backoff(lite))
+    stub.add_middleware(Backoff(lite, max_hold_ms=SHIPPED_MAX_HOLD_MS))
 
     def send_email(email_id: int, urgent: bool = False) -> None:
         pass

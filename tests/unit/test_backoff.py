@@ -29,6 +29,7 @@ from pipeline.core.logs import WORKER_THREAD_LOGGER, ExpectedFailures
 from pipeline.core.outcomes import Outcome, counting, report
 from pipeline.middleware.backoff import Backoff
 from storage.models import FinalError
+from tests.support.helpers import SHIPPED_MAX_HOLD_MS
 
 #: The actors' policy in these tests (``Pipeline.actor``): 10 ms, 20 ms, then capped at 25 ms; three retries.
 BASE_MS, CAP_MS, MAX_RETRIES = 10, 25, 3
@@ -98,7 +99,7 @@ class Pipeline:
 @pytest.fixture
 def pipeline(lite: sessionmaker[Session]) -> Iterator[Pipeline]:
     broker = StubBroker(middleware=[])
-    backoff = Backoff(lite)
+    backoff = Backoff(lite, max_hold_ms=SHIPPED_MAX_HOLD_MS)
     broker.add_middleware(backoff)
     yield Pipeline(broker, backoff, RecordingHooks(), lite)
     broker.close()

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from storage import inventory
+from pipeline.core.errors import ConfigError
+from pipeline.core.settings import Settings
 from storage.clock import utcnow
 from storage.database import get_engine, get_sessionmaker
 from storage.inventory import (
@@ -24,12 +25,9 @@ from tests.support.inventory_support import PAST, reservation
 
 
 @pytest.mark.parametrize("value", ["abc", "0", "-3", "nan"])
-def test_invalid_ttl_in_the_environment_names_the_variable(
-    monkeypatch: pytest.MonkeyPatch, value: str
-) -> None:
-    monkeypatch.setenv("RESERVATION_TIMEOUT_MINUTES", value)
-    with pytest.raises(ValueError, match="RESERVATION_TIMEOUT_MINUTES"):
-        inventory.reservation_timeout_minutes()
+def test_invalid_ttl_in_the_environment_names_the_variable(value: str) -> None:
+    with pytest.raises(ConfigError, match="RESERVATION_TIMEOUT_MINUTES"):
+        Settings.from_env({"RESERVATION_TIMEOUT_MINUTES": value})
 
 
 def test_the_same_statements_run_on_sqlite(tmp_path: Path) -> None:
@@ -39,12 +37,12 @@ def test_the_same_statements_run_on_sqlite(tmp_path: Path) -> None:
     try:
         with lite.begin() as session:
             product = create_product(session, sku="lite", name="Mitad", stock=3)
-            kept = reserve(product, 2, order_id="lite-order", session=session)
+            kept = reserve(session, product, 2, ttl_minutes=15, order_id="lite-order")
         with lite.begin() as session:
             session.add(InventoryReservation(product_id=product, quantity=1, expires_at=utcnow() + PAST))
         with lite() as session, pytest.raises(InsufficientStock):
-            reserve(product, 1, session=session)
-        assert [(e.product_id, e.quantity) for e in expire_all_due(lite)] == [(product, 1)]
+            reserve(session, product, 1, ttl_minutes=15)
+        assert [(e.product_id, e.quantity) for e in expire_all_due(lite, batch_size=500)] == [(product, 1)]
         with lite.begin() as session:
             assert commit_order(session, "lite-order") == 1
             assert available(session, product) == 1

@@ -12,8 +12,8 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
 from bench.harness.waiting import wait_until
-from pipeline.core.errors import RateLimited
-from pipeline.core.limiter import DEFAULT_RETRY_AFTER_SECONDS, SendLimiter, fleet_pause_seconds
+from pipeline.core.errors import DEFAULT_RETRY_AFTER_SECONDS, RateLimited
+from pipeline.core.limiter import SendLimiter, fleet_pause_seconds
 from pipeline.core.operator_pauses import HELD_RECHECK_SECONDS, OPERATOR_PAUSE_RECHECK_SECONDS, held_wait
 from storage import rate_limits
 from storage.database import get_engine, get_sessionmaker

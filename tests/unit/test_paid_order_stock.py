@@ -152,7 +152,7 @@ def test_a_repeated_success_only_commits_what_is_active(lite: sessionmaker[Sessi
     assert settle(lite, take_back=False) == Settlement()
     assert statuses(lite, lapsed) == ["released"] and on_hand(lite, item) == (5, 5)
     with lite.begin() as session:
-        held = inventory.reserve(item, 1, order_id="MN-1", session=session)
+        held = inventory.reserve(session, item, 1, ttl_minutes=15, order_id="MN-1")
     assert settle(lite, take_back=False) == Settlement(committed=1)
     assert statuses(lite, lapsed, held) == ["released", "committed"] and on_hand(lite, item) == (4, 4)
 
@@ -189,13 +189,13 @@ def test_apply_event_takes_the_stock_back_or_flags_the_order(lite: sessionmaker[
     for order_id in ("MN-late", "MN-short"):
         add_order(lite, order_id)
         with lite.begin() as session:
-            inventory.reserve(item, 2 if order_id == "MN-late" else 1, order_id=order_id, session=session)
+            inventory.reserve(session, item, 2 if order_id == "MN-late" else 1, ttl_minutes=15, order_id=order_id)
         apply(lite, order_id, "payment.failed", f"{order_id}-failed")
 
     late = apply(lite, "MN-late", "payment.succeeded", "late-paid")
     assert late.applied and late.stock_short == () and on_hand(lite, item) == (1, 1)
     with lite.begin() as session:
-        inventory.reserve(item, 1, order_id="walk-in", session=session)  # the last unit, held by someone else
+        inventory.reserve(session, item, 1, ttl_minutes=15, order_id="walk-in")  # the last unit, held by someone else
     short = apply(lite, "MN-short", "payment.succeeded", "short-paid")
     again = apply(lite, "MN-short", "payment.succeeded", "short-paid-again")
 

@@ -15,6 +15,7 @@ from actors.emails import send_email
 from pipeline.middleware.backoff import Backoff
 from pipeline.middleware.poison import RejectPoison, misfit
 from storage.models import FinalError
+from tests.support.helpers import SHIPPED_MAX_HOLD_MS
 
 
 def notify(order_id: str, *, urgent: bool = False) -> None:
@@ -61,7 +62,7 @@ def test_a_misfit_is_dead_lettered_unrun_unretried_with_its_reason_and_the_worke
 ) -> None:
     stub = StubBroker(middleware=[])
     stub.add_middleware(RejectPoison(lite))
-    stub.add_middleware(Backoff(lite))
+    stub.add_middleware(Backoff(lite, max_hold_ms=SHIPPED_MAX_HOLD_MS))
     ran: list[object] = []
 
     def record(item_id: int) -> None:

@@ -33,6 +33,10 @@ def take(lite: sessionmaker[Session], now: float, *, transactional: bool = True,
         )
 
 
+def quota_pause(session: Session, *, until: float, now: float) -> bool:
+    return rate_limits.pause(session, NAME, until=until, reason="daily_quota_exceeded", quota=True, now=now)
+
+
 def test_slots_are_handed_out_in_order_and_never_beyond_the_horizon(lite: sessionmaker[Session]) -> None:
     now = 1000.0
     slots = [take(lite, now) for _ in range(4)]
@@ -65,8 +69,8 @@ def test_a_quota_pause_starts_once_lets_one_probe_through_and_ends_on_its_succes
     lite: sessionmaker[Session],
 ) -> None:
     with lite.begin() as session:
-        assert rate_limits.pause(session, NAME, until=200.0, reason="daily_quota_exceeded", now=100.0) is True
-        assert rate_limits.pause(session, NAME, until=210.0, reason="daily_quota_exceeded", now=101.0) is False
+        assert quota_pause(session, until=200.0, now=100.0) is True
+        assert quota_pause(session, until=210.0, now=101.0) is False
     assert take(lite, 150.0) is None  # paused
     probe = take(lite, 211.0)
     assert probe is not None and probe.probe is True
@@ -81,7 +85,8 @@ def test_a_quota_pause_starts_once_lets_one_probe_through_and_ends_on_its_succes
 
 def test_a_rate_429_holds_the_fleet_without_a_probe(lite: sessionmaker[Session]) -> None:
     with lite.begin() as session:
-        assert rate_limits.pause(session, NAME, until=101.0, reason="rate_limit_exceeded", now=100.0) is False
+        began = rate_limits.pause(session, NAME, until=101.0, reason="rate_limit_exceeded", quota=False, now=100.0)
+        assert began is False
     assert take(lite, 100.5) is None
     slot = take(lite, 101.0)
     assert slot is not None and slot.probe is False

@@ -26,6 +26,7 @@ from storage import dead_letters
 from storage.clock import utcnow
 from storage.dead_letters import LetterFilter
 from tests.support.dlq_support import add_dead_letter, letter
+from tests.support.helpers import SHIPPED_MAX_HOLD_MS
 
 
 class Things:
@@ -64,7 +65,7 @@ def things() -> Things:
 @pytest.fixture
 def broker(lite: sessionmaker[Session], things: Things) -> Iterator[StubBroker]:
     stub = StubBroker(middleware=[])
-    stub.add_middleware(Backoff(lite))  # it declares the item_hooks option
+    stub.add_middleware(Backoff(lite, max_hold_ms=SHIPPED_MAX_HOLD_MS))  # it declares the item_hooks option
 
     def send_thing(thing_id: int) -> None:
         pass

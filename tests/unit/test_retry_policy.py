@@ -9,10 +9,16 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from pipeline.core.errors import Deferred, PermanentError, RateLimited, RetriesExhausted, TransientError
+from pipeline.core.errors import (
+    DEFAULT_RETRY_AFTER_SECONDS,
+    Deferred,
+    PermanentError,
+    RateLimited,
+    RetriesExhausted,
+    TransientError,
+)
 from pipeline.core.retry_policy import (
     DATABASE_RETRY_MS,
-    DEFAULT_RATE_LIMIT_DELAY_MS,
     EXHAUSTED,
     MAX_DATABASE_RETRY_MS,
     PERMANENT,
@@ -24,6 +30,9 @@ from pipeline.core.retry_policy import (
     Retry,
     decide,
 )
+
+#: What a 429 without a retry-after waits, in the decision's milliseconds.
+FALLBACK_MS = int(DEFAULT_RETRY_AFTER_SECONDS * 1000)
 
 
 class Thrown(Exception):
@@ -60,8 +69,8 @@ CASES: list[tuple[str, BaseException, int, Decision]] = [
     # a rate limit waits and gives the attempt back, even with no retries left
     ("rate limited", RateLimited("429", retry_after=2.5), 0, Refund(2_500)),
     ("rate limited, retries made", RateLimited("429", retry_after=2.5), 3, Refund(2_500)),
-    ("rate limited, no retry-after", RateLimited("429", retry_after=0), 0, Refund(DEFAULT_RATE_LIMIT_DELAY_MS)),
-    ("rate limited, a short one", RateLimited("429", retry_after=0.2), 0, Refund(DEFAULT_RATE_LIMIT_DELAY_MS)),
+    ("rate limited, no retry-after", RateLimited("429", retry_after=0), 0, Refund(FALLBACK_MS)),
+    ("rate limited, a short one", RateLimited("429", retry_after=0.2), 0, Refund(FALLBACK_MS)),
     # deferred: runs again untouched, when it says, even with no retries left
     ("deferred", Deferred("not due", retry_after=90), 0, Defer(90_000)),
     ("deferred, retries made", Deferred("not due", retry_after=90), 3, Defer(90_000)),
