@@ -153,7 +153,7 @@ def test_rate_limit_waits_for_retry_after_and_spends_no_retry(
 ) -> None:
     address = unique_address("limited")
     email_id = add_email(sessions, address)
-    fake_resend.rate_limit_next(2, retry_after=1)
+    fake_resend.fail_next(2, status=429, name="rate_limit_exceeded", message="Too many requests", to=address)
 
     send_email.send(email_id)
     row = wait_for_status(sessions, email_id, "sent")
