@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from pipeline.core.runtime import Runtime
-from storage import dead_letters, emails, inventory, orders, periodic_runs, webhooks
+from storage import dead_letters, delivery_events, emails, inventory, orders, periodic_runs, suppressions, webhooks
+
+#: Resend's acceptable-use thresholds: above them an account may be paused without warning.
+BOUNCE_RATE_LIMIT = 0.04
+COMPLAINT_RATE_LIMIT = 0.0008
 
 
 def collect(current: Runtime) -> dict[str, Any]:
@@ -13,6 +19,8 @@ def collect(current: Runtime) -> dict[str, Any]:
 
     ``orders``: paid orders flagged short of stock (``stock_short``) and the newest of their ids.
     ``periodic``: each periodic job's last success, last failure and its error, by actor name.
+    ``delivery``: the bounce and complaint rates of the last 24 hours and 7 days of sends, events
+    naming no email of ours (``unmatched_events``), suppressed addresses and emails held back.
     """
     with current.sessions() as session:
         groups = dead_letters.groups(session)  # the totals below are sums of it: one read of the archive
@@ -26,6 +34,18 @@ def collect(current: Runtime) -> dict[str, Any]:
             "orders": orders.stock_stats(session),
             "webhooks": webhooks.stats(session),
             "periodic": {runs.job: runs.as_json() for runs in periodic_runs.all_runs(session)},
+            "delivery": delivery(session),
         }
     figures["sending"] = current.limiter.state()
     return figures
+
+
+def delivery(session: Session) -> dict[str, Any]:
+    """The ``delivery`` section: rates per window, the thresholds, unmatched events, suppressions."""
+    return {
+        "rates": delivery_events.rates(session),
+        "thresholds": {"bounce_rate": BOUNCE_RATE_LIMIT, "complaint_rate": COMPLAINT_RATE_LIMIT},
+        "unmatched_events": delivery_events.unmatched(session),
+        "suppressed_addresses": suppressions.count(session),
+        "suppressed_emails": delivery_events.suppressed_count(session),
+    }
