@@ -63,6 +63,11 @@ TEMPORARY_BOUNCES = frozenset({"temporary", "transient"})
 MAX_ID_LENGTH = 200
 #: Recipients of one event suppressed at most (Resend: 50 ``to`` per email).
 MAX_RECIPIENTS = 50
+#: Resend's acceptable-use thresholds: above them an account may be paused without warning.
+BOUNCE_RATE_LIMIT = 0.04
+COMPLAINT_RATE_LIMIT = 0.0008
+#: Fewer sends than this in a window make any rate (one bounce in ten is 10%): no alert below it.
+MIN_SENDS_FOR_ALERT = 100
 #: The two windows the rates are read over.
 WINDOWS = {"24h": timedelta(hours=24), "7d": timedelta(days=7)}
 

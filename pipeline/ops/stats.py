@@ -9,10 +9,6 @@ from sqlalchemy.orm import Session
 from pipeline.core.runtime import Runtime
 from storage import dead_letters, delivery_events, emails, inventory, orders, periodic_runs, suppressions, webhooks
 
-#: Resend's acceptable-use thresholds: above them an account may be paused without warning.
-BOUNCE_RATE_LIMIT = 0.04
-COMPLAINT_RATE_LIMIT = 0.0008
-
 
 def collect(current: Runtime) -> dict[str, Any]:
     """Every figure; ``sending`` is the provider limiter's state (the rate in use, any pause).
@@ -44,7 +40,10 @@ def delivery(session: Session) -> dict[str, Any]:
     """The ``delivery`` section: rates per window, the thresholds, unmatched events, suppressions."""
     return {
         "rates": delivery_events.rates(session),
-        "thresholds": {"bounce_rate": BOUNCE_RATE_LIMIT, "complaint_rate": COMPLAINT_RATE_LIMIT},
+        "thresholds": {
+            "bounce_rate": delivery_events.BOUNCE_RATE_LIMIT,
+            "complaint_rate": delivery_events.COMPLAINT_RATE_LIMIT,
+        },
         "unmatched_events": delivery_events.unmatched(session),
         "suppressed_addresses": suppressions.count(session),
         "suppressed_emails": delivery_events.suppressed_count(session),
