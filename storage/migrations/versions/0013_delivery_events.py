@@ -8,8 +8,9 @@ Create Date: 2026-12-10
 * ``email_queue.delivery_status`` (and when it changed): what the events said, never moving back;
 * ``email_suppressions``: addresses no email goes to (lower-cased: compared case-insensitively);
 * ``email_queue.status`` may be ``suppressed``: never offered to a provider;
-* ``ix_email_queue_provider_message_id``: an event finds its email; ``ix_email_queue_sent_delivery``:
-  the rates over the last 24 hours and 7 days read an index range, not the table;
+* ``ix_email_queue_provider_message_id``: an event finds its email; ``ix_email_queue_bad_deliveries``
+  (bounced and complained only, so small): the rates' numerators, the sends being counted on
+  ``ix_email_queue_sent_at``;
 * ``delivery_rate_alerts``: when each rate last alerted (the throttle shared by every worker).
 
 On a large ``email_queue`` the two indexes take a while to build and lock writes meanwhile;
@@ -36,6 +37,7 @@ depends_on = None
 
 _STATUSES_BEFORE = "status IN ('pending', 'queued', 'sending', 'retrying', 'sent', 'failed')"
 _STATUSES = "status IN ('pending', 'queued', 'sending', 'retrying', 'sent', 'failed', 'suppressed')"
+_BAD_DELIVERY = "delivery_status IN ('bounced', 'complained')"
 _DELIVERY = (
     "delivery_status IS NULL OR delivery_status IN "
     "('delivery_delayed', 'delivered', 'bounced', 'suppressed', 'complained')"
@@ -60,7 +62,10 @@ def upgrade() -> None:
             "CREATE INDEX IF NOT EXISTS ix_email_queue_provider_message_id ON email_queue (provider_message_id)"
             " WHERE provider_message_id IS NOT NULL"
         )
-        op.execute("CREATE INDEX IF NOT EXISTS ix_email_queue_sent_delivery ON email_queue (sent_at, delivery_status)")
+        op.execute(
+            "CREATE INDEX IF NOT EXISTS ix_email_queue_bad_deliveries ON email_queue (sent_at, delivery_status)"
+            f" WHERE {_BAD_DELIVERY}"
+        )
     else:
         op.create_index(
             "ix_email_queue_provider_message_id",
@@ -68,7 +73,12 @@ def upgrade() -> None:
             ["provider_message_id"],
             sqlite_where=sa.text("provider_message_id IS NOT NULL"),
         )
-        op.create_index("ix_email_queue_sent_delivery", "email_queue", ["sent_at", "delivery_status"])
+        op.create_index(
+            "ix_email_queue_bad_deliveries",
+            "email_queue",
+            ["sent_at", "delivery_status"],
+            sqlite_where=sa.text(_BAD_DELIVERY),
+        )
 
     op.create_table(
         "email_events",
@@ -113,7 +123,7 @@ def downgrade() -> None:
     op.drop_table("delivery_rate_alerts")
     op.drop_table("email_suppressions")
     op.drop_table("email_events")
-    op.drop_index("ix_email_queue_sent_delivery", table_name="email_queue")
+    op.drop_index("ix_email_queue_bad_deliveries", table_name="email_queue")
     op.drop_index("ix_email_queue_provider_message_id", table_name="email_queue")
     op.execute("UPDATE email_queue SET status = 'failed' WHERE status = 'suppressed'")
     postgres = op.get_bind().dialect.name == "postgresql"
