@@ -14,6 +14,7 @@ so they take no slot of the provider's rate and no quota.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,6 +29,9 @@ from storage.models import EmailQueue, EmailStatus, EmailSuppression
 
 #: The longest address kept (RFC 5321's path limit); longer input is refused.
 MAX_ADDRESS_LENGTH = 320
+#: What an address must look like: one ``@`` between two parts without spaces, controls or NUL
+#: (also the ops API's JSON-schema pattern, so the two agree).
+ADDRESS_PATTERN = r"^[^\s@\x00-\x1f\x7f-\x9f]+@[^\s@\x00-\x1f\x7f-\x9f]+$"
 #: The longest reason an operator may give.
 MAX_REASON_LENGTH = 500
 
@@ -72,7 +76,7 @@ class Suppression:
 def normalize(address: str) -> str:
     """``address`` as the list keeps it: trimmed, lower-cased; ``InvalidAddress`` if it is not one."""
     cleaned = (address or "").strip().lower()
-    if "@" not in cleaned or len(cleaned) > MAX_ADDRESS_LENGTH or any(c.isspace() or c == "\x00" for c in cleaned):
+    if len(cleaned) > MAX_ADDRESS_LENGTH or not re.match(ADDRESS_PATTERN, cleaned):
         raise InvalidAddress(f"{address[:MAX_ADDRESS_LENGTH]!r} is not an email address")
     return cleaned
 

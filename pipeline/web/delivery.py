@@ -22,7 +22,10 @@ from storage import delivery_events
 from storage import suppressions as suppression_list
 
 #: The longest address a path or body may name.
-Address = Annotated[str, Field(min_length=3, max_length=suppression_list.MAX_ADDRESS_LENGTH)]
+Address = Annotated[
+    str,
+    Field(min_length=3, max_length=suppression_list.MAX_ADDRESS_LENGTH, pattern=suppression_list.ADDRESS_PATTERN),
+]
 
 
 class SuppressionItem(BaseModel):
@@ -67,7 +70,7 @@ def router(current: Runtime, auth: OpsAuth) -> APIRouter:
     Reader = Annotated[Principal, Depends(auth.reader)]
     Admin = Annotated[Principal, Depends(auth.admin)]
 
-    @routes.get("/emails/{email_id:rowid}/events", response_model=EmailEvents)
+    @routes.get("/emails/{email_id:rowid}/events", response_model=EmailEvents, responses={404: {"model": ErrorBody}})
     def email_events(_principal: Reader, email_id: int) -> Any:
         """The email's delivery events, in the order they happened."""
         if not fits_bigint(email_id):
