@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
-from sqlalchemy import Select, case, func, or_, select, update
+from sqlalchemy import CursorResult, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -236,7 +236,7 @@ def _advance(session: Session, email_id: int, status: DeliveryStatus) -> bool:
         .values(delivery_status=status.value, delivery_updated_at=now)
         .execution_options(synchronize_session=False)
     )
-    return session.execute(statement).rowcount == 1
+    return cast(CursorResult[Any], session.execute(statement)).rowcount == 1
 
 
 def events_of(session: Session, email_id: int, *, limit: int = 200) -> list[dict[str, Any]]:
@@ -264,7 +264,7 @@ def unmatched(session: Session) -> int:
     return int(session.scalar(select(func.count()).where(EmailEvent.email_id.is_(None))) or 0)
 
 
-def rates_queries(now: datetime) -> tuple[Select[Any], Select[Any]]:
+def rates_queries(now: datetime) -> tuple[Any, Any]:
     """The two statements of ``rates``: sends per window, then bounces and complaints per window.
 
     Sends are an index-only count on ``ix_email_queue_sent_at``; the bad outcomes, a few
@@ -272,11 +272,11 @@ def rates_queries(now: datetime) -> tuple[Select[Any], Select[Any]]:
     """
     since = {name: now - span for name, span in WINDOWS.items()}
     oldest = min(since.values())
-    sends = select(*(func.count().filter(EmailQueue.sent_at >= since[name]) for name in WINDOWS)).where(
+    sends: Any = select(*(func.count().filter(EmailQueue.sent_at >= since[name]) for name in WINDOWS)).where(
         EmailQueue.sent_at >= oldest
     )
     bad = [DeliveryStatus.BOUNCED.value, DeliveryStatus.COMPLAINED.value]
-    outcomes = select(
+    outcomes: Any = select(
         *(
             func.count().filter(EmailQueue.sent_at >= since[name], EmailQueue.delivery_status == status)
             for name in WINDOWS
@@ -333,4 +333,4 @@ def claim_rate_alert(session: Session, rate: str, *, now: datetime, interval: ti
         .values(last_alert_at=now)
         .execution_options(synchronize_session=False)
     )
-    return session.execute(statement).rowcount == 1
+    return cast(CursorResult[Any], session.execute(statement)).rowcount == 1

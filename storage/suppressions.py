@@ -18,9 +18,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
-from sqlalchemy import Text, delete, func, literal, select, update
+from sqlalchemy import CursorResult, Text, delete, func, literal, select, update
 from sqlalchemy.orm import Session
 
 from storage.clock import utcnow
@@ -105,7 +105,8 @@ def add(
 def remove(session: Session, address: str) -> bool:
     """Lift the suppression of ``address``; False if it was not suppressed."""
     statement = delete(EmailSuppression).where(EmailSuppression.address == normalize(address))
-    return session.execute(statement.execution_options(synchronize_session=False)).rowcount == 1
+    result = session.execute(statement.execution_options(synchronize_session=False))
+    return cast(CursorResult[Any], result).rowcount == 1
 
 
 def get(session: Session, address: str) -> Optional[Suppression]:

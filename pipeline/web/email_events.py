@@ -73,7 +73,7 @@ def verify(
         raise Unverified("a signature header is too long")
     if not secrets:
         raise Unverified("no secret is configured")
-    headers = {"id": svix_id, "timestamp": timestamp, "signature": signature}
+    headers: Any = {"id": svix_id, "timestamp": timestamp, "signature": signature}
     last = "signature does not match"
     for secret in secrets:
         try:
