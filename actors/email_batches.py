@@ -22,10 +22,10 @@ from pipeline.core.attempts import counted_attempt, current_message_id
 from pipeline.core.declare import DeclaredActor
 from pipeline.core.errors import PermanentError, describe
 from pipeline.core.item_hooks import LeasedItemHooks
-from pipeline.core.mailer import OutgoingEmail, Refused
+from pipeline.core.mailer import BatchSent, OutgoingEmail, Refused
 from pipeline.core.outcomes import Outcome, report
-from storage import batches, emails, leases
-from storage.models import EmailPriority
+from storage import batches, emails, leases, suppressions
+from storage.models import EmailPriority, EmailQueue, EmailStatus
 
 _HOOKS = LeasedItemHooks(
     emails.TABLE,
@@ -69,7 +69,9 @@ def deliver_batch(batch_id: int, *, transactional: bool) -> None:
             max_attempts=settings.email_max_attempts,
             holder=current_message_id(),
         )
-        payload = [emails.EmailMessage.from_row(row) for row in emails.rows(session, members)]
+        # Its recipient suppressed: held back at the batch's first attempt (a retry repeats the first request).
+        held = suppressions.hold_back(session, members, first_attempt_only=True)
+        payload = [emails.EmailMessage.from_row(row) for row in emails.rows(session, members) if not _suppressed(row)]
         first = (
             started[0]
             if started
@@ -83,9 +85,11 @@ def deliver_batch(batch_id: int, *, transactional: bool) -> None:
         if counted is None:
             return  # sent, failed or in flight
         outgoing, unrenderable = _compose_all(payload)
-        with current.limiter.request(transactional=transactional) as request:
-            answer = current.mailer.send_batch([email for _, email in outgoing], idempotency_key=key)
-            request.answered(answer.headers)
+        answer = BatchSent([])  # every member suppressed or unrenderable: no request, no slot
+        if outgoing:
+            with current.limiter.request(transactional=transactional) as request:
+                answer = current.mailer.send_batch([email for _, email in outgoing], idempotency_key=key)
+                request.answered(answer.headers)
     single = sender_of(EmailPriority.TRANSACTIONAL if transactional else EmailPriority.BULK)
     queue, actor_name = f"{single.queue_name}.XQ", single.actor_name
     delivered, failures = _outcomes(outgoing, answer.results, unrenderable, ours=ours)
@@ -94,7 +98,11 @@ def deliver_batch(batch_id: int, *, transactional: bool) -> None:
         for email_id, error in failures.items():
             batches.fail_member(session, email_id, error=error, queue=queue, actor=actor_name)
     refused = sum(isinstance(result, Refused) for result in answer.results)
-    report(Outcome.SENT, emails=len(answer.results) - refused, refused=refused)
+    report(Outcome.SENT, emails=len(answer.results) - refused, refused=refused, suppressed=len(held))
+
+
+def _suppressed(row: EmailQueue) -> bool:
+    return row.status == EmailStatus.SUPPRESSED.value
 
 
 def _outcomes(

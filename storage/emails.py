@@ -292,6 +292,7 @@ LISTED = (
     EmailQueue.template,
     EmailQueue.provider_message_id,
     EmailQueue.batch_id,
+    EmailQueue.delivery_status,
 )
 
 

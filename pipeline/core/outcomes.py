@@ -25,6 +25,8 @@ class Outcome(StrEnum):
     SENT = "sent"
     #: The event was applied to its order.
     PROCESSED = "processed"
+    #: Not sent: the recipient is suppressed (``email_suppressions``); the email ended ``suppressed``.
+    SUPPRESSED = "suppressed"
     #: Nothing to do: done already, failed, not due or in another message's hands.
     SKIPPED = "skipped"
     #: Ran to the end (a tick, or an actor that reports nothing finer).

@@ -53,7 +53,7 @@ REFUSALS: dict[int | str, dict[str, Any]] = {
 #: The longest window of ``/activity``: a day of minutes.
 MAX_ACTIVITY_MINUTES = 24 * 60
 
-EmailStatusName = Literal["pending", "queued", "sending", "retrying", "sent", "failed"]
+EmailStatusName = Literal["pending", "queued", "sending", "retrying", "sent", "failed", "suppressed"]
 PriorityName = Literal["transactional", "bulk"]
 WebhookStatusName = Literal["pending", "processed", "failed"]
 ReservationState = Literal["active", "expired", "released", "committed"]
