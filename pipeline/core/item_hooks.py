@@ -87,7 +87,7 @@ class LeasedItemHooks:
 def hooks_of(broker: Broker, actor_name: str) -> Optional[ItemHooks]:
     """The ``item_hooks`` option of ``actor_name`` on ``broker``; None without, or for an actor this release lacks."""
     try:
-        return broker.get_actor(actor_name).options.get("item_hooks")  # type: ignore[no-any-return]
+        return broker.get_actor(actor_name).options.get("item_hooks")
     except ActorNotFound:
         return None
 
