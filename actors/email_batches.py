@@ -25,6 +25,7 @@ from pipeline.core.item_hooks import LeasedItemHooks
 from pipeline.core.mailer import BatchSent, OutgoingEmail, Refused
 from pipeline.core.outcomes import Outcome, report
 from storage import batches, emails, leases, suppressions
+from storage.clock import utcnow
 from storage.models import EmailPriority, EmailQueue, EmailStatus
 
 _HOOKS = LeasedItemHooks(
@@ -61,6 +62,9 @@ def deliver_batch(batch_id: int, *, transactional: bool) -> None:
     with current.sessions.begin() as session:
         members = batches.member_ids(session, batch_id)
         key = batches.idempotency_key(session, batch_id)
+        if not members or key is None:
+            report(Outcome.SKIPPED)  # no such batch
+            return
         started = leases.start_attempts(
             emails.TABLE,
             session,
@@ -75,11 +79,8 @@ def deliver_batch(batch_id: int, *, transactional: bool) -> None:
         first = (
             started[0]
             if started
-            else leases.not_started(emails.TABLE, session, members[0], holder=current_message_id())
+            else leases.not_started(emails.TABLE, session, members[0], holder=current_message_id(), now=utcnow())
         )
-    if not members or key is None:
-        report(Outcome.SKIPPED)  # no such batch
-        return
     ours = {attempt.item.id for attempt in started if attempt.item is not None}
     with counted_attempt(first, label=label, max_attempts=settings.email_max_attempts) as counted:
         if counted is None:

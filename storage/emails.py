@@ -22,6 +22,7 @@ from storage.clock import utcnow
 from storage.errors import StorageError
 from storage.leases import LeasedTable
 from storage.models import BigId, EmailPriority, EmailQueue, EmailStatus
+from storage.rowcount import rows_affected
 
 _LIVE = (EmailStatus.PENDING, EmailStatus.QUEUED, EmailStatus.SENDING, EmailStatus.RETRYING)
 _LEASED = (EmailStatus.QUEUED, EmailStatus.SENDING, EmailStatus.RETRYING)
@@ -189,7 +190,7 @@ def mark_sent(session: Session, email_id: int, provider_message_id: Optional[str
         .values(**_sent(provider_message_id, now))
         .execution_options(synchronize_session=False)
     )
-    return session.execute(statement).rowcount == 1
+    return rows_affected(session, statement) == 1
 
 
 def mark_sent_many(session: Session, provider_ids: dict[int, str]) -> int:
@@ -204,7 +205,7 @@ def mark_sent_many(session: Session, provider_ids: dict[int, str]) -> int:
         .values(**_sent(sent.c.provider_id, now))
         .execution_options(synchronize_session=False)
     )
-    return session.execute(statement).rowcount
+    return rows_affected(session, statement)
 
 
 def in_flight(session: Session) -> int:

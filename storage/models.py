@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from sqlalchemy import (
     JSON,
@@ -23,6 +23,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     Numeric,
+    Table,
     Text,
     UniqueConstraint,
     false,
@@ -71,6 +72,9 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    #: Every model here is declared with ``__tablename__``, so mapped to a ``Table``
+    #: (SQLAlchemy types it as any ``FromClause``, which ``insert()`` does not take).
+    __table__: ClassVar[Table]
 
 
 class EmailStatus(str, enum.Enum):

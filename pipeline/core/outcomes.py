@@ -50,7 +50,7 @@ def report(outcome: Outcome, **details: Any) -> None:
 
 def take_report() -> tuple[Outcome, dict[str, Any]]:
     """What the actor of this thread reported (``DONE`` if nothing), cleared for the next message."""
-    reported = getattr(_reported, "value", None) or (Outcome.DONE, {})
+    reported: tuple[Outcome, dict[str, Any]] = getattr(_reported, "value", None) or (Outcome.DONE, {})
     _reported.value = None
     return reported
 

@@ -62,14 +62,17 @@ def build_app(current: Runtime) -> FastAPI:
         openapi_url=OPENAPI_PATH if served else None,
         docs_url=None,
         redoc_url=None,
+        # Refusals in this API's shape; given here, as add_exception_handler is typed for handlers of any Exception.
+        exception_handlers={
+            ApiError: _answer_error,
+            HTTPException: _answer_http_error,
+            RequestValidationError: validation_errors,
+        },
     )
     app.add_route(WEBHOOK_PATH, intake_for(current).handle, methods=["POST"], include_in_schema=False)
     events = email_events.intake_for(current)
     app.add_route(email_events.EVENTS_PATH, events.handle, methods=["POST"], include_in_schema=False)
     app.include_router(health.router(sessions=current.sessions, broker_url=settings.broker_url))
-    app.add_exception_handler(ApiError, _answer_error)  # type: ignore[arg-type]
-    app.add_exception_handler(HTTPException, _answer_http_error)  # type: ignore[arg-type]
-    app.add_exception_handler(RequestValidationError, validation_errors)  # type: ignore[arg-type]
     # Bodies are read bounded before any route sees them; the intake bounds its own.
     app.add_middleware(BodyLimit, exempt=[WEBHOOK_PATH.split("{", 1)[0], email_events.EVENTS_PATH])
     if settings.ops_allowed_hosts:  # another Host is a browser sent here by DNS rebinding: 400

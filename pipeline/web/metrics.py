@@ -221,13 +221,13 @@ class DomainCollector(Collector):
 
     def _limiter(self) -> Gauges:
         state = self.current.limiter.state()
-        paused_until: Optional[float] = state["paused_until"]  # type: ignore[assignment]
-        provider_limit: Optional[float] = state["provider_limit"]  # type: ignore[assignment]
+        paused_until: Optional[float] = state["paused_until"]
+        provider_limit: Optional[float] = state["provider_limit"]
         families = [
             GaugeMetricFamily(
                 "minalesh_send_limit_requests_per_second",
                 "Requests per second the fleet sends to the provider now (0: no limit).",
-                value=float(state["per_second"]),  # type: ignore[arg-type]
+                value=float(state["per_second"]),
             ),
             GaugeMetricFamily(
                 "minalesh_send_paused",
