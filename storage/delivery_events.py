@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Optional, cast
+from typing import Any, Optional
 
-from sqlalchemy import CursorResult, case, func, or_, select, update
+from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -33,6 +33,7 @@ from storage import suppressions
 from storage.clock import utcnow
 from storage.models import DELIVERY_RANK, DeliveryRateAlert, DeliveryStatus, EmailEvent, EmailQueue, EmailStatus
 from storage.payments import MAX_DEPTH, _depth, _unstorable_text
+from storage.rowcount import rows_affected
 
 #: The event types taken; any other is refused (subscribe the endpoint to these only).
 EVENT_TYPES = (
@@ -236,7 +237,7 @@ def _advance(session: Session, email_id: int, status: DeliveryStatus) -> bool:
         .values(delivery_status=status.value, delivery_updated_at=now)
         .execution_options(synchronize_session=False)
     )
-    return cast(CursorResult[Any], session.execute(statement)).rowcount == 1
+    return rows_affected(session, statement) == 1
 
 
 def events_of(session: Session, email_id: int, *, limit: int = 200) -> list[dict[str, Any]]:
@@ -333,4 +334,4 @@ def claim_rate_alert(session: Session, rate: str, *, now: datetime, interval: ti
         .values(last_alert_at=now)
         .execution_options(synchronize_session=False)
     )
-    return cast(CursorResult[Any], session.execute(statement)).rowcount == 1
+    return rows_affected(session, statement) == 1

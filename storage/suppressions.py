@@ -18,14 +18,15 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Optional, cast
+from typing import Any, Optional
 
-from sqlalchemy import CursorResult, Text, delete, func, literal, select, update
+from sqlalchemy import Text, delete, func, literal, select, update
 from sqlalchemy.orm import Session
 
 from storage.clock import utcnow
 from storage.dialect import insert_ignoring_conflicts
 from storage.models import EmailQueue, EmailStatus, EmailSuppression
+from storage.rowcount import rows_affected
 
 #: The longest address kept (RFC 5321's path limit); longer input is refused.
 MAX_ADDRESS_LENGTH = 320
@@ -99,14 +100,13 @@ def add(
         "event_id": event_id,
         "created_at": utcnow(),
     }
-    return insert_ignoring_conflicts(session, EmailSuppression.__table__, values, key="address")  # type: ignore[arg-type]
+    return insert_ignoring_conflicts(session, EmailSuppression.__table__, values, key="address")
 
 
 def remove(session: Session, address: str) -> bool:
     """Lift the suppression of ``address``; False if it was not suppressed."""
     statement = delete(EmailSuppression).where(EmailSuppression.address == normalize(address))
-    result = session.execute(statement.execution_options(synchronize_session=False))
-    return cast(CursorResult[Any], result).rowcount == 1
+    return rows_affected(session, statement.execution_options(synchronize_session=False)) == 1
 
 
 def get(session: Session, address: str) -> Optional[Suppression]:
