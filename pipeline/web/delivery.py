@@ -17,7 +17,7 @@ from pipeline.core.runtime import Runtime
 from pipeline.ops import suppressions
 from pipeline.web.auth import ApiError, OpsAuth, Principal
 from pipeline.web.ops_api import OPS_PREFIX, REFUSALS, fits_bigint
-from pipeline.web.schemas import ErrorBody
+from pipeline.web.schemas import NO_NUL, ErrorBody
 from storage import delivery_events
 from storage import suppressions as suppression_list
 
@@ -81,9 +81,13 @@ def router(current: Runtime, auth: OpsAuth) -> APIRouter:
     @routes.get("/suppressions", response_model=SuppressionPage)
     def list_suppressions(
         _principal: Reader,
-        prefix: Annotated[Optional[str], Query(max_length=suppression_list.MAX_ADDRESS_LENGTH)] = None,
+        prefix: Annotated[Optional[str], Query(max_length=suppression_list.MAX_ADDRESS_LENGTH, pattern=NO_NUL)] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
-        cursor: Annotated[Optional[str], Query(max_length=suppression_list.MAX_ADDRESS_LENGTH)] = None,
+        # The last address of the previous page: an address, or the request is not one of ours (422).
+        cursor: Annotated[
+            Optional[str],
+            Query(max_length=suppression_list.MAX_ADDRESS_LENGTH, pattern=suppression_list.ADDRESS_PATTERN),
+        ] = None,
     ) -> Any:
         """Suppressed addresses by address; ``cursor`` is the last address of the previous page."""
         items = suppressions.listing(current.sessions, prefix=_clean(prefix), after=cursor, limit=limit)
