@@ -38,6 +38,7 @@ from bench.runs import ROOT, Disturbed, Drain
 #: The contenders in the order each round runs them, with the unit of their figure.
 CONTENDERS: dict[str, tuple[Callable[[int, Path], Drain], str]] = {
     "this project": (contenders.this_project, "emails/s"),
+    "this project, 1 per request": (contenders.this_project_per_email, "emails/s"),
     "plain Celery": (contenders.plain_celery, "emails/s"),
     "plain Dramatiq": (contenders.plain_dramatiq, "emails/s"),
     "no-op Dramatiq": (contenders.noop, "messages/s"),
