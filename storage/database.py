@@ -164,6 +164,28 @@ def get_sessionmaker(url: str) -> sessionmaker[Session]:
     return sessionmaker(get_engine(url), expire_on_commit=False)
 
 
+@contextmanager
+def statement_by_statement(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A session of ``sessions``' database in which every statement commits by itself (``AUTOCOMMIT``).
+
+    For a block whose one write is one statement (an attempt that starts, a slot taken, an
+    email marked sent): that statement is as atomic and as durable as in a transaction of its
+    own (a synchronous commit, the WAL flushed before it returns), but costs no ``BEGIN`` and no
+    ``COMMIT`` round trip, and holds its row locks only while it runs rather than until a
+    ``COMMIT`` that the thread, one of several sharing a GIL, must still be scheduled to send.
+    A block whose writes must commit together, or that reads and then writes on what it read,
+    needs a transaction (``sessions.begin()``).
+    """
+    with sessions(bind=_autocommitting(sessions.kw["bind"])) as session, session.begin():
+        yield session
+
+
+@lru_cache(maxsize=None)
+def _autocommitting(engine: Engine) -> Engine:
+    """``engine`` (same pool) with its connections in autocommit while checked out."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
 def default_sessionmaker() -> sessionmaker[Session]:
     """Sessions on DATABASE_URL, for callers that do not pass their own."""
     return get_sessionmaker(database_url_from_env())

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import batches, emails, leases, webhooks
-from storage.database import get_engine, get_sessionmaker
+from storage.database import get_engine, get_sessionmaker, statement_by_statement
 from storage.leases import AttemptOutcome, LeasedTable
 from storage.migrate import upgrade
 from storage.models import EmailPriority
@@ -154,3 +154,48 @@ def test_an_email_keeps_the_key_it_was_first_offered_under(lite: sessionmaker[Se
         again = batches.plan(session, [alone, *fresh], size=100)
     assert len(first.batch_ids) == 1 and first.alone == [] and lone == batches.Plan(alone=[fresh[2]], batch_ids=[])
     assert again == batches.Plan(alone=sorted([alone, fresh[2]]), batch_ids=first.batch_ids)
+
+
+# --- statement by statement (issue 21): the per-email blocks of one write, without BEGIN and COMMIT ----------
+
+
+def test_a_statement_by_statement_block_commits_each_statement_as_it_runs(lite: sessionmaker[Session]) -> None:
+    """Each statement is its own transaction: what ran before a failure of the block stays written,
+    as it would have had the block been that one statement's transaction, committed."""
+    with lite.begin() as session:
+        email_id = new_email(session)
+        leases.claim_due(emails.TABLE, session, lease=LEASE, limit=1)
+    with pytest.raises(RuntimeError), statement_by_statement(lite) as session:
+        attempt = leases.start_attempt(emails.TABLE, session, email_id, lease=LEASE, max_attempts=3, holder="m1")
+        assert attempt.outcome is AttemptOutcome.GO
+        raise RuntimeError("the worker dies after its attempt started")
+    with lite() as session:
+        row = emails.get(session, email_id)
+        assert row is not None and (row.status, row.attempts, row.lease_holder) == ("sending", 1, "m1")
+    with statement_by_statement(lite) as session:
+        again = leases.start_attempt(emails.TABLE, session, email_id, lease=LEASE, max_attempts=3, holder="m1")
+        assert again.outcome is AttemptOutcome.GO, "the same message takes its own lease over"
+        assert emails.mark_sent(session, email_id, "re_1")
+    with lite() as session:
+        row = emails.get(session, email_id)
+        assert row is not None and (row.status, row.attempts, row.provider_message_id) == ("sent", 2, "re_1")
+
+
+def test_the_built_once_statements_take_each_call_s_values(lite: sessionmaker[Session]) -> None:
+    """``start_attempts`` and ``mark_sent`` keep one statement and bind every value: nothing of one
+    call (its rows, holder, lease, attempt budget) leaks into the next."""
+    with lite.begin() as session:
+        first, second = new_email(session), new_email(session)
+        leases.claim_due(emails.TABLE, session, lease=LEASE, limit=2)
+    with lite.begin() as session:
+        started = leases.start_attempts(emails.TABLE, session, [first], lease=LEASE, max_attempts=1, holder="m1")
+        assert [a.item.id for a in started if a.item] == [first]
+        other = leases.start_attempt(emails.TABLE, session, second, lease=LEASE * 2, max_attempts=0, holder=None)
+        assert other.outcome is AttemptOutcome.EXHAUSTED, "max_attempts is the call's, not the first call's"
+        assert not emails.mark_sent(session, first + second + 100, "re_x")
+        assert emails.mark_sent(session, second, "re_2")
+    with lite() as session:
+        rows = {row.id: row for row in emails.rows(session, [first, second])}
+        assert rows[first].lease_holder == "m1" and rows[second].lease_holder is None
+        assert rows[second].locked_until is None and rows[second].provider_message_id == "re_2"
+        assert rows[first].status == "sending" and rows[first].provider_message_id is None
