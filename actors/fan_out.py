@@ -82,14 +82,20 @@ def _claim_and_send(priority: EmailPriority, budget: int) -> int:
     """Claim in statements of EMAIL_BATCH_SIZE until the budget or the due emails run out."""
     current = runtime.current()
     batch_size = current.settings.email_batch_size
+    per_request = current.settings.email_per_request
     total = 0
     while total < budget:
         limit = min(batch_size, budget - total)
         with current.sessions.begin() as session:
             claimed = leases.claim_due(
-                emails.TABLE, session, lease=lease(), limit=limit, only=emails.of_priority(priority)
+                emails.TABLE,
+                session,
+                lease=lease(),
+                limit=limit,
+                only=emails.of_priority(priority),
+                also=batches.claimed_values(size=per_request),
             )
-            plan = batches.plan(session, claimed, size=current.settings.email_per_request)
+            plan = batches.plan(session, claimed, size=per_request)
         _send(plan, priority)
         total += len(claimed)
         if len(claimed) < limit:

@@ -13,7 +13,8 @@ divided by the number of emails:
 * broker publishes (``Broker.enqueue``) and log lines (records at the configured level);
 * from ``pg_stat_user_tables`` (read after every connection closed, so every backend flushed its
   counters): rows inserted, updated, and how many updates were HOT; the index entries written
-  follow (an insert and a non-HOT update write one entry in every index of the table).
+  follow (an insert and a non-HOT update write one entry in every index of the table whose
+  predicate, if it is partial, the new version meets).
 
 The Python time by stage comes from ``bench.profile_drain --per-email`` (py-spy).
 
@@ -101,11 +102,18 @@ def counting(database_url: str, broker: Any, counts: Counts) -> Iterator[None]:
     def executed(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         counts.add(kind(statement), statement=True)
 
-    def begun(_conn: Any) -> None:
-        counts.add("transaction (BEGIN round trip)")
+    def autocommit(conn: Any) -> bool:
+        return bool(conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT")
 
-    def committed(_conn: Any) -> None:
-        counts.add("COMMIT (round trip, WAL flush if it wrote)")
+    def begun(conn: Any) -> None:
+        if autocommit(conn):
+            counts.add("block statement by statement (AUTOCOMMIT: no BEGIN, no COMMIT round trip)")
+        else:
+            counts.add("transaction (BEGIN round trip)")
+
+    def committed(conn: Any) -> None:
+        if not autocommit(conn):
+            counts.add("COMMIT (round trip, WAL flush if it wrote)")
 
     def rolled_back(_conn: Any) -> None:
         counts.add("ROLLBACK (round trip)")
@@ -139,13 +147,14 @@ def table_counters(database_url: str) -> dict[str, dict[str, int]]:
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd, "
-                "(SELECT count(*) FROM pg_index WHERE indrelid = relid) "
+                "(SELECT count(*) FROM pg_index WHERE indrelid = relid), "
+                "(SELECT count(*) FROM pg_index WHERE indrelid = relid AND indpred IS NOT NULL) "
                 "FROM pg_stat_user_tables WHERE relname = ANY(%s)",
                 (list(TABLES),),
             )
             return {
-                name: {"inserted": ins, "updated": upd, "hot": hot, "indexes": indexes}
-                for name, ins, upd, hot, indexes in cursor.fetchall()
+                name: {"inserted": ins, "updated": upd, "hot": hot, "indexes": indexes, "partial": partial}
+                for name, ins, upd, hot, indexes, partial in cursor.fetchall()
             }
     finally:
         connection.close()
@@ -212,10 +221,11 @@ def main() -> None:
                 continue
             inserted, updated = a["inserted"] - b["inserted"], a["updated"] - b["updated"]
             hot = a["hot"] - b["hot"]
-            entries = (inserted + updated - hot) * a["indexes"]
+            versions = inserted + updated - hot
             print(
                 f"  {table}: {inserted / emails:.2f} inserted, {updated / emails:.2f} updated "
-                f"({hot / emails:.2f} HOT), {a['indexes']} indexes: {entries / emails:.1f} index entries"
+                f"({hot / emails:.2f} HOT): {versions / emails:.2f} row versions into {a['indexes']} indexes "
+                f"({a['partial']} partial, which take an entry only for the versions they cover)"
             )
     finally:
         get_engine(created.database_url).dispose()

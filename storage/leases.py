@@ -102,8 +102,11 @@ def claim_due(
     lease: timedelta,
     limit: int,
     only: Optional[ColumnElement[bool]] = None,
+    also: Optional[dict[str, Any]] = None,
 ) -> list[int]:
     """Claim up to ``limit`` due rows (of those matching ``only``) in one statement; return their ids.
+
+    ``also``: more values the claim writes (an email's ``sent_alone``), in the same row version.
 
     ``FOR UPDATE SKIP LOCKED`` makes concurrent claimers (two tickers, a tick and a
     manual tick) take disjoint sets; the lease keeps a claimed row from being
@@ -128,7 +131,7 @@ def claim_due(
     statement = (
         update(model)
         .where(model.id == due.c.id, claimable)
-        .values(**table.claimed_values, locked_until=now + lease, updated_at=now)
+        .values(**table.claimed_values, **(also or {}), locked_until=now + lease, updated_at=now)
         .returning(model.id)
         .execution_options(synchronize_session=False)
     )

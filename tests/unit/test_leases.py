@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import batches, emails, leases, webhooks
@@ -199,3 +200,36 @@ def test_the_built_once_statements_take_each_call_s_values(lite: sessionmaker[Se
         assert rows[first].lease_holder == "m1" and rows[second].lease_holder is None
         assert rows[second].locked_until is None and rows[second].provider_message_id == "re_2"
         assert rows[first].status == "sending" and rows[first].provider_message_id is None
+
+
+def test_one_per_request_the_claim_marks_the_emails_sent_alone_and_the_plan_writes_nothing(
+    lite: sessionmaker[Session],
+) -> None:
+    """EMAIL_PER_REQUEST=1: ``sent_alone`` is written by the claim (one row version, not two);
+    an email of a batch formed earlier keeps its batch, and goes in it."""
+    with lite.begin() as session:
+        fresh = [new_email(session), new_email(session)]
+        members = [new_email(session), new_email(session)]
+        (batch_id,) = batches.form(session, members, size=100)
+    with lite.begin() as session:
+        claimed = leases.claim_due(emails.TABLE, session, lease=LEASE, limit=10, also=batches.claimed_values(size=1))
+        assert claimed == sorted(fresh + members)
+        rows = {row.id: row for row in emails.rows(session, claimed)}
+        assert [rows[i].sent_alone for i in fresh] == [True, True]
+        assert [(rows[i].sent_alone, rows[i].batch_id) for i in members] == [(False, batch_id)] * 2
+        updates: list[str] = []
+        event.listen(session.get_bind(), "before_cursor_execute", lambda *args: updates.append(args[2]))
+        plan = batches.plan(session, claimed, size=1)
+        assert (plan.alone, plan.batch_ids) == (fresh, [batch_id])
+        assert not [sql for sql in updates if sql.lstrip().upper().startswith("UPDATE")], "the plan wrote again"
+
+
+def test_with_batches_the_claim_writes_no_sent_alone_and_the_plan_forms_them(lite: sessionmaker[Session]) -> None:
+    assert batches.claimed_values(size=100) == {}
+    with lite.begin() as session:
+        fresh = [new_email(session), new_email(session)]
+    with lite.begin() as session:
+        claimed = leases.claim_due(emails.TABLE, session, lease=LEASE, limit=10, also=batches.claimed_values(size=100))
+        plan = batches.plan(session, claimed, size=100)
+        assert plan.alone == [] and len(plan.batch_ids) == 1
+        assert not any(row.sent_alone for row in emails.rows(session, fresh))
