@@ -28,6 +28,7 @@ from pipeline.core.outcomes import Outcome, report
 from pipeline.core.rendering import render
 from storage import emails, suppressions
 from storage.clock import minutes
+from storage.database import statement_by_statement
 from storage.emails import EmailMessage
 from storage.models import EmailPriority
 
@@ -135,6 +136,6 @@ def deliver(email_id: int, *, transactional: bool) -> None:
         with current.limiter.request(transactional=transactional) as request:
             sent = current.mailer.send(outgoing)
             request.answered(sent.headers)
-    with current.sessions.begin() as session:
+    with statement_by_statement(current.sessions) as session:  # one UPDATE: no BEGIN, no COMMIT round trip
         emails.mark_sent(session, email_id, sent.provider_id)
     report(Outcome.SENT, provider_id=sent.provider_id)

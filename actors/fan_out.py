@@ -21,6 +21,7 @@ waits in the table, not in the broker.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from sqlalchemy.orm import Session
@@ -30,7 +31,7 @@ from actors.emails import lease, sender_of
 from pipeline.core import runtime
 from pipeline.core.declare import JobReport, periodic
 from pipeline.core.enqueue import Send, send_each
-from storage import batches, emails, leases
+from storage import batches, emails, leases, rate_limits
 from storage.models import EmailPriority
 
 #: One fan-out claims at most this many claims of EMAIL_BATCH_SIZE, so a tick always ends.
@@ -51,14 +52,20 @@ def fan_out_emails() -> JobReport:
 
 def enqueue_due_emails() -> int:
     """One fan-out: claim due emails, transactional first, within the room; return how many."""
-    room, reserve = claim_room()
-    limiter = runtime.current().limiter
-    transactional = 0 if limiter.holds(transactional=True) else _claim_and_send(EmailPriority.TRANSACTIONAL, room)
-    bulk = 0 if limiter.holds(transactional=False) else _claim_and_send(BULK, room - transactional - reserve)
+    current = runtime.current()
+    limiter = current.limiter
+    # The operators' pauses and the room, read in one session: a fan-out runs for each email
+    # inserted at a shop's pace, and each checkout and transaction is in its pickup time.
+    with current.sessions.begin() as session:  # begin: the limiter's row is created on the first read
+        now = time.time()
+        held = {kind: limiter.pauses.held_until(session, transactional=kind, now=now) for kind in (True, False)}
+        room, reserve = claim_room(session)
+    transactional = 0 if held[True] is not None else _claim_and_send(EmailPriority.TRANSACTIONAL, room)
+    bulk = 0 if held[False] is not None else _claim_and_send(BULK, room - transactional - reserve)
     return transactional + bulk
 
 
-def claim_room() -> tuple[int, int]:
+def claim_room(session: Session) -> tuple[int, int]:
     """How many emails this fan-out may claim, and how many of those bulk must leave to transactional.
 
     The room is what the current rate sends (up to a batch per request) in part of a
@@ -69,12 +76,13 @@ def claim_room() -> tuple[int, int]:
     current = runtime.current()
     settings = current.settings
     most = settings.email_batch_size * MAX_BATCHES_PER_TICK
-    if current.limiter.unlimited:
+    limiter = current.limiter
+    if limiter.unlimited:
         return most, 0
-    requests = current.limiter.per_second() * settings.email_lease_minutes * 60 * LEASE_SHARE_CLAIMED
+    per_second = rate_limits.current(session, limiter.name, now=time.time()).per_second(limiter.rate)
+    requests = per_second * settings.email_lease_minutes * 60 * LEASE_SHARE_CLAIMED
     sendable = int(requests * settings.email_per_request)
-    with current.sessions() as session:
-        waiting = emails.in_flight(session)
+    waiting = emails.in_flight(session)
     return max(min(most, sendable - waiting), 0), int(min(most, sendable) * TRANSACTIONAL_RESERVE)
 
 
@@ -82,14 +90,20 @@ def _claim_and_send(priority: EmailPriority, budget: int) -> int:
     """Claim in statements of EMAIL_BATCH_SIZE until the budget or the due emails run out."""
     current = runtime.current()
     batch_size = current.settings.email_batch_size
+    per_request = current.settings.email_per_request
     total = 0
     while total < budget:
         limit = min(batch_size, budget - total)
         with current.sessions.begin() as session:
             claimed = leases.claim_due(
-                emails.TABLE, session, lease=lease(), limit=limit, only=emails.of_priority(priority)
+                emails.TABLE,
+                session,
+                lease=lease(),
+                limit=limit,
+                only=emails.of_priority(priority),
+                also=batches.claimed_values(size=per_request),
             )
-            plan = batches.plan(session, claimed, size=current.settings.email_per_request)
+            plan = batches.plan(session, claimed, size=per_request)
         _send(plan, priority)
         total += len(claimed)
         if len(claimed) < limit:

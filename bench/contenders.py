@@ -50,12 +50,33 @@ CELERY_WORKER = python(
 )  # fmt: skip
 #: The Dramatiq command line of the plain pipeline and of the no-op, as the README runs ours.
 DRAMATIQ_SHAPE = ("--processes", "2", "--threads", "8")
+#: "A limit far above the load": the ``ratelimit-limit`` the fake answers in the per-email runs
+#: (enforcing nothing), so the limiter paces at 90% of it and never binds.
+FAR_ABOVE_THE_LOAD = 10_000
 
 
 def this_project(emails: int, folder: Path) -> Drain:
     """The shipped processes, no pacing, a fake with no limit."""
     with fresh_run() as run, FakeResend(api_key="re_bench") as provider:
         env = shipped.default_environment(run.services, provider, EMAIL_RATE_LIMIT_PER_SECOND="0")
+        with shipped.fleet(env, folder) as fleet:
+            wait_ticker_listening(folder)
+            run.queues.wait_consumers("emails", 2)
+            meter = CpuMeter([process.pid for process in fleet.processes.values()], run.database_url)
+            insert_emails(run.database_url, emails)
+            wait_deliveries(provider, emails)
+            return finished(provider, meter)
+
+
+def this_project_per_email(emails: int, folder: Path) -> Drain:
+    """The shipped processes, one email per request (``EMAIL_PER_REQUEST=1``), the limiter on.
+
+    Every setting at its default but ``EMAIL_PER_REQUEST``: the path of SMTP, attachments
+    and ``scheduled_at``. The fake advertises a limit far above the load and enforces none,
+    so every request takes its slot of the shared rate and none waits for one.
+    """
+    with fresh_run() as run, FakeResend(api_key="re_bench", advertised_limit=FAR_ABOVE_THE_LOAD) as provider:
+        env = shipped.default_environment(run.services, provider, EMAIL_PER_REQUEST="1")
         with shipped.fleet(env, folder) as fleet:
             wait_ticker_listening(folder)
             run.queues.wait_consumers("emails", 2)

@@ -17,7 +17,10 @@ mark_sent, logging, the session and pool) or in Dramatiq's own work around the a
 on a socket, a lock, the database) and "running" (in the wall time: or waiting for
 the GIL).
 
-    python -m bench.profile_drain [--emails 3000] [--rate 200] [--keep DIR]
+    python -m bench.profile_drain [--emails 3000] [--rate 200] [--keep DIR] [--per-email]
+
+``--per-email``: the per-email path instead (``EMAIL_PER_REQUEST=1``, the limiter on, a
+fake advertising a limit far above the load), as ``bench.throughput``'s "1 per request".
 
 Needs py-spy (``pip install py-spy``, in the ``bench`` extra).
 """
@@ -36,7 +39,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench import runs
+from bench import contenders, runs
 from bench.harness import shipped
 from bench.harness.fake_resend import FakeResend
 
@@ -52,7 +55,7 @@ STEPS = (
     ("COMMIT", frame("do_commit", "sqlalchemy/engine/default.py")),
     ("start_attempt (UPDATE ... RETURNING)", frame("start_attempt", "storage/leases.py")),
     ("render", frame("render", "pipeline/core/rendering.py")),
-    ("limiter.acquire", frame("acquire", "pipeline/core/limiter.py")),
+    ("limiter.acquire (slot UPDATE)", frame("acquire", "pipeline/core/limiter.py")),
     ("provider request (SDK + HTTP)", frame("send", "pipeline/core/mailer.py")),
     ("limiter.observe", frame("observe", "pipeline/core/limiter.py")),
     ("mark_sent (UPDATE)", frame("mark_sent", "storage/emails.py")),
@@ -207,11 +210,22 @@ def main() -> None:
     parser.add_argument("--emails", type=int, default=3000)
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--keep", type=Path, help="keep py-spy's raw stacks here")
+    parser.add_argument(
+        "--per-email",
+        action="store_true",
+        help="one email per request (EMAIL_PER_REQUEST=1), the limiter on at a limit far above the load",
+    )
     options = parser.parse_args()
     folder = options.keep or Path(tempfile.mkdtemp(prefix="bench-profile-"))
     folder.mkdir(parents=True, exist_ok=True)
-    with runs.fresh_run() as run, FakeResend(api_key="re_bench") as provider:
-        env = shipped.default_environment(run.services, provider, EMAIL_RATE_LIMIT_PER_SECOND="0")
+    if options.per_email:
+        fake = FakeResend(api_key="re_bench", advertised_limit=contenders.FAR_ABOVE_THE_LOAD)
+        shape = {"EMAIL_PER_REQUEST": "1"}
+    else:
+        fake = FakeResend(api_key="re_bench")
+        shape = {"EMAIL_RATE_LIMIT_PER_SECOND": "0"}
+    with runs.fresh_run() as run, fake as provider:
+        env = shipped.default_environment(run.services, provider, **shape)
         with shipped.fleet(env, folder) as fleet:
             runs.wait_ticker_listening(folder)
             run.queues.wait_consumers("emails", 2)

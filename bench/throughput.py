@@ -1,11 +1,12 @@
 """Issue 10's comparison, in one run: this project against the same pipeline written plainly.
 
-For each contender (this project as shipped, plain Celery, plain Dramatiq, a no-op
-Dramatiq actor), ``--runs`` drains of ``--emails`` emails each, interleaved (A B C D
-A B C D …) so that the machine's other load falls on all of them alike, each on a
-fresh database, vhost and fake Resend (see ``bench.contenders``). Then, for this
-project alone: bulk emails against a fake enforcing 2 requests/s, and the worker
-processes' memory after 10,000 and 50,000 emails.
+For each contender (this project as shipped, this project one email per request with
+the limiter on, plain Celery, plain Dramatiq, a no-op Dramatiq actor), ``--runs``
+drains of ``--emails`` emails each, interleaved (A B C D A B C D …) so that the
+machine's other load falls on all of them alike, each on a fresh database, vhost and
+fake Resend (see ``bench.contenders``). Then, for this project alone: bulk emails
+against a fake enforcing 2 requests/s, and the worker processes' memory after 10,000
+and 50,000 emails.
 
 Prints every figure, medians and ratios, and with ``--write`` puts them in the
 generated block of ``docs/BENCHMARKS.md`` (the text around it is kept).
@@ -38,6 +39,7 @@ from bench.runs import ROOT, Disturbed, Drain
 #: The contenders in the order each round runs them, with the unit of their figure.
 CONTENDERS: dict[str, tuple[Callable[[int, Path], Drain], str]] = {
     "this project": (contenders.this_project, "emails/s"),
+    "this project, 1 per request": (contenders.this_project_per_email, "emails/s"),
     "plain Celery": (contenders.plain_celery, "emails/s"),
     "plain Dramatiq": (contenders.plain_dramatiq, "emails/s"),
     "no-op Dramatiq": (contenders.noop, "messages/s"),
@@ -180,12 +182,13 @@ def report(results: Results, options: argparse.Namespace) -> str:
             f"| {name} | {statistics.median(cpu):.2f} |" if cpu else f"| {name} | – |"
         )
         lines[-1] += f" {statistics.median(postgres):.2f} |" if postgres else " – |"
-    ours = median(results, "this project")
     lines.append("")
-    for peer in ("plain Celery", "plain Dramatiq"):
-        theirs = median(results, peer)
-        if ours and theirs:
-            lines.append(f"- this project / {peer}: **{ours / theirs:.2f}** (medians of {options.runs})")
+    for name in ("this project", "this project, 1 per request"):
+        ours = median(results, name)
+        for peer in ("plain Celery", "plain Dramatiq"):
+            theirs = median(results, peer)
+            if ours and theirs:
+                lines.append(f"- {name} / {peer}: **{ours / theirs:.2f}** (medians of {options.runs})")
     if results.limited is not None:
         limited = results.limited
         status = "all sent" if limited.delivered == limited.emails else f"stopped after {options.limited_window:.0f} s"

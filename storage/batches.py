@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from sqlalchemy import select, update
+from sqlalchemy import case, select, true, update
 from sqlalchemy.orm import Session
 
 from storage import dead_letters, emails, leases
@@ -82,6 +82,8 @@ def plan(session: Session, email_ids: Sequence[int], *, size: int) -> Plan:
     fresh = sorted(row.id for row in rows if not row.sent_alone and row.batch_id is None)
     if len(fresh) > 1 and size > 1:
         return Plan(alone=alone, batch_ids=earlier + form(session, fresh, size=size))
+    if not fresh:  # none, or the claim marked them (``claimed_values``)
+        return Plan(alone=alone, batch_ids=earlier)
     session.execute(
         update(EmailQueue)
         .where(EmailQueue.id.in_(fresh))
@@ -89,6 +91,18 @@ def plan(session: Session, email_ids: Sequence[int], *, size: int) -> Plan:
         .execution_options(synchronize_session=False)
     )
     return Plan(alone=sorted(alone + fresh), batch_ids=earlier)
+
+
+def claimed_values(*, size: int) -> dict[str, Any]:
+    """What a claim writes with its claim when emails go ``size`` per request (``leases.claim_due``'s ``also``).
+
+    One per request, every claimed email in no batch goes alone: the claim marks it sent
+    alone in the row version it writes anyway, and ``plan`` then has nothing to write
+    (an UPDATE of every claimed row, a row version and an entry in every index, saved).
+    """
+    if size > 1:
+        return {}
+    return {"sent_alone": case((EmailQueue.batch_id.is_(None), true()), else_=EmailQueue.sent_alone)}
 
 
 def member_ids_of(session: Session, batch_ids: Sequence[int]) -> list[int]:

@@ -11,14 +11,16 @@ gives the text that error messages and reprs print instead.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
@@ -93,7 +95,46 @@ def get_engine(url: str) -> Engine:
         engine = create_engine(normalized, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(normalized, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    engine = create_engine(normalized, pool_size=10, max_overflow=10)
+    _ping_when_idle(engine, after_seconds=PING_AFTER_IDLE_SECONDS)
+    return engine
+
+
+#: A pooled connection that waited in the pool longer than this is pinged before use (seconds).
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
+def _ping_when_idle(engine: Engine, *, after_seconds: float) -> None:
+    """Ping (``SELECT 1``) a connection at checkout only if it waited in the pool ``after_seconds`` or more.
+
+    Instead of ``pool_pre_ping``, whose round trip at every checkout was three of an
+    email's round trips (issue 21). A connection that died while it waited (PostgreSQL
+    restarted: a restart takes longer than this) is found at checkout, as before, and
+    replaced without its caller seeing it: the pool reconnects on the ``DisconnectionError``.
+    One used less than ``after_seconds`` ago is not pinged: should it have died meanwhile,
+    its statement fails as a statement in flight at the restart does (a transient
+    failure: the message runs again later, untouched), and the pool then recycles every
+    connection older than the failure. A ping that fails does the same for every
+    connection that waited in the pool since before it.
+    """
+    failed_at = [0.0]
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection: object, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, _proxy: object) -> None:
+        idle_since = record.info.pop("idle_since", None)
+        if idle_since is None:  # a new connection
+            return
+        if time.monotonic() - idle_since < after_seconds and idle_since > failed_at[0]:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            failed_at[0] = time.monotonic()
+            raise DisconnectionError(f"the pooled connection is gone ({type(exc).__name__})") from exc
 
 
 @contextmanager
@@ -150,6 +191,28 @@ def transient_failure(exc: BaseException) -> bool:
 def get_sessionmaker(url: str) -> sessionmaker[Session]:
     """The process-wide session factory for ``url``."""
     return sessionmaker(get_engine(url), expire_on_commit=False)
+
+
+@contextmanager
+def statement_by_statement(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A session of ``sessions``' database in which every statement commits by itself (``AUTOCOMMIT``).
+
+    For a block whose one write is one statement (an attempt that starts, a slot taken, an
+    email marked sent): that statement is as atomic and as durable as in a transaction of its
+    own (a synchronous commit, the WAL flushed before it returns), but costs no ``BEGIN`` and no
+    ``COMMIT`` round trip, and holds its row locks only while it runs rather than until a
+    ``COMMIT`` that the thread, one of several sharing a GIL, must still be scheduled to send.
+    A block whose writes must commit together, or that reads and then writes on what it read,
+    needs a transaction (``sessions.begin()``).
+    """
+    with sessions(bind=_autocommitting(sessions.kw["bind"])) as session, session.begin():
+        yield session
+
+
+@lru_cache(maxsize=None)
+def _autocommitting(engine: Engine) -> Engine:
+    """``engine`` (same pool) with its connections in autocommit while checked out."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def ping(session: Session) -> None:

@@ -24,7 +24,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Generic, Optional, TypeVar, Union
 
-from sqlalchemy import ColumnExpressionArgument, and_, case, false, not_, or_, select, true, update
+from sqlalchemy import (
+    ColumnExpressionArgument,
+    Integer,
+    Text,
+    and_,
+    bindparam,
+    case,
+    false,
+    not_,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.sql import ColumnElement
 
@@ -34,10 +47,12 @@ from storage.rowcount import rows_affected
 T = TypeVar("T")
 #: One row id, or several (a batch's members): the statement applies to all of them.
 Rows = Union[int, Sequence[int]]
+#: A statement's ``now``: a time, or the parameter of a statement built once and run many times.
+Now = Union[datetime, ColumnElement[Any]]
 #: Values of an UPDATE, computed from the statement's ``now``.
-Values = Callable[[datetime], dict[str, Any]]
+Values = Callable[[Now], dict[str, Any]]
 #: A WHERE condition, computed from the statement's ``now``.
-Condition = Callable[[datetime], ColumnElement[bool]]
+Condition = Callable[[Now], ColumnElement[bool]]
 
 
 class AttemptOutcome(enum.Enum):
@@ -103,8 +118,11 @@ def claim_due(
     lease: timedelta,
     limit: int,
     only: Optional[ColumnElement[bool]] = None,
+    also: Optional[dict[str, Any]] = None,
 ) -> list[int]:
     """Claim up to ``limit`` due rows (of those matching ``only``) in one statement; return their ids.
+
+    ``also``: more values the claim writes (an email's ``sent_alone``), in the same row version.
 
     ``FOR UPDATE SKIP LOCKED`` makes concurrent claimers (two tickers, a tick and a
     manual tick) take disjoint sets; the lease keeps a claimed row from being
@@ -129,7 +147,7 @@ def claim_due(
     statement = (
         update(model)
         .where(model.id == due.c.id, claimable)
-        .values(**table.claimed_values, locked_until=now + lease, updated_at=now)
+        .values(**table.claimed_values, **(also or {}), locked_until=now + lease, updated_at=now)
         .returning(model.id)
         .execution_options(synchronize_session=False)
     )
@@ -184,35 +202,57 @@ def start_attempts(
 ) -> list[Attempt[T]]:
     """``start_attempt`` on several rows in one statement (a batch's members); the started ones, by id."""
     now = utcnow()
+    statement = _start_statement(table, holder is not None)
+    parameters = {"ids": list(row_ids), "now": now, "locked_until": now + lease, "max_attempts": max_attempts}
+    if holder is not None:
+        parameters["holder"] = holder
+    rows = sorted(session.execute(statement, parameters), key=lambda row: row.id)
+    return [
+        Attempt(AttemptOutcome.EXHAUSTED if row.attempts > max_attempts else AttemptOutcome.GO, table.snapshot(row))
+        for row in rows
+    ]
+
+
+#: ``start_attempts``'s statement of each table (by id: tables are module constants), with and without a holder.
+_START_STATEMENTS: dict[tuple[int, bool], Any] = {}
+
+
+def _start_statement(table: LeasedTable[Any], held: bool) -> Any:
+    """The attempt's UPDATE … RETURNING, built once: every value is a parameter.
+
+    Built for every attempt, the expression and its cache key cost more CPU than the
+    round trip; and on the table (Core), not the mapped class, so the ORM's bulk-UPDATE
+    path and its entities stay out of it: the rows come back as named tuples, whose
+    attributes are the columns the snapshot reads.
+    """
+    key = (id(table), held)
+    found = _START_STATEMENTS.get(key)
+    if found is not None:
+        return found
     model = table.model
-    mine = model.lease_holder == holder if holder is not None else false()
+    columns = model.__table__.c
+    now = bindparam("now", type_=model.locked_until.type)
+    max_attempts = bindparam("max_attempts", type_=Integer)
+    mine = model.lease_holder == bindparam("holder", type_=Text) if held else false()
     startable = and_(
-        model.id.in_(row_ids),
+        model.id.in_(bindparam("ids", expanding=True)),
         table.open,
         or_(not_(table.running), model.locked_until < now, mine),
         or_(table.next_attempt_at.is_(None), table.next_attempt_at <= now),
         table.startable(now),
     )
-    attempts = model.attempts + 1
-    statement = (
-        update(model)
-        .where(startable)
-        .values(
-            **table.attempt_values(now),
-            lease_holder=holder,
-            attempts=attempts,
-            retry_count=case((attempts > max_attempts, max_attempts - 1), else_=attempts - 1),
-            locked_until=now + lease,
-            updated_at=now,
-        )
-        .returning(model)
-        .execution_options(synchronize_session=False)
-    )
-    rows = sorted(session.scalars(statement), key=lambda row: row.id)
-    return [
-        Attempt(AttemptOutcome.EXHAUSTED if row.attempts > max_attempts else AttemptOutcome.GO, table.snapshot(row))
-        for row in rows
-    ]
+    attempts = columns.attempts + 1
+    values = {
+        **table.attempt_values(now),
+        "lease_holder": bindparam("holder", type_=Text) if held else None,
+        "attempts": attempts,
+        "retry_count": case((attempts > max_attempts, max_attempts - 1), else_=attempts - 1),
+        "locked_until": bindparam("locked_until", type_=model.locked_until.type),
+        "updated_at": now,
+    }
+    statement = update(model.__table__).where(startable).values(**values).returning(*columns)
+    _START_STATEMENTS[key] = statement
+    return statement
 
 
 def not_started(

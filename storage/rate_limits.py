@@ -15,10 +15,11 @@ slots run ahead of the clock for ever).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from sqlalchemy import case, false, literal, or_, select, true, update
+from sqlalchemy import Float, Text, bindparam, case, false, literal, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from storage import sending_pauses
@@ -111,35 +112,44 @@ def take_slot(
     ``warm_up`` (seconds): this is a process's first request; hold every other slot
     until ``end_warm_up``, or for ``warm_up`` seconds after the slot if it never comes.
     """
-    start = _later(RateLimitSlot.next_slot, literal(now))
-    not_paused = or_(RateLimitSlot.paused_until.is_(None), RateLimitSlot.paused_until <= now)
-    not_warming = or_(RateLimitSlot.warming_until.is_(None), RateLimitSlot.warming_until <= now)
-    may_go = (
-        true() if transactional else or_(RateLimitSlot.priority_until.is_(None), RateLimitSlot.priority_until <= now)
-    )
-    probing = RateLimitSlot.paused_since.is_not(None)
-    statement = (
-        update(RateLimitSlot)
-        .where(RateLimitSlot.name == name, not_paused, not_warming, may_go, start <= now + horizon)
-        .where(~sending_pauses.holds(transactional=transactional, now=now))
-        .values(
-            next_slot=start + 1.0 / _per_second(rate),
-            paused_until=case((probing, literal(now + probe_window)), else_=None),
-            warming_until=None if warm_up is None else start + warm_up,
-        )
-        .returning(
-            RateLimitSlot.next_slot,
-            RateLimitSlot.provider_limit,
-            RateLimitSlot.paused_until,
-            RateLimitSlot.warming_until,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    taken = session.execute(statement).one_or_none()
+    statement = _take_slot_statement(rate, transactional=transactional, warm_up=warm_up is not None)
+    parameters = {"slot_name": name, "now": now, "latest": now + horizon, "probe_until": now + probe_window}
+    if warm_up is not None:
+        parameters["warm_up"] = warm_up
+    taken = session.execute(statement, parameters).one_or_none()
     if taken is None:
         return None
     at = max(float(taken.next_slot) - 1.0 / rate.per_second(taken.provider_limit), now)
     return Slot(at=at, probe=taken.paused_until is not None, warming_until=taken.warming_until)
+
+
+@functools.lru_cache(maxsize=64)
+def _take_slot_statement(rate: Rate, *, transactional: bool, warm_up: bool) -> Any:
+    """``take_slot``'s UPDATE, built once per rate and kind: every time and name is a parameter.
+
+    Every request of the fleet runs it; rebuilt each time, its ``CASE``\\ s and the
+    ``EXISTS`` on ``sending_pauses`` and their cache key cost more CPU than the round trip.
+    It is built on the table (Core), so the ORM's bulk-UPDATE path stays out of it.
+    """
+    slots = RateLimitSlot.__table__.c
+    now = bindparam("now", type_=Float)
+    start = _later(slots.next_slot, now)
+    not_paused = or_(slots.paused_until.is_(None), slots.paused_until <= now)
+    not_warming = or_(slots.warming_until.is_(None), slots.warming_until <= now)
+    may_go = true() if transactional else or_(slots.priority_until.is_(None), slots.priority_until <= now)
+    probing = slots.paused_since.is_not(None)
+    return (
+        update(RateLimitSlot.__table__)
+        .where(slots.name == bindparam("slot_name", type_=Text), not_paused, not_warming, may_go)
+        .where(start <= bindparam("latest", type_=Float))
+        .where(~sending_pauses.holds(transactional=transactional, now=now))
+        .values(
+            next_slot=start + 1.0 / _per_second(rate),
+            paused_until=case((probing, bindparam("probe_until", type_=Float)), else_=None),
+            warming_until=start + bindparam("warm_up", type_=Float) if warm_up else None,
+        )
+        .returning(slots.next_slot, slots.provider_limit, slots.paused_until, slots.warming_until)
+    )
 
 
 def end_warm_up(session: Session, name: str, *, warming_until: float, now: float, rate: Rate) -> None:

@@ -7,14 +7,14 @@ statement returns. Saying so once here spares a ``cast`` at every statement.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, Optional, cast
 
 from sqlalchemy import CursorResult
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import UpdateBase
 
 
-def rows_affected(session: Session, statement: UpdateBase) -> int:
-    """Execute ``statement`` in ``session``; the number of rows it inserted, matched or deleted."""
-    result = cast(CursorResult[Any], session.execute(statement))
+def rows_affected(session: Session, statement: UpdateBase, parameters: Optional[dict[str, Any]] = None) -> int:
+    """Execute ``statement`` (with its bound ``parameters``); the number of rows it inserted, matched or deleted."""
+    result = cast(CursorResult[Any], session.execute(statement, parameters))
     return result.rowcount

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from sqlalchemy import delete, exists, or_, select
+from sqlalchemy import ColumnElement, delete, exists, or_, select
 from sqlalchemy.orm import Session
 
 from storage.dialect import insert_ignoring_conflicts
@@ -29,11 +29,11 @@ def scopes_holding(*, transactional: bool) -> tuple[str, ...]:
     return (ALL,) if transactional else (ALL, BULK)
 
 
-def _in_force(now: float) -> Any:
+def _in_force(now: float | ColumnElement[float]) -> Any:
     return or_(SendingPause.until.is_(None), SendingPause.until > now)
 
 
-def holds(*, transactional: bool, now: float) -> Any:
+def holds(*, transactional: bool, now: float | ColumnElement[float]) -> Any:
     """SQL: true while a pause holds a send of this kind."""
     return exists().where(SendingPause.scope.in_(scopes_holding(transactional=transactional)), _in_force(now))
 

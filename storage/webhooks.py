@@ -21,7 +21,7 @@ to another path, not a second event (``store``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, Optional
 
 from sqlalchemy import ColumnElement, and_, false, func, or_, select, text, true, update
@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from storage.clock import utcnow
 from storage.errors import MinaleshError, StorageError
-from storage.leases import LeasedTable
+from storage.leases import LeasedTable, Now
 from storage.models import WebhookEvent, WebhookStatus
 from storage.rowcount import rows_affected
 
@@ -64,7 +64,7 @@ class EventData:
         )
 
 
-def _unhandled(now: datetime) -> Any:
+def _unhandled(now: Now) -> Any:
     """Open, due, and nobody's: its lease ran out, so its message was lost.
 
     Covers failed events past ``next_retry_at`` whose retry message never came,

@@ -52,6 +52,7 @@ from pipeline.core.errors import DEFAULT_RETRY_AFTER_SECONDS, RateLimited
 from pipeline.core.mailer import QUOTA_REASONS
 from pipeline.core.operator_pauses import OperatorPauses, held_wait
 from storage import rate_limits
+from storage.database import statement_by_statement
 from storage.rate_limits import Rate, Slot, SlotState
 
 logger = logging.getLogger(__name__)
@@ -178,7 +179,8 @@ class SendLimiter:
             self._end_warm_up(request.slot)
 
     def _try(self, now: float, transactional: bool) -> tuple[Optional[Slot], Optional[SlotState]]:
-        with self.sessions.begin() as session:
+        # Statement by statement: the fleet's one row is locked only while the slot's UPDATE runs.
+        with statement_by_statement(self.sessions) as session:
             slot = rate_limits.take_slot(
                 session,
                 self.name,

@@ -238,3 +238,21 @@ def test_a_message_whose_nack_was_lost_is_dead_lettered_when_it_comes_back(
     (letter,) = wait_until(lambda: dead_letters_for(sessions, email_id), what="the dead letter archived")
     assert letter.message_id == message.message_id and letter.error == "PermanentError: refused"
     assert email_row(sessions, email_id).status == "failed"
+
+
+def test_a_fan_out_claims_no_email_of_a_kind_an_operator_paused(
+    runtime: Runtime, sessions: sessionmaker[Session]
+) -> None:
+    """The fan-out reads the pauses and its room in one session (issue 21): a bulk pause still leaves
+    bulk emails in the table, transactional ones go; resumed, the bulk email goes too."""
+    runtime.limiter.pause("bulk", minutes=None, reason="test", by="test")
+    try:
+        bulk = add_email(sessions, unique_address("paused-bulk"), priority="bulk")
+        urgent = add_email(sessions, unique_address("paused-urgent"))
+        enqueue_due_emails()
+        wait_for_status(sessions, urgent, "sent")
+        assert email_row(sessions, bulk).status == "pending"
+    finally:
+        runtime.limiter.resume("bulk")
+    enqueue_due_emails()
+    wait_for_status(sessions, bulk, "sent")

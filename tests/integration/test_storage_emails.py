@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from typing import Any, Optional
 
 import pytest
-from sqlalchemy import text
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bench.harness.services import RunServices
 from storage import emails, leases
-from storage.database import get_sessionmaker
+from storage.clock import utcnow
+from storage.database import get_engine, get_sessionmaker
 from storage.emails import InvalidEmail
 from storage.leases import AttemptOutcome
+from storage.models import Base, EmailQueue
 from tests.support.helpers import insert_email, unique_address
 
 LEASE = timedelta(minutes=5)
@@ -161,3 +166,54 @@ def test_the_oldest_due_email_counts_retries_and_future_schedules_not(sessions: 
         session.execute(text("UPDATE email_queue SET status = 'sent' WHERE id = :id"), {"id": older_retry})
         oldest = emails.oldest_due(session, now=now)
         assert oldest is not None and oldest[0] == newer_pending
+
+
+# --- the indexes (migration 0014, issue 21) ------------------------------------------------------
+
+
+def test_email_queue_indexes_match_the_models(test_services: RunServices) -> None:
+    """The partial indexes of migration 0014 are the models' (the ops search's ``lower(recipient)`` is the
+    migration's alone, see ``storage.models``)."""
+
+    def ours(item: Any, name: Optional[str], type_: str, reflected: bool, compare_to: Any) -> bool:
+        if type_ == "index" and name == "ix_email_queue_recipient_lower":
+            return False
+        table = item if type_ == "table" else getattr(item, "table", None)
+        return table is None or table.name == "email_queue"
+
+    with get_engine(test_services.database_url).connect() as connection:
+        context = MigrationContext.configure(connection, opts={"include_object": ours, "compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+
+
+def test_each_partial_index_serves_its_query(
+    sessions: sessionmaker[Session],
+) -> None:
+    """Every query of a partial index still reads it: its WHERE implies the index's predicate."""
+    now = utcnow()
+    queries = {
+        "ix_email_queue_due": select(func.min(EmailQueue.scheduled_at)).where(
+            EmailQueue.status == "pending", EmailQueue.scheduled_at > now
+        ),
+        "ix_email_queue_lease": select(func.count()).where(
+            EmailQueue.status.in_(["queued", "sending"]), EmailQueue.locked_until > now
+        ),
+        "ix_email_queue_sent_at": select(func.count()).where(EmailQueue.sent_at >= now - timedelta(hours=1)),
+        "ix_email_queue_batch_id": select(EmailQueue.id).where(EmailQueue.batch_id.in_([1, 2])),
+    }
+    with sessions.begin() as session:
+        session.execute(text("SET LOCAL enable_seqscan = off"))
+        for index, query in queries.items():
+            sql = str(query.compile(dialect=session.get_bind().dialect, compile_kwargs={"literal_binds": True}))
+            plan = "\n".join(session.execute(text(f"EXPLAIN {sql}")).scalars())
+            assert index in plan, f"{index} does not serve its query:\n{plan}"
+        predicates = dict(
+            session.execute(
+                text(
+                    "SELECT indexrelid::regclass::text, pg_get_expr(indpred, indrelid) FROM pg_index "
+                    "WHERE indrelid = 'email_queue'::regclass AND indexrelid::regclass::text = ANY(:names)"
+                ),
+                {"names": list(queries)},
+            ).all()
+        )
+    assert all(predicates.get(name) for name in queries), predicates

@@ -7,10 +7,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import batches, emails, leases, webhooks
-from storage.database import get_engine, get_sessionmaker
+from storage.database import get_engine, get_sessionmaker, statement_by_statement
 from storage.leases import AttemptOutcome, LeasedTable
 from storage.migrate import upgrade
 from storage.models import EmailPriority
@@ -154,3 +155,81 @@ def test_an_email_keeps_the_key_it_was_first_offered_under(lite: sessionmaker[Se
         again = batches.plan(session, [alone, *fresh], size=100)
     assert len(first.batch_ids) == 1 and first.alone == [] and lone == batches.Plan(alone=[fresh[2]], batch_ids=[])
     assert again == batches.Plan(alone=sorted([alone, fresh[2]]), batch_ids=first.batch_ids)
+
+
+# --- statement by statement (issue 21): the per-email blocks of one write, without BEGIN and COMMIT ----------
+
+
+def test_a_statement_by_statement_block_commits_each_statement_as_it_runs(lite: sessionmaker[Session]) -> None:
+    """Each statement is its own transaction: what ran before a failure of the block stays written,
+    as it would have had the block been that one statement's transaction, committed."""
+    with lite.begin() as session:
+        email_id = new_email(session)
+        leases.claim_due(emails.TABLE, session, lease=LEASE, limit=1)
+    with pytest.raises(RuntimeError), statement_by_statement(lite) as session:
+        attempt = leases.start_attempt(emails.TABLE, session, email_id, lease=LEASE, max_attempts=3, holder="m1")
+        assert attempt.outcome is AttemptOutcome.GO
+        raise RuntimeError("the worker dies after its attempt started")
+    with lite() as session:
+        row = emails.get(session, email_id)
+        assert row is not None and (row.status, row.attempts, row.lease_holder) == ("sending", 1, "m1")
+    with statement_by_statement(lite) as session:
+        again = leases.start_attempt(emails.TABLE, session, email_id, lease=LEASE, max_attempts=3, holder="m1")
+        assert again.outcome is AttemptOutcome.GO, "the same message takes its own lease over"
+        assert emails.mark_sent(session, email_id, "re_1")
+    with lite() as session:
+        row = emails.get(session, email_id)
+        assert row is not None and (row.status, row.attempts, row.provider_message_id) == ("sent", 2, "re_1")
+
+
+def test_the_built_once_statements_take_each_call_s_values(lite: sessionmaker[Session]) -> None:
+    """``start_attempts`` and ``mark_sent`` keep one statement and bind every value: nothing of one
+    call (its rows, holder, lease, attempt budget) leaks into the next."""
+    with lite.begin() as session:
+        first, second = new_email(session), new_email(session)
+        leases.claim_due(emails.TABLE, session, lease=LEASE, limit=2)
+    with lite.begin() as session:
+        started = leases.start_attempts(emails.TABLE, session, [first], lease=LEASE, max_attempts=1, holder="m1")
+        assert [a.item.id for a in started if a.item] == [first]
+        other = leases.start_attempt(emails.TABLE, session, second, lease=LEASE * 2, max_attempts=0, holder=None)
+        assert other.outcome is AttemptOutcome.EXHAUSTED, "max_attempts is the call's, not the first call's"
+        assert not emails.mark_sent(session, first + second + 100, "re_x")
+        assert emails.mark_sent(session, second, "re_2")
+    with lite() as session:
+        rows = {row.id: row for row in emails.rows(session, [first, second])}
+        assert rows[first].lease_holder == "m1" and rows[second].lease_holder is None
+        assert rows[second].locked_until is None and rows[second].provider_message_id == "re_2"
+        assert rows[first].status == "sending" and rows[first].provider_message_id is None
+
+
+def test_one_per_request_the_claim_marks_the_emails_sent_alone_and_the_plan_writes_nothing(
+    lite: sessionmaker[Session],
+) -> None:
+    """EMAIL_PER_REQUEST=1: ``sent_alone`` is written by the claim (one row version, not two);
+    an email of a batch formed earlier keeps its batch, and goes in it."""
+    with lite.begin() as session:
+        fresh = [new_email(session), new_email(session)]
+        members = [new_email(session), new_email(session)]
+        (batch_id,) = batches.form(session, members, size=100)
+    with lite.begin() as session:
+        claimed = leases.claim_due(emails.TABLE, session, lease=LEASE, limit=10, also=batches.claimed_values(size=1))
+        assert claimed == sorted(fresh + members)
+        rows = {row.id: row for row in emails.rows(session, claimed)}
+        assert [rows[i].sent_alone for i in fresh] == [True, True]
+        assert [(rows[i].sent_alone, rows[i].batch_id) for i in members] == [(False, batch_id)] * 2
+        updates: list[str] = []
+        event.listen(session.get_bind(), "before_cursor_execute", lambda *args: updates.append(args[2]))
+        plan = batches.plan(session, claimed, size=1)
+        assert (plan.alone, plan.batch_ids) == (fresh, [batch_id])
+        assert not [sql for sql in updates if sql.lstrip().upper().startswith("UPDATE")], "the plan wrote again"
+
+
+def test_with_batches_the_claim_writes_no_sent_alone_and_the_plan_forms_them(lite: sessionmaker[Session]) -> None:
+    assert batches.claimed_values(size=100) == {}
+    with lite.begin() as session:
+        fresh = [new_email(session), new_email(session)]
+    with lite.begin() as session:
+        claimed = leases.claim_due(emails.TABLE, session, lease=LEASE, limit=10, also=batches.claimed_values(size=100))
+        plan = batches.plan(session, claimed, size=100)
+        assert plan.alone == [] and len(plan.batch_ids) == 1
+        assert not any(row.sent_alone for row in emails.rows(session, fresh))
