@@ -204,6 +204,9 @@ def mark_sent_many(session: Session, provider_ids: dict[int, str]) -> int:
     """``mark_sent`` for a batch's members in one statement: {email id: provider id}; how many changed."""
     if not provider_ids:
         return 0
+    if session.get_bind().dialect.name != "postgresql":
+        # SQLite names no columns of a VALUES list: one UPDATE a member (the dev mode's few batches).
+        return sum(mark_sent(session, email_id, provider_id) for email_id, provider_id in provider_ids.items())
     now = utcnow()
     sent = values(column("email_id", BigId), column("provider_id", Text), name="sent").data(list(provider_ids.items()))
     statement = (

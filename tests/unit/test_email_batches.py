@@ -105,3 +105,17 @@ def test_a_message_of_no_batch_is_skipped(sessions: sessionmaker[Session], monke
     delivered_by(monkeypatch, MESSAGE_ID, 404)
 
     assert take_report() == (Outcome.SKIPPED, {})
+
+
+def test_a_sent_batch_is_recorded_on_the_dev_modes_sqlite_too(sessions: sessionmaker[Session]) -> None:
+    """``mark_sent_many`` once spoke PostgreSQL only (``VALUES ... AS sent (columns)``): ``dev``
+    without ``--demo`` sends batches and could not record one the provider had accepted."""
+    _, ids = started_batch(sessions)
+
+    with sessions.begin() as session:
+        marked = emails.mark_sent_many(session, {email_id: f"provider-{email_id}" for email_id in ids})
+
+    with sessions() as session:
+        rows = {row.id: (row.status, row.provider_message_id) for row in emails.rows(session, ids)}
+    assert marked == 2
+    assert rows == {email_id: ("sent", f"provider-{email_id}") for email_id in ids}
