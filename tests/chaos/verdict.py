@@ -74,6 +74,14 @@ def _kind(problem: str) -> str:
     return _NAMED.sub(r"\1 (\2)", problem).replace(" ()", "")
 
 
+#: SQL: ``d`` is a dead letter of email ``e``: its own message's, or its batch's when the batch was
+#: given up as a whole (one dead letter whose replay sends each member once; tests/integration/test_batches.py).
+EMAILS_DEAD_LETTER = (
+    "(d.actor IN ('send_email', 'send_bulk_email') AND d.args = jsonb_build_array(e.id))"
+    " OR (e.batch_id IS NOT NULL AND d.actor IN ('send_email_batch', 'send_bulk_email_batch')"
+    " AND d.args = jsonb_build_array(e.batch_id))"
+)
+
 def _rows(sessions: sessionmaker[Session], statement: str) -> list[dict[str, Any]]:
     with sessions() as session:
         return [dict(row) for row in session.execute(text(statement)).mappings()]
@@ -86,8 +94,7 @@ def _settled_counts(sessions: sessionmaker[Session]) -> dict[str, int]:
                 "SELECT (SELECT COUNT(*) FROM email_queue WHERE status NOT IN ('sent', 'failed')) AS emails,"
                 " (SELECT COUNT(*) FROM webhook_events WHERE status NOT IN ('processed', 'failed')) AS events,"
                 " (SELECT COUNT(*) FROM email_queue e WHERE e.status = 'failed' AND NOT EXISTS ("
-                "   SELECT 1 FROM dead_letters d WHERE d.actor IN ('send_email', 'send_bulk_email')"
-                "   AND d.args = jsonb_build_array(e.id))) AS unarchived_emails,"
+                f"   SELECT 1 FROM dead_letters d WHERE {EMAILS_DEAD_LETTER})) AS unarchived_emails,"
                 " (SELECT COUNT(*) FROM webhook_events w WHERE w.status = 'failed' AND NOT EXISTS ("
                 "   SELECT 1 FROM dead_letters d WHERE d.actor = 'process_webhook_event'"
                 "   AND d.args = jsonb_build_array(w.id))) AS unarchived_events"
@@ -122,8 +129,8 @@ def judge(
         "SELECT e.id, e.recipient, e.status, e.template, e.template_data->>'order_id' AS order_id,"
         " GREATEST(COALESCE(e.sent_at, e.updated_at), d.archived_at) AS done_at,"
         " d.archived_at IS NOT NULL AS archived"
-        " FROM email_queue e LEFT JOIN LATERAL (SELECT MAX(archived_at) AS archived_at FROM dead_letters"
-        "   WHERE actor IN ('send_email', 'send_bulk_email') AND args = jsonb_build_array(e.id)) d ON true",
+        " FROM email_queue e LEFT JOIN LATERAL (SELECT MAX(d.archived_at) AS archived_at FROM dead_letters d"
+        f"   WHERE {EMAILS_DEAD_LETTER}) d ON true",
     )
     events = _rows(
         sessions,
