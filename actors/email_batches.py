@@ -22,8 +22,8 @@ from pipeline.core.attempts import counted_attempt, current_message_id
 from pipeline.core.declare import DeclaredActor
 from pipeline.core.errors import PermanentError, describe
 from pipeline.core.item_hooks import LeasedItemHooks
-from pipeline.core.mailer import OutgoingEmail, Refused
 from pipeline.core.outcomes import Outcome, report
+from pipeline.providers.base import OutgoingEmail, Refused
 from storage import batches, emails, leases
 from storage.models import EmailPriority
 
@@ -83,18 +83,22 @@ def deliver_batch(batch_id: int, *, transactional: bool) -> None:
         if counted is None:
             return  # sent, failed or in flight
         outgoing, unrenderable = _compose_all(payload)
-        with current.limiter.request(transactional=transactional) as request:
-            answer = current.mailer.send_batch([email for _, email in outgoing], idempotency_key=key)
-            request.answered(answer.headers)
+        maybe_sent_by = next((email.maybe_sent_by for email in payload if email.maybe_sent_by), None)
+        answer = current.sending.send_batch(
+            [email for _, email in outgoing],
+            idempotency_key=key,
+            transactional=transactional,
+            maybe_sent_by=maybe_sent_by,
+        )
     single = sender_of(EmailPriority.TRANSACTIONAL if transactional else EmailPriority.BULK)
     queue, actor_name = f"{single.queue_name}.XQ", single.actor_name
     delivered, failures = _outcomes(outgoing, answer.results, unrenderable, ours=ours)
     with current.sessions.begin() as session:
-        emails.mark_sent_many(session, delivered)
+        emails.mark_sent_many(session, delivered, provider=answer.provider)
         for email_id, error in failures.items():
             batches.fail_member(session, email_id, error=error, queue=queue, actor=actor_name)
     refused = sum(isinstance(result, Refused) for result in answer.results)
-    report(Outcome.SENT, emails=len(answer.results) - refused, refused=refused)
+    report(Outcome.SENT, emails=len(answer.results) - refused, refused=refused, provider=answer.provider)
 
 
 def _outcomes(
@@ -111,7 +115,7 @@ def _outcomes(
         if email_id not in ours:
             continue
         if isinstance(result, Refused):
-            failures[email_id] = f"Resend refused it: {result.reason}"
+            failures[email_id] = f"The provider refused it: {result.reason}"
         else:
             delivered[email_id] = result
     return delivered, failures

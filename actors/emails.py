@@ -23,9 +23,9 @@ from pipeline.core.attempts import leased_attempt
 from pipeline.core.declare import DeclaredActor, actor
 from pipeline.core.errors import PermanentError
 from pipeline.core.item_hooks import LeasedItemHooks
-from pipeline.core.mailer import OutgoingEmail
 from pipeline.core.outcomes import Outcome, report
 from pipeline.core.rendering import render
+from pipeline.providers.base import OutgoingEmail
 from storage import emails
 from storage.clock import minutes
 from storage.emails import EmailMessage
@@ -37,7 +37,8 @@ EMAIL_QUEUE = "emails"
 BULK_EMAIL_QUEUE = "emails_bulk"
 #: Dramatiq's priority of bulk sends among prefetched messages (lower runs first; the rest are 0).
 BULK_PRIORITY = 100
-#: Resend keeps an idempotency key this long: a repeat within it is answered, not sent again.
+#: How long a replay may count on the provider's idempotency to not send twice: Resend's key window
+#: (SMTP has none; ``pipeline.ops.dlq`` asks each provider's capabilities for replays).
 PROVIDER_KEY_LIFETIME = timedelta(hours=24)
 
 
@@ -108,11 +109,12 @@ def compose(email: EmailMessage) -> OutgoingEmail:
         html=body.html,
         text=body.text,
         idempotency_key=idempotency_key(email),
+        email_id=email.id,
     )
 
 
 def deliver(email_id: int, *, transactional: bool) -> None:
-    """Count the attempt, render, wait for a slot of the provider's rate, send, record."""
+    """Count the attempt, render, send through the providers (paced, paused, failing over), record."""
     current = runtime.current()
     max_attempts = current.settings.email_max_attempts
     with leased_attempt(
@@ -120,10 +122,7 @@ def deliver(email_id: int, *, transactional: bool) -> None:
     ) as email:
         if email is None:
             return  # sent, failed, not due or in flight
-        outgoing = compose(email)
-        with current.limiter.request(transactional=transactional) as request:
-            sent = current.mailer.send(outgoing)
-            request.answered(sent.headers)
+        sent = current.sending.send(compose(email), transactional=transactional, maybe_sent_by=email.maybe_sent_by)
     with current.sessions.begin() as session:
-        emails.mark_sent(session, email_id, sent.provider_id)
-    report(Outcome.SENT, provider_id=sent.provider_id)
+        emails.mark_sent(session, email_id, sent.provider_id, provider=sent.provider)
+    report(Outcome.SENT, provider_id=sent.provider_id, provider=sent.provider)

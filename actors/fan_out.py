@@ -52,9 +52,9 @@ def fan_out_emails() -> JobReport:
 def enqueue_due_emails() -> int:
     """One fan-out: claim due emails, transactional first, within the room; return how many."""
     room, reserve = claim_room()
-    limiter = runtime.current().limiter
-    transactional = 0 if limiter.holds(transactional=True) else _claim_and_send(EmailPriority.TRANSACTIONAL, room)
-    bulk = 0 if limiter.holds(transactional=False) else _claim_and_send(BULK, room - transactional - reserve)
+    sending = runtime.current().sending
+    transactional = 0 if sending.holds(transactional=True) else _claim_and_send(EmailPriority.TRANSACTIONAL, room)
+    bulk = 0 if sending.holds(transactional=False) else _claim_and_send(BULK, room - transactional - reserve)
     return transactional + bulk
 
 
@@ -69,9 +69,9 @@ def claim_room() -> tuple[int, int]:
     current = runtime.current()
     settings = current.settings
     most = settings.email_batch_size * MAX_BATCHES_PER_TICK
-    if current.limiter.unlimited:
+    if current.sending.unlimited:
         return most, 0
-    requests = current.limiter.per_second() * settings.email_lease_minutes * 60 * LEASE_SHARE_CLAIMED
+    requests = current.sending.per_second() * settings.email_lease_minutes * 60 * LEASE_SHARE_CLAIMED
     sendable = int(requests * settings.email_per_request)
     with current.sessions() as session:
         waiting = emails.in_flight(session)

@@ -52,6 +52,8 @@ class EmailMessage:
     attempts: int
     created_at: datetime
     priority: str
+    #: A provider an earlier attempt may have reached without a clear answer (only it may be asked again).
+    maybe_sent_by: Optional[str] = None
 
     @classmethod
     def from_row(cls, row: EmailQueue) -> EmailMessage:
@@ -67,6 +69,7 @@ class EmailMessage:
             attempts=row.attempts,
             created_at=row.created_at,
             priority=row.priority,
+            maybe_sent_by=row.maybe_sent_by,
         )
 
 
@@ -167,9 +170,11 @@ def _validate(
         raise InvalidEmail(f"template_data must be a dict of the template's variables, not {type(data).__name__}")
 
 
-def _sent(provider_message_id: Any, now: datetime) -> dict[str, Any]:
+def _sent(provider_message_id: Any, now: datetime, provider: Optional[str] = None) -> dict[str, Any]:
     """The columns of an email the provider accepted (a value, or a column of a VALUES list)."""
+    named = {"provider": provider} if provider is not None else {}
     return {
+        **named,
         "status": EmailStatus.SENT.value,
         "provider_message_id": provider_message_id,
         "sent_at": now,
@@ -180,19 +185,21 @@ def _sent(provider_message_id: Any, now: datetime) -> dict[str, Any]:
     }
 
 
-def mark_sent(session: Session, email_id: int, provider_message_id: Optional[str]) -> bool:
-    """Record the provider's acceptance; False if the email was not being sent."""
+def mark_sent(
+    session: Session, email_id: int, provider_message_id: Optional[str], *, provider: Optional[str] = None
+) -> bool:
+    """Record the provider's acceptance (and which provider); False if the email was not being sent."""
     now = utcnow()
     statement = (
         update(EmailQueue)
         .where(EmailQueue.id == email_id, EmailQueue.status == EmailStatus.SENDING.value)
-        .values(**_sent(provider_message_id, now))
+        .values(**_sent(provider_message_id, now, provider))
         .execution_options(synchronize_session=False)
     )
     return session.execute(statement).rowcount == 1
 
 
-def mark_sent_many(session: Session, provider_ids: dict[int, str]) -> int:
+def mark_sent_many(session: Session, provider_ids: dict[int, str], *, provider: Optional[str] = None) -> int:
     """``mark_sent`` for a batch's members in one statement: {email id: provider id}; how many changed."""
     if not provider_ids:
         return 0
@@ -201,10 +208,21 @@ def mark_sent_many(session: Session, provider_ids: dict[int, str]) -> int:
     statement = (
         update(EmailQueue)
         .where(EmailQueue.id == sent.c.email_id, EmailQueue.status == EmailStatus.SENDING.value)
-        .values(**_sent(sent.c.provider_id, now))
+        .values(**_sent(sent.c.provider_id, now, provider))
         .execution_options(synchronize_session=False)
     )
     return session.execute(statement).rowcount
+
+
+def record_maybe_sent(session: Session, email_ids: list[int], *, provider: str, at: datetime) -> None:
+    """An attempt at these emails reached ``provider`` and no clear answer came back: only it may be asked again."""
+    statement = (
+        update(EmailQueue)
+        .where(EmailQueue.id.in_(email_ids))
+        .values(maybe_sent_by=provider, maybe_sent_at=at)
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(statement)
 
 
 def in_flight(session: Session) -> int:

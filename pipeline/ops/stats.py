@@ -27,5 +27,5 @@ def collect(current: Runtime) -> dict[str, Any]:
             "webhooks": webhooks.stats(session),
             "periodic": {runs.job: runs.as_json() for runs in periodic_runs.all_runs(session)},
         }
-    figures["sending"] = current.limiter.state()
+    figures["sending"] = current.sending.state()
     return figures

@@ -185,7 +185,7 @@ class DomainCollector(Collector):
         ]
 
     def _limiter(self) -> Gauges:
-        state = self.current.limiter.state()
+        state = self.current.sending.state()
         paused_until: Optional[float] = state["paused_until"]  # type: ignore[assignment]
         provider_limit: Optional[float] = state["provider_limit"]  # type: ignore[assignment]
         families = [

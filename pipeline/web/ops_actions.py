@@ -67,16 +67,16 @@ def router(current: Runtime, auth: OpsAuth) -> APIRouter:
     @routes.post("/sending/pause", response_model=dict[str, Any])
     def pause(principal: Admin, request: PauseRequest) -> Any:
         """Pause all sending, or bulk only, for ``minutes`` or until resumed; answers the sending state."""
-        current.limiter.pause(request.scope, minutes=request.minutes, reason=request.reason, by=principal.role.value)
+        current.sending.pause(request.scope, minutes=request.minutes, reason=request.reason, by=principal.role.value)
         audit(principal, "pause", scope=request.scope, minutes=request.minutes, reason=request.reason)
-        return current.limiter.state()
+        return current.sending.state()
 
     @routes.post("/sending/resume", response_model=dict[str, Any])
     def resume(principal: Admin, request: ResumeRequest) -> Any:
         """End an operator's pause (all, or bulk); answers the sending state."""
-        ended = current.limiter.resume(request.scope)
+        ended = current.sending.resume(request.scope)
         audit(principal, "resume", scope=request.scope, ended=ended)
-        return current.limiter.state()
+        return current.sending.state()
 
     return routes
 

@@ -20,7 +20,7 @@ from sqlalchemy import text
 from bench.harness.processes import run_cli
 from bench.harness.shipped import WORKER
 from bench.harness.waiting import wait_until
-from pipeline.core.mailer import REQUEST_TIMEOUT_SECONDS
+from pipeline.providers.resend import REQUEST_TIMEOUT_SECONDS
 from storage.dead_letters import storable
 from tests.chaos import fuzz as fuzz_
 from tests.chaos import load, poison
