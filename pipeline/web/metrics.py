@@ -211,6 +211,15 @@ class DomainCollector(Collector):
                 value=max((paused_until or 0.0) - time.time(), 0.0),
             ),
         ]
+        providers: dict[str, dict[str, Any]] = state.get("providers") or {}  # type: ignore[assignment]
+        families.append(
+            _labelled(
+                "minalesh_send_provider_outage",
+                "Whether the fleet paused this email provider for an outage (it failed as a whole), probing it.",
+                ["provider"],
+                {(name, ): int(bool(own.get("outage"))) for name, own in providers.items()},
+            )
+        )
         if provider_limit:
             families.append(
                 GaugeMetricFamily(
