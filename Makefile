@@ -1,4 +1,5 @@
-# The two commands of a fresh machine: `make dev` and `make test` (`make unit`: the tier without services;
+# The two commands of a fresh machine: `make dev` and `make test` (`make lint`: ruff and mypy, which `make test`
+# runs first; `make unit`: the tier without services;
 # `make chaos`: the chaos tier alone, which also rewrites docs/RELIABILITY.md (WRITE_RELIABILITY=1);
 # `make test` runs it last and writes nothing, so the tree stays clean;
 # `make cluster-test`: the cluster tier alone, a three-node RabbitMQ cluster losing a node under load).
@@ -9,7 +10,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: dev test unit chaos cluster-test bench
+.PHONY: dev lint test unit chaos cluster-test bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +21,12 @@ $(STAMP): pyproject.toml
 dev: $(STAMP)
 	$(VENV)/bin/minalesh-workers dev --demo
 
-test: $(STAMP)
+# mypy's settings and the packages it checks (actors, pipeline, storage) are [tool.mypy] in pyproject.toml.
+lint: $(STAMP)
 	$(VENV)/bin/ruff check actors pipeline storage tests bench
+	$(VENV)/bin/mypy
+
+test: lint
 	$(VENV)/bin/python -m pytest -q
 
 unit: $(STAMP)

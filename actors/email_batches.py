@@ -24,8 +24,10 @@ from pipeline.core.errors import PermanentError, describe
 from pipeline.core.item_hooks import LeasedItemHooks
 from pipeline.core.outcomes import Outcome, report
 from pipeline.providers.base import OutgoingEmail, Refused
-from storage import batches, emails, leases
-from storage.models import EmailPriority
+from pipeline.providers.sending import BatchSent
+from storage import batches, emails, leases, suppressions
+from storage.clock import utcnow
+from storage.models import EmailPriority, EmailQueue, EmailStatus
 
 _HOOKS = LeasedItemHooks(
     emails.TABLE,
@@ -61,6 +63,9 @@ def deliver_batch(batch_id: int, *, transactional: bool) -> None:
     with current.sessions.begin() as session:
         members = batches.member_ids(session, batch_id)
         key = batches.idempotency_key(session, batch_id)
+        if not members or key is None:
+            report(Outcome.SKIPPED)  # no such batch
+            return
         started = leases.start_attempts(
             emails.TABLE,
             session,
@@ -69,27 +74,28 @@ def deliver_batch(batch_id: int, *, transactional: bool) -> None:
             max_attempts=settings.email_max_attempts,
             holder=current_message_id(),
         )
-        payload = [emails.EmailMessage.from_row(row) for row in emails.rows(session, members)]
+        # Its recipient suppressed: held back at the batch's first attempt (a retry repeats the first request).
+        held = suppressions.hold_back(session, members, first_attempt_only=True)
+        payload = [emails.EmailMessage.from_row(row) for row in emails.rows(session, members) if not _suppressed(row)]
         first = (
             started[0]
             if started
-            else leases.not_started(emails.TABLE, session, members[0], holder=current_message_id())
+            else leases.not_started(emails.TABLE, session, members[0], holder=current_message_id(), now=utcnow())
         )
-    if not members or key is None:
-        report(Outcome.SKIPPED)  # no such batch
-        return
     ours = {attempt.item.id for attempt in started if attempt.item is not None}
     with counted_attempt(first, label=label, max_attempts=settings.email_max_attempts) as counted:
         if counted is None:
             return  # sent, failed or in flight
         outgoing, unrenderable = _compose_all(payload)
-        maybe_sent_by = next((email.maybe_sent_by for email in payload if email.maybe_sent_by), None)
-        answer = current.sending.send_batch(
-            [email for _, email in outgoing],
-            idempotency_key=key,
-            transactional=transactional,
-            maybe_sent_by=maybe_sent_by,
-        )
+        answer = BatchSent([], None)  # every member suppressed or unrenderable: no request, no slot
+        if outgoing:
+            maybe_sent_by = next((email.maybe_sent_by for email in payload if email.maybe_sent_by), None)
+            answer = current.sending.send_batch(
+                [email for _, email in outgoing],
+                idempotency_key=key,
+                transactional=transactional,
+                maybe_sent_by=maybe_sent_by,
+            )
     single = sender_of(EmailPriority.TRANSACTIONAL if transactional else EmailPriority.BULK)
     queue, actor_name = f"{single.queue_name}.XQ", single.actor_name
     delivered, failures = _outcomes(outgoing, answer.results, unrenderable, ours=ours)
@@ -98,7 +104,17 @@ def deliver_batch(batch_id: int, *, transactional: bool) -> None:
         for email_id, error in failures.items():
             batches.fail_member(session, email_id, error=error, queue=queue, actor=actor_name)
     refused = sum(isinstance(result, Refused) for result in answer.results)
-    report(Outcome.SENT, emails=len(answer.results) - refused, refused=refused, provider=answer.provider)
+    report(
+        Outcome.SENT,
+        emails=len(answer.results) - refused,
+        refused=refused,
+        suppressed=len(held),
+        provider=answer.provider,
+    )
+
+
+def _suppressed(row: EmailQueue) -> bool:
+    return row.status == EmailStatus.SUPPRESSED.value
 
 
 def _outcomes(

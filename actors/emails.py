@@ -26,7 +26,7 @@ from pipeline.core.item_hooks import LeasedItemHooks
 from pipeline.core.outcomes import Outcome, report
 from pipeline.core.rendering import render
 from pipeline.providers.base import OutgoingEmail
-from storage import emails
+from storage import emails, suppressions
 from storage.clock import minutes
 from storage.emails import EmailMessage
 from storage.models import EmailPriority
@@ -113,6 +113,15 @@ def compose(email: EmailMessage) -> OutgoingEmail:
     )
 
 
+def held_back(email_ids: list[int]) -> dict[int, str]:
+    """End the emails to suppressed addresses ``suppressed`` before any provider request: {id: reason}."""
+    with runtime.current().sessions.begin() as session:
+        held = suppressions.hold_back(session, email_ids)
+    if held:
+        report(Outcome.SUPPRESSED, emails=sorted(held))
+    return held
+
+
 def deliver(email_id: int, *, transactional: bool) -> None:
     """Count the attempt, render, send through the providers (paced, paused, failing over), record."""
     current = runtime.current()
@@ -122,6 +131,8 @@ def deliver(email_id: int, *, transactional: bool) -> None:
     ) as email:
         if email is None:
             return  # sent, failed, not due or in flight
+        if held_back([email_id]):
+            return  # its recipient is suppressed: no provider, no slot
         sent = current.sending.send(compose(email), transactional=transactional, maybe_sent_by=email.maybe_sent_by)
     with current.sessions.begin() as session:
         emails.mark_sent(session, email_id, sent.provider_id, provider=sent.provider)

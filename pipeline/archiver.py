@@ -35,6 +35,8 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import xq_name
 from dramatiq.errors import DecodeError
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.spec import Basic
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.core import wellformed
@@ -273,9 +275,12 @@ class RabbitmqArchiver:
                 connection.close()
 
     def _callback(self, connection: pika.BlockingConnection, queue: str) -> Callable[..., None]:
-        def on_message(channel: object, method: object, properties: pika.BasicProperties, body: bytes) -> None:
-            tag = method.delivery_tag  # type: ignore[attr-defined]
-            first_sight = not method.redelivered  # type: ignore[attr-defined]
+        def on_message(
+            channel: BlockingChannel, method: Basic.Deliver, properties: pika.BasicProperties, body: bytes
+        ) -> None:
+            tag = method.delivery_tag
+            assert tag is not None  # a delivery always carries its tag (pika types every frame field as optional)
+            first_sight = not method.redelivered
             pause = 1.0
             while True:  # only a database failing for now gets here twice: nothing a message causes
                 try:
@@ -284,7 +289,7 @@ class RabbitmqArchiver:
                     )
                     if written and self.alerter is not None:
                         self.alerter.poke()
-                    channel.basic_ack(tag)  # type: ignore[attr-defined]
+                    channel.basic_ack(tag)
                     return
                 except Exception:
                     logger.exception("Could not archive a message from %s; retrying in %.0fs.", queue, pause)

@@ -169,6 +169,6 @@ def periodic_jobs() -> list[PeriodicJob]:
     return jobs_in(actors.MODULES)
 
 
-def periodic_actors(broker: Broker) -> list[dramatiq.Actor]:  # type: ignore[type-arg]
+def periodic_actors(broker: Broker) -> list[dramatiq.Actor]:
     """The actors the ticker emits."""
     return [broker.get_actor(job.actor.actor_name) for job in periodic_jobs()]

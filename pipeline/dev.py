@@ -133,7 +133,7 @@ DEMO_EVENTS: tuple[dict[str, Any], ...] = (
 def dev_settings(settings: Settings, *, database: Path, demo: bool) -> Settings:
     """``settings`` on the SQLite file ``database``, with a sign-in token and a webhook secret made up if unset."""
     database.parent.mkdir(parents=True, exist_ok=True)
-    changes: dict[str, object] = {"database_url": f"sqlite:///{database}"}
+    changes: dict[str, Any] = {"database_url": f"sqlite:///{database}"}
     if settings.cron_secret is None:
         changes["cron_secret"] = secrets.token_urlsafe(32)
     if settings.payment_webhook_secret is None:
@@ -145,7 +145,7 @@ def dev_settings(settings: Settings, *, database: Path, demo: bool) -> Settings:
         # One email per request, so the demo's flaky address retries alone: a provider error
         # answering a batch would fail its batch-mates' attempts too.
         changes["email_per_request"] = 1
-    return dataclasses.replace(settings, **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(settings, **changes)
 
 
 def reset_data(database: Path, outbox: Path) -> None:

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 class ResilientScheduler(Scheduler):
     """A scheduler that outlives a broker outage: a tick that cannot be sent is logged and skipped."""
 
-    def send_actors(self, actors: list[Actor], now: object) -> None:  # type: ignore[type-arg]
+    def send_actors(self, actors: list[Actor], now: object) -> None:
         for actor in actors:
             try:
                 actor.send_with_options(scheduled_at=str(now))

@@ -27,7 +27,7 @@ def lock_state(session: Session, *, now: datetime) -> AlertState:
     if state is None:
         insert_ignoring_conflicts(
             session,
-            AlertState.__table__,  # type: ignore[arg-type]
+            AlertState.__table__,
             {"id": STATE_ID, "counted_since": now},
             key="id",
         )

@@ -7,13 +7,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
-from sqlalchemy import ColumnElement, Table, Text, cast, delete, func, select, tuple_, union, update
+from sqlalchemy import ColumnElement, Text, cast, delete, func, select, tuple_, union, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import emails, webhooks
 from storage.clock import utcnow
 from storage.dialect import insert_ignoring_conflicts
 from storage.models import DEAD_LETTER_ITEM_ID, DeadLetter, EmailQueue, FinalError, WebhookEvent
+from storage.rowcount import rows_affected
 
 #: Random bytes (hex) after the id of a ``fresh`` message whose id was taken.
 FRESH_SUFFIX_BYTES = 8
@@ -43,7 +44,7 @@ def record_final_error(
     """Remember the error a message finally died of, for the archiver to pick up."""
     insert_ignoring_conflicts(
         session,
-        FinalError.__table__,  # type: ignore[arg-type]
+        FinalError.__table__,
         {"message_id": message_id, "error": error, "traceback": traceback, "retries": retries},
         key="message_id",
     )
@@ -76,7 +77,7 @@ def archive(session: Session, message: DeadMessage, *, fresh: bool = False) -> b
         "dead_at": final.failed_at if final else (message.dead_at or now),
         "archived_at": now,
     }
-    table: Table = DeadLetter.__table__  # type: ignore[assignment]
+    table = DeadLetter.__table__
     written = insert_ignoring_conflicts(session, table, values, key="message_id")
     if not written and fresh:
         values["message_id"] = f"{message.message_id}-{secrets.token_hex(FRESH_SUFFIX_BYTES)}"
@@ -311,7 +312,8 @@ def groups(session: Session) -> list[dict[str, Any]]:
         .group_by(DeadLetter.queue, DeadLetter.actor)
         .order_by(DeadLetter.queue, DeadLetter.actor)
     )
-    return [{**row._asdict(), "count": int(row.count), "unreplayed": int(row.unreplayed)} for row in rows]
+    found = [row._asdict() for row in rows]
+    return [{**group, "count": int(group["count"]), "unreplayed": int(group["unreplayed"])} for group in found]
 
 
 def by_queue(of_groups: list[dict[str, Any]]) -> dict[str, int]:
@@ -327,7 +329,7 @@ def delete_ids(session: Session, dead_letter_ids: list[int]) -> int:
     if not dead_letter_ids:
         return 0
     statement = delete(DeadLetter).where(DeadLetter.id.in_(dead_letter_ids))
-    return int(session.execute(statement.execution_options(synchronize_session=False)).rowcount)
+    return rows_affected(session, statement.execution_options(synchronize_session=False))
 
 
 def delete_dead_before(session: Session, cutoff: datetime, *, limit: int) -> int:
@@ -338,13 +340,13 @@ def delete_dead_before(session: Session, cutoff: datetime, *, limit: int) -> int
     """
     batch = select(DeadLetter.id).where(DeadLetter.dead_at < cutoff).order_by(DeadLetter.id).limit(limit)
     statement = delete(DeadLetter).where(DeadLetter.id.in_(batch.scalar_subquery()))
-    return int(session.execute(statement.execution_options(synchronize_session=False)).rowcount)
+    return rows_affected(session, statement.execution_options(synchronize_session=False))
 
 
 def delete_final_errors_before(session: Session, cutoff: datetime) -> int:
     """Forget final errors older than ``cutoff`` whose message never reached the archive."""
     statement = delete(FinalError).where(FinalError.failed_at < cutoff)
-    return int(session.execute(statement.execution_options(synchronize_session=False)).rowcount)
+    return rows_affected(session, statement.execution_options(synchronize_session=False))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -22,6 +22,7 @@ from storage.clock import utcnow
 from storage.errors import StorageError
 from storage.leases import LeasedTable
 from storage.models import BigId, EmailPriority, EmailQueue, EmailStatus
+from storage.rowcount import rows_affected
 
 _LIVE = (EmailStatus.PENDING, EmailStatus.QUEUED, EmailStatus.SENDING, EmailStatus.RETRYING)
 _LEASED = (EmailStatus.QUEUED, EmailStatus.SENDING, EmailStatus.RETRYING)
@@ -196,7 +197,7 @@ def mark_sent(
         .values(**_sent(provider_message_id, now, provider))
         .execution_options(synchronize_session=False)
     )
-    return session.execute(statement).rowcount == 1
+    return rows_affected(session, statement) == 1
 
 
 def mark_sent_many(session: Session, provider_ids: dict[int, str], *, provider: Optional[str] = None) -> int:
@@ -211,7 +212,7 @@ def mark_sent_many(session: Session, provider_ids: dict[int, str], *, provider: 
         .values(**_sent(sent.c.provider_id, now, provider))
         .execution_options(synchronize_session=False)
     )
-    return session.execute(statement).rowcount
+    return rows_affected(session, statement)
 
 
 def record_maybe_sent(session: Session, email_ids: list[int], *, provider: str, at: datetime) -> None:
@@ -310,6 +311,7 @@ LISTED = (
     EmailQueue.template,
     EmailQueue.provider_message_id,
     EmailQueue.batch_id,
+    EmailQueue.delivery_status,
 )
 
 

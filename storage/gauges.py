@@ -32,7 +32,7 @@ from storage.models import (
 )
 
 #: The final statuses: their rows only pile up.
-SETTLED = (EmailStatus.SENT.value, EmailStatus.FAILED.value)
+SETTLED = (EmailStatus.SENT.value, EmailStatus.FAILED.value, EmailStatus.SUPPRESSED.value)
 #: Events done with: processed, or archived (given up). Their rows only pile up.
 _EVENT_SETTLED = or_(WebhookEvent.archived == true(), WebhookEvent.status == WebhookStatus.PROCESSED.value)
 #: The others, spelt as a range of ``ix_webhook_events_due`` (archived, status, …).

@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Generic, Optional, TypeVar, Union
 
-from sqlalchemy import and_, case, false, not_, or_, select, true, update
+from sqlalchemy import ColumnExpressionArgument, and_, case, false, not_, or_, select, true, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.sql import ColumnElement
 
 from storage.clock import utcnow
+from storage.rowcount import rows_affected
 
 T = TypeVar("T")
 #: One row id, or several (a batch's members): the statement applies to all of them.
@@ -80,7 +81,7 @@ class LeasedTable(Generic[T]):
     #: Due for a claim: its message is needed (first time) or was lost (lease ran out).
     claimable: Condition
     #: The order claims take rows in.
-    claim_order: tuple[ColumnElement[Any], ...]
+    claim_order: tuple[ColumnExpressionArgument[Any], ...]
     #: Claimed but no attempt started: what ``release_claims`` may hand back.
     unstarted: ColumnElement[bool]
     #: Given up, and so revivable by a replay.
@@ -146,7 +147,7 @@ def release_claims(table: LeasedTable[Any], session: Session, row_ids: list[int]
         .values(**table.released_values, locked_until=None, updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
-    return session.execute(statement).rowcount
+    return rows_affected(session, statement)
 
 
 def start_attempt(
@@ -276,7 +277,7 @@ def schedule_retry(
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    return session.execute(statement).rowcount >= 1
+    return rows_affected(session, statement) >= 1
 
 
 def give_up(table: LeasedTable[Any], session: Session, row_id: Rows, *, error: str) -> bool:
@@ -295,7 +296,7 @@ def give_up(table: LeasedTable[Any], session: Session, row_id: Rows, *, error: s
         )
         .execution_options(synchronize_session=False)
     )
-    return session.execute(statement).rowcount >= 1
+    return rows_affected(session, statement) >= 1
 
 
 def revive(table: LeasedTable[Any], session: Session, row_id: Rows, *, lease: timedelta) -> bool:
@@ -321,7 +322,7 @@ def revive(table: LeasedTable[Any], session: Session, row_id: Rows, *, lease: ti
         )
         .execution_options(synchronize_session=False)
     )
-    return session.execute(statement).rowcount >= 1
+    return rows_affected(session, statement) >= 1
 
 
 def _which(model: Any, rows: Rows) -> ColumnElement[bool]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from sqlalchemy import (
     JSON,
@@ -23,6 +23,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     Numeric,
+    Table,
     Text,
     UniqueConstraint,
     false,
@@ -71,6 +72,9 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    #: Every model here is declared with ``__tablename__``, so mapped to a ``Table``
+    #: (SQLAlchemy types it as any ``FromClause``, which ``insert()`` does not take).
+    __table__: ClassVar[Table]
 
 
 class EmailStatus(str, enum.Enum):
@@ -88,6 +92,38 @@ class EmailStatus(str, enum.Enum):
     SENT = "sent"
     #: Given up: permanent error or retries exhausted; see ``dead_letters``.
     FAILED = "failed"
+    #: Never offered to a provider: its recipient is on ``email_suppressions`` (the reason in ``last_error``).
+    SUPPRESSED = "suppressed"
+
+
+class DeliveryStatus(str, enum.Enum):
+    """What the provider's delivery events said of a sent email (``email_queue.delivery_status``).
+
+    Events arrive at least once and in any order; a status only ever moves up
+    ``DELIVERY_RANK``, so an older ``delivered`` after a ``bounced`` changes nothing.
+    NULL: no event yet, or an email sent by a provider without events (SMTP).
+    """
+
+    #: The receiving server has not accepted it yet; the provider keeps trying.
+    DELIVERY_DELAYED = "delivery_delayed"
+    #: The receiving server accepted it.
+    DELIVERED = "delivered"
+    #: The receiving server refused it for good (a permanent bounce).
+    BOUNCED = "bounced"
+    #: The provider did not send it: the address is on its own suppression list.
+    SUPPRESSED = "suppressed"
+    #: The recipient marked it as spam.
+    COMPLAINED = "complained"
+
+
+#: How far along each delivery status is; an event moves a status only to a higher rank.
+DELIVERY_RANK = {
+    DeliveryStatus.DELIVERY_DELAYED.value: 1,
+    DeliveryStatus.DELIVERED.value: 2,
+    DeliveryStatus.BOUNCED.value: 3,
+    DeliveryStatus.SUPPRESSED.value: 3,
+    DeliveryStatus.COMPLAINED.value: 4,
+}
 
 
 class EmailPriority(str, enum.Enum):
@@ -99,6 +135,8 @@ class EmailPriority(str, enum.Enum):
     BULK = "bulk"
 
 
+#: The delivery outcomes the rates count, which ``ix_email_queue_bad_deliveries`` indexes.
+_BAD_DELIVERY = "delivery_status IN ('bounced', 'complained')"
 #: The unsent emails, which ``ix_email_queue_due_since`` indexes by the time they have been due since.
 _UNSENT_PREDICATE = "status IN ('pending', 'queued', 'sending', 'retrying')"
 
@@ -113,10 +151,15 @@ class EmailQueue(Base):
             name="has_body",
         ),
         CheckConstraint(
-            "status IN ('pending', 'queued', 'sending', 'retrying', 'sent', 'failed')",
+            "status IN ('pending', 'queued', 'sending', 'retrying', 'sent', 'failed', 'suppressed')",
             name="status_known",
         ),
         CheckConstraint("priority IN ('transactional', 'bulk')", name="priority_known"),
+        CheckConstraint(
+            "delivery_status IS NULL OR delivery_status IN "
+            "('delivery_delayed', 'delivered', 'bounced', 'suppressed', 'complained')",
+            name="delivery_status_known",
+        ),
         Index("ix_email_queue_due", "status", "scheduled_at"),
         Index("ix_email_queue_lease", "status", "locked_until"),
         Index("ix_email_queue_claim", "status", "priority", "id"),
@@ -129,6 +172,22 @@ class EmailQueue(Base):
         # Migration 0009 also indexes ``lower(recipient)`` (text_pattern_ops), for the ops API's search.
         Index("ix_email_queue_status_id", "status", "id"),
         Index("ix_email_queue_sent_at", "sent_at"),
+        # The bounce and complaint rates (``storage.delivery_events.rates``): sends are counted on
+        # ``ix_email_queue_sent_at``, the few bad outcomes on this small partial index.
+        Index(
+            "ix_email_queue_bad_deliveries",
+            "sent_at",
+            "delivery_status",
+            postgresql_where=text(_BAD_DELIVERY),
+            sqlite_where=text(_BAD_DELIVERY),
+        ),
+        # A delivery event finds its email by the provider's id (migration 0013).
+        Index(
+            "ix_email_queue_provider_message_id",
+            "provider_message_id",
+            postgresql_where=text("provider_message_id IS NOT NULL"),
+            sqlite_where=text("provider_message_id IS NOT NULL"),
+        ),
         Index(
             "ix_email_queue_failed_at",
             "updated_at",
@@ -175,6 +234,71 @@ class EmailQueue(Base):
     sent_alone: Mapped[bool] = mapped_column(Boolean, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
     updated_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
+    #: What the provider's delivery events said (``DeliveryStatus``); NULL: nothing yet, or sent by SMTP.
+    delivery_status: Mapped[Optional[str]] = mapped_column(Text)
+    #: When ``delivery_status`` last changed.
+    delivery_updated_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
+
+
+class EmailEvent(Base):
+    """One delivery event of the provider (a Resend webhook), stored once per ``svix_id`` with its payload.
+
+    ``email_id`` is the email whose ``provider_message_id`` is the event's ``data.email_id``,
+    or NULL when no email had that id when it arrived (kept and counted, not an error).
+    """
+
+    __tablename__ = "email_events"
+    __table_args__ = (
+        Index("ix_email_events_email_id", "email_id", "id"),
+        Index("ix_email_events_provider_message_id", "provider_message_id"),
+        Index(
+            "ix_email_events_unmatched",
+            "id",
+            postgresql_where=text("email_id IS NULL"),
+            sqlite_where=text("email_id IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    #: Svix's id of the message: a provider's retry of it is the same event.
+    svix_id: Mapped[str] = mapped_column(Text, unique=True)
+    #: ``email.delivered``, ``email.bounced``…
+    type: Mapped[str] = mapped_column(Text)
+    #: ``data.email_id``: the id the provider's send answered.
+    provider_message_id: Mapped[str] = mapped_column(Text)
+    email_id: Mapped[Optional[int]] = mapped_column(BigId)
+    #: The event's own ``created_at``, as the provider wrote it (NULL if absent or unreadable).
+    occurred_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
+    payload: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
+
+
+class EmailSuppression(Base):
+    """An address no email is sent to: it bounced for good, complained, or an operator put it here.
+
+    ``address`` is stored lower-cased, so addresses compare case-insensitively.
+    """
+
+    __tablename__ = "email_suppressions"
+
+    address: Mapped[str] = mapped_column(Text, primary_key=True)
+    #: ``bounced``, ``complained``, ``suppressed`` (the provider's own list) or an operator's words.
+    reason: Mapped[str] = mapped_column(Text)
+    #: The email and the event that caused it (NULL for an operator's).
+    email_id: Mapped[Optional[int]] = mapped_column(BigId)
+    event_id: Mapped[Optional[int]] = mapped_column(BigId)
+    #: ``event``, ``cli`` or the ops API's role.
+    created_by: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
+
+
+class DeliveryRateAlert(Base):
+    """When each rate (``bounce``, ``complaint``) last alerted: at most one alert per ALERT_MIN_INTERVAL_MINUTES."""
+
+    __tablename__ = "delivery_rate_alerts"
+
+    rate: Mapped[str] = mapped_column(Text, primary_key=True)
+    last_alert_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
 
 
 class EmailBatch(Base):

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from storage.clock import utcnow
 from storage.models import Order
+from storage.rowcount import rows_affected
 
 
 class PaymentStatus(str, enum.Enum):
@@ -119,7 +120,7 @@ def mark_paid(session: Session, order_id: str) -> bool:
         )
         .execution_options(synchronize_session=False)
     )
-    return session.execute(statement).rowcount == 1
+    return rows_affected(session, statement) == 1
 
 
 def mark_payment_failed(session: Session, order_id: str) -> bool:
@@ -134,7 +135,7 @@ def mark_payment_failed(session: Session, order_id: str) -> bool:
         )
         .execution_options(synchronize_session=False)
     )
-    return session.execute(statement).rowcount == 1
+    return rows_affected(session, statement) == 1
 
 
 def flag_stock_shortfall(session: Session, order_id: str, lines: Sequence[Mapping[str, int]]) -> bool:
@@ -145,7 +146,7 @@ def flag_stock_shortfall(session: Session, order_id: str, lines: Sequence[Mappin
         .values(stock_shortfall=[dict(line) for line in lines], updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
-    return session.execute(statement).rowcount == 1
+    return rows_affected(session, statement) == 1
 
 
 #: Flagged orders ``stock_stats`` names, newest payment first.

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from storage import sending_pauses
 from storage.dialect import insert_ignoring_conflicts
 from storage.models import RateLimitSlot
+from storage.rowcount import rows_affected
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -255,7 +256,7 @@ def resume(session: Session, name: str) -> bool:
         .values(paused_until=None, pause_reason=None, paused_since=None)
         .execution_options(synchronize_session=False)
     )
-    return session.execute(statement).rowcount == 1
+    return rows_affected(session, statement) == 1
 
 
 def record_failure(session: Session, name: str, *, now: float, window: float) -> int:
@@ -301,7 +302,7 @@ def _ensure_row(session: Session, name: str, now: float) -> None:
     if exists is None:
         insert_ignoring_conflicts(
             session,
-            RateLimitSlot.__table__,  # type: ignore[arg-type]
+            RateLimitSlot.__table__,
             {"name": name, "next_slot": now},
             key="name",
         )

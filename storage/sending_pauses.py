@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from storage.dialect import insert_ignoring_conflicts
 from storage.models import SendingPause
+from storage.rowcount import rows_affected
 
 #: Holds every send.
 ALL = "all"
@@ -41,13 +42,13 @@ def pause(session: Session, scope: str, *, until: Optional[float], reason: Optio
     """Pause ``scope`` until ``until`` (None: until resumed); a second pause replaces the first."""
     session.execute(delete(SendingPause).where(SendingPause.scope == scope))
     values = {"scope": scope, "until": until, "reason": reason, "paused_at": now, "paused_by": by}
-    insert_ignoring_conflicts(session, SendingPause.__table__, values, key="scope")  # type: ignore[arg-type]
+    insert_ignoring_conflicts(session, SendingPause.__table__, values, key="scope")
 
 
 def resume(session: Session, scope: str) -> bool:
     """End ``scope``'s pause; True if one was in force."""
     statement = delete(SendingPause).where(SendingPause.scope == scope).execution_options(synchronize_session=False)
-    return bool(session.execute(statement).rowcount)
+    return bool(rows_affected(session, statement))
 
 
 def in_force(session: Session, *, now: float) -> dict[str, Optional[dict[str, Any]]]:

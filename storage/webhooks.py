@@ -32,6 +32,7 @@ from storage.clock import utcnow
 from storage.errors import MinaleshError, StorageError
 from storage.leases import LeasedTable
 from storage.models import WebhookEvent, WebhookStatus
+from storage.rowcount import rows_affected
 
 _OPEN = (WebhookStatus.PENDING.value, WebhookStatus.FAILED.value)
 
@@ -246,7 +247,7 @@ def mark_processed(session: Session, event_row_id: int) -> bool:
         )
         .execution_options(synchronize_session=False)
     )
-    return session.execute(statement).rowcount == 1
+    return rows_affected(session, statement) == 1
 
 
 def get(session: Session, event_row_id: int) -> Optional[WebhookEvent]:

@@ -42,6 +42,9 @@ TEST_ENVIRONMENT = {
     "WEBHOOK_MAX_RETRIES": "5",
     "PAYMENT_WEBHOOK_SECRET": "whsec_test_shared",
     "TELEBIRR_WEBHOOK_SECRET": "whsec_test_telebirr",
+    # Two, as during a rotation (tests.support.delivery_support signs with either).
+    "RESEND_WEBHOOK_SECRET": "whsec_bWluYWxlc2gtdGVzdC1yZXNlbmQtZXZlbnRzLW5ldyE= "
+    "whsec_bWluYWxlc2gtdGVzdC1yZXNlbmQtZXZlbnRzLW9sZCE=",
 }
 
 #: The tests a CI run may skip (node id: why); any other skip fails a run with ``CI`` set

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from bench.harness.fake_resend_limits import (
     DEFAULT_RATE_LIMIT,
@@ -148,6 +148,34 @@ class _Delay:
 
     seconds: float
     delivered: bool
+    #: Only a request naming this recipient takes the slot (None: any request).
+    to: str | None = None
+
+
+@dataclass(frozen=True)
+class _ForcedFailure:
+    """A ``fail_next`` slot: answer ``error`` before deciding anything."""
+
+    error: ApiError
+    #: Only a request naming this recipient takes the slot (None: any request).
+    to: str | None = None
+
+
+_Script = TypeVar("_Script", _Delay, _ForcedFailure)
+
+
+def _take_first(scripts: deque[_Script], record: RecordedRequest) -> _Script | None:
+    """Spend the first slot of ``scripts`` that applies to ``record``, if any.
+
+    A slot aimed at a recipient lets a test script its own email's request on a
+    fake shared by the whole session: a straggler of an earlier test (a retry, a
+    periodic fan-out) cannot take it first.
+    """
+    for script in scripts:
+        if script.to is None or normalize_address(script.to) in {normalize_address(a) for a in record.to}:
+            scripts.remove(script)
+            return script
+    return None
 
 
 @dataclass
@@ -211,7 +239,7 @@ class FakeResend:
         self._failures: dict[str, _Failure] = {}
         self._forced_rate_limits: deque[int] = deque()
         self._delays: deque[_Delay] = deque()
-        self._forced_failures: deque[ApiError] = deque()
+        self._forced_failures: deque[_ForcedFailure] = deque()
         self._storm: Storm | None = None
         #: While set, every request is answered this at once (``go_down``): the provider is down as a whole.
         self._outage: ApiError | None = None
@@ -314,8 +342,8 @@ class FakeResend:
         with self._lock:
             self._forced_rate_limits.extend([retry_after] * n)
 
-    def delay_next(self, n: int, seconds: float, *, delivered: bool = True) -> None:
-        """Hold the answers to the next ``n`` requests (any endpoint) for ``seconds``.
+    def delay_next(self, n: int, seconds: float, *, delivered: bool = True, to: str | None = None) -> None:
+        """Hold the answers to the next ``n`` requests (any endpoint; or naming ``to``) for ``seconds``.
 
         The request is decided on arrival (its key is claimed, so a retry meanwhile
         gets 409 ``concurrent_idempotent_requests``) and completed after the delay
@@ -326,7 +354,7 @@ class FakeResend:
         ``application_error`` answered after the delay.
         """
         with self._lock:
-            self._delays.extend([_Delay(seconds, delivered)] * n)
+            self._delays.extend([_Delay(seconds, delivered, to)] * n)
 
     def fail_next(
         self,
@@ -334,15 +362,17 @@ class FakeResend:
         status: int = 500,
         name: str = "application_error",
         message: str = "An unexpected error occurred.",
+        *,
+        to: str | None = None,
     ) -> None:
-        """Answer the next ``n`` requests (any endpoint, any recipient) with this error, deciding nothing.
+        """Answer the next ``n`` requests (any endpoint; or naming ``to``) with this error, deciding nothing.
 
         Why before authentication and the limiter: a crashing or overloaded
         server fails a request before looking at it, so it spends no slot, no
         quota and no key, and nothing is delivered.
         """
         with self._lock:
-            self._forced_failures.extend([ApiError(status, name, message)] * n)
+            self._forced_failures.extend([_ForcedFailure(ApiError(status, name, message), to)] * n)
 
     def storm(self, *, server_errors: float = 0.0, timeouts: float = 0.0, hold_seconds: float = 0.0,
               seed: int = 0) -> None:
@@ -517,7 +547,7 @@ class FakeResend:
         """
         outcome = _Outcome()
         try:
-            self._take_scripts(outcome)
+            self._take_scripts(record, outcome)
             self._decide(record, outcome)
         except ApiError as error:
             outcome.error = error
@@ -536,14 +566,15 @@ class FakeResend:
                 record.status = answer.status
         return answer
 
-    def _take_scripts(self, outcome: _Outcome) -> None:
+    def _take_scripts(self, record: RecordedRequest, outcome: _Outcome) -> None:
         """Spend this request's ``delay_next`` and ``fail_next`` slots, if any are left; else draw from a ``storm``."""
         with self._lock:
             if self._outage is not None:
                 outcome.delay = 0.0
                 raise ApiError(self._outage.status, self._outage.name, self._outage.message)
-            delay = self._delays.popleft() if self._delays else None
-            failure = self._forced_failures.popleft() if self._forced_failures else None
+            delay = _take_first(self._delays, record)
+            forced = _take_first(self._forced_failures, record)
+            failure = forced.error if forced is not None else None
             if delay is None and failure is None and self._storm is not None:
                 drawn = self._storm.draw()
                 failure = drawn.error

@@ -12,6 +12,7 @@ from pipeline.cli.dlq import dlq
 from pipeline.cli.processes import archiver, dev, serve, ticker, worker
 from pipeline.cli.sending import sending
 from pipeline.cli.stats import stats
+from pipeline.cli.suppressions import suppressions_group
 from pipeline.cli.tick import tick
 
 
@@ -20,5 +21,5 @@ def main() -> None:
     """Background workers of the Minalesh shop: emails, payment webhooks, inventory."""
 
 
-for _command in (db, worker, ticker, archiver, tick, serve, stats, dev, dlq, sending):
+for _command in (db, worker, ticker, archiver, tick, serve, stats, dev, dlq, sending, suppressions_group):
     main.add_command(_command)

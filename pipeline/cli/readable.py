@@ -5,8 +5,8 @@ blank line; the plain values of a section line up in one column, numbers right-a
 with thousands separated. A list of dicts is a table, a list of plain values one line.
 A time (a ``datetime``, an ISO-8601 string, or seconds since the epoch under a key that
 names a moment: ``until``, ``…_at``, ``…_until``, ``…_since``) is shown in UTC with how
-long ago or how soon. None is ``—``, a flag ``yes`` or ``no``, an empty list or dict
-``none``. No value is ever shown as its Python repr.
+long ago or how soon; a ratio under a key ending ``_rate`` is a percentage. None is ``—``, a
+flag ``yes`` or ``no``, an empty list or dict ``none``. No value is ever shown as its Python repr.
 """
 
 from __future__ import annotations
@@ -90,6 +90,8 @@ def shown(key: str, value: Any, now: datetime) -> str:
     if isinstance(value, (int, float)):
         if MOMENT_KEY.search(key) and math.isfinite(value):
             return moment(datetime.fromtimestamp(value, UTC), now)
+        if key.endswith("_rate") and math.isfinite(value):
+            return percent(value)
         return number(value)
     if isinstance(value, str):
         return _iso_moment(value, now) or value
@@ -107,6 +109,11 @@ def number(value: float) -> str:
     if isinstance(value, int) or value.is_integer():
         return f"{int(value):,}"
     return f"{value:,.3f}".rstrip("0").rstrip(".")
+
+
+def percent(ratio: float) -> str:
+    """A ratio (``…_rate``: bounces per send) as a percentage to the hundredth of a basis point: ``0.08%``."""
+    return f"{ratio * 100:.4f}".rstrip("0").rstrip(".") + "%"
 
 
 def moment(value: datetime, now: datetime) -> str:

@@ -215,13 +215,12 @@ class Alerter:
         assert self.webhook_url is not None
         try:
             response = requests.post(self.webhook_url, json=payload, timeout=WEBHOOK_TIMEOUT_SECONDS)
-            response.raise_for_status()
-        except requests.HTTPError as exc:
-            logger.error("The alert webhook answered %s; this alert is dropped.", exc.response.status_code)
-            return False
         except requests.RequestException as exc:
             # The exception's text may quote the URL, whose path is the webhook's secret.
             logger.error("The alert webhook is unreachable (%s); this alert is dropped.", type(exc).__name__)
+            return False
+        if not response.ok:  # a 4xx or 5xx: what raise_for_status raises for
+            logger.error("The alert webhook answered %s; this alert is dropped.", response.status_code)
             return False
         return True
 

@@ -38,10 +38,16 @@ from storage.leases import Attempt, AttemptOutcome, LeasedTable
 
 
 class CountedItem(Protocol):
-    """An item whose attempts are counted in its row (an email, a webhook event)."""
+    """An item whose attempts are counted in its row (an email, a webhook event).
 
-    retry_count: int
-    attempts: int
+    Read-only, as the items are frozen snapshots of their rows.
+    """
+
+    @property
+    def retry_count(self) -> int: ...
+
+    @property
+    def attempts(self) -> int: ...
 
 
 C = TypeVar("C", bound=CountedItem)

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from typing import Any
 
 import pika
+from dramatiq import Consumer
 from dramatiq.brokers import rabbitmq
 from dramatiq.errors import DecodeError
 from dramatiq.logging import get_logger
@@ -49,7 +50,7 @@ class RabbitmqBroker(rabbitmq.RabbitmqBroker):
         self.prefetch_caps = dict(prefetch_caps)
 
     @property
-    def parameters(self) -> list[pika.ConnectionParameters]:
+    def parameters(self) -> list[pika.URLParameters]:
         """The nodes in the order the next connection tries them: each one starts a node further on.
 
         Dramatiq reads this for every connection it opens (each consumer's, each
@@ -57,12 +58,15 @@ class RabbitmqBroker(rabbitmq.RabbitmqBroker):
         the list that answers. Starting each at the next node (the first at a random
         one) spreads a process's connections over the cluster, and a connection whose
         node went away comes back on a node that is still there.
+
+        Dramatiq sets them from its ``url`` argument (a list when it has several nodes, as
+        ``BROKER_URL`` may), and every broker here is built from a URL.
         """
         start = next(self._turns) % len(self._nodes)
         return self._nodes[start:] + self._nodes[:start]
 
     @parameters.setter
-    def parameters(self, nodes: pika.ConnectionParameters | list[pika.ConnectionParameters]) -> None:
+    def parameters(self, nodes: pika.URLParameters | list[pika.URLParameters]) -> None:
         self._nodes = nodes if isinstance(nodes, list) else [nodes]
         self._turns = itertools.count(random.randrange(len(self._nodes)))
 
@@ -70,7 +74,7 @@ class RabbitmqBroker(rabbitmq.RabbitmqBroker):
     def consumer_class(self) -> type[rabbitmq._RabbitmqConsumer]:
         return WellFormedConsumer
 
-    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> rabbitmq._RabbitmqConsumer:
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
         cap = self.prefetch_caps.get(queue_name)
         return super().consume(queue_name, prefetch=min(prefetch, cap) if cap else prefetch, timeout=timeout)
 
@@ -90,7 +94,7 @@ class WellFormedConsumer(rabbitmq._RabbitmqConsumer):
         self.logger = get_logger(__name__, type(self))
         self.iterator = self._well_formed(self.iterator)
 
-    def _well_formed(self, deliveries: Iterator[Delivery]) -> Iterator[Delivery]:
+    def _well_formed(self, deliveries: Iterator[Delivery]) -> Generator[Delivery, None, None]:
         for method, properties, body in deliveries:
             if method is None or self._accepts(body):
                 yield method, properties, body

@@ -65,17 +65,17 @@ class DeclaredActor:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
 
-    def bound(self) -> dramatiq.Actor:  # type: ignore[type-arg]
+    def bound(self) -> dramatiq.Actor:
         """This actor on the process's broker (bootstrap first)."""
         return runtime.current().broker.get_actor(self.actor_name)
 
-    def send(self, *args: Any, **kwargs: Any) -> Message:  # type: ignore[type-arg]
+    def send(self, *args: Any, **kwargs: Any) -> Message:
         return self.bound().send(*args, **kwargs)
 
-    def send_with_options(self, **options: Any) -> Message:  # type: ignore[type-arg]
+    def send_with_options(self, **options: Any) -> Message:
         return self.bound().send_with_options(**options)
 
-    def message(self, *args: Any, **kwargs: Any) -> Message:  # type: ignore[type-arg]
+    def message(self, *args: Any, **kwargs: Any) -> Message:
         return self.bound().message(*args, **kwargs)
 
 
@@ -90,7 +90,7 @@ class PeriodicJob:
     #: The shop's cron endpoint running it (``/api/cron/<cron>``, ``pipeline.web.cron``); None: no endpoint.
     cron: Optional[str] = None
 
-    def send(self) -> Message:  # type: ignore[type-arg]
+    def send(self) -> Message:
         """One run now, through the ticks queue (as the ticker would)."""
         return self.actor.send()
 
@@ -194,7 +194,7 @@ def jobs_in(namespaces: Iterable[object]) -> list[PeriodicJob]:
     return list(found.values())
 
 
-def bind(declared: DeclaredActor, broker: Broker, settings: Settings) -> dramatiq.Actor:  # type: ignore[type-arg]
+def bind(declared: DeclaredActor, broker: Broker, settings: Settings) -> dramatiq.Actor:
     """Declare ``declared`` on ``broker`` with the options its settings give."""
     options = dict(declared.options)
     if declared.retries is not None:
@@ -208,9 +208,8 @@ def bind(declared: DeclaredActor, broker: Broker, settings: Settings) -> dramati
         options["max_retries"] = 0
     if declared.schedule_setting is not None:
         options["periodic"] = cron(getattr(settings, declared.schedule_setting))
-    return dramatiq.actor(
-        declared.fn, actor_name=declared.actor_name, queue_name=declared.queue_name, broker=broker, **options
-    )
+    declare = dramatiq.actor(actor_name=declared.actor_name, queue_name=declared.queue_name, broker=broker, **options)
+    return declare(declared.fn)
 
 
 def minutes_ms(minutes: float) -> int:

@@ -13,10 +13,11 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Optional, Protocol
 
-from dramatiq import Broker, Message
+from dramatiq import Broker
 from dramatiq.errors import ActorNotFound
 from sqlalchemy.orm import Session
 
+from pipeline.core.messages import AnyMessage
 from storage import leases
 from storage.leases import LeasedTable
 
@@ -25,14 +26,14 @@ class ItemHooks(Protocol):
     """Per-actor bookkeeping, called inside a transaction the pipeline owns."""
 
     def retrying(
-        self, session: Session, message: Message, *, error: str, delay: timedelta, refund: bool
+        self, session: Session, message: AnyMessage, *, error: str, delay: timedelta, refund: bool
     ) -> None:
         """The attempt failed; the next is due after ``delay`` (``refund``: it did not count)."""
 
-    def given_up(self, session: Session, message: Message, *, error: str) -> None:
+    def given_up(self, session: Session, message: AnyMessage, *, error: str) -> None:
         """No more attempts: mark the item failed. Must be idempotent (the archiver repeats it)."""
 
-    def revive(self, session: Session, message: Message) -> bool:
+    def revive(self, session: Session, message: AnyMessage) -> bool:
         """``dlq replay``: put the failed item back in play, with a fresh attempt budget.
 
         Return False, changing nothing, when the item is not failed any more (it
@@ -41,7 +42,7 @@ class ItemHooks(Protocol):
         should the replayed message never arrive.
         """
 
-    def describe(self, session: Session, message: Message) -> Optional[dict[str, Any]]:
+    def describe(self, session: Session, message: AnyMessage) -> Optional[dict[str, Any]]:
         """``dlq show``: the item's current state as JSON-ready values; None if it is gone."""
 
 
@@ -70,27 +71,27 @@ class LeasedItemHooks:
         #: a replay of an item that died longer ago than this may be done twice.
         self.idempotent_for = idempotent_for
 
-    def retrying(self, session: Session, message: Message, *, error: str, delay: timedelta, refund: bool) -> None:
+    def retrying(self, session: Session, message: AnyMessage, *, error: str, delay: timedelta, refund: bool) -> None:
         rows = self.rows(session, _row_id(message))
         leases.schedule_retry(self.table, session, rows, error=error, delay=delay, lease=self.lease(), refund=refund)
 
-    def given_up(self, session: Session, message: Message, *, error: str) -> None:
+    def given_up(self, session: Session, message: AnyMessage, *, error: str) -> None:
         leases.give_up(self.table, session, self.rows(session, _row_id(message)), error=error)
 
-    def revive(self, session: Session, message: Message) -> bool:
+    def revive(self, session: Session, message: AnyMessage) -> bool:
         return leases.revive(self.table, session, self.rows(session, _row_id(message)), lease=self.lease())
 
-    def describe(self, session: Session, message: Message) -> Optional[dict[str, Any]]:
+    def describe(self, session: Session, message: AnyMessage) -> Optional[dict[str, Any]]:
         return self.describe_row(session, _row_id(message))
 
 
 def hooks_of(broker: Broker, actor_name: str) -> Optional[ItemHooks]:
     """The ``item_hooks`` option of ``actor_name`` on ``broker``; None without, or for an actor this release lacks."""
     try:
-        return broker.get_actor(actor_name).options.get("item_hooks")  # type: ignore[no-any-return]
+        return broker.get_actor(actor_name).options.get("item_hooks")
     except ActorNotFound:
         return None
 
 
-def _row_id(message: Message) -> int:
+def _row_id(message: AnyMessage) -> int:
     return int(message.args[0])

@@ -25,6 +25,8 @@ class Outcome(StrEnum):
     SENT = "sent"
     #: The event was applied to its order.
     PROCESSED = "processed"
+    #: Not sent: the recipient is suppressed (``email_suppressions``); the email ended ``suppressed``.
+    SUPPRESSED = "suppressed"
     #: Nothing to do: done already, failed, not due or in another message's hands.
     SKIPPED = "skipped"
     #: Ran to the end (a tick, or an actor that reports nothing finer).
@@ -48,7 +50,7 @@ def report(outcome: Outcome, **details: Any) -> None:
 
 def take_report() -> tuple[Outcome, dict[str, Any]]:
     """What the actor of this thread reported (``DONE`` if nothing), cleared for the next message."""
-    reported = getattr(_reported, "value", None) or (Outcome.DONE, {})
+    reported: tuple[Outcome, dict[str, Any]] = getattr(_reported, "value", None) or (Outcome.DONE, {})
     _reported.value = None
     return reported
 

@@ -93,9 +93,12 @@ class BoundedSandbox(SandboxedEnvironment):
         __self.check_arguments(__obj, args, kwargs)
         return __self.checked(super().call(__context, __obj, *args, **kwargs))
 
-    def format_string(self, s: str, args: tuple[Any, ...], kwargs: dict[str, Any], format_func: Any = None) -> str:
-        self.check_format(s)
-        return self.checked(super().format_string(s, args, kwargs, format_func))
+    def wrap_str_format(self, value: Any) -> Optional[Callable[..., str]]:
+        """``str.format`` and ``format_map``, as Jinja sandboxes them, with the string's widths checked first."""
+        wrapped = super().wrap_str_format(value)
+        if wrapped is not None:
+            self.check_format(value.__self__)
+        return wrapped
 
     def check(self, size: int, what: str) -> None:
         if size > self.max_chars:

@@ -12,6 +12,8 @@ messages never quote them.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
@@ -255,6 +257,19 @@ def _wait_minutes(raw: str) -> float:
     return value
 
 
+def _svix_secrets(raw: str) -> str:
+    """Svix signing secrets (``whsec_`` and base64), space-separated; kept as written, checked each."""
+    for item in raw.split():
+        key = item.removeprefix("whsec_")
+        try:
+            decoded = base64.b64decode(key, validate=True)
+        except (ValueError, binascii.Error):
+            decoded = b""
+        if not decoded:
+            raise ValueError("expected whsec_ secrets (Resend's webhook page), space-separated")
+    return " ".join(raw.split())
+
+
 def _hidden(_raw: str) -> str:
     return "(value not shown)"
 
@@ -366,6 +381,12 @@ class Settings:
     webhook_lease_minutes: float = setting("WEBHOOK_LEASE_MINUTES", _positive_minutes, 5.0)
     #: The key of every provider without a secret of its own.
     payment_webhook_secret: Optional[str] = setting("PAYMENT_WEBHOOK_SECRET", str, secret=True)
+    #: The signing secret(s) of Resend's delivery-event webhook (``whsec_…``), space-separated while
+    #: Resend rotates it; unset: ``POST /api/email-events/resend`` refuses every event (401).
+    resend_webhook_secret: Optional[str] = setting("RESEND_WEBHOOK_SECRET", _svix_secrets, secret=True)
+    #: When a worker checks the bounce and complaint rates against Resend's thresholds (4%, 0.08%)
+    #: and alerts through ALERT_* (at most once per ALERT_MIN_INTERVAL_MINUTES per rate).
+    delivery_rates_schedule: str = setting("DELIVERY_RATES_SCHEDULE", _cron, "*/15 * * * *")
     #: (provider, secret) pairs from ``{PROVIDER}_WEBHOOK_SECRET``; a tuple keeps Settings hashable.
     provider_webhook_secrets: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     #: The variables this process's environment set (non-empty), whatever their values: a mode
@@ -441,6 +462,7 @@ class Settings:
         """
         values = {getattr(self, spec.name) for spec in fields(self) if spec.metadata.get("secret")}
         values.update(secret for _, secret in self.provider_webhook_secrets)
+        values.update(self.resend_webhook_secrets)
         for url in (self.database_url, self.broker_url, self.smtp_url or ""):
             values.update(url_passwords(url))
         return {value for value in values if value}
@@ -451,6 +473,11 @@ class Settings:
         if self.email_providers:
             return self.email_providers
         return ("resend",) if self.resend_api_key else ("outbox",)
+
+    @property
+    def resend_webhook_secrets(self) -> tuple[str, ...]:
+        """RESEND_WEBHOOK_SECRET's secrets, the newest first as written (any of them verifies)."""
+        return tuple((self.resend_webhook_secret or "").split())
 
     def webhook_secret(self, provider: str) -> Optional[str]:
         """``{PROVIDER}_WEBHOOK_SECRET``, or else PAYMENT_WEBHOOK_SECRET, or None."""

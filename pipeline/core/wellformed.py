@@ -97,7 +97,7 @@ OPTIONS: Mapping[str, Rule] = {
 UNSENDABLE_OPTIONS = frozenset({"throws"})
 
 
-def decode(body: bytes, *, queue: str) -> Message:  # type: ignore[type-arg]
+def decode(body: bytes, *, queue: str) -> Message:
     """The message in ``body``, if it is a well-formed message for ``queue``, the queue it arrived on.
 
     A body in a dead-letter queue ``X.XQ`` may be a message of ``X`` or ``X.DQ``;

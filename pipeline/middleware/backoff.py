@@ -25,7 +25,7 @@ import traceback
 from datetime import timedelta
 from typing import Any, Optional
 
-from dramatiq import Broker, Message, Middleware
+from dramatiq import Broker, MessageProxy, Middleware
 from dramatiq.logging import get_logger
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -58,11 +58,11 @@ class Backoff(Middleware):
         self.session_factory = session_factory
         self.max_hold_ms = max_hold_ms
 
-    def before_process_message(self, broker: Broker, message: Message) -> None:
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         outcomes.clear()
 
     def after_process_message(
-        self, broker: Broker, message: Message, *, result: Any = None, exception: Optional[BaseException] = None
+        self, broker: Broker, message: MessageProxy, *, result: Any = None, exception: Optional[BaseException] = None
     ) -> None:
         retries = self._retries_made(message, exception)
         if exception is None:
@@ -71,11 +71,11 @@ class Backoff(Middleware):
             outcome, details = self._settle(broker, message, exception, retries)
         item_log.log_outcome(message, outcome, attempt=retries + 1, **details)
 
-    def after_skip_message(self, broker: Broker, message: Message) -> None:
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         item_log.log_outcome(message, Outcome.SKIPPED, attempt=self._retries_made(message, None) + 1)
 
     def _settle(
-        self, broker: Broker, message: Message, exception: BaseException, retries: int
+        self, broker: Broker, message: MessageProxy, exception: BaseException, retries: int
     ) -> tuple[Outcome, dict[str, Any]]:
         """Decide (``decide``) and apply: retry, defer or give up ``message``; what was done, for its log line."""
         actor_options = broker.get_actor(message.actor_name).options
@@ -99,7 +99,7 @@ class Backoff(Middleware):
         self._retry(broker, message, hooks, error=error, delay_ms=decision.delay_ms, refund=False)
         return Outcome.RETRYING, {"delay_ms": decision.delay_ms, "error": error}
 
-    def _policy(self, message: Message, actor_options: dict[str, Any]) -> Policy:
+    def _policy(self, message: MessageProxy, actor_options: dict[str, Any]) -> Policy:
         """The retry options of ``message``: its own, else its actor's, else ``NO_RETRIES``."""
         throws = message.options.get("throws") or actor_options.get("throws") or ()
         return Policy(
@@ -109,19 +109,19 @@ class Backoff(Middleware):
             throws=_as_tuple(throws),
         )
 
-    def _option(self, message: Message, actor_options: dict[str, Any], name: str) -> int:
+    def _option(self, message: MessageProxy, actor_options: dict[str, Any], name: str) -> int:
         value = message.options.get(name, actor_options.get(name, NO_RETRIES[name]))
         return int(value)
 
     @staticmethod
-    def _retries_made(message: Message, exception: Optional[BaseException]) -> int:
+    def _retries_made(message: MessageProxy, exception: Optional[BaseException]) -> int:
         counted = outcomes.retries_counted(exception)
         return int(counted if counted is not None else message.options.get("retries", 0))
 
     def _retry(
         self,
         broker: Broker,
-        message: Message,
+        message: MessageProxy,
         hooks: Optional[ItemHooks],
         *,
         error: str,
@@ -133,7 +133,7 @@ class Backoff(Middleware):
             self._in_transaction(lambda s: hooks.retrying(s, message, error=error, delay=delay, refund=refund))
         send_later(broker, message, delay_ms, self.max_hold_ms)
 
-    def _give_up(self, message: Message, hooks: Optional[ItemHooks], *, error: str, retries: int) -> None:
+    def _give_up(self, message: MessageProxy, hooks: Optional[ItemHooks], *, error: str, retries: int) -> None:
         """Record the final error and mark the item failed, then let the worker nack."""
         final_traceback = traceback.format_exc(limit=30)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
-from dramatiq import Message
+from dramatiq import MessageProxy
 
 from pipeline.core.outcomes import Outcome
 
@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 FAILURES = frozenset({Outcome.RETRYING, Outcome.DEFERRED, Outcome.GIVEN_UP})
 
 
-def log_outcome(message: Message, outcome: Outcome, *, attempt: int, **details: Any) -> None:  # type: ignore[type-arg]
+def log_outcome(message: MessageProxy, outcome: Outcome, *, attempt: int, **details: Any) -> None:
     """The one line of ``message``: ``item=… actor=… attempt=… outcome=…`` and the details."""
     item = item_of(message)
     fields = {"item": item, "actor": message.actor_name, "attempt": attempt, "outcome": outcome.value, **details}
@@ -41,6 +41,6 @@ def log_outcome(message: Message, outcome: Outcome, *, attempt: int, **details: 
     logger.log(level, "%s", text, extra={**fields, "message_id": message.message_id})
 
 
-def item_of(message: Message) -> Optional[Any]:  # type: ignore[type-arg]
+def item_of(message: MessageProxy) -> Optional[Any]:
     """The id a message is about (its first argument), None for a tick."""
     return message.args[0] if message.args else None

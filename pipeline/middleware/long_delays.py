@@ -10,16 +10,20 @@ and each hop that arrives early is sent on again (same message id) and acked.
 
 from __future__ import annotations
 
-from dramatiq import Broker, Message, Middleware
+from typing import Any
+
+from dramatiq import Broker, Message, MessageProxy, Middleware
 from dramatiq.common import current_millis
 from dramatiq.logging import get_logger
 from dramatiq.middleware import SkipMessage
 
+from pipeline.core.messages import AnyMessage
 
-def send_later(broker: Broker, message: Message, delay_ms: int, max_hold_ms: int) -> None:
+
+def send_later(broker: Broker, message: AnyMessage, delay_ms: int, max_hold_ms: int) -> None:
     """Enqueue ``message`` to run in ``delay_ms``, in hops of at most ``max_hold_ms``."""
     if delay_ms <= max_hold_ms:
-        broker.enqueue(message, delay=delay_ms)
+        broker.enqueue(message, delay=delay_ms)  # type: ignore[arg-type]  # a proxy enqueues as its message, as in Dramatiq's Retries
         return
     due = current_millis() + delay_ms
     broker.enqueue(message.copy(options={"not_before": due}), delay=max_hold_ms)
@@ -33,7 +37,7 @@ class LongDelays(Middleware):
         self.logger = get_logger(__name__, type(self))
         self.max_hold_ms = max_hold_ms
 
-    def before_process_message(self, broker: Broker, message: Message) -> None:
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         not_before = message.options.get("not_before")
         if not isinstance(not_before, int):
             return
@@ -45,7 +49,7 @@ class LongDelays(Middleware):
         raise SkipMessage()
 
 
-def _undelayed(message: Message) -> Message:
+def _undelayed(message: MessageProxy) -> Message[Any]:
     """A copy bound for the canonical queue, without the eta of the hop just made."""
     copy = message.copy()
     copy.options.pop("eta", None)

@@ -32,13 +32,14 @@ from __future__ import annotations
 import inspect
 from typing import Optional
 
-from dramatiq import Broker, Message, Middleware
+from dramatiq import Broker, MessageProxy, Middleware
 from dramatiq.errors import ActorNotFound
 from dramatiq.logging import get_logger
 from dramatiq.middleware import SkipMessage
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.core.errors import PermanentError
+from pipeline.core.messages import AnyMessage
 from storage import dead_letters
 
 
@@ -46,7 +47,7 @@ class PoisonMessage(PermanentError):
     """The message's arguments do not fit its actor; it can never run as sent."""
 
 
-def misfit(broker: Broker, message: Message) -> Optional[str]:
+def misfit(broker: Broker, message: AnyMessage) -> Optional[str]:
     """Why ``message`` can never run on ``broker``'s actors (a ``Type: detail`` line), or None."""
     try:
         actor = broker.get_actor(message.actor_name)
@@ -74,7 +75,7 @@ class RejectPoison(Middleware):
         self.logger = get_logger(__name__, type(self))
         self.session_factory = session_factory
 
-    def before_process_message(self, broker: Broker, message: Message) -> None:
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         reason = misfit(broker, message)
         if reason is None:
             return
@@ -87,5 +88,5 @@ class RejectPoison(Middleware):
         except Exception:
             # The archiver then records the same reason from its own check.
             self.logger.exception("Could not record the final error of poison message %s.", message.message_id)
-        message.fail()  # type: ignore[attr-defined]  # a MessageProxy in the worker
+        message.fail()
         raise SkipMessage()

@@ -293,7 +293,7 @@ def _describe_item(session: Session, hooks: Optional[ItemHooks], message: Messag
         return None
     try:
         with session.begin_nested():
-            return describe_item(session, message)  # type: ignore[no-any-return]
+            return describe_item(session, message)
     except Exception:
         logger.exception("Could not describe the item of message %s.", message.message_id)
         return None

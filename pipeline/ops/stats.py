@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from pipeline.core.runtime import Runtime
-from storage import dead_letters, emails, inventory, orders, periodic_runs, webhooks
+from storage import dead_letters, delivery_events, emails, inventory, orders, periodic_runs, suppressions, webhooks
 
 
 def collect(current: Runtime) -> dict[str, Any]:
@@ -13,6 +15,8 @@ def collect(current: Runtime) -> dict[str, Any]:
 
     ``orders``: paid orders flagged short of stock (``stock_short``) and the newest of their ids.
     ``periodic``: each periodic job's last success, last failure and its error, by actor name.
+    ``delivery``: the bounce and complaint rates of the last 24 hours and 7 days of sends, events
+    naming no email of ours (``unmatched_events``), suppressed addresses and emails held back.
     """
     with current.sessions() as session:
         groups = dead_letters.groups(session)  # the totals below are sums of it: one read of the archive
@@ -26,6 +30,21 @@ def collect(current: Runtime) -> dict[str, Any]:
             "orders": orders.stock_stats(session),
             "webhooks": webhooks.stats(session),
             "periodic": {runs.job: runs.as_json() for runs in periodic_runs.all_runs(session)},
+            "delivery": delivery(session),
         }
     figures["sending"] = current.sending.state()
     return figures
+
+
+def delivery(session: Session) -> dict[str, Any]:
+    """The ``delivery`` section: rates per window, the thresholds, unmatched events, suppressions."""
+    return {
+        "rates": delivery_events.rates(session),
+        "thresholds": {
+            "bounce_rate": delivery_events.BOUNCE_RATE_LIMIT,
+            "complaint_rate": delivery_events.COMPLAINT_RATE_LIMIT,
+        },
+        "unmatched_events": delivery_events.unmatched(session),
+        "suppressed_addresses": suppressions.count(session),
+        "suppressed_emails": delivery_events.suppressed_count(session),
+    }

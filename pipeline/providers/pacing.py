@@ -58,7 +58,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -433,7 +433,7 @@ class SendLimiter:
         with self.sessions.begin() as session:
             return rate_limits.current(session, self.name, now=time.time()).per_second(self.rate)
 
-    def state(self) -> dict[str, object]:
+    def state(self) -> dict[str, Any]:
         """For ``stats``: the rate in use, what the provider said, any pause."""
         now = time.time()
         with self.sessions.begin() as session:

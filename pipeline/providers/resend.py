@@ -79,7 +79,13 @@ class PooledClient(HTTPClient):
     ) -> tuple[bytes, int, Mapping[str, str]]:
         try:
             response = self._session.request(
-                method, url, headers=headers, json=json, files=files, data=data, timeout=self._timeout
+                method,
+                url,
+                headers=headers,
+                json=json,  # type: ignore[arg-type]  # JSON the SDK built; its HTTPClient says dict[str, object], requests JsonType
+                files=files,
+                data=data,
+                timeout=self._timeout,
             )
         except requests.RequestException as exc:
             # The SDK turns this into a ResendError of type HttpClientError, with this as its context.

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -73,7 +73,8 @@ class BatchSent:
     """A batch answered by ``provider``: per email, in request order, its id or why it was refused."""
 
     results: list[Union[str, Refused]]
-    provider: str
+    #: None: no request was made (every member held back or unrenderable).
+    provider: Optional[str]
 
 
 def surely_not_taken(error: BaseException) -> bool:
@@ -192,7 +193,7 @@ class Sending:
     def resume(self, scope: str) -> bool:
         return self.primary.limiter.resume(scope)
 
-    def state(self) -> dict[str, object]:
+    def state(self) -> dict[str, Any]:
         """The first provider's pace and pauses (as before providers were several), and each provider's."""
         states = [route.limiter.state() for route in self.routes]
         return {
@@ -205,5 +206,5 @@ class Sending:
 _OPERATOR_KEYS = ("paused_by_operator", "bulk_paused", "operator_pauses")
 
 
-def _own(state: dict[str, object]) -> dict[str, object]:
+def _own(state: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in state.items() if key not in _OPERATOR_KEYS}

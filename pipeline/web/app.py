@@ -4,6 +4,7 @@ One FastAPI app (FastAPI is Starlette underneath, so the webhook intake stays th
 plain Starlette route it always was, byte for byte):
 
 * ``POST /api/payments/webhook/{provider}``: the intake (``pipeline.web.intake``);
+* ``POST /api/email-events/resend``: Resend's delivery events (``pipeline.web.email_events``);
 * ``GET /healthz``, ``GET /readyz``: health, no auth (``pipeline.web.health``);
 * with CRON_SECRET only: ``/api/cron/*`` (``pipeline.web.cron``), ``/api/ops/*``
   (``session``, ``ops_api``, ``ops_actions``) and the OpenAPI document
@@ -30,7 +31,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from pipeline.core.runtime import Runtime
 from pipeline.core.settings import PAYMENT_PROVIDERS
-from pipeline.web import cron, health, ops_actions, ops_api, session
+from pipeline.web import cron, delivery, email_events, health, ops_actions, ops_api, session
 from pipeline.web.auth import ApiError, OpsAuth
 from pipeline.web.dashboard import dashboard_routes
 from pipeline.web.depths import QueueDepths
@@ -61,14 +62,19 @@ def build_app(current: Runtime) -> FastAPI:
         openapi_url=OPENAPI_PATH if served else None,
         docs_url=None,
         redoc_url=None,
+        # Refusals in this API's shape; given here, as add_exception_handler is typed for handlers of any Exception.
+        exception_handlers={
+            ApiError: _answer_error,
+            HTTPException: _answer_http_error,
+            RequestValidationError: validation_errors,
+        },
     )
     app.add_route(WEBHOOK_PATH, intake_for(current).handle, methods=["POST"], include_in_schema=False)
+    events = email_events.intake_for(current)
+    app.add_route(email_events.EVENTS_PATH, events.handle, methods=["POST"], include_in_schema=False)
     app.include_router(health.router(sessions=current.sessions, broker_url=settings.broker_url))
-    app.add_exception_handler(ApiError, _answer_error)  # type: ignore[arg-type]
-    app.add_exception_handler(HTTPException, _answer_http_error)  # type: ignore[arg-type]
-    app.add_exception_handler(RequestValidationError, validation_errors)  # type: ignore[arg-type]
     # Bodies are read bounded before any route sees them; the intake bounds its own.
-    app.add_middleware(BodyLimit, exempt=[WEBHOOK_PATH.split("{", 1)[0]])
+    app.add_middleware(BodyLimit, exempt=[WEBHOOK_PATH.split("{", 1)[0], email_events.EVENTS_PATH])
     if settings.ops_allowed_hosts:  # another Host is a browser sent here by DNS rebinding: 400
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(settings.ops_allowed_hosts))
     if settings.forwarded_allow_ips:  # outermost: everything inside sees the real client
@@ -81,6 +87,7 @@ def build_app(current: Runtime) -> FastAPI:
         app.include_router(session.router(auth))
         app.include_router(ops_api.router(current, auth, depths))
         app.include_router(ops_actions.router(current, auth))
+        app.include_router(delivery.router(current, auth))
         app.router.routes.extend(dashboard_routes())
     # GET /metrics: the domain gauges for Prometheus (METRICS_TOKEN if set).
     app.router.routes.append(metrics_route(current, depths))
@@ -140,6 +147,8 @@ def serve(current: Runtime, *, host: str = DEFAULT_HOST, port: int = DEFAULT_POR
                 provider.upper(),
                 provider,
             )
+    if not settings.resend_webhook_secrets:
+        logger.warning("No RESEND_WEBHOOK_SECRET: Resend's delivery events will be refused (401).")
     if settings.cron_secret is None:
         logger.warning("No CRON_SECRET: the cron endpoints, the ops API and the dashboard are not served.")
     ops = ", cron endpoints, the ops API and the dashboard (/ops)"

@@ -43,7 +43,7 @@ from pipeline.core.declare import PeriodicJob
 from pipeline.core.errors import describe
 from pipeline.core.runtime import Runtime
 from pipeline.web.depths import QueueDepths
-from storage import emails, gauges, periodic_runs
+from storage import delivery_events, emails, gauges, periodic_runs, suppressions
 from storage.clock import utcnow
 
 logger = logging.getLogger(__name__)
@@ -117,7 +117,9 @@ class DomainCollector(Collector):
             reservations = gauges.reservations(session, now=now)
             dead = gauges.dead_letters_by_queue_and_actor(session)
             runs = periodic_runs.all_runs(session)
+            delivery = self._delivery(session)
         return [
+            *delivery,
             _labelled("minalesh_emails", "Emails by status and priority.", ["status", "priority"], by_status),
             GaugeMetricFamily(
                 "minalesh_oldest_due_email_age_seconds",
@@ -143,6 +145,39 @@ class DomainCollector(Collector):
                 {(queue, actor or NO_ACTOR): count for (queue, actor), count in dead.items()},
             ),
             *self._periodic(runs),
+        ]
+
+    @staticmethod
+    def _delivery(session: Session) -> Gauges:
+        """The rates Resend's acceptable-use policy watches, per window, from one index range scan."""
+        rates = delivery_events.rates(session)
+        bounce = GaugeMetricFamily(
+            "minalesh_email_bounce_rate",
+            "Permanently bounced among the emails sent in the window (Resend's limit: 0.04).",
+            labels=["window"],
+        )
+        complaint = GaugeMetricFamily(
+            "minalesh_email_complaint_rate",
+            "Complained-of among the emails sent in the window (Resend's limit: 0.0008).",
+            labels=["window"],
+        )
+        sends = GaugeMetricFamily("minalesh_emails_sent_in_window", "Emails sent in the window.", labels=["window"])
+        for window, figures in rates.items():
+            bounce.add_metric([window], figures["bounce_rate"])
+            complaint.add_metric([window], figures["complaint_rate"])
+            sends.add_metric([window], figures["sent"])
+        return [
+            bounce,
+            complaint,
+            sends,
+            GaugeMetricFamily(
+                "minalesh_email_suppressions", "Addresses on the suppression list.", value=suppressions.count(session)
+            ),
+            GaugeMetricFamily(
+                "minalesh_email_events_unmatched",
+                "Delivery events that named no email of ours.",
+                value=delivery_events.unmatched(session),
+            ),
         ]
 
     def _periodic(self, runs: list[periodic_runs.JobRuns]) -> Gauges:
@@ -186,13 +221,13 @@ class DomainCollector(Collector):
 
     def _limiter(self) -> Gauges:
         state = self.current.sending.state()
-        paused_until: Optional[float] = state["paused_until"]  # type: ignore[assignment]
-        provider_limit: Optional[float] = state["provider_limit"]  # type: ignore[assignment]
+        paused_until: Optional[float] = state["paused_until"]
+        provider_limit: Optional[float] = state["provider_limit"]
         families = [
             GaugeMetricFamily(
                 "minalesh_send_limit_requests_per_second",
                 "Requests per second the fleet sends to the provider now (0: no limit).",
-                value=float(state["per_second"]),  # type: ignore[arg-type]
+                value=float(state["per_second"]),
             ),
             GaugeMetricFamily(
                 "minalesh_send_paused",
@@ -211,13 +246,13 @@ class DomainCollector(Collector):
                 value=max((paused_until or 0.0) - time.time(), 0.0),
             ),
         ]
-        providers: dict[str, dict[str, Any]] = state.get("providers") or {}  # type: ignore[assignment]
+        providers: dict[str, dict[str, Any]] = state.get("providers") or {}
         families.append(
             _labelled(
                 "minalesh_send_provider_outage",
                 "Whether the fleet paused this email provider for an outage (it failed as a whole), probing it.",
                 ["provider"],
-                {(name, ): int(bool(own.get("outage"))) for name, own in providers.items()},
+                {(name,): int(bool(own.get("outage"))) for name, own in providers.items()},
             )
         )
         if provider_limit:

@@ -10,7 +10,7 @@ the pages. The statements are ``storage``'s; this module shapes the answers.
 # and they name dependencies built in ``router``'s scope.
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, get_args
 
 from fastapi import APIRouter, Depends, Query
 from starlette.concurrency import run_in_threadpool
@@ -53,7 +53,7 @@ REFUSALS: dict[int | str, dict[str, Any]] = {
 #: The longest window of ``/activity``: a day of minutes.
 MAX_ACTIVITY_MINUTES = 24 * 60
 
-EmailStatusName = Literal["pending", "queued", "sending", "retrying", "sent", "failed"]
+EmailStatusName = Literal["pending", "queued", "sending", "retrying", "sent", "failed", "suppressed"]
 PriorityName = Literal["transactional", "bulk"]
 WebhookStatusName = Literal["pending", "processed", "failed"]
 ReservationState = Literal["active", "expired", "released", "committed"]
@@ -273,7 +273,7 @@ def _reservation(row: Any, now: datetime) -> dict[str, Any]:
 
 
 # Statuses the API filters by, checked against the models' at import: a new status needs a new filter.
-assert set(EmailStatusName.__args__) == {s.value for s in EmailStatus}  # type: ignore[attr-defined]
-assert set(PriorityName.__args__) == {p.value for p in EmailPriority}  # type: ignore[attr-defined]
-assert set(WebhookStatusName.__args__) == {s.value for s in WebhookStatus}  # type: ignore[attr-defined]
-assert set(ReservationState.__args__) == set(inventory.RESERVATION_STATES)  # type: ignore[attr-defined]
+assert set(get_args(EmailStatusName)) == {s.value for s in EmailStatus}
+assert set(get_args(PriorityName)) == {p.value for p in EmailPriority}
+assert set(get_args(WebhookStatusName)) == {s.value for s in WebhookStatus}
+assert set(get_args(ReservationState)) == set(inventory.RESERVATION_STATES)

@@ -124,6 +124,8 @@ class StatsBody(BaseModel):
     orders: dict[str, Any]
     webhooks: dict[str, Any]
     sending: dict[str, Any]
+    #: Bounce and complaint rates (24h, 7d), unmatched events, suppressions.
+    delivery: dict[str, Any]
     #: Null when RabbitMQ could not be asked (the rest is still answered).
     queues: Optional[list[QueueDepth]]
     oldest_due_email: Optional[OldestDue]
@@ -157,6 +159,8 @@ class EmailItem(BaseModel):
     template: Optional[str]
     provider_message_id: Optional[str]
     batch_id: Optional[int]
+    #: What Resend's delivery events said (``delivered``, ``bounced``…); null: none yet, or sent by SMTP.
+    delivery_status: Optional[str] = None
 
 
 class EmailPage(BaseModel):

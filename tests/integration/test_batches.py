@@ -58,7 +58,7 @@ def test_a_batch_whose_first_request_timed_out_is_resent_with_its_key_and_delive
     """The provider took the first request but answered after our timeout: the retry, same
     members and same key, is answered by the provider's replay."""
     ids, addresses = insert_bulk(sessions, "timeout", 20)
-    fake_resend.delay_next(1, 4.0, delivered=True)  # the integration mailer gives up after 3 s
+    fake_resend.delay_next(1, 4.0, delivered=True, to=addresses[0])  # the integration mailer gives up after 3 s
 
     enqueue_due_emails()
 
@@ -97,7 +97,7 @@ def test_a_batch_given_up_as_a_whole_is_one_dead_letter_and_its_replay_sends_eac
     runtime: Runtime, sessions: sessionmaker[Session], fake_resend: FakeResend
 ) -> None:
     ids, addresses = insert_bulk(sessions, "dead", 4)
-    fake_resend.fail_next(4, status=500)  # the first attempt and its three retries (EMAIL_MAX_RETRIES=3)
+    fake_resend.fail_next(4, status=500, to=addresses[0])  # the first attempt and its 3 retries (EMAIL_MAX_RETRIES)
 
     enqueue_due_emails()
 

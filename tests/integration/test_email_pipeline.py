@@ -140,8 +140,10 @@ def test_transient_errors_retry_on_schedule_then_dead_letter_with_final_error(
     attempts = [r for r in fake_resend.requests if address in r.to]
     assert len(attempts) == 4  # the first attempt and EMAIL_MAX_RETRIES=3 retries
     gaps = [later.arrived_at - earlier.arrived_at for earlier, later in zip(attempts, attempts[1:], strict=False)]
+    # Never early; late by the broker's delay queue and a loaded machine's scheduling (seen: +1.03 s
+    # while three other test runs shared the two cores), so the upper bound only catches a lost schedule.
     for gap, expected in zip(gaps, (0.3, 0.6, 1.2), strict=True):
-        assert expected - 0.05 <= gap <= expected + 1.0, gaps
+        assert expected - 0.05 <= gap <= expected + 3.0, gaps
     assert row.retry_count == 3 and row.attempts == 4
     assert dead.error.endswith("outage, answer 4"), dead.error
     assert "outage, answer 4" in (dead.traceback or "")
@@ -153,7 +155,7 @@ def test_rate_limit_waits_for_retry_after_and_spends_no_retry(
 ) -> None:
     address = unique_address("limited")
     email_id = add_email(sessions, address)
-    fake_resend.rate_limit_next(2, retry_after=1)
+    fake_resend.fail_next(2, status=429, name="rate_limit_exceeded", message="Too many requests", to=address)
 
     send_email.send(email_id)
     row = wait_for_status(sessions, email_id, "sent")

@@ -29,22 +29,22 @@ class Post:
 
 @dataclass
 class HookServer:
-    """A loopback stand-in for a Slack incoming webhook: records every POST, answers 200 ``ok``."""
+    """A loopback stand-in for a Slack incoming webhook: records every POST, answers ``ok`` (200 unless told)."""
 
     url: str
     posts: list[Post] = field(default_factory=list)
 
 
 @contextmanager
-def hook_server() -> Iterator[HookServer]:
-    """A running stand-in for a Slack webhook, shut down at the end of the block."""
+def hook_server(*, status: int = 200) -> Iterator[HookServer]:
+    """A running stand-in for a Slack webhook answering ``status``, shut down at the end of the block."""
     server_box: dict[str, HookServer] = {}
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             server_box["hook"].posts.append(Post(time.monotonic(), self.path, json.loads(body)))
-            self.send_response(200)
+            self.send_response(status)
             self.send_header("Content-Length", "2")
             self.end_headers()
             self.wfile.write(b"ok")

@@ -28,6 +28,10 @@ GAUGES = {
     "MinaleshOldestDueEmailTooOld": "minalesh_oldest_due_email_age_seconds",
     "MinaleshSendingPaused": "minalesh_send_paused",
     "MinaleshPeriodicJobStopped": "minalesh_periodic_job_last_success_timestamp_seconds",
+    "MinaleshBounceRateNearLimit": "minalesh_email_bounce_rate",
+    "MinaleshBounceRateAtLimit": "minalesh_email_bounce_rate",
+    "MinaleshComplaintRateNearLimit": "minalesh_email_complaint_rate",
+    "MinaleshComplaintRateAtLimit": "minalesh_email_complaint_rate",
 }
 
 
@@ -44,6 +48,18 @@ def test_the_four_alerts_are_there_each_explained() -> None:
         assert rule["annotations"]["summary"] and rule["annotations"]["description"], name
     for name, gauge in GAUGES.items():
         assert gauge in found[name]["expr"], name
+
+
+def test_the_rate_alerts_warn_at_half_of_resends_limits_and_fire_at_them() -> None:
+    found = rules()
+    for name, threshold, severity in (
+        ("MinaleshBounceRateNearLimit", ">= 0.02", "warning"),
+        ("MinaleshBounceRateAtLimit", ">= 0.04", "critical"),
+        ("MinaleshComplaintRateNearLimit", ">= 0.0004", "warning"),
+        ("MinaleshComplaintRateAtLimit", ">= 0.0008", "critical"),
+    ):
+        assert threshold in found[name]["expr"] and found[name]["labels"]["severity"] == severity, name
+        assert 'window="24h"' in found[name]["expr"], name
 
 
 def test_prometheus_scrapes_serve_and_the_workers() -> None:

@@ -6,12 +6,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy.orm import sessionmaker
 
 from pipeline.core.alerts import Alerter, Outcome
 from pipeline.core.errors import ConfigError
 from pipeline.core.settings import Settings
 from storage.database import get_engine, get_sessionmaker
 from storage.migrate import upgrade
+from tests.support.alert_support import hook_server
 from tests.support.dlq_support import add_dead_letter
 
 
@@ -58,3 +60,13 @@ def test_the_digest_throttle_works_on_the_dev_modes_sqlite(tmp_path: Path) -> No
     finally:
         get_engine(url).dispose()
     assert (first, second) == (Outcome.SENT, Outcome.HELD)
+
+
+def test_a_webhook_that_answers_an_error_is_logged_with_its_status_and_not_counted_delivered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with hook_server(status=500) as hook:
+        alerter = Alerter(sessionmaker(), min_interval=timedelta(minutes=10), webhook_url=hook.url)
+        delivered = alerter.notify(subject="s", text="t", payload={"total": 1}, key="k")
+    assert delivered == {"webhook": False} and len(hook.posts) == 1
+    assert "The alert webhook answered 500; this alert is dropped." in caplog.text

@@ -632,6 +632,27 @@ def test_stop_closes_kept_alive_connections_too() -> None:
     assert fake.connections_opened() == 1
 
 
+def test_scripts_aimed_at_a_recipient_wait_for_its_request(fake: FakeResend) -> None:
+    """A straggler to someone else, arriving first, takes neither the failure nor the delay."""
+    fake.fail_next(1, status=503, to="aimed@example.com")
+    fake.delay_next(1, 0.3, to="Aimed@Example.com")
+
+    straggler = post(fake, params("someone.else@example.com"))
+    aimed = post(fake, params("aimed@example.com"))
+    retried = post(fake, params("aimed@example.com"))
+    held = [response.elapsed.total_seconds() >= 0.3 for response in (straggler, aimed, retried)]
+
+    assert (straggler.status_code, aimed.status_code, retried.status_code) == (200, 503, 200)
+    statuses = [(r.to, r.status) for r in fake.requests]
+    assert statuses == [
+        (["someone.else@example.com"], 200),
+        (["aimed@example.com"], 503),
+        (["aimed@example.com"], 200),
+    ]
+    assert held == [False, True, False]
+    assert fake.deliveries_to("aimed@example.com")[0].id == retried.json()["id"]
+
+
 def test_any_429_says_when_to_retry_even_a_scripted_one(fake: FakeResend) -> None:
     fake.fail_next(1, status=429, name="rate_limit_exceeded", message="slow down")
     fake.fail_recipient(CUSTOMER, status=429, name="rate_limit_exceeded", times=1)

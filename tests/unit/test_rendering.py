@@ -195,6 +195,17 @@ def test_a_subject_that_would_build_megabytes_fails_permanently_at_its_limit(sub
     assert isinstance(raised.value, PermanentError)
 
 
+@pytest.mark.parametrize(
+    "subject",
+    ['{{ "{:>20000000}".format(1) }}', '{{ "{x:>20000000}".format_map({"x": 1}) }}'],
+    ids=["format", "format_map"],
+)
+def test_a_format_width_past_the_limit_fails_before_the_value_is_padded(subject: str) -> None:
+    """Jinja 3.1.5 sandboxes ``str.format`` through ``wrap_str_format``: a width is read there, not after padding."""
+    with pytest.raises(TemplateFailed, match="a formatted value would be too large"):
+        rendered("payment_failed", {"order_id": "MN-1"}, subject=subject)
+
+
 def test_the_rendered_subject_and_bodies_are_capped_by_their_settings() -> None:
     data = {"order_id": "MN-1", "customer_name": "x" * 3500}
     with pytest.raises(TemplateFailed, match="subject is over 100 bytes"):

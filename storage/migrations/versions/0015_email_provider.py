@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0015_email_provider"
-down_revision = "0012_rate_limit_warm_up"
+down_revision = "0013_delivery_events"
 branch_labels = None
 depends_on = None
 

@@ -10,6 +10,7 @@ import webhooks from './pages/webhooks.js';
 import reservations from './pages/reservations.js';
 import deadLetters from './pages/dead_letters.js';
 import deadLetter from './pages/dead_letter.js';
+import suppressions from './pages/suppressions.js';
 import {emailDetail, webhookDetail} from './pages/records.js';
 
 const BASE = '/ops';
@@ -24,6 +25,7 @@ const NAVIGATION = [
   {path: '/webhooks', label: 'Webhook events'},
   {path: '/reservations', label: 'Reservations'},
   {path: '/dead-letters', label: 'Dead letters'},
+  {path: '/suppressions', label: 'Suppressions'},
 ];
 
 const ROUTES = [
@@ -35,6 +37,7 @@ const ROUTES = [
   [/^\/reservations$/, reservations],
   [/^\/dead-letters$/, deadLetters],
   [/^\/dead-letters\/([^/]+)$/, deadLetter],
+  [/^\/suppressions$/, suppressions],
 ];
 
 const root = document.getElementById('app');

@@ -96,6 +96,7 @@ const STATUS_TONES = {
   failed: 'bad', dead: 'bad', archived: 'bad', expired: 'warn', retrying: 'warn', paused: 'warn',
   pending: 'info', queued: 'info', sending: 'info', processing: 'info', active: 'info',
   released: 'neutral', cancelled: 'neutral',
+  delivered: 'good', suppressed: 'warn', delivery_delayed: 'warn', bounced: 'bad', complained: 'bad',
 };
 
 function tone(status) {

@@ -3,7 +3,7 @@
 import {h, badge, when, clip, link, num} from '../dom.js';
 import {listPage} from './list.js';
 
-export const EMAIL_STATUSES = ['pending', 'queued', 'sending', 'retrying', 'sent', 'failed'];
+export const EMAIL_STATUSES = ['pending', 'queued', 'sending', 'retrying', 'sent', 'failed', 'suppressed'];
 
 export default listPage({
   title: 'Emails',

@@ -165,6 +165,40 @@ function webhookStatuses(stats) {
   ]);
 }
 
+/** One rate against its limit: a bar scaled to twice the limit, lines at half of it and at it. */
+function rateMeter(value, limit) {
+  const scale = limit * 2;
+  const width = Math.min(value / scale, 1) * 100;
+  const tone = value >= limit ? 'bad' : value >= limit / 2 ? 'warn' : 'good';
+  const percent = (ratio) => `${(ratio * 100).toFixed(ratio < 0.01 ? 3 : 2).replace(/\.?0+$/, '')}%`;
+  return h('div', {class: `rate-meter tone-${tone}`, title: `limit ${percent(limit)}`},
+    h('div', {class: 'rate-track'},
+      h('div', {class: 'rate-fill', style: `width: ${width}%`}),
+      h('div', {class: 'rate-line half', style: 'left: 25%', title: `warn at ${percent(limit / 2)}`}),
+      h('div', {class: 'rate-line limit', style: 'left: 50%', title: `Resend's limit: ${percent(limit)}`})),
+    h('span', {class: 'rate-value'}, percent(value), h('span', {class: 'muted small'}, ` / ${percent(limit)}`)));
+}
+
+/** Bounce and complaint rates of the last 24 hours and 7 days, against Resend's 4% and 0.08%. */
+function deliveryRates(stats) {
+  const delivery = stats.delivery ?? {};
+  const limits = delivery.thresholds ?? {bounce_rate: 0.04, complaint_rate: 0.0008};
+  const rows = Object.entries(delivery.rates ?? {}).map(([window, figures]) => ({window, ...figures}));
+  return card('Bounce and complaint rates', [
+    table([
+      {label: 'Window', cell: (r) => r.window},
+      {label: 'Sent', class: 'num', cell: (r) => num(r.sent)},
+      {label: 'Bounce rate (limit 4%)', cell: (r) => rateMeter(r.bounce_rate, limits.bounce_rate)},
+      {label: 'Complaint rate (limit 0.08%)', cell: (r) => rateMeter(r.complaint_rate, limits.complaint_rate)},
+    ], rows, {empty: 'No figures.'}),
+    fields([
+      ['Suppressed addresses', link('/ops/suppressions', num(delivery.suppressed_addresses ?? 0))],
+      ['Emails held back', link('/ops/emails?status=suppressed', num(delivery.suppressed_emails ?? 0))],
+      ['Events for unknown emails', num(delivery.unmatched_events ?? 0)],
+    ]),
+  ], {wide: true, id: 'delivery-rates'});
+}
+
 export default function overview(ctx) {
   const top = region('overview-top');
   const chartFrame = h('div', {class: 'chart-frame'});
@@ -190,7 +224,7 @@ export default function overview(ctx) {
       fill(chartLegend.element, legend(points));
       drawChart();
       limiter.show(sending(stats.sending ?? {}, ctx));
-      bottom.show(emailsByStatus(stats), queues(stats), deadLetterGroups(stats), webhookStatuses(stats));
+      bottom.show(deliveryRates(stats), emailsByStatus(stats), queues(stats), deadLetterGroups(stats), webhookStatuses(stats));
     },
   };
 }
