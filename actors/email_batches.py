@@ -16,14 +16,14 @@ replaying it revives the members and sends the same batch under the same key.
 
 from __future__ import annotations
 
-from actors.emails import PROVIDER_KEY_LIFETIME, compose, email_actor, lease, sender_of
+from actors.emails import PROVIDER_KEY_LIFETIME, compose, email_actor, handed_back, lease, sender_of
 from pipeline.core import runtime
 from pipeline.core.attempts import counted_attempt, current_message_id
 from pipeline.core.declare import DeclaredActor
 from pipeline.core.errors import PermanentError, describe
 from pipeline.core.item_hooks import LeasedItemHooks
 from pipeline.core.outcomes import Outcome, report
-from pipeline.providers.base import OutgoingEmail, Refused
+from pipeline.providers.base import OutgoingEmail, ProviderPaused, Refused
 from pipeline.providers.sending import BatchSent
 from storage import batches, emails, leases, suppressions
 from storage.clock import utcnow
@@ -90,12 +90,17 @@ def deliver_batch(batch_id: int, *, transactional: bool) -> None:
         answer = BatchSent([], None)  # every member suppressed or unrenderable: no request, no slot
         if outgoing:
             maybe_sent_by = next((email.maybe_sent_by for email in payload if email.maybe_sent_by), None)
-            answer = current.sending.send_batch(
-                [email for _, email in outgoing],
-                idempotency_key=key,
-                transactional=transactional,
-                maybe_sent_by=maybe_sent_by,
-            )
+            try:
+                answer = current.sending.send_batch(
+                    [email for _, email in outgoing],
+                    idempotency_key=key,
+                    transactional=transactional,
+                    maybe_sent_by=maybe_sent_by,
+                )
+            except ProviderPaused as paused:
+                if handed_back(paused, sorted(ours), pinned=maybe_sent_by is not None):
+                    return
+                raise
     single = sender_of(EmailPriority.TRANSACTIONAL if transactional else EmailPriority.BULK)
     queue, actor_name = f"{single.queue_name}.XQ", single.actor_name
     delivered, failures = _outcomes(outgoing, answer.results, unrenderable, ours=ours)

@@ -19,13 +19,15 @@ from datetime import timedelta
 from typing import Any
 
 from pipeline.core import runtime
-from pipeline.core.attempts import leased_attempt
+from pipeline.core.attempts import current_message_id, leased_attempt
 from pipeline.core.declare import DeclaredActor, actor
-from pipeline.core.errors import PermanentError
+from pipeline.core.errors import PermanentError, describe
 from pipeline.core.item_hooks import LeasedItemHooks
 from pipeline.core.outcomes import Outcome, report
 from pipeline.core.rendering import render
-from pipeline.providers.base import OutgoingEmail
+from pipeline.providers.base import OutgoingEmail, ProviderPaused
+from pipeline.providers.pacing import OUTAGE
+from pipeline.providers.sending import maybe_accepted
 from storage import emails, suppressions
 from storage.clock import minutes
 from storage.emails import EmailMessage
@@ -122,6 +124,24 @@ def held_back(email_ids: list[int]) -> dict[int, str]:
     return held
 
 
+def handed_back(error: ProviderPaused, email_ids: list[int], *, pinned: bool) -> bool:
+    """Every provider the emails may take is paused for an outage: back to the table, not the broker.
+
+    Their attempt is given back and their claim released (``emails.hand_back``); the
+    fan-out claims nothing while the outage lasts (``Sending.outage_wait``) but the
+    probe, and claims them all, in batches, when the probe gets through (its resume
+    notifies the wake-up). False, changing nothing, for any other pause, or when an
+    attempt may have reached a provider (``pinned``): such an email keeps its own key
+    and its own message, re-queued after the pause as before.
+    """
+    if error.reason != OUTAGE or pinned or maybe_accepted(error):
+        return False
+    with runtime.current().sessions.begin() as session:
+        emails.hand_back(session, email_ids, holder=current_message_id())
+    report(Outcome.DEFERRED, error=describe(error), handed_back=len(email_ids))
+    return True
+
+
 def deliver(email_id: int, *, transactional: bool) -> None:
     """Count the attempt, render, send through the providers (paced, paused, failing over), record."""
     current = runtime.current()
@@ -133,7 +153,12 @@ def deliver(email_id: int, *, transactional: bool) -> None:
             return  # sent, failed, not due or in flight
         if held_back([email_id]):
             return  # its recipient is suppressed: no provider, no slot
-        sent = current.sending.send(compose(email), transactional=transactional, maybe_sent_by=email.maybe_sent_by)
+        try:
+            sent = current.sending.send(compose(email), transactional=transactional, maybe_sent_by=email.maybe_sent_by)
+        except ProviderPaused as paused:
+            if handed_back(paused, [email_id], pinned=email.maybe_sent_by is not None):
+                return
+            raise
     with current.sessions.begin() as session:
         emails.mark_sent(session, email_id, sent.provider_id, provider=sent.provider)
     report(Outcome.SENT, provider_id=sent.provider_id, provider=sent.provider)

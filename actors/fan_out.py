@@ -16,7 +16,11 @@ less what is already claimed, so an email waiting its turn behind the limiter is
 never claimed (and published) twice; bulk claims leave a tenth of that room to
 transactional emails, so one inserted during a bulk drain is claimed at once. While
 an operator pauses sending (all, or bulk only), the held kind is not claimed: it
-waits in the table, not in the broker.
+waits in the table, not in the broker. So do all emails while every provider is
+paused for an outage (``Sending.outage_wait``), but when a probe is due: then the
+fan-out claims as usual, the first request is the probe, and the messages that find
+the pause on hand their emails back (``actors.emails.handed_back``) to be claimed
+again, in batches, when a probe gets through.
 """
 
 from __future__ import annotations
@@ -51,8 +55,11 @@ def fan_out_emails() -> JobReport:
 
 def enqueue_due_emails() -> int:
     """One fan-out: claim due emails, transactional first, within the room; return how many."""
-    room, reserve = claim_room()
     sending = runtime.current().sending
+    wait = sending.outage_wait()
+    if wait is not None and wait > 0:
+        return 0  # every provider is down and its probe not due: the emails wait in the table
+    room, reserve = claim_room()
     transactional = 0 if sending.holds(transactional=True) else _claim_and_send(EmailPriority.TRANSACTIONAL, room)
     bulk = 0 if sending.holds(transactional=False) else _claim_and_send(BULK, room - transactional - reserve)
     return transactional + bulk

@@ -18,6 +18,7 @@ from typing import Any, Optional
 from sqlalchemy import ColumnElement, Text, and_, column, func, or_, select, update, values
 from sqlalchemy.orm import Session
 
+from storage import leases
 from storage.clock import utcnow
 from storage.errors import StorageError
 from storage.leases import LeasedTable
@@ -224,6 +225,31 @@ def record_maybe_sent(session: Session, email_ids: list[int], *, provider: str, 
         .execution_options(synchronize_session=False)
     )
     session.execute(statement)
+
+
+def hand_back(session: Session, email_ids: list[int], *, holder: Optional[str]) -> int:
+    """Every provider is paused for an outage: the emails back to the next claim, their attempt given back.
+
+    ``leases.hand_back`` on ``TABLE``. An email left with no counted attempt and no
+    provider that may have seen it was never offered under its own key, so it may
+    join a batch at its next claim (``storage.batches.plan``): the backlog of an
+    outage drains in batches, not one request per email.
+    """
+    count = leases.hand_back(TABLE, session, email_ids, holder=holder)
+    statement = (
+        update(EmailQueue)
+        .where(
+            EmailQueue.id.in_(email_ids),
+            EmailQueue.status == EmailStatus.PENDING.value,
+            EmailQueue.batch_id.is_(None),
+            EmailQueue.attempts == 0,
+            EmailQueue.maybe_sent_by.is_(None),
+        )
+        .values(sent_alone=False)
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(statement)
+    return count
 
 
 def in_flight(session: Session) -> int:

@@ -72,7 +72,7 @@ from pipeline.providers.base import (
     ProviderUnavailable,
     QuotaExhausted,
 )
-from storage import rate_limits
+from storage import notifications, rate_limits
 from storage.rate_limits import Rate, Slot, SlotState
 
 logger = logging.getLogger(__name__)
@@ -369,6 +369,8 @@ class SendLimiter:
             rate_limits.clear_failures(session, self.name)
             state = rate_limits.current(session, self.name, now=now) if slot.probe else None
             resumed = slot.probe and rate_limits.resume(session, self.name)
+            if resumed:
+                notifications.wake_listeners(session)  # what the pause held back in the table goes now
         self._outage_cache = (None, now)
         if not resumed or state is None:
             return
@@ -427,6 +429,15 @@ class SendLimiter:
         else:
             logger.info("The provider refused a request (%s): the fleet waits %.1fs.", error.reason, seconds)
         return seconds
+
+    def outage_wait(self, now: Optional[float] = None) -> Optional[float]:
+        """In an outage pause: seconds until its next probe is due (0: now); None when not in one."""
+        now = time.time() if now is None else now
+        with self.sessions.begin() as session:
+            state = rate_limits.current(session, self.name, now=now)
+        if state.pause_reason != OUTAGE or state.paused_since is None:
+            return None
+        return max((state.paused_until or now) - now, 0.0)
 
     def per_second(self) -> float:
         """The requests per second the fleet uses now (what the provider said, within the cap)."""

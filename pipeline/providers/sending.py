@@ -175,6 +175,21 @@ class Sending:
             with self.sessions.begin() as session:
                 emails.record_maybe_sent(session, ids, provider=route.name, at=utcnow())
 
+    def outage_wait(self) -> Optional[float]:
+        """When every provider is paused for an outage: seconds until the first probe is due (0: now).
+
+        None when some provider may take an email. While it is positive the fan-out
+        claims nothing: the emails wait in the table, not in the broker, and are
+        claimed together (in batches) when a probe is due or one got through.
+        """
+        waits = []
+        for route in self.routes:
+            wait = route.limiter.outage_wait()
+            if wait is None:
+                return None
+            waits.append(wait)
+        return min(waits)
+
     # --- what the CLI, the ops API and stats ask (the operator's pauses are the fleet's, not a provider's)
 
     @property
