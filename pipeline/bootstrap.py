@@ -139,11 +139,15 @@ def build_limiter(
     """A provider's pace for this process (Resend's by default); its pauses alert through the process's alerter.
 
     Every paced provider shares EMAIL_RATE_LIMIT_PER_SECOND until it tells its own limit;
-    SMTP tells none, so it is paced at that rate (an SMTP relay has limits of its own).
+    SMTP tells none, and is paced at SMTP_RATE_LIMIT_PER_SECOND (by default not at all:
+    Resend's request rate says nothing of a relay's, which answers 4xx past its limits).
     """
+    rate = Rate(configured=settings.email_rate_limit_per_second, cap=settings.email_rate_limit_cap)
+    if provider is not None and provider.name == "smtp":
+        rate = Rate(configured=settings.smtp_rate_limit_per_second, cap=None)
     return SendLimiter(
         sessions,
-        rate=Rate(configured=settings.email_rate_limit_per_second, cap=settings.email_rate_limit_cap),
+        rate=rate,
         quota_pause_seconds=settings.email_quota_pause_minutes * 60,
         on_quota_pause=functools.partial(alerts.announce_quota_pause, alerter),
         on_outage=functools.partial(alerts.announce_outage, alerter),

@@ -340,6 +340,9 @@ class Settings:
     #: The SMTP server of the ``smtp`` provider: ``smtp://user:password@host:port`` (STARTTLS when the
     #: server offers it; ``?starttls=required`` to insist) or ``smtps://`` (TLS from the first byte).
     smtp_url: Optional[str] = setting("SMTP_URL", _smtp_url, shown=mask_password)
+    #: Requests per second to the SMTP server, the fleet's (a batch's emails are one request, on one
+    #: connection); 0: not paced (a server that limits answers 4xx, and the email is retried).
+    smtp_rate_limit_per_second: float = setting("SMTP_RATE_LIMIT_PER_SECOND", _rate, 0.0)
     #: Let failover hand an email whose attempt may have reached one provider (a timeout, a 5xx) to the
     #: next one; it may then be delivered twice. false: it waits for that provider.
     email_failover_accept_duplicates: bool = setting("EMAIL_FAILOVER_ACCEPT_DUPLICATES", _boolean, False)
