@@ -35,6 +35,7 @@ _HOOKS = LeasedItemHooks(
     describe=batches.describe,
     idempotent_for=PROVIDER_KEY_LIFETIME,
     rows=batches.member_ids,
+    reached=emails.last_reached,
 )
 
 

@@ -61,7 +61,13 @@ def lease() -> timedelta:
 
 # --- the send ------------------------------------------------------------------------------------
 
-_HOOKS = LeasedItemHooks(emails.TABLE, lease=lease, describe=emails.describe, idempotent_for=PROVIDER_KEY_LIFETIME)
+_HOOKS = LeasedItemHooks(
+    emails.TABLE,
+    lease=lease,
+    describe=emails.describe,
+    idempotent_for=PROVIDER_KEY_LIFETIME,
+    reached=emails.last_reached,
+)
 
 
 def email_actor(*, bulk: bool, hooks: LeasedItemHooks) -> Callable[[Callable[..., Any]], DeclaredActor]:

@@ -252,6 +252,21 @@ def hand_back(session: Session, email_ids: list[int], *, holder: Optional[str]) 
     return count
 
 
+def last_reached(session: Session, email_ids: leases.Rows) -> Optional[tuple[str, datetime]]:
+    """The provider an attempt at these emails last may have reached (no clear answer), and when; None."""
+    ids = [email_ids] if isinstance(email_ids, int) else list(email_ids)
+    statement = (
+        select(EmailQueue.maybe_sent_by, EmailQueue.maybe_sent_at)
+        .where(EmailQueue.id.in_(ids), EmailQueue.maybe_sent_by.is_not(None), EmailQueue.maybe_sent_at.is_not(None))
+        .order_by(EmailQueue.maybe_sent_at.desc())
+        .limit(1)
+    )
+    row = session.execute(statement).one_or_none()
+    if row is None or row[1] is None:
+        return None
+    return str(row[0]), row[1]
+
+
 def in_flight(session: Session) -> int:
     """Emails claimed or being sent under a live lease: what the limiter still has to let through."""
     now = utcnow()

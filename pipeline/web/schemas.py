@@ -267,6 +267,8 @@ class ByIds(Strict):
 
     ids: list[StrictInt] = Field(max_length=MAX_IDS)
     dry_run: StrictBool = False
+    #: Replay only: also those that may deliver their email twice (``dlq replay --accept-duplicate-risk``).
+    accept_duplicate_risk: StrictBool = False
 
 
 class ByFilter(Strict):
@@ -274,6 +276,8 @@ class ByFilter(Strict):
 
     filter: LetterFilter
     dry_run: StrictBool = False
+    #: Replay only: also those that may deliver their email twice (``dlq replay --accept-duplicate-risk``).
+    accept_duplicate_risk: StrictBool = False
 
 
 #: A replay's or a purge's dead letters: ``{"ids": [...]}`` or ``{"filter": {...}}``, never both.

@@ -37,6 +37,7 @@ from tests.support.browser_support import (  # noqa: F401  (fixtures)
     screenshots,
     sign_in,
 )
+from tests.support.dlq_support import add_dead_letter
 from tests.support.helpers import insert_email, unique_address, wait_until
 from tests.support.webhook_support import add_order, payment, post, reserve_for
 
@@ -231,6 +232,48 @@ def test_an_admin_finds_a_dead_email_by_recipient_and_replays_it(
         f"\n[figures] dashboard page load, navigation to first data painted, median of 5: "
         f"overview {overview:.0f} ms, dead letters {letters:.0f} ms"
     )
+
+
+def test_a_replay_that_may_deliver_twice_needs_the_risk_accepted_in_the_confirmation(
+    fleet: Fleet,
+    page: Page,  # noqa: F811
+    screenshots: Path,  # noqa: F811
+    fake_resend: FakeResend,
+) -> None:
+    """#18, part 5: an email whose last attempt may have reached SMTP (no idempotency keys)."""
+    address = unique_address("maybe-smtp")
+    with fleet.sessions.begin() as session:
+        email_id = insert_email(session, address)
+        session.execute(
+            text(
+                "UPDATE email_queue SET status = 'failed', attempts = 5, maybe_sent_by = 'smtp', "
+                "maybe_sent_at = now() - interval '1 hour' WHERE id = :id"
+            ),
+            {"id": email_id},
+        )
+    add_dead_letter(fleet.sessions, actor="send_email", args=[email_id])
+    sign_in(page, fleet.base, fleet.admin_token)
+    open_page(page, f"{fleet.base}/ops/dead-letters?q={quote(address)}", "table.data tbody tr")
+    rows = page.locator("table.data tbody tr")
+    rows.first.locator("input[type=checkbox]").check()
+    page.click("button:has-text('Replay selected')")
+    dialog = page.locator("dialog[open]")
+    dialog.wait_for()
+    risk = dialog.locator(".duplicate-risk")
+    assert "Duplicate risk: 1 dead letter may deliver its email twice" in risk.inner_text()
+    assert "smtp" in risk.inner_text() and "keeps no idempotency keys" in risk.inner_text()
+    page.screenshot(path=str(screenshots / "replay-duplicate-risk.png"))
+    dialog.locator("button[type=submit]").click()  # not accepted: nothing is sent
+    page.wait_for_selector("dialog", state="detached")
+    with fleet.sessions() as session:
+        assert session.scalar(text("SELECT status FROM email_queue WHERE id = :id"), {"id": email_id}) == "failed"
+
+    page.click("button:has-text('Replay selected')")
+    dialog.wait_for()
+    dialog.locator("input[name=accept_duplicate_risk]").check()
+    dialog.locator("button[type=submit]").click()
+    page.wait_for_selector(".toast:has-text('Replayed 1 of 1 dead letter.')")
+    wait_until(lambda: len(fake_resend.deliveries_to(address)) == 1, timeout=30, what="the accepted replay sent")
 
 
 def test_a_read_only_session_sees_no_action_button(
