@@ -33,6 +33,8 @@ ARRIVALS_PER_SECOND = 5
 #: The failover goal's outage and arrival rate (#18, part 4).
 FAILOVER_OUTAGE_SECONDS = 40.0
 FAILOVER_ARRIVALS_PER_SECOND = 10
+#: The quota test's quota resets this long after it is used up (the emails arrive for 10 s of it).
+QUOTA_RESET_SECONDS = 15.0
 
 
 @pytest.fixture
@@ -156,6 +158,49 @@ def test_failover_to_smtp_during_an_outage_and_failback_after_it(
     assert share >= 0.8, f"{share:.0%} over SMTP during the outage"
     assert drained <= 20.0
     assert by_provider(sessions, after_ids) == Counter({"resend": 10}), "new emails did not go back to Resend"
+
+
+def test_a_quota_pause_fails_over_to_smtp_and_new_emails_go_back_to_resend_after_it(
+    run: services.RunServices, provider: FakeResend, smtp: tuple[RecordingHandler, str], tmp_path: Path
+) -> None:
+    """A 429 quota is a sure refusal: nothing was taken, so the email may go to SMTP at once."""
+    handler, smtp_url = smtp
+    env = default_environment(run, provider, EMAIL_PROVIDERS="resend,smtp", SMTP_URL=smtp_url, **SCALED_RETRIES)
+    sessions = sessions_of(run)
+    with fleet(env, tmp_path) as running:
+        wait_until(lambda: "listening" in (tmp_path / "ticker.log").read_text(), timeout=30, what="the wake-up")
+        provider.exhaust_quota(reset_after=QUOTA_RESET_SECONDS)  # the 429s' retry-after counts down to it
+        addresses: list[str] = []
+        ids: list[int] = []
+        started = time.monotonic()
+        while time.monotonic() - started < 10:
+            addresses.append(unique_address(f"quota{len(addresses)}"))
+            ids += insert_emails(sessions, addresses[-1:])
+            time.sleep(1 / ARRIVALS_PER_SECOND)  # the arrival rate (load), not a synchronisation
+        wait_until(lambda: statuses(sessions, ids).get("sent") == len(ids), timeout=30, what=f"{running.logs()}")
+        during = by_provider(sessions, ids)
+        logs = running.logs(tail=None)
+        after: list[int] = []  # after the reset, the first email to Resend is its probe
+
+        def back_on_resend() -> bool:
+            after.extend(insert_emails(sessions, [unique_address("afterquota")]))
+            return by_provider(sessions, after)["resend"] > 0
+
+        wait_until(back_on_resend, timeout=60, interval=0.5, what="an email on Resend after the quota")
+        later = insert_emails(sessions, [unique_address(f"later{n}") for n in range(5)])
+        wait_until(lambda: statuses(sessions, later).get("sent") == 5, timeout=30, what="the emails after")
+    on_resend = Counter(to for delivery in provider.deliveries for to in delivery.to)
+    on_smtp = Counter(message.recipient for message in handler.received)
+    both = [address for address in addresses if on_resend[address] and on_smtp[address]]
+    print(
+        f"\n[figures] quota: {during['smtp']} of {len(ids)} over SMTP while Resend's quota was used up, "
+        f"{len(both)} delivered by both; after it, {by_provider(sessions, later)}"
+    )
+    assert statuses(sessions, ids) == {"sent": len(ids)} and dead_letters(sessions) == 0
+    assert during == Counter({"smtp": len(ids)})
+    assert both == [] and all(on_smtp[address] == 1 for address in addresses)
+    assert "Provider quota reached (daily_quota_exceeded)" in logs
+    assert by_provider(sessions, later) == Counter({"resend": 5})
 
 
 def test_smtp_alone_serves_a_shop_without_resend(
