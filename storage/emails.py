@@ -353,6 +353,8 @@ LISTED = (
     EmailQueue.provider_message_id,
     EmailQueue.batch_id,
     EmailQueue.delivery_status,
+    EmailQueue.provider,
+    EmailQueue.maybe_sent_by,
 )
 
 

@@ -161,6 +161,10 @@ class EmailItem(BaseModel):
     batch_id: Optional[int]
     #: What Resend's delivery events said (``delivered``, ``bounced``…); null: none yet, or sent by SMTP.
     delivery_status: Optional[str] = None
+    #: The provider that took it (``resend``, ``smtp``, ``outbox``); null: not sent (or sent before it was stored).
+    provider: Optional[str] = None
+    #: A provider an attempt may have reached with no clear answer: only it may be asked again.
+    maybe_sent_by: Optional[str] = None
 
 
 class EmailPage(BaseModel):
