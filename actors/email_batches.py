@@ -16,14 +16,15 @@ replaying it revives the members and sends the same batch under the same key.
 
 from __future__ import annotations
 
-from actors.emails import PROVIDER_KEY_LIFETIME, compose, email_actor, lease, sender_of
+from actors.emails import PROVIDER_KEY_LIFETIME, compose, email_actor, handed_back, lease, sender_of
 from pipeline.core import runtime
 from pipeline.core.attempts import counted_attempt, current_message_id
 from pipeline.core.declare import DeclaredActor
 from pipeline.core.errors import PermanentError, describe
 from pipeline.core.item_hooks import LeasedItemHooks
-from pipeline.core.mailer import BatchSent, OutgoingEmail, Refused
 from pipeline.core.outcomes import Outcome, report
+from pipeline.providers.base import OutgoingEmail, ProviderPaused, Refused
+from pipeline.providers.sending import BatchSent
 from storage import batches, emails, leases, suppressions
 from storage.clock import utcnow
 from storage.models import EmailPriority, EmailQueue, EmailStatus
@@ -34,6 +35,7 @@ _HOOKS = LeasedItemHooks(
     describe=batches.describe,
     idempotent_for=PROVIDER_KEY_LIFETIME,
     rows=batches.member_ids,
+    reached=emails.last_reached,
 )
 
 
@@ -86,20 +88,35 @@ def deliver_batch(batch_id: int, *, transactional: bool) -> None:
         if counted is None:
             return  # sent, failed or in flight
         outgoing, unrenderable = _compose_all(payload)
-        answer = BatchSent([])  # every member suppressed or unrenderable: no request, no slot
+        answer = BatchSent([], None)  # every member suppressed or unrenderable: no request, no slot
         if outgoing:
-            with current.limiter.request(transactional=transactional) as request:
-                answer = current.mailer.send_batch([email for _, email in outgoing], idempotency_key=key)
-                request.answered(answer.headers)
+            maybe_sent_by = next((email.maybe_sent_by for email in payload if email.maybe_sent_by), None)
+            try:
+                answer = current.sending.send_batch(
+                    [email for _, email in outgoing],
+                    idempotency_key=key,
+                    transactional=transactional,
+                    maybe_sent_by=maybe_sent_by,
+                )
+            except ProviderPaused as paused:
+                if handed_back(paused, sorted(ours), pinned=maybe_sent_by is not None):
+                    return
+                raise
     single = sender_of(EmailPriority.TRANSACTIONAL if transactional else EmailPriority.BULK)
     queue, actor_name = f"{single.queue_name}.XQ", single.actor_name
     delivered, failures = _outcomes(outgoing, answer.results, unrenderable, ours=ours)
     with current.sessions.begin() as session:
-        emails.mark_sent_many(session, delivered)
+        emails.mark_sent_many(session, delivered, provider=answer.provider)
         for email_id, error in failures.items():
             batches.fail_member(session, email_id, error=error, queue=queue, actor=actor_name)
     refused = sum(isinstance(result, Refused) for result in answer.results)
-    report(Outcome.SENT, emails=len(answer.results) - refused, refused=refused, suppressed=len(held))
+    report(
+        Outcome.SENT,
+        emails=len(answer.results) - refused,
+        refused=refused,
+        suppressed=len(held),
+        provider=answer.provider,
+    )
 
 
 def _suppressed(row: EmailQueue) -> bool:
@@ -120,7 +137,7 @@ def _outcomes(
         if email_id not in ours:
             continue
         if isinstance(result, Refused):
-            failures[email_id] = f"Resend refused it: {result.reason}"
+            failures[email_id] = f"The provider refused it: {result.reason}"
         else:
             delivered[email_id] = result
     return delivered, failures

@@ -19,13 +19,15 @@ from datetime import timedelta
 from typing import Any
 
 from pipeline.core import runtime
-from pipeline.core.attempts import leased_attempt
+from pipeline.core.attempts import current_message_id, leased_attempt
 from pipeline.core.declare import DeclaredActor, actor
-from pipeline.core.errors import PermanentError
+from pipeline.core.errors import PermanentError, describe
 from pipeline.core.item_hooks import LeasedItemHooks
-from pipeline.core.mailer import OutgoingEmail
 from pipeline.core.outcomes import Outcome, report
 from pipeline.core.rendering import render
+from pipeline.providers.base import OutgoingEmail, ProviderPaused
+from pipeline.providers.pacing import OUTAGE
+from pipeline.providers.sending import maybe_accepted
 from storage import emails, suppressions
 from storage.clock import minutes
 from storage.database import statement_by_statement
@@ -38,7 +40,8 @@ EMAIL_QUEUE = "emails"
 BULK_EMAIL_QUEUE = "emails_bulk"
 #: Dramatiq's priority of bulk sends among prefetched messages (lower runs first; the rest are 0).
 BULK_PRIORITY = 100
-#: Resend keeps an idempotency key this long: a repeat within it is answered, not sent again.
+#: How long a replay may count on the provider's idempotency to not send twice: Resend's key window
+#: (SMTP has none; ``pipeline.ops.dlq`` asks each provider's capabilities for replays).
 PROVIDER_KEY_LIFETIME = timedelta(hours=24)
 
 
@@ -59,7 +62,13 @@ def lease() -> timedelta:
 
 # --- the send ------------------------------------------------------------------------------------
 
-_HOOKS = LeasedItemHooks(emails.TABLE, lease=lease, describe=emails.describe, idempotent_for=PROVIDER_KEY_LIFETIME)
+_HOOKS = LeasedItemHooks(
+    emails.TABLE,
+    lease=lease,
+    describe=emails.describe,
+    idempotent_for=PROVIDER_KEY_LIFETIME,
+    reached=emails.last_reached,
+)
 
 
 def email_actor(*, bulk: bool, hooks: LeasedItemHooks) -> Callable[[Callable[..., Any]], DeclaredActor]:
@@ -109,6 +118,7 @@ def compose(email: EmailMessage) -> OutgoingEmail:
         html=body.html,
         text=body.text,
         idempotency_key=idempotency_key(email),
+        email_id=email.id,
     )
 
 
@@ -121,8 +131,26 @@ def held_back(email_ids: list[int]) -> dict[int, str]:
     return held
 
 
+def handed_back(error: ProviderPaused, email_ids: list[int], *, pinned: bool) -> bool:
+    """Every provider the emails may take is paused for an outage: back to the table, not the broker.
+
+    Their attempt is given back and their claim released (``emails.hand_back``); the
+    fan-out claims nothing while the outage lasts (``Sending.outage_wait``) but the
+    probe, and claims them all, in batches, when the probe gets through (its resume
+    notifies the wake-up). False, changing nothing, for any other pause, or when an
+    attempt may have reached a provider (``pinned``): such an email keeps its own key
+    and its own message, re-queued after the pause as before.
+    """
+    if error.reason != OUTAGE or pinned or maybe_accepted(error):
+        return False
+    with runtime.current().sessions.begin() as session:
+        emails.hand_back(session, email_ids, holder=current_message_id())
+    report(Outcome.DEFERRED, error=describe(error), handed_back=len(email_ids))
+    return True
+
+
 def deliver(email_id: int, *, transactional: bool) -> None:
-    """Count the attempt, render, wait for a slot of the provider's rate, send, record."""
+    """Count the attempt, render, send through the providers (paced, paused, failing over), record."""
     current = runtime.current()
     max_attempts = current.settings.email_max_attempts
     with leased_attempt(
@@ -132,10 +160,12 @@ def deliver(email_id: int, *, transactional: bool) -> None:
             return  # sent, failed, not due or in flight
         if held_back([email_id]):
             return  # its recipient is suppressed: no provider, no slot
-        outgoing = compose(email)
-        with current.limiter.request(transactional=transactional) as request:
-            sent = current.mailer.send(outgoing)
-            request.answered(sent.headers)
+        try:
+            sent = current.sending.send(compose(email), transactional=transactional, maybe_sent_by=email.maybe_sent_by)
+        except ProviderPaused as paused:
+            if handed_back(paused, [email_id], pinned=email.maybe_sent_by is not None):
+                return
+            raise
     with statement_by_statement(current.sessions) as session:  # one UPDATE: no BEGIN, no COMMIT round trip
-        emails.mark_sent(session, email_id, sent.provider_id)
-    report(Outcome.SENT, provider_id=sent.provider_id)
+        emails.mark_sent(session, email_id, sent.provider_id, provider=sent.provider)
+    report(Outcome.SENT, provider_id=sent.provider_id, provider=sent.provider)

@@ -16,12 +16,15 @@ less what is already claimed, so an email waiting its turn behind the limiter is
 never claimed (and published) twice; bulk claims leave a tenth of that room to
 transactional emails, so one inserted during a bulk drain is claimed at once. While
 an operator pauses sending (all, or bulk only), the held kind is not claimed: it
-waits in the table, not in the broker.
+waits in the table, not in the broker. So do all emails while every provider is
+paused for an outage (``Sending.outage_wait``), but when a probe is due: then the
+fan-out claims as usual, the first request is the probe, and the messages that find
+the pause on hand their emails back (``actors.emails.handed_back``) to be claimed
+again, in batches, when a probe gets through.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 from sqlalchemy.orm import Session
@@ -31,7 +34,7 @@ from actors.emails import lease, sender_of
 from pipeline.core import runtime
 from pipeline.core.declare import JobReport, periodic
 from pipeline.core.enqueue import Send, send_each
-from storage import batches, emails, leases, rate_limits
+from storage import batches, emails, leases
 from storage.models import EmailPriority
 
 #: One fan-out claims at most this many claims of EMAIL_BATCH_SIZE, so a tick always ends.
@@ -52,20 +55,17 @@ def fan_out_emails() -> JobReport:
 
 def enqueue_due_emails() -> int:
     """One fan-out: claim due emails, transactional first, within the room; return how many."""
-    current = runtime.current()
-    limiter = current.limiter
-    # The operators' pauses and the room, read in one session: a fan-out runs for each email
-    # inserted at a shop's pace, and each checkout and transaction is in its pickup time.
-    with current.sessions.begin() as session:  # begin: the limiter's row is created on the first read
-        now = time.time()
-        held = {kind: limiter.pauses.held_until(session, transactional=kind, now=now) for kind in (True, False)}
-        room, reserve = claim_room(session)
-    transactional = 0 if held[True] is not None else _claim_and_send(EmailPriority.TRANSACTIONAL, room)
-    bulk = 0 if held[False] is not None else _claim_and_send(BULK, room - transactional - reserve)
+    sending = runtime.current().sending
+    wait = sending.outage_wait()
+    if wait is not None and wait > 0:
+        return 0  # every provider is down and its probe not due: the emails wait in the table
+    room, reserve = claim_room()
+    transactional = 0 if sending.holds(transactional=True) else _claim_and_send(EmailPriority.TRANSACTIONAL, room)
+    bulk = 0 if sending.holds(transactional=False) else _claim_and_send(BULK, room - transactional - reserve)
     return transactional + bulk
 
 
-def claim_room(session: Session) -> tuple[int, int]:
+def claim_room() -> tuple[int, int]:
     """How many emails this fan-out may claim, and how many of those bulk must leave to transactional.
 
     The room is what the current rate sends (up to a batch per request) in part of a
@@ -76,13 +76,12 @@ def claim_room(session: Session) -> tuple[int, int]:
     current = runtime.current()
     settings = current.settings
     most = settings.email_batch_size * MAX_BATCHES_PER_TICK
-    limiter = current.limiter
-    if limiter.unlimited:
+    if current.sending.unlimited:
         return most, 0
-    per_second = rate_limits.current(session, limiter.name, now=time.time()).per_second(limiter.rate)
-    requests = per_second * settings.email_lease_minutes * 60 * LEASE_SHARE_CLAIMED
+    requests = current.sending.per_second() * settings.email_lease_minutes * 60 * LEASE_SHARE_CLAIMED
     sendable = int(requests * settings.email_per_request)
-    waiting = emails.in_flight(session)
+    with current.sessions() as session:
+        waiting = emails.in_flight(session)
     return max(min(most, sendable - waiting), 0), int(min(most, sendable) * TRANSACTIONAL_RESERVE)
 
 

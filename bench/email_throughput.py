@@ -24,8 +24,8 @@ from actors.fan_out import enqueue_due_emails
 from bench.harness import services
 from bench.harness.fake_resend import FakeResend
 from pipeline.bootstrap import bootstrap
-from pipeline.core.mailer import ResendMailer
 from pipeline.core.settings import DEFAULT_EMAIL_RATE_LIMIT, Settings
+from pipeline.providers.resend import ResendMailer
 from storage import emails, leases, migrate
 from storage.database import get_engine
 

@@ -25,13 +25,17 @@ from actors.emails import BULK_EMAIL_QUEUE
 from pipeline.core import alerts, runtime
 from pipeline.core.broker import RabbitmqBroker
 from pipeline.core.declare import PeriodicJob, actors_in, bind, jobs_in, minutes_ms
-from pipeline.core.limiter import SendLimiter
-from pipeline.core.mailer import Mailer, OutboxMailer, ResendMailer
 from pipeline.core.runtime import Runtime
 from pipeline.core.settings import Settings
 from pipeline.middleware.backoff import Backoff
 from pipeline.middleware.long_delays import LongDelays
 from pipeline.middleware.poison import RejectPoison
+from pipeline.providers.base import Provider
+from pipeline.providers.outbox import OutboxProvider
+from pipeline.providers.pacing import SendLimiter
+from pipeline.providers.resend import ResendProvider
+from pipeline.providers.sending import Route, Sending
+from pipeline.providers.smtp import SmtpProvider
 from storage.database import get_sessionmaker
 from storage.rate_limits import Rate
 
@@ -69,25 +73,42 @@ def build_broker(settings: Settings, *, embedded: bool = False, middleware: Sequ
     return broker
 
 
-def default_mailer(settings: Settings) -> Mailer:
-    """Resend when an API key is set; otherwise the local outbox folder."""
-    if settings.resend_api_key:
-        return ResendMailer(api_key=settings.resend_api_key, api_url=settings.resend_api_url)
-    logging.getLogger(__name__).warning(
-        "RESEND_API_KEY is not set: emails go to %s instead of Resend.", settings.email_outbox_dir
-    )
-    return OutboxMailer(Path(settings.email_outbox_dir))
+def build_provider(settings: Settings, name: str) -> Provider:
+    """The provider EMAIL_PROVIDERS calls ``name``, from its settings (checked at start-up)."""
+    if name == "resend":
+        assert settings.resend_api_key is not None
+        return ResendProvider(api_key=settings.resend_api_key, api_url=settings.resend_api_url)
+    if name == "smtp":
+        assert settings.smtp_url is not None
+        return SmtpProvider(settings.smtp_url)
+    return OutboxProvider(Path(settings.email_outbox_dir))
+
+
+def default_providers(settings: Settings) -> list[Provider]:
+    """EMAIL_PROVIDERS in order; by default Resend when an API key is set, otherwise the local outbox folder."""
+    if settings.providers == ("outbox",) and not settings.email_providers:
+        logging.getLogger(__name__).warning(
+            "RESEND_API_KEY is not set: emails go to %s instead of Resend.", settings.email_outbox_dir
+        )
+    return [build_provider(settings, name) for name in settings.providers]
+
+
+def default_mailer(settings: Settings) -> Provider:
+    """The first provider of EMAIL_PROVIDERS (``dev`` wraps it for its demo)."""
+    return default_providers(settings)[0]
 
 
 def bootstrap(
     settings: Settings,
     *,
     embedded: bool = False,
-    mailer: Optional[Mailer] = None,
+    mailer: Optional[Provider] = None,
+    providers: Optional[Sequence[Provider]] = None,
     middleware: Sequence[Middleware] = (),
 ) -> Runtime:
     """Wire this process: build the broker, bind every actor to it, install the runtime.
 
+    ``providers`` (or ``mailer``, one provider) replace EMAIL_PROVIDERS' (tests, ``dev``'s demo);
     ``middleware``: more for this kind of process (the workers' Prometheus, ``pipeline.entry``).
     """
     broker = build_broker(settings, embedded=embedded, middleware=middleware)
@@ -95,14 +116,13 @@ def bootstrap(
     for declared in actors_in(actors.MODULES):
         bind(declared, broker, settings)
     sessions = get_sessionmaker(settings.database_url)
-    mailer = mailer or default_mailer(settings)
-    alerter = alerts.from_settings(settings, sessions, mailer)
+    chosen = list(providers) if providers else [mailer] if mailer is not None else default_providers(settings)
+    alerter = alerts.from_settings(settings, sessions, chosen[0])
     installed = Runtime(
         settings=settings,
         broker=broker,
         sessions=sessions,
-        mailer=mailer,
-        limiter=build_limiter(settings, sessions, alerter),
+        sending=build_sending(settings, sessions, alerter, chosen),
         alerter=alerter,
     )
     runtime.install(installed)
@@ -111,15 +131,41 @@ def bootstrap(
 
 
 def build_limiter(
-    settings: Settings, sessions: sessionmaker[Session], alerter: Optional[alerts.Alerter]
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    alerter: Optional[alerts.Alerter],
+    provider: Optional[Provider] = None,
 ) -> SendLimiter:
-    """The provider's pace for this process; a quota pause alerts through the process's alerter."""
+    """A provider's pace for this process (Resend's by default); its pauses alert through the process's alerter.
+
+    Every paced provider shares EMAIL_RATE_LIMIT_PER_SECOND until it tells its own limit;
+    SMTP tells none, and is paced at SMTP_RATE_LIMIT_PER_SECOND (by default not at all:
+    Resend's request rate says nothing of a relay's, which answers 4xx past its limits).
+    """
+    rate = Rate(configured=settings.email_rate_limit_per_second, cap=settings.email_rate_limit_cap)
+    if provider is not None and provider.name == "smtp":
+        rate = Rate(configured=settings.smtp_rate_limit_per_second, cap=None)
     return SendLimiter(
         sessions,
-        rate=Rate(configured=settings.email_rate_limit_per_second, cap=settings.email_rate_limit_cap),
+        rate=rate,
         quota_pause_seconds=settings.email_quota_pause_minutes * 60,
         on_quota_pause=functools.partial(alerts.announce_quota_pause, alerter),
+        on_outage=functools.partial(alerts.announce_outage, alerter),
+        name=provider.name if provider is not None else "resend",
+        probe_interval=settings.email_outage_probe_seconds,
+        paced=provider.capabilities.paced if provider is not None else True,
     )
+
+
+def build_sending(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    alerter: Optional[alerts.Alerter],
+    providers: Sequence[Provider],
+) -> Sending:
+    """The providers in order of preference, each paced and paused, failing over (``pipeline.providers.sending``)."""
+    routes = [Route(provider, build_limiter(settings, sessions, alerter, provider)) for provider in providers]
+    return Sending(routes, sessions, accept_duplicates=settings.email_failover_accept_duplicates)
 
 
 def periodic_jobs() -> list[PeriodicJob]:

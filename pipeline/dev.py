@@ -43,10 +43,10 @@ from pipeline.archiver import StubArchiver
 from pipeline.bootstrap import bootstrap, default_mailer
 from pipeline.core.errors import ConfigError, MinaleshError, PermanentError, TransientError
 from pipeline.core.logs import configure_logging
-from pipeline.core.mailer import BatchSent, Mailer, OutgoingEmail, Refused, Sent
 from pipeline.core.runtime import Runtime
 from pipeline.core.settings import Settings
 from pipeline.ops.stats import collect
+from pipeline.providers.base import Accepted, BatchAccepted, Capabilities, OutgoingEmail, Provider, Refused
 from pipeline.ticker import run_ticker
 from pipeline.web.app import DEFAULT_PORT, server_config
 from pipeline.web.dashboard import BASE_PATH as DASHBOARD_PATH
@@ -83,10 +83,12 @@ OUTBOX_PATTERN = "*.eml"
 class DemoMailer:
     """Fails the demo's bad recipients the way Resend would, passes the rest on."""
 
-    def __init__(self, inner: Mailer) -> None:
+    def __init__(self, inner: Provider) -> None:
         self.inner = inner
+        self.name: str = inner.name
+        self.capabilities: Capabilities = inner.capabilities
 
-    def send(self, email: OutgoingEmail) -> Sent:
+    def send(self, email: OutgoingEmail) -> Accepted:
         domain = email.recipient.rsplit("@", 1)[-1]
         if domain == BOUNCING_DOMAIN:
             raise PermanentError(f"Resend 422 validation_error: {email.recipient} is not deliverable (demo)")
@@ -94,7 +96,7 @@ class DemoMailer:
             raise TransientError(f"Resend 500 application_error: upstream timeout for {email.recipient} (demo)")
         return self.inner.send(email)
 
-    def send_batch(self, emails: list[OutgoingEmail], *, idempotency_key: str) -> BatchSent:
+    def send_batch(self, emails: list[OutgoingEmail], *, idempotency_key: str) -> BatchAccepted:
         """As a permissive batch: bouncing members refused, a flaky one fails the whole request."""
         results: list[str | Refused] = []
         for email in emails:
@@ -102,7 +104,7 @@ class DemoMailer:
                 results.append(self.send(email).provider_id)
             except PermanentError as refused:
                 results.append(Refused(str(refused)))
-        return BatchSent(results)
+        return BatchAccepted(results)
 
 
 #: The demo's payment events, posted to the running intake as the provider would: MN-1001 paid (its

@@ -46,7 +46,12 @@ def run_ticker(current: Runtime) -> None:
     On PostgreSQL with EMAIL_LISTEN on, the email wake-up listens beside it (``pipeline.core.wakeup``).
     """
     if current.settings.email_listen and is_listenable(current.settings.database_url):
-        WakeUp(current.settings.database_url, current.sessions, enqueue_due_work).start(threading.Event())
+        WakeUp(
+            current.settings.database_url,
+            current.sessions,
+            enqueue_due_work,
+            next_probe=current.sending.outage_wait,
+        ).start(threading.Event())
     actors = periodic_actors(current.broker)
     for actor in actors:
         logger.info("Scheduling %s on '%s'.", actor.actor_name, actor.options["periodic"])

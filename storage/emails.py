@@ -18,6 +18,7 @@ from typing import Any, Optional
 from sqlalchemy import ColumnElement, Text, and_, bindparam, column, func, or_, select, update, values
 from sqlalchemy.orm import Session
 
+from storage import leases
 from storage.clock import utcnow
 from storage.errors import StorageError
 from storage.leases import LeasedTable, Now
@@ -53,6 +54,8 @@ class EmailMessage:
     attempts: int
     created_at: datetime
     priority: str
+    #: A provider an earlier attempt may have reached without a clear answer (only it may be asked again).
+    maybe_sent_by: Optional[str] = None
 
     @classmethod
     def from_row(cls, row: EmailQueue) -> EmailMessage:
@@ -68,6 +71,7 @@ class EmailMessage:
             attempts=row.attempts,
             created_at=row.created_at,
             priority=row.priority,
+            maybe_sent_by=row.maybe_sent_by,
         )
 
 
@@ -168,9 +172,11 @@ def _validate(
         raise InvalidEmail(f"template_data must be a dict of the template's variables, not {type(data).__name__}")
 
 
-def _sent(provider_message_id: Any, now: Now) -> dict[str, Any]:
-    """The columns of an email the provider accepted (a value, or a column of a VALUES list)."""
+def _sent(provider_message_id: Any, now: Now, provider: Any = None) -> dict[str, Any]:
+    """The columns of an email the provider accepted (values, columns of a VALUES list, or bound parameters)."""
+    named = {"provider": provider} if provider is not None else {}
     return {
+        **named,
         "status": EmailStatus.SENT.value,
         "provider_message_id": provider_message_id,
         "sent_at": now,
@@ -181,10 +187,12 @@ def _sent(provider_message_id: Any, now: Now) -> dict[str, Any]:
     }
 
 
-def mark_sent(session: Session, email_id: int, provider_message_id: Optional[str]) -> bool:
-    """Record the provider's acceptance; False if the email was not being sent."""
+def mark_sent(
+    session: Session, email_id: int, provider_message_id: Optional[str], *, provider: Optional[str] = None
+) -> bool:
+    """Record the provider's acceptance (and which provider); False if the email was not being sent."""
     now = utcnow()
-    parameters = {"email_id": email_id, "provider_message_id": provider_message_id, "now": now}
+    parameters = {"email_id": email_id, "provider_message_id": provider_message_id, "now": now, "provider": provider}
     return rows_affected(session, _MARK_SENT, parameters) == 1
 
 
@@ -196,26 +204,83 @@ _MARK_SENT = (
         EmailQueue.__table__.c.id == bindparam("email_id", type_=BigId),
         EmailQueue.__table__.c.status == EmailStatus.SENDING.value,
     )
-    .values(**_sent(bindparam("provider_message_id", type_=Text), bindparam("now", type_=UtcDateTime())))
+    .values(
+        **_sent(
+            bindparam("provider_message_id", type_=Text),
+            bindparam("now", type_=UtcDateTime()),
+            bindparam("provider", type_=Text),
+        )
+    )
 )
 
 
-def mark_sent_many(session: Session, provider_ids: dict[int, str]) -> int:
+def mark_sent_many(session: Session, provider_ids: dict[int, str], *, provider: Optional[str] = None) -> int:
     """``mark_sent`` for a batch's members in one statement: {email id: provider id}; how many changed."""
     if not provider_ids:
         return 0
     if session.get_bind().dialect.name != "postgresql":
         # SQLite names no columns of a VALUES list: one UPDATE a member (the dev mode's few batches).
-        return sum(mark_sent(session, email_id, provider_id) for email_id, provider_id in provider_ids.items())
+        return sum(mark_sent(session, row, sent_as, provider=provider) for row, sent_as in provider_ids.items())
     now = utcnow()
     sent = values(column("email_id", BigId), column("provider_id", Text), name="sent").data(list(provider_ids.items()))
     statement = (
         update(EmailQueue)
         .where(EmailQueue.id == sent.c.email_id, EmailQueue.status == EmailStatus.SENDING.value)
-        .values(**_sent(sent.c.provider_id, now))
+        .values(**_sent(sent.c.provider_id, now, provider))
         .execution_options(synchronize_session=False)
     )
     return rows_affected(session, statement)
+
+
+def record_maybe_sent(session: Session, email_ids: list[int], *, provider: str, at: datetime) -> None:
+    """An attempt at these emails reached ``provider`` and no clear answer came back: only it may be asked again."""
+    statement = (
+        update(EmailQueue)
+        .where(EmailQueue.id.in_(email_ids))
+        .values(maybe_sent_by=provider, maybe_sent_at=at)
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(statement)
+
+
+def hand_back(session: Session, email_ids: list[int], *, holder: Optional[str]) -> int:
+    """Every provider is paused for an outage: the emails back to the next claim, their attempt given back.
+
+    ``leases.hand_back`` on ``TABLE``. An email left with no counted attempt and no
+    provider that may have seen it was never offered under its own key, so it may
+    join a batch at its next claim (``storage.batches.plan``): the backlog of an
+    outage drains in batches, not one request per email.
+    """
+    count = leases.hand_back(TABLE, session, email_ids, holder=holder)
+    statement = (
+        update(EmailQueue)
+        .where(
+            EmailQueue.id.in_(email_ids),
+            EmailQueue.status == EmailStatus.PENDING.value,
+            EmailQueue.batch_id.is_(None),
+            EmailQueue.attempts == 0,
+            EmailQueue.maybe_sent_by.is_(None),
+        )
+        .values(sent_alone=False)
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(statement)
+    return count
+
+
+def last_reached(session: Session, email_ids: leases.Rows) -> Optional[tuple[str, datetime]]:
+    """The provider an attempt at these emails last may have reached (no clear answer), and when; None."""
+    ids = [email_ids] if isinstance(email_ids, int) else list(email_ids)
+    statement = (
+        select(EmailQueue.maybe_sent_by, EmailQueue.maybe_sent_at)
+        .where(EmailQueue.id.in_(ids), EmailQueue.maybe_sent_by.is_not(None), EmailQueue.maybe_sent_at.is_not(None))
+        .order_by(EmailQueue.maybe_sent_at.desc())
+        .limit(1)
+    )
+    row = session.execute(statement).one_or_none()
+    if row is None or row[1] is None:
+        return None
+    return str(row[0]), row[1]
 
 
 def in_flight(session: Session) -> int:
@@ -304,6 +369,8 @@ LISTED = (
     EmailQueue.provider_message_id,
     EmailQueue.batch_id,
     EmailQueue.delivery_status,
+    EmailQueue.provider,
+    EmailQueue.maybe_sent_by,
 )
 
 

@@ -60,6 +60,16 @@ def emails_by_status_and_priority(session: Session, statuses: tuple[str, ...]) -
     return {(status, priority): int(count) for status, priority, count in session.execute(statement)}
 
 
+def sent_by_provider(session: Session) -> dict[tuple[str], int]:
+    """{(provider,): emails sent} (``email_queue.provider``; ``unknown`` for those sent before it was stored)."""
+    statement = (
+        select(func.coalesce(EmailQueue.provider, "unknown"), func.count())
+        .where(EmailQueue.status == EmailStatus.SENT.value)
+        .group_by(func.coalesce(EmailQueue.provider, "unknown"))
+    )
+    return {(str(provider),): int(count) for provider, count in session.execute(statement)}
+
+
 def oldest_due_email_since(session: Session, *, now: datetime) -> Optional[datetime]:
     """Since when the longest-waiting unsent email has been due (``emails.oldest_due``); None when none is."""
     oldest = emails.oldest_due(session, now=now)

@@ -320,6 +320,32 @@ def schedule_retry(
     return rows_affected(session, statement) >= 1
 
 
+def hand_back(table: LeasedTable[Any], session: Session, row_id: Rows, *, holder: Optional[str]) -> int:
+    """An attempt that made no request (its provider is paused): given back, the row to the next claim at once.
+
+    Unlike ``schedule_retry``'s refund, the row is not left to its own message: it is
+    released (``released_values``, no lease, no retry time), so the next claim takes
+    it with whatever else is due. Only rows whose running attempt is ``holder``'s.
+    """
+    now = utcnow()
+    model = table.model
+    mine = model.lease_holder == holder if holder is not None else true()
+    statement = (
+        update(model)
+        .where(_which(model, row_id), table.open, table.running, mine)
+        .values(
+            **table.released_values,
+            **{table.next_attempt_at.key: None},
+            attempts=case((model.attempts > 0, model.attempts - 1), else_=0),
+            retry_count=case((model.attempts > 1, model.attempts - 2), else_=0),
+            locked_until=None,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return rows_affected(session, statement)
+
+
 def give_up(table: LeasedTable[Any], session: Session, row_id: Rows, *, error: str) -> bool:
     """No more attempts (idempotent: a done row stays done, a given-up one is left as it is)."""
     now = utcnow()

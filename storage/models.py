@@ -240,6 +240,12 @@ class EmailQueue(Base):
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     last_error: Mapped[Optional[str]] = mapped_column(Text)
     provider_message_id: Mapped[Optional[str]] = mapped_column(Text)
+    #: The provider that sent it (``resend``, ``smtp``, ``outbox``); NULL: not sent, or sent before 0015.
+    provider: Mapped[Optional[str]] = mapped_column(Text)
+    #: The provider an attempt may have reached without a clear answer (a timeout, a 5xx, a connection
+    #: dropped after DATA), and when: only that provider may be asked again (failover skips it).
+    maybe_sent_by: Mapped[Optional[str]] = mapped_column(Text)
+    maybe_sent_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
     sent_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
     #: When the next attempt may start (set while ``retrying``).
     next_attempt_at: Mapped[Optional[datetime]] = mapped_column(UtcDateTime())
@@ -417,6 +423,10 @@ class RateLimitSlot(Base):
     paused_since: Mapped[Optional[float]] = mapped_column(Float)
     #: A process's first request is in flight: no other slot before its answer, or this at the latest.
     warming_until: Mapped[Optional[float]] = mapped_column(Float)
+    #: Failures of the provider as a whole (5xx, timeouts, connections) since ``failing_since``,
+    #: with no success between; enough of them start an outage pause (``pipeline.providers.pacing``).
+    failures: Mapped[int] = mapped_column(Integer, server_default="0")
+    failing_since: Mapped[Optional[float]] = mapped_column(Float)
 
 
 class SendingPause(Base):

@@ -18,7 +18,7 @@ from typing import Optional
 
 import psycopg2
 import psycopg2.extensions
-from sqlalchemy import func
+from sqlalchemy import func, text
 from sqlalchemy import select as sql_select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
@@ -73,3 +73,13 @@ def next_scheduled_at(session: Session, *, after: datetime) -> Optional[datetime
         EmailQueue.status == EmailStatus.PENDING.value, EmailQueue.scheduled_at > after
     )
     return session.scalar(statement)
+
+
+def wake_listeners(session: Session) -> None:
+    """Notify the email channel when ``session`` commits, as an insert does (no-op off PostgreSQL).
+
+    Sent when a provider's outage pause ends: the emails it held back in the table
+    are due again, and the wake-up claims them at once, in batches.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"NOTIFY {EMAIL_CHANNEL}"))

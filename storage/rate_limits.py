@@ -224,20 +224,25 @@ def hold_until(session: Session, name: str, *, until: float, now: float) -> None
     session.execute(statement)
 
 
-def pause(session: Session, name: str, *, until: float, reason: str, quota: bool, now: float) -> bool:
-    """Stop every request until ``until``; True when this starts a new quota pause.
+def pause(
+    session: Session, name: str, *, until: float, reason: str, quota: bool, now: float, replace: bool = False
+) -> bool:
+    """Stop every request until ``until``; True when this starts a new quota (or outage) pause.
 
     ``reason`` is the provider's word, kept for display. A pause that is not a
     ``quota`` is a short hold; a quota pause lasts until the provider's reset,
     remembers when it began (an alert goes out once per quota pause) and is ended
-    by ``resume`` once a probe gets through.
+    by ``resume`` once a probe gets through. An outage pause is a quota pause whose
+    probe comes every few seconds: ``replace`` sets ``until`` even when it is sooner
+    than the pause in force (the probe's window, after its failure).
     """
     _ensure_row(session, name, now)
+    paused_until = literal(until) if replace else _later(_or_now(RateLimitSlot.paused_until, now), literal(until))
     statement = (
         update(RateLimitSlot)
         .where(RateLimitSlot.name == name)
         .values(
-            paused_until=_later(_or_now(RateLimitSlot.paused_until, now), literal(until)),
+            paused_until=paused_until,
             next_slot=_later(RateLimitSlot.next_slot, literal(until)),
             pause_reason=reason,
             paused_since=case(
@@ -262,6 +267,34 @@ def resume(session: Session, name: str) -> bool:
         .execution_options(synchronize_session=False)
     )
     return rows_affected(session, statement) == 1
+
+
+def record_failure(session: Session, name: str, *, now: float, window: float) -> int:
+    """The provider failed as a whole once more: the count of failures since the first within ``window``."""
+    _ensure_row(session, name, now)
+    fresh = RateLimitSlot.failing_since.is_not(None) & (RateLimitSlot.failing_since > now - window)
+    statement = (
+        update(RateLimitSlot)
+        .where(RateLimitSlot.name == name)
+        .values(
+            failures=case((fresh, RateLimitSlot.failures + 1), else_=literal(1)),
+            failing_since=case((fresh, RateLimitSlot.failing_since), else_=literal(now)),
+        )
+        .returning(RateLimitSlot.failures)
+        .execution_options(synchronize_session=False)
+    )
+    return int(session.execute(statement).scalar_one())
+
+
+def clear_failures(session: Session, name: str) -> None:
+    """A request got through: the count of the provider's failures starts again (no write if it is 0)."""
+    statement = (
+        update(RateLimitSlot)
+        .where(RateLimitSlot.name == name, RateLimitSlot.failures > 0)
+        .values(failures=0, failing_since=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(statement)
 
 
 def is_quota_paused(session: Session, name: str) -> bool:

@@ -18,9 +18,9 @@ from bench.harness.fake_resend import FakeResend
 from bench.harness.private import Endpoints, PrivateServices, private_services
 from pipeline.archiver import RabbitmqArchiver
 from pipeline.bootstrap import bootstrap
-from pipeline.core.mailer import ResendMailer
 from pipeline.core.runtime import Runtime
 from pipeline.core.settings import Settings
+from pipeline.providers.resend import ResendMailer
 from storage import migrate
 from storage.database import get_engine
 from tests.support import ci_skips

@@ -241,6 +241,8 @@ class FakeResend:
         self._delays: deque[_Delay] = deque()
         self._forced_failures: deque[_ForcedFailure] = deque()
         self._storm: Storm | None = None
+        #: While set, every request is answered this at once (``go_down``): the provider is down as a whole.
+        self._outage: ApiError | None = None
         self._window = RateWindow()
         self._quota: Quota | None = None
         self._idempotency: dict[str, _IdempotencyEntry] = {}
@@ -383,6 +385,25 @@ class FakeResend:
         """
         with self._lock:
             self._storm = Storm(server_errors=server_errors, timeouts=timeouts, hold_seconds=hold_seconds, seed=seed)
+
+    def go_down(self, status: int = 500, name: str = "application_error") -> None:
+        """From now on every request, of any endpoint, is answered ``status`` at once, deciding nothing.
+
+        The provider-wide outage switch: nothing is delivered, no slot, quota or key is
+        spent, until ``come_back``. Requests are still recorded (``requests_between``).
+        """
+        with self._lock:
+            self._outage = ApiError(status, name, "The service is unavailable (fake outage).")
+
+    def come_back(self) -> None:
+        """End ``go_down``: requests arriving from now on are handled normally."""
+        with self._lock:
+            self._outage = None
+
+    def requests_between(self, start: float, end: float) -> int:
+        """Requests that arrived between two ``time.monotonic()`` readings, whatever they were answered."""
+        with self._lock:
+            return sum(1 for request in self._requests if start <= request.arrived_at < end)
 
     def calm(self) -> None:
         """End a ``storm``: requests arriving from now on are handled normally."""
@@ -548,6 +569,9 @@ class FakeResend:
     def _take_scripts(self, record: RecordedRequest, outcome: _Outcome) -> None:
         """Spend this request's ``delay_next`` and ``fail_next`` slots, if any are left; else draw from a ``storm``."""
         with self._lock:
+            if self._outage is not None:
+                outcome.delay = 0.0
+                raise ApiError(self._outage.status, self._outage.name, self._outage.message)
             delay = _take_first(self._delays, record)
             forced = _take_first(self._forced_failures, record)
             failure = forced.error if forced is not None else None

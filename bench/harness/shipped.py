@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
@@ -100,9 +100,11 @@ class Fleet:
         """Whether each started command is still running."""
         return {name: process.poll() is None for name, process in self.processes.items()}
 
-    def logs(self) -> str:
+    def logs(self, *, tail: Optional[int] = 3000) -> str:
+        """Every process's log: its last ``tail`` characters (None: all of it)."""
         return "\n".join(
-            f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}" for path in self.cwd.glob("*.log")
+            f"--- {path.name}\n{path.read_text(errors='replace')[-tail if tail else 0:]}"
+            for path in self.cwd.glob("*.log")
         )
 
 

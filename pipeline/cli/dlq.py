@@ -209,6 +209,12 @@ def stats_command(as_json: bool) -> None:
 @click.option("--actor", metavar="A", help="With --all: only this actor.")
 @search_option("With --all: only those found by TEXT: ")
 @click.option("--dry-run", is_flag=True, help="Say what would be replayed; change and send nothing.")
+@click.option(
+    "--accept-duplicate-risk",
+    is_flag=True,
+    help="Also replay emails whose last attempt may have reached a provider that no longer remembers "
+    "its idempotency key (Resend: after 24 h; SMTP keeps none): each may be delivered twice.",
+)
 @click.option("--json", "as_json", is_flag=True, help="A JSON array of outcomes, for scripts.")
 def replay_command(
     ids: tuple[int, ...],
@@ -217,11 +223,13 @@ def replay_command(
     actor: Optional[str],
     search: Optional[str],
     dry_run: bool,
+    accept_duplicate_risk: bool,
     as_json: bool,
 ) -> None:
     """Send dead letters' messages again, with a fresh retry budget, their items back in play.
 
-    A dead letter is replayed at most once; one whose item has succeeded since sends nothing.
+    A dead letter is replayed at most once; one whose item has succeeded since sends nothing;
+    one that may deliver its email twice is refused (exit 1) without --accept-duplicate-risk.
     """
     if bool(ids) == replay_all:
         raise click.UsageError("Give dead letter IDs, or --all (not both).")
@@ -232,10 +240,15 @@ def replay_command(
         if replay_all:
             chosen = LetterFilter(queue=queue, actor=actor, q=search, items=operations.ITEM_ACTORS)
             outcomes: Iterable[ReplayOutcome] = operations.replay_all(
-                current.broker, current.sessions, chosen, dry_run=dry_run
+                current.broker, current.sessions, chosen, dry_run=dry_run, accept_duplicate_risk=accept_duplicate_risk
             )
         else:
-            outcomes = (operations.replay(current.broker, current.sessions, i, dry_run=dry_run) for i in ids)
+            outcomes = (
+                operations.replay(
+                    current.broker, current.sessions, i, dry_run=dry_run, accept_duplicate_risk=accept_duplicate_risk
+                )
+                for i in ids
+            )
         done = _report(outcomes, as_json=as_json, dry_run=dry_run)
     finally:
         current.broker.close()

@@ -28,8 +28,8 @@ def sending() -> None:
 def pause(bulk: bool, minutes: Optional[float], reason: Optional[str]) -> None:
     """Pause sending until `sending resume` (or for --minutes)."""
     scope = BULK if bulk else ALL
-    limiter = runtime_from_env(broker=False).limiter
-    limiter.pause(scope, minutes=minutes, reason=reason, by="cli")
+    sending_ = runtime_from_env(broker=False).sending
+    sending_.pause(scope, minutes=minutes, reason=reason, by="cli")
     audit("cli", "pause", scope=scope, minutes=minutes, reason=reason)
     until = f"for {minutes:g} minutes" if minutes else "until `minalesh-workers sending resume`"
     click.echo(f"Paused {'bulk sending' if bulk else 'all sending'} {until}.")
@@ -40,7 +40,7 @@ def pause(bulk: bool, minutes: Optional[float], reason: Optional[str]) -> None:
 def resume(bulk: bool) -> None:
     """End an operator's pause of sending."""
     scope = BULK if bulk else ALL
-    ended = runtime_from_env(broker=False).limiter.resume(scope)
+    ended = runtime_from_env(broker=False).sending.resume(scope)
     audit("cli", "resume", scope=scope, ended=ended)
     what = "bulk sending" if bulk else "all sending"
     click.echo(f"Resumed {what}." if ended else f"No pause of {what} was in force.")
@@ -50,7 +50,7 @@ def resume(bulk: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(as_json: bool) -> None:
     """The rate in use, the provider's pauses and the operator's."""
-    state = runtime_from_env(broker=False).limiter.state()
+    state = runtime_from_env(broker=False).sending.state()
     if as_json:
         click.echo(json.dumps(state, indent=2))
     else:

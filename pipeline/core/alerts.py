@@ -39,9 +39,10 @@ import requests
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.core.errors import describe
-from pipeline.core.limiter import QuotaPause
-from pipeline.core.mailer import Mailer, OutgoingEmail
 from pipeline.core.settings import Settings
+from pipeline.providers.base import OutgoingEmail
+from pipeline.providers.base import Provider as Mailer
+from pipeline.providers.pacing import Outage, QuotaPause
 from storage import alerts as alert_state
 from storage import dead_letters
 from storage.clock import minutes, utcnow
@@ -295,6 +296,40 @@ def announce_quota_pause(alerter: Optional[Alerter], pause: QuotaPause) -> None:
         text=text,
         payload=payload,
         key=f"minalesh-pause-{pause.reason}-{int(pause.until)}",
+    )
+
+
+def announce_outage(alerter: Optional[Alerter], outage: Outage) -> None:
+    """One alert when a provider's outage pause starts, one when a probe ends it (each sent once per pause)."""
+    since = datetime.fromtimestamp(outage.since, UTC)
+    if outage.ended:
+        text = (
+            f"[minalesh-workers] {outage.provider} accepts emails again after an outage since "
+            f"{since:%Y-%m-%d %H:%M:%S} UTC ({outage.detail}); the emails that waited are being sent."
+        )
+        subject = f"[minalesh-workers] {outage.provider} is back: email sending resumed"
+        logger.warning("%s", text)
+    else:
+        text = (
+            f"[minalesh-workers] {outage.provider} fails as a whole ({outage.detail}). Sending to it is paused "
+            f"for the whole fleet; emails wait without spending retries (or go to the next of EMAIL_PROVIDERS), "
+            f"and one probe every few seconds resumes sending when it gets through."
+        )
+        subject = f"[minalesh-workers] {outage.provider} is down: email sending paused"
+        logger.error("%s", text)
+    if alerter is None:
+        return
+    payload = {
+        "text": text,
+        "outage": {"provider": outage.provider, "ended": outage.ended, "since": since.isoformat()},
+        "host": socket.gethostname(),
+    }
+    state = "ended" if outage.ended else "began"
+    alerter.notify(
+        subject=subject,
+        text=text,
+        payload=payload,
+        key=f"minalesh-outage-{outage.provider}-{int(outage.since)}-{state}",
     )
 
 

@@ -1,7 +1,7 @@
 """The pipeline's exceptions, below the project's root in ``storage.errors``.
 
 Provider and driver errors are converted into these at the boundary (see
-``pipeline.core.mailer``), so the backoff middleware classifies by class alone,
+``pipeline.providers``), so the backoff middleware classifies by class alone,
 and the log tells an expected failure from a bug by the same classes (``expected``).
 """
 

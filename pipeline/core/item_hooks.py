@@ -10,7 +10,7 @@ actor whose item is a leased, attempt-counted row (``storage.leases``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Optional, Protocol
 
 from dramatiq import Broker
@@ -61,6 +61,7 @@ class LeasedItemHooks:
         describe: Callable[[Session, int], Optional[dict[str, Any]]],
         idempotent_for: Optional[timedelta] = None,
         rows: Callable[[Session, int], leases.Rows] = lambda _session, row_id: row_id,
+        reached: Optional[Callable[[Session, leases.Rows], Optional[tuple[str, datetime]]]] = None,
     ) -> None:
         self.table = table
         #: The rows a message's first argument stands for: itself, or a batch's members.
@@ -70,6 +71,8 @@ class LeasedItemHooks:
         #: How long the provider remembers an attempt's idempotency key (Resend: 24 hours);
         #: a replay of an item that died longer ago than this may be done twice.
         self.idempotent_for = idempotent_for
+        #: Which provider an attempt at the rows last may have reached, and when (``dlq replay``'s guard).
+        self.reached = reached
 
     def retrying(self, session: Session, message: AnyMessage, *, error: str, delay: timedelta, refund: bool) -> None:
         rows = self.rows(session, _row_id(message))
@@ -83,6 +86,12 @@ class LeasedItemHooks:
 
     def describe(self, session: Session, message: AnyMessage) -> Optional[dict[str, Any]]:
         return self.describe_row(session, _row_id(message))
+
+    def last_reached(self, session: Session, message: AnyMessage) -> Optional[tuple[str, datetime]]:
+        """The provider an attempt at the item last may have reached, and when; None if none is known."""
+        if self.reached is None:
+            return None
+        return self.reached(session, self.rows(session, _row_id(message)))
 
 
 def hooks_of(broker: Broker, actor_name: str) -> Optional[ItemHooks]:

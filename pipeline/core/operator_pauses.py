@@ -5,7 +5,7 @@ the pause is a row of ``sending_pauses`` every host sees. A held send takes no s
 of the provider's rate and goes back to the broker (``RateLimited``: no retry
 spent), asking again every ``OPERATOR_PAUSE_RECHECK_SECONDS`` at most, and the
 fan-out claims none of the held kind meanwhile. The provider's own pauses (a 429,
-a quota) are the limiter's (``pipeline.core.limiter``), not these.
+a quota, an outage) are the pacing's (``pipeline.providers.pacing``), not these.
 """
 
 from __future__ import annotations

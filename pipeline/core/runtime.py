@@ -1,4 +1,4 @@
-"""What the actors of this process share: settings, database sessions, the mailer, its pace, its alerts.
+"""What the actors of this process share: settings, database sessions, the providers behind ``sending``, alerts.
 
 Set once per process by ``pipeline.bootstrap.bootstrap``; actors read it with ``current()``.
 Like Dramatiq's global broker, it is the process's wiring, not state that changes.
@@ -13,9 +13,9 @@ from dramatiq import Broker
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.core.alerts import Alerter
-from pipeline.core.limiter import SendLimiter
-from pipeline.core.mailer import Mailer
 from pipeline.core.settings import Settings
+from pipeline.providers.base import Provider
+from pipeline.providers.sending import Sending
 
 
 @dataclass(frozen=True)
@@ -23,11 +23,16 @@ class Runtime:
     settings: Settings
     broker: Broker
     sessions: sessionmaker[Session]
-    mailer: Mailer
-    limiter: SendLimiter
-    #: The one alerter of the process (None: no ALERT_* channel is set); the limiter's quota
-    #: pauses, the actors' alert logs and the archiver's digests all go through it.
+    #: The one call of the email actors: the providers of EMAIL_PROVIDERS, paced, paused, failing over.
+    sending: Sending
+    #: The one alerter of the process (None: no ALERT_* channel is set); the providers' quota and
+    #: outage pauses, the actors' alert logs and the archiver's digests all go through it.
     alerter: Optional[Alerter] = None
+
+    @property
+    def mailer(self) -> Provider:
+        """The first provider (alerts go through it, unpaced)."""
+        return self.sending.primary.provider
 
 
 _current: Optional[Runtime] = None

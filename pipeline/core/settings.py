@@ -48,6 +48,8 @@ PAYMENT_PROVIDERS = ("telebirr", "cbe", "awash", "generic")
 #: The largest subject and body (each of html and text) a template may render, in UTF-8 bytes.
 DEFAULT_EMAIL_MAX_SUBJECT_BYTES = 2048
 DEFAULT_EMAIL_MAX_BODY_BYTES = 1024 * 1024
+#: The email providers EMAIL_PROVIDERS may name (``pipeline.providers``).
+EMAIL_PROVIDER_NAMES = ("resend", "smtp", "outbox")
 #: CRON_SECRET and OPS_READ_TOKEN are bearer tokens on the internet: shorter ones are refused.
 MIN_TOKEN_LENGTH = 32
 
@@ -163,6 +165,28 @@ def _positive_minutes(raw: str) -> float:
 
 #: (low, high) of each cron field, in order; periodiq accepts out-of-range values silently.
 _CRON_BOUNDS = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
+
+
+def _providers(raw: str) -> tuple[str, ...]:
+    names = tuple(name.strip().lower() for name in raw.split(",") if name.strip())
+    unknown = [name for name in names if name not in EMAIL_PROVIDER_NAMES]
+    if unknown or not names or len(set(names)) != len(names):
+        raise ValueError(f"expected names among {', '.join(EMAIL_PROVIDER_NAMES)}, each once, comma-separated")
+    return names
+
+
+def _smtp_url(raw: str) -> str:
+    parsed = urlsplit(raw)
+    if parsed.scheme not in ("smtp", "smtps") or not parsed.hostname:
+        raise ValueError("expected smtp://user:password@host:port (STARTTLS when offered) or smtps://…")
+    try:
+        _ = parsed.port
+    except ValueError:
+        raise ValueError("the port is not a number") from None
+    query = dict(parse_qsl(parsed.query))
+    if set(query) - {"starttls"} or query.get("starttls", "required") != "required":
+        raise ValueError("the only option is ?starttls=required")
+    return raw
 
 
 def _cron(raw: str) -> str:
@@ -310,6 +334,20 @@ class Settings:
     #: transaction-pooling PgBouncer); false: only the cron tick picks emails up.
     email_listen: bool = setting("EMAIL_LISTEN", _boolean, True)
     email_outbox_dir: str = setting("EMAIL_OUTBOX_DIR", str, "outbox")
+    #: The email providers, comma-separated, in order of preference (``resend``, ``smtp``, ``outbox``);
+    #: unset: ``resend`` when RESEND_API_KEY is set, ``outbox`` otherwise (``Settings.providers``).
+    email_providers: Optional[tuple[str, ...]] = setting("EMAIL_PROVIDERS", _providers)
+    #: The SMTP server of the ``smtp`` provider: ``smtp://user:password@host:port`` (STARTTLS when the
+    #: server offers it; ``?starttls=required`` to insist) or ``smtps://`` (TLS from the first byte).
+    smtp_url: Optional[str] = setting("SMTP_URL", _smtp_url, shown=mask_password)
+    #: Requests per second to the SMTP server, the fleet's (a batch's emails are one request, on one
+    #: connection); 0: not paced (a server that limits answers 4xx, and the email is retried).
+    smtp_rate_limit_per_second: float = setting("SMTP_RATE_LIMIT_PER_SECOND", _rate, 0.0)
+    #: Let failover hand an email whose attempt may have reached one provider (a timeout, a 5xx) to the
+    #: next one; it may then be delivered twice. false: it waits for that provider.
+    email_failover_accept_duplicates: bool = setting("EMAIL_FAILOVER_ACCEPT_DUPLICATES", _boolean, False)
+    #: During a provider's outage pause, one request probes it this often (seconds).
+    email_outage_probe_seconds: float = setting("EMAIL_OUTAGE_PROBE_SECONDS", _positive_float, 3.0)
     #: A templated email whose subject, or either body, renders larger than this fails permanently;
     #: no value one render builds may be larger than the body's limit either (docs/security.md).
     email_max_subject_bytes: int = setting("EMAIL_MAX_SUBJECT_BYTES", _positive_count, DEFAULT_EMAIL_MAX_SUBJECT_BYTES)
@@ -428,9 +466,16 @@ class Settings:
         values = {getattr(self, spec.name) for spec in fields(self) if spec.metadata.get("secret")}
         values.update(secret for _, secret in self.provider_webhook_secrets)
         values.update(self.resend_webhook_secrets)
-        for url in (self.database_url, self.broker_url):
+        for url in (self.database_url, self.broker_url, self.smtp_url or ""):
             values.update(url_passwords(url))
         return {value for value in values if value}
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        """EMAIL_PROVIDERS, or its default: ``resend`` when RESEND_API_KEY is set, ``outbox`` otherwise."""
+        if self.email_providers:
+            return self.email_providers
+        return ("resend",) if self.resend_api_key else ("outbox",)
 
     @property
     def resend_webhook_secrets(self) -> tuple[str, ...]:
@@ -467,6 +512,7 @@ class Settings:
         )
         _check_hold(settings)
         _check_ops_tokens(settings)
+        _check_providers(settings)
         return settings
 
 
@@ -534,3 +580,11 @@ def _check_ops_tokens(settings: Settings) -> None:
         raise ConfigError("OPS_READ_TOKEN needs CRON_SECRET: without it, serve has no ops API to read")
     if settings.ops_read_token == settings.cron_secret:
         raise ConfigError("OPS_READ_TOKEN must differ from CRON_SECRET (the read role could act)")
+
+
+def _check_providers(settings: Settings) -> None:
+    """Each provider EMAIL_PROVIDERS names has what it needs."""
+    if "smtp" in settings.providers and not settings.smtp_url:
+        raise ConfigError("EMAIL_PROVIDERS names smtp but SMTP_URL is not set")
+    if "resend" in settings.providers and not settings.resend_api_key:
+        raise ConfigError("EMAIL_PROVIDERS names resend but RESEND_API_KEY is not set")

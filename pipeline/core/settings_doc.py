@@ -87,6 +87,8 @@ ACCEPTS: dict[str, str] = {
     "_log_level": "`DEBUG`, `INFO`, `WARNING`, `ERROR` or `CRITICAL` (any case)",
     "_log_format": "`text` or `json`",
     "_port": "0 (off) or a TCP port up to 65535",
+    "_providers": "names among `resend`, `smtp`, `outbox`, comma-separated, in order of preference",
+    "_smtp_url": "`smtp://user:password@host:port` (`?starttls=required` to insist on TLS) or `smtps://…`",
 }
 
 #: What an operator needs to know of a variable beyond its ``#:`` comment, by variable name.
@@ -112,6 +114,11 @@ NOTES: dict[str, str] = {
     "EMAIL_QUOTA_PAUSE_MINUTES": "A quota 429 is `daily_quota_exceeded` or `monthly_quota_exceeded`.",
     "EMAIL_LISTEN": "On, the ticker sends a new email within a second; off, emails wait for `EMAIL_SCHEDULE`.",
     "EMAIL_OUTBOX_DIR": "Where emails go (`.eml` files) without `RESEND_API_KEY`.",
+    "EMAIL_PROVIDERS": "The next one is used while one is paused (an outage, a quota) or unreachable; an email "
+    "one may have accepted never goes to another (see [providers.md](providers.md)).",
+    "SMTP_URL": "Needed when `EMAIL_PROVIDERS` names `smtp`; its password is never printed.",
+    "EMAIL_FAILOVER_ACCEPT_DUPLICATES": "Only for a shop that prefers a duplicate to a late email.",
+    "EMAIL_OUTAGE_PROBE_SECONDS": "Fleet-wide: one request every this many seconds, whatever the workers.",
     "BROKER_MAX_HOLD_MINUTES": "Checked against `BROKER_CONSUMER_TIMEOUT_MINUTES` at start-up; longer delays "
     "travel in hops, each carrying the real due time.",
     "BROKER_CONSUMER_TIMEOUT_MINUTES": "RabbitMQ's default is 30 minutes.",
@@ -146,7 +153,7 @@ NOTES: dict[str, str] = {
 #: (heading, variable prefixes) in page order; a variable goes to the first section that claims it.
 SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("PostgreSQL and RabbitMQ", ("DATABASE_", "BROKER_")),
-    ("Emails and the provider", ("RESEND_", "EMAIL_")),
+    ("Emails and the provider", ("RESEND_", "EMAIL_", "SMTP_")),
     ("Payment webhooks", ("WEBHOOK_", "PAYMENT_", PROVIDER_SECRETS)),
     ("Inventory", ("RESERVATION_",)),
     ("Dead letters and alerts", ("DEAD_LETTER_", "ALERT_")),

@@ -2,7 +2,8 @@
 
 The ticker runs ``WakeUp`` in a thread: it LISTENs for the ``email_queue``
 insert trigger's notifications and fans out as soon as one arrives, when the
-earliest scheduled email comes due, every second while a drain goes on (a fan-out
+earliest scheduled email comes due, when a paused provider's probe is due, every
+second while a drain goes on (a fan-out
 claims only what the provider's rate sends within part of a lease) and every
 ``IDLE_SECONDS`` otherwise. Notifications are hints, never the only
 path: every (re)connect is followed by one fan-out (anything inserted while the
@@ -24,6 +25,7 @@ import enum
 import logging
 import threading
 from collections.abc import Callable
+from typing import Optional
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -45,6 +47,8 @@ class _Outcome(enum.Enum):
 IDLE_SECONDS = 10.0
 #: After a fan-out that failed (the broker was away) or claimed emails, the next one comes this soon.
 AGAIN_SECONDS = 1.0
+#: The wake-up comes this long after a paused provider's probe is due (so it finds it due).
+PROBE_MARGIN_SECONDS = 0.05
 #: Backoff of a failed (re)connect, doubling up to the maximum.
 FIRST_RECONNECT_SECONDS = 0.5
 MAX_RECONNECT_SECONDS = 10.0
@@ -60,11 +64,15 @@ class WakeUp:
         fan_out: Callable[[], int],
         *,
         connect: Callable[[str], Listener] = Listener,
+        next_probe: Callable[[], Optional[float]] = lambda: None,
     ) -> None:
         self.database_url = database_url
         self.sessions = sessions
         self.fan_out = fan_out
         self.connect = connect
+        #: Seconds until a paused provider's probe is due (None: no provider is down), so the
+        #: fan-out that sends it comes then, not at the next poll.
+        self.next_probe = next_probe
 
     def start(self, stop: threading.Event) -> threading.Thread:
         thread = threading.Thread(target=self.run, args=(stop,), name="email-wakeup", daemon=True)
@@ -107,9 +115,13 @@ class WakeUp:
         now = utcnow()
         with self.sessions() as session:
             scheduled = next_scheduled_at(session, after=now)
-        if scheduled is None:
-            return IDLE_SECONDS
-        return min(max((scheduled - now).total_seconds(), 0.0), IDLE_SECONDS)
+        timeout = IDLE_SECONDS
+        if scheduled is not None:
+            timeout = min(max((scheduled - now).total_seconds(), 0.0), IDLE_SECONDS)
+        probe = self.next_probe()
+        if probe is not None and probe > 0:
+            timeout = min(timeout, probe + PROBE_MARGIN_SECONDS)
+        return timeout
 
     def _fan_out(self, why: str) -> _Outcome:
         """One fan-out. A failed one (RabbitMQ away), or one that claimed emails (its budget

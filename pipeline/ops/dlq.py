@@ -54,6 +54,9 @@ from actors.webhooks import process_webhook_event
 from pipeline.core.errors import describe
 from pipeline.core.item_hooks import ItemHooks, hooks_of
 from pipeline.middleware.poison import misfit
+from pipeline.providers.outbox import OutboxProvider
+from pipeline.providers.resend import ResendProvider
+from pipeline.providers.smtp import SmtpProvider
 from storage import dead_letters
 from storage.clock import utcnow
 from storage.dead_letters import EVERY, ItemActors, LetterFilter
@@ -96,12 +99,17 @@ class ReplayStatus(str, enum.Enum):
     ENQUEUE_FAILED = "enqueue_failed"
     #: Something unexpected went wrong (the database, a hook); nothing was changed.
     ERROR = "error"
+    #: Its last attempt may have reached a provider that no longer remembers (or never kept) its
+    #: idempotency key: not replayed without ``accept_duplicate_risk``; nothing changed.
+    DUPLICATE_RISK = "duplicate_risk"
 
 
 #: Outcomes whose transaction changed something (revive, stamp) and commits unless a dry run.
 _CHANGING = frozenset({ReplayStatus.REPLAYED, ReplayStatus.WOULD_REPLAY, ReplayStatus.ITEM_NOT_FAILED})
 #: Outcomes that mean the operator asked for something that did not happen.
-FAILED_STATUSES = frozenset({ReplayStatus.NOT_FOUND, ReplayStatus.ENQUEUE_FAILED, ReplayStatus.ERROR})
+FAILED_STATUSES = frozenset(
+    {ReplayStatus.NOT_FOUND, ReplayStatus.ENQUEUE_FAILED, ReplayStatus.ERROR, ReplayStatus.DUPLICATE_RISK}
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,12 +148,19 @@ class _Decision:
 
 
 def replay(
-    broker: Broker, sessions: sessionmaker[Session], dead_letter_id: int, *, dry_run: bool = False
+    broker: Broker,
+    sessions: sessionmaker[Session],
+    dead_letter_id: int,
+    *,
+    dry_run: bool = False,
+    accept_duplicate_risk: bool = False,
 ) -> ReplayOutcome:
     """Replay one dead letter (see the module docstring); never raises for one bad letter."""
     try:
         with sessions() as session:
-            decision = _decide(session, broker, dead_letter_id, dry_run=dry_run)
+            decision = _decide(
+                session, broker, dead_letter_id, dry_run=dry_run, accept_duplicate_risk=accept_duplicate_risk
+            )
             if decision.outcome.status in _CHANGING and not dry_run:
                 session.commit()
             else:
@@ -169,16 +184,23 @@ def replay(
 
 
 def replay_all(
-    broker: Broker, sessions: sessionmaker[Session], chosen: LetterFilter = EVERY, *, dry_run: bool = False
+    broker: Broker,
+    sessions: sessionmaker[Session],
+    chosen: LetterFilter = EVERY,
+    *,
+    dry_run: bool = False,
+    accept_duplicate_risk: bool = False,
 ) -> Iterator[ReplayOutcome]:
     """Replay every dead letter ``chosen`` matches that is not replayed yet, oldest first."""
     with sessions() as session:
         ids = dead_letters.matching_ids(session, dataclasses.replace(chosen, unreplayed=True))
     for dead_letter_id in ids:
-        yield replay(broker, sessions, dead_letter_id, dry_run=dry_run)
+        yield replay(broker, sessions, dead_letter_id, dry_run=dry_run, accept_duplicate_risk=accept_duplicate_risk)
 
 
-def _decide(session: Session, broker: Broker, dead_letter_id: int, *, dry_run: bool) -> _Decision:
+def _decide(
+    session: Session, broker: Broker, dead_letter_id: int, *, dry_run: bool, accept_duplicate_risk: bool
+) -> _Decision:
     """Inside the caller's transaction: lock, check, revive and stamp one dead letter."""
     letter = dead_letters.lock(session, dead_letter_id)
     if letter is None:
@@ -192,6 +214,10 @@ def _decide(session: Session, broker: Broker, dead_letter_id: int, *, dry_run: b
         return _Decision(_outcome(dead_letter_id, ReplayStatus.NOT_REPLAYABLE, built, replay_of=original))
     message = built
     hooks = hooks_of(broker, message.actor_name)
+    risk = duplicate_risk(session, hooks, letter, message)
+    if risk is not None and not accept_duplicate_risk:
+        detail = f"{risk}; nothing sent (replay with --accept-duplicate-risk to send it anyway)"
+        return _Decision(_outcome(dead_letter_id, ReplayStatus.DUPLICATE_RISK, detail, replay_of=original))
     revived = False
     if hooks is not None:
         revive = getattr(hooks, "revive", None)
@@ -212,22 +238,58 @@ def _decide(session: Session, broker: Broker, dead_letter_id: int, *, dry_run: b
     verb = "would send" if dry_run else "sent"
     detail = f"{verb} {message.actor_name}{_call(message)} as message {message.message_id}{item}"
     outcome = _outcome(dead_letter_id, status, detail, message_id=message.message_id, replay_of=original)
-    warning = _beyond_idempotency(hooks, letter)
-    if warning is not None:
-        outcome = dataclasses.replace(outcome, warning=warning)
+    if risk is not None:
+        outcome = dataclasses.replace(outcome, warning=f"{risk} (accepted)")
     return _Decision(outcome, message=message, revived=revived)
 
 
-def _beyond_idempotency(hooks: Optional[ItemHooks], letter: DeadLetter) -> Optional[str]:
-    """A warning when the provider may have forgotten the item's key since it died."""
-    window = getattr(hooks, "idempotent_for", None)
-    if window is None or letter.dead_at is None or utcnow() - letter.dead_at <= window:
+#: How long each provider answers a repeated key with its first answer; None: it keeps no keys.
+IDEMPOTENCY_WINDOWS: dict[str, Optional[timedelta]] = {
+    provider.name: provider.capabilities.idempotency_window
+    for provider in (ResendProvider, SmtpProvider, OutboxProvider)
+}
+
+
+def duplicate_risk(
+    session: Session, hooks: Optional[ItemHooks], letter: DeadLetter, message: Message
+) -> Optional[str]:
+    """Why a replay may deliver the item twice, or None.
+
+    The item's last attempt may have reached a provider (a timeout, a 5xx; the email's
+    ``maybe_sent_by``) longer ago than that provider remembers idempotency keys (Resend:
+    24 h), or a provider that keeps none (SMTP). Where no such attempt is recorded, the
+    letter's death is taken as the last attempt, against the actor's ``idempotent_for``.
+    An item whose actor declares no window (a webhook event) runs no provider request.
+    """
+    default = getattr(hooks, "idempotent_for", None)
+    if hooks is None or default is None:
         return None
-    age = utcnow() - letter.dead_at
+    last_reached = getattr(hooks, "last_reached", None)
+    reached = last_reached(session, message) if last_reached is not None else None
+    if reached is not None:
+        provider, at = reached
+        window = IDEMPOTENCY_WINDOWS.get(provider, default)
+    elif letter.dead_at is not None:
+        provider, at, window = "the provider", letter.dead_at, default
+    else:
+        return None
+    age = utcnow() - _aware(at)
+    hours = f"{age.total_seconds() / 3600:.1f} h"
+    if window is None:
+        return (
+            f"its last attempt may have reached {provider} {hours} ago, which keeps no idempotency keys: "
+            "a replay may deliver it twice"
+        )
+    if age <= window:
+        return None
     return (
-        f"its last attempt was {age.total_seconds() / 3600:.0f} h ago and the provider keeps idempotency keys "
-        f"{window.total_seconds() / 3600:.0f} h: if an earlier attempt reached it, this replay does it again"
+        f"its last attempt may have reached {provider} {hours} ago and {provider} keeps idempotency keys "
+        f"{window.total_seconds() / 3600:.0f} h: a replay may deliver it twice"
     )
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def replay_message(broker: Broker, letter: DeadLetter) -> Message | str:

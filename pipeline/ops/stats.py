@@ -32,7 +32,7 @@ def collect(current: Runtime) -> dict[str, Any]:
             "periodic": {runs.job: runs.as_json() for runs in periodic_runs.all_runs(session)},
             "delivery": delivery(session),
         }
-    figures["sending"] = current.limiter.state()
+    figures["sending"] = current.sending.state()
     return figures
 
 

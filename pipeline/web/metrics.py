@@ -89,6 +89,7 @@ class DomainCollector(Collector):
         self.queue_depths = queue_depths
         self.settled_emails = Recounted(lambda session: gauges.emails_by_status_and_priority(session, gauges.SETTLED))
         self.settled_events = Recounted(lambda session: gauges.webhook_events_by_status(session, settled=True))
+        self.sent_by_provider = Recounted(gauges.sent_by_provider)
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(
@@ -113,6 +114,7 @@ class DomainCollector(Collector):
                 **self.settled_emails.get(session),
             }
             due_since = gauges.oldest_due_email_since(session, now=now)
+            sent_by_provider = self.sent_by_provider.get(session)
             events = {**gauges.webhook_events_by_status(session, settled=False), **self.settled_events.get(session)}
             reservations = gauges.reservations(session, now=now)
             dead = gauges.dead_letters_by_queue_and_actor(session)
@@ -121,6 +123,12 @@ class DomainCollector(Collector):
         return [
             *delivery,
             _labelled("minalesh_emails", "Emails by status and priority.", ["status", "priority"], by_status),
+            _labelled(
+                "minalesh_emails_sent_by_provider",
+                "Emails sent, by the provider that took each (EMAIL_PROVIDERS; unknown: sent before it was stored).",
+                ["provider"],
+                sent_by_provider,
+            ),
             GaugeMetricFamily(
                 "minalesh_oldest_due_email_age_seconds",
                 "How long the longest-waiting unsent email has been due (0: none is).",
@@ -220,7 +228,7 @@ class DomainCollector(Collector):
         ]
 
     def _limiter(self) -> Gauges:
-        state = self.current.limiter.state()
+        state = self.current.sending.state()
         paused_until: Optional[float] = state["paused_until"]
         provider_limit: Optional[float] = state["provider_limit"]
         families = [
@@ -246,6 +254,15 @@ class DomainCollector(Collector):
                 value=max((paused_until or 0.0) - time.time(), 0.0),
             ),
         ]
+        providers: dict[str, dict[str, Any]] = state.get("providers") or {}
+        families.append(
+            _labelled(
+                "minalesh_send_provider_outage",
+                "Whether the fleet paused this email provider for an outage (it failed as a whole), probing it.",
+                ["provider"],
+                {(name,): int(bool(own.get("outage"))) for name, own in providers.items()},
+            )
+        )
         if provider_limit:
             families.append(
                 GaugeMetricFamily(

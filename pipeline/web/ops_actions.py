@@ -2,7 +2,9 @@
 
 Replay is ``dlq replay``'s (``pipeline.ops.dlq.replay``), with its rules: one
 transaction per dead letter, at most once, an item not failed any more sends
-nothing, and a warning on a replay past the provider's idempotency window (24 h).
+nothing, and one that may deliver its email twice (its last attempt may have reached
+a provider past its idempotency window: Resend 24 h, SMTP none) is refused with
+status ``duplicate_risk`` unless ``accept_duplicate_risk`` is true.
 A selection is ``{"ids": [...]}`` or ``{"filter": {...}}`` (``dlq list``'s filters and search ``q``), not both;
 a filter replays those not replayed yet, as ``dlq replay --all`` does. ``dry_run``
 reports and changes nothing. Every action is written to the audit log with the
@@ -33,10 +35,26 @@ def router(current: Runtime, auth: OpsAuth) -> APIRouter:
     def replay(principal: Admin, selection: Selection) -> Any:
         """Send dead letters again with a fresh retry budget, their items back in play (``dlq replay``)."""
         ids = _selected(current, selection, replaying=True)
-        outcomes = [dlq.replay(current.broker, current.sessions, i, dry_run=selection.dry_run) for i in ids]
+        outcomes = [
+            dlq.replay(
+                current.broker,
+                current.sessions,
+                i,
+                dry_run=selection.dry_run,
+                accept_duplicate_risk=selection.accept_duplicate_risk,
+            )
+            for i in ids
+        ]
         sent = {dlq.ReplayStatus.REPLAYED, dlq.ReplayStatus.WOULD_REPLAY}
         replayed = [outcome.dead_letter_id for outcome in outcomes if outcome.status in sent]
-        audit(principal, "replay", selection=_shown(selection), matched=len(ids), replayed=len(replayed))
+        audit(
+            principal,
+            "replay",
+            selection=_shown(selection),
+            matched=len(ids),
+            replayed=len(replayed),
+            accept_duplicate_risk=selection.accept_duplicate_risk,
+        )
         return {
             "matched": len(ids),
             "replayed": len(replayed),
@@ -67,16 +85,16 @@ def router(current: Runtime, auth: OpsAuth) -> APIRouter:
     @routes.post("/sending/pause", response_model=dict[str, Any])
     def pause(principal: Admin, request: PauseRequest) -> Any:
         """Pause all sending, or bulk only, for ``minutes`` or until resumed; answers the sending state."""
-        current.limiter.pause(request.scope, minutes=request.minutes, reason=request.reason, by=principal.role.value)
+        current.sending.pause(request.scope, minutes=request.minutes, reason=request.reason, by=principal.role.value)
         audit(principal, "pause", scope=request.scope, minutes=request.minutes, reason=request.reason)
-        return current.limiter.state()
+        return current.sending.state()
 
     @routes.post("/sending/resume", response_model=dict[str, Any])
     def resume(principal: Admin, request: ResumeRequest) -> Any:
         """End an operator's pause (all, or bulk); answers the sending state."""
-        ended = current.limiter.resume(request.scope)
+        ended = current.sending.resume(request.scope)
         audit(principal, "resume", scope=request.scope, ended=ended)
-        return current.limiter.state()
+        return current.sending.state()
 
     return routes
 
@@ -100,4 +118,4 @@ def _selected(current: Runtime, selection: Selection, *, replaying: bool) -> lis
 
 def _shown(selection: Selection) -> dict[str, Any]:
     """The selection as the audit line shows it."""
-    return selection.model_dump(mode="json", exclude={"dry_run"})
+    return selection.model_dump(mode="json", exclude={"dry_run", "accept_duplicate_risk"})

@@ -161,6 +161,10 @@ class EmailItem(BaseModel):
     batch_id: Optional[int]
     #: What Resend's delivery events said (``delivered``, ``bounced``…); null: none yet, or sent by SMTP.
     delivery_status: Optional[str] = None
+    #: The provider that took it (``resend``, ``smtp``, ``outbox``); null: not sent (or sent before it was stored).
+    provider: Optional[str] = None
+    #: A provider an attempt may have reached with no clear answer: only it may be asked again.
+    maybe_sent_by: Optional[str] = None
 
 
 class EmailPage(BaseModel):
@@ -267,6 +271,8 @@ class ByIds(Strict):
 
     ids: list[StrictInt] = Field(max_length=MAX_IDS)
     dry_run: StrictBool = False
+    #: Replay only: also those that may deliver their email twice (``dlq replay --accept-duplicate-risk``).
+    accept_duplicate_risk: StrictBool = False
 
 
 class ByFilter(Strict):
@@ -274,6 +280,8 @@ class ByFilter(Strict):
 
     filter: LetterFilter
     dry_run: StrictBool = False
+    #: Replay only: also those that may deliver their email twice (``dlq replay --accept-duplicate-risk``).
+    accept_duplicate_risk: StrictBool = False
 
 
 #: A replay's or a purge's dead letters: ``{"ids": [...]}`` or ``{"filter": {...}}``, never both.

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from bench.harness import services
 from bench.harness.fake_resend import FakeResend
 from bench.harness.processes import run_cli, running
-from storage import migrate
+from storage import dead_letters, migrate
 from storage.database import get_engine, get_sessionmaker
 from tests.support.browser_support import (  # noqa: F401  (fixtures)
     Page,
@@ -37,6 +37,7 @@ from tests.support.browser_support import (  # noqa: F401  (fixtures)
     screenshots,
     sign_in,
 )
+from tests.support.dlq_support import add_dead_letter
 from tests.support.helpers import insert_email, unique_address, wait_until
 from tests.support.webhook_support import add_order, payment, post, reserve_for
 
@@ -231,6 +232,92 @@ def test_an_admin_finds_a_dead_email_by_recipient_and_replays_it(
         f"\n[figures] dashboard page load, navigation to first data painted, median of 5: "
         f"overview {overview:.0f} ms, dead letters {letters:.0f} ms"
     )
+
+
+def test_a_replay_that_may_deliver_twice_needs_the_risk_accepted_in_the_confirmation(
+    fleet: Fleet,
+    page: Page,  # noqa: F811
+    screenshots: Path,  # noqa: F811
+    fake_resend: FakeResend,
+) -> None:
+    """#18, part 5: an email whose last attempt may have reached SMTP (no idempotency keys)."""
+    address = unique_address("maybe-smtp")
+    with fleet.sessions.begin() as session:
+        email_id = insert_email(session, address)
+        session.execute(
+            text(
+                "UPDATE email_queue SET status = 'failed', attempts = 5, maybe_sent_by = 'smtp', "
+                "maybe_sent_at = now() - interval '1 hour' WHERE id = :id"
+            ),
+            {"id": email_id},
+        )
+    dead = add_dead_letter(fleet.sessions, actor="send_email", args=[email_id])
+    try:
+        _replay_with_the_risk_accepted(fleet, page, screenshots, fake_resend, address, email_id)
+    finally:  # the other tests count the seeded dead letters
+        dead_letters.purge_ids(fleet.sessions, [dead])
+
+
+def _replay_with_the_risk_accepted(
+    fleet: Fleet, page: Page, screenshots: Path, fake_resend: FakeResend, address: str, email_id: int  # noqa: F811
+) -> None:
+    sign_in(page, fleet.base, fleet.admin_token)
+    open_page(page, f"{fleet.base}/ops/dead-letters?q={quote(address)}", "table.data tbody tr")
+    rows = page.locator("table.data tbody tr")
+    rows.first.locator("input[type=checkbox]").check()
+    page.click("button:has-text('Replay selected')")
+    dialog = page.locator("dialog[open]")
+    dialog.wait_for()
+    risk = dialog.locator(".duplicate-risk")
+    assert "Duplicate risk: 1 dead letter may deliver its email twice" in risk.inner_text()
+    assert "smtp" in risk.inner_text() and "keeps no idempotency keys" in risk.inner_text()
+    page.screenshot(path=str(screenshots / "replay-duplicate-risk.png"))
+    dialog.locator("button[type=submit]").click()  # not accepted: nothing is sent
+    page.wait_for_selector("dialog", state="detached")
+    with fleet.sessions() as session:
+        assert session.scalar(text("SELECT status FROM email_queue WHERE id = :id"), {"id": email_id}) == "failed"
+
+    page.click("button:has-text('Replay selected')")
+    dialog.wait_for()
+    dialog.locator("input[name=accept_duplicate_risk]").check()
+    dialog.locator("button[type=submit]").click()
+    page.wait_for_selector(".toast:has-text('Replayed 1 of 1 dead letter.')")
+    wait_until(lambda: len(fake_resend.deliveries_to(address)) == 1, timeout=30, what="the accepted replay sent")
+
+
+def test_the_limiter_panel_shows_a_providers_outage_and_the_emails_page_which_provider_sent(
+    fleet: Fleet,
+    page: Page,  # noqa: F811
+    screenshots: Path,  # noqa: F811
+) -> None:
+    """#18: the outage pause shows on the overview; each email names the provider that took it."""
+    outage = (
+        "UPDATE rate_limit_slots SET pause_reason = 'outage', paused_since = extract(epoch FROM now()) - 42, "
+        "paused_until = extract(epoch FROM now()) + 600 WHERE name = 'resend'"
+    )
+    with fleet.sessions.begin() as session:
+        assert session.execute(text(outage)).rowcount == 1
+    try:
+        sign_in(page, fleet.base, fleet.admin_token)
+        callout = page.locator("#limiter .callout.outage")
+        callout.wait_for()
+        assert "resend is down" in callout.inner_text() and "Paused for an outage" in callout.inner_text()
+        assert "resend: outage" in page.inner_text("#limiter")
+        page.screenshot(path=str(screenshots / "limiter-outage.png"))
+    finally:
+        with fleet.sessions.begin() as session:
+            session.execute(
+                text("UPDATE rate_limit_slots SET pause_reason = NULL, paused_since = NULL, paused_until = NULL")
+            )
+    open_page(page, f"{fleet.base}/ops/emails?status=sent", "table.data tbody tr")
+    provider_cells = page.evaluate(
+        """() => {
+          const column = [...document.querySelectorAll('table.data thead th')]
+            .findIndex((th) => th.textContent.trim() === 'Provider');
+          return [...document.querySelectorAll('table.data tbody tr')].map((row) => row.cells[column].textContent);
+        }"""
+    )
+    assert provider_cells and set(provider_cells) == {"resend"}
 
 
 def test_a_read_only_session_sees_no_action_button(

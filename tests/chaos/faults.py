@@ -8,6 +8,7 @@ is its ``check``; what it must wait for before judging is its ``settled``.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ from sqlalchemy import text
 from bench.harness.processes import run_cli
 from bench.harness.shipped import WORKER
 from bench.harness.waiting import wait_until
-from pipeline.core.mailer import REQUEST_TIMEOUT_SECONDS
+from pipeline.providers.resend import REQUEST_TIMEOUT_SECONDS
 from storage.dead_letters import storable
 from tests.chaos import fuzz as fuzz_
 from tests.chaos import load, poison
@@ -264,6 +265,45 @@ PROVIDER_STORM = Fault(
 )
 
 
+# --- the provider down for longer than the retry schedule (#18) ---------------------------------
+
+#: Far longer than the scaled retry schedule (0.6 + 1.2 + 2.4 s): before #18, every email
+#: whose attempts fell in it failed, with its dead letter.
+PROVIDER_DOWN_SECONDS = 30.0
+#: The outage pause's promise: at most this many requests a second reach the dead provider.
+MOST_REQUESTS_PER_SECOND_WHILE_DOWN = 2.0
+
+
+def _provider_down(chaos: Chaos) -> None:
+    provider = chaos.provider
+    provider.go_down()
+    chaos.in_effect()
+    down_at = time.monotonic()
+    time.sleep(PROVIDER_DOWN_SECONDS)  # the fault's length (the load), not a synchronisation
+    back_at = time.monotonic()
+    provider.come_back()
+    chaos.figures["requests/s while down"] = round(provider.requests_between(down_at, back_at) / (back_at - down_at), 2)
+
+
+def _provider_down_check(chaos: Chaos) -> list[str]:
+    broken = []
+    per_second = chaos.figures.get("requests/s while down", 0.0)
+    if per_second > MOST_REQUESTS_PER_SECOND_WHILE_DOWN:
+        broken.append(f"{per_second} requests/s reached the dead provider")
+    logs = "".join(log.read_text(errors="replace") for log in chaos.cwd.glob("worker*.log"))
+    if "fails as a whole" not in logs or "accepts requests again" not in logs:
+        broken.append("no outage pause began and ended in the workers' logs")
+    return broken
+
+
+PROVIDER_DOWN = Fault(
+    "provider down",
+    f"fake Resend answers every request 500 for {PROVIDER_DOWN_SECONDS:.0f}s, far longer than the retry schedule "
+    "(no email may fail)",
+    _provider_down, check=_provider_down_check,
+)
+
+
 # --- two tickers and manual ticks ------------------------------------------------------------
 
 TICKS = ("emails", "webhooks", "reservations")
@@ -340,6 +380,7 @@ ALL = [
     SIGTERM_WORKERS,
     POISON_STORM,
     PROVIDER_STORM,
+    PROVIDER_DOWN,
     TWO_TICKERS,
     FUZZ_INTAKE,
 ]

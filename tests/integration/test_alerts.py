@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bench.harness.fake_resend import FakeResend
 from pipeline.core.alerts import Alerter, Outcome
-from pipeline.core.mailer import ResendMailer
+from pipeline.providers.resend import ResendMailer
 from storage.clock import utcnow
 from tests.support.alert_support import HookServer, hook, quiet, refused_url  # noqa: F401  (fixtures)
 from tests.support.dlq_support import add_dead_letter, own_services, own_sessions  # noqa: F401  (fixtures)

@@ -123,7 +123,7 @@ def test_permanent_error_fails_after_one_attempt_into_dead_letters(
     assert row.retry_count == 0
     assert "Resend 422 validation_error: Invalid `to` field." in (row.last_error or "")
     assert dead.queue == "emails.XQ" and dead.error == row.last_error
-    assert "PermanentError" in (dead.traceback or "")
+    assert "EmailRefused" in (dead.traceback or "")  # the neutral refusal, a PermanentError
 
 
 def test_transient_errors_retry_on_schedule_then_dead_letter_with_final_error(

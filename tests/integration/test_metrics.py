@@ -92,6 +92,24 @@ def test_metrics_answer_the_domain_gauges(runtime: Runtime, sessions: sessionmak
     assert value(samples, "minalesh_send_operator_paused", scope="bulk") == 0
 
 
+def test_sent_emails_are_counted_by_the_provider_that_took_them(
+    runtime: Runtime, sessions: sessionmaker[Session]
+) -> None:
+    with metrics_app(runtime) as url:
+        before = scrape(url)
+    with sessions.begin() as session:
+        for provider in ("smtp", "smtp", "resend"):
+            insert_email(session, unique_address("by-provider"), status="sent", provider=provider)
+    with metrics_app(runtime) as url:  # a new collector: the settled counts are read afresh
+        after = scrape(url)
+
+    def grew(provider: str) -> float:
+        name = "minalesh_emails_sent_by_provider"
+        return value(after, name, provider=provider) - before.get((name, frozenset({("provider", provider)})), 0)
+
+    assert (grew("smtp"), grew("resend")) == (2, 1)
+
+
 def test_oldest_due_email_age(runtime: Runtime, sessions: sessionmaker[Session]) -> None:
     """A retry due an hour ago (no lease: no fan-out takes it) makes the oldest due email at least that old."""
     with sessions.begin() as session:

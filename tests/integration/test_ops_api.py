@@ -45,7 +45,7 @@ def ops_runtime(runtime: Runtime) -> Iterator[Runtime]:
     current = with_tokens(runtime)
     yield current
     for scope in ("all", "bulk"):  # whatever a failed test left paused
-        current.limiter.resume(scope)
+        current.sending.resume(scope)
 
 
 @pytest.fixture(scope="module")

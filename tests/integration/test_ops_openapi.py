@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import allow_header_conformance
 
 from bench.harness import services
-from pipeline.bootstrap import build_limiter
+from pipeline.bootstrap import build_sending
 from pipeline.core.runtime import Runtime
 from storage.database import get_sessionmaker
 from tests.support.dlq_support import own_services  # noqa: F401 - a fixture
@@ -30,7 +30,7 @@ def isolated_api(runtime: Runtime, own_services: services.RunServices) -> Iterat
     sessions = get_sessionmaker(own_services.database_url)
     current = with_tokens(runtime)
     current = dataclasses.replace(
-        current, sessions=sessions, limiter=build_limiter(current.settings, sessions, current.alerter)
+        current, sessions=sessions, sending=build_sending(current.settings, sessions, current.alerter, [current.mailer])
     )
     with running_app(current) as url:
         yield url

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bench.harness.services import RunServices
-from storage import emails, leases
+from storage import batches, emails, leases
 from storage.clock import utcnow
 from storage.database import get_engine, get_sessionmaker
 from storage.emails import InvalidEmail
@@ -97,6 +97,28 @@ def test_released_claims_are_due_again(sessions: sessionmaker[Session]) -> None:
         assert leases.claim_due(emails.TABLE, session, lease=LEASE, limit=10) == [email_id]
         assert leases.release_claims(emails.TABLE, session, [email_id]) == 1
         assert leases.claim_due(emails.TABLE, session, lease=LEASE, limit=10) == [email_id]
+
+
+def test_an_email_handed_back_in_an_outage_is_due_at_once_and_may_join_a_batch(
+    sessions: sessionmaker[Session],
+) -> None:
+    """Its attempt given back, its claim released; it was offered under no key, so it may join a batch."""
+    with sessions.begin() as session:
+        fresh = insert_email(session, unique_address("handback"))
+        seen = insert_email(session, unique_address("handback-seen"))
+        other = insert_email(session, unique_address("handback-other"))
+        assert leases.claim_due(emails.TABLE, session, lease=LEASE, limit=10) == [fresh, seen, other]
+        assert batches.plan(session, [fresh, seen], size=1).alone == [fresh, seen]  # marked sent alone
+        for email_id in (fresh, seen):
+            leases.start_attempt(emails.TABLE, session, email_id, lease=LEASE, max_attempts=4, holder="m1")
+        emails.record_maybe_sent(session, [seen], provider="resend", at=utcnow())
+        assert emails.hand_back(session, [fresh, seen, other], holder="m1") == 2  # not the unstarted one
+        rows = {email_id: emails.get(session, email_id) for email_id in (fresh, seen)}
+        assert {(row.status, row.attempts, row.locked_until) for row in rows.values() if row} == {("pending", 0, None)}
+        assert leases.claim_due(emails.TABLE, session, lease=LEASE, limit=10) == [fresh, seen]
+        plan = batches.plan(session, [fresh, seen, other], size=10)
+    # The one a provider may have seen keeps its own key; the others go together.
+    assert plan.alone == [seen] and len(plan.batch_ids) == 1
 
 
 def test_attempts_are_counted_and_bounded(sessions: sessionmaker[Session]) -> None:

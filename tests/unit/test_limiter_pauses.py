@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bench.harness.waiting import wait_until
 from pipeline.core.errors import DEFAULT_RETRY_AFTER_SECONDS, RateLimited
-from pipeline.core.limiter import SendLimiter, fleet_pause_seconds
 from pipeline.core.operator_pauses import HELD_RECHECK_SECONDS, OPERATOR_PAUSE_RECHECK_SECONDS, held_wait
+from pipeline.providers.base import KeyInFlight, ProviderRateLimited, QuotaExhausted
+from pipeline.providers.pacing import SendLimiter, fleet_pause_seconds
 from storage import rate_limits
 from storage.database import get_engine, get_sessionmaker
 from storage.migrate import upgrade
@@ -106,26 +107,25 @@ def test_held_wait(until: Optional[float], now: float, wait: Optional[float]) ->
 
 
 @pytest.mark.parametrize(
-    ("reason", "retry_after", "pause"),
+    ("kind", "retry_after", "pause"),
     [
-        ("rate_limit_exceeded", 2.0, 2.0),
-        ("rate_limit_exceeded", 0.0, DEFAULT_RETRY_AFTER_SECONDS),
-        ("daily_quota_exceeded", 3600.0, 3600.0),
-        ("daily_quota_exceeded", 0.0, 600.0),
-        ("monthly_quota_exceeded", 0.0, 600.0),
-        ("concurrent_idempotent_requests", 5.0, None),
-        ("local", 5.0, None),
+        (ProviderRateLimited, 2.0, 2.0),
+        (ProviderRateLimited, 0.0, DEFAULT_RETRY_AFTER_SECONDS),
+        (QuotaExhausted, 3600.0, 3600.0),
+        (QuotaExhausted, 0.0, 600.0),
+        (KeyInFlight, 5.0, None),
+        (RateLimited, 5.0, None),
     ],
 )
-def test_fleet_pause_seconds(reason: str, retry_after: float, pause: Optional[float]) -> None:
-    error = RateLimited("refused", retry_after=retry_after, reason=reason)
+def test_fleet_pause_seconds(kind: type[RateLimited], retry_after: float, pause: Optional[float]) -> None:
+    error = kind("refused", retry_after=retry_after, reason="any")
     assert fleet_pause_seconds(error, quota_pause_seconds=600.0) == pause
     assert error.retry_after == retry_after
 
 
 def test_a_refusal_that_pauses_the_fleet_says_how_long_and_leaves_the_error_alone(lite: sessionmaker[Session]) -> None:
     sending = limiter(lite, 10.0)
-    error = RateLimited("429", retry_after=0.0, reason="rate_limit_exceeded")
+    error = ProviderRateLimited("429", retry_after=0.0, reason="rate_limit_exceeded")
     assert sending.refused(error) == DEFAULT_RETRY_AFTER_SECONDS
     assert error.retry_after == 0.0
     assert limiter(lite, 0.0).refused(error) is None

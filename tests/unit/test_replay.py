@@ -208,20 +208,45 @@ def test_replay_all_takes_the_unreplayed_letters_of_a_queue_and_actor_oldest_fir
     ]
 
 
-@pytest.mark.parametrize(("hours_ago", "warned"), [(30, True), (2, False)])
-def test_a_replay_past_the_providers_key_lifetime_warns_that_it_may_send_again(
-    lite: sessionmaker[Session], broker: StubBroker, things: Things, hours_ago: int, warned: bool
+@pytest.mark.parametrize(("hours_ago", "risky"), [(30, True), (2, False)])
+def test_a_replay_past_the_providers_key_lifetime_needs_the_duplicate_risk_accepted(
+    lite: sessionmaker[Session], broker: StubBroker, things: Things, hours_ago: int, risky: bool
 ) -> None:
-    """Resend forgets an idempotency key after 24 hours; a replay cannot be sure to be answered by replay."""
+    """Resend forgets an idempotency key after 24 hours: past it, a replay may deliver the email twice."""
     things.idempotent_for = timedelta(hours=24)  # type: ignore[attr-defined]
     things.status[5] = "failed"
     dead = add_dead_letter(
         lite, actor="send_thing", args=[5], queue="things.XQ", dead_at=utcnow() - timedelta(hours=hours_ago)
     )
 
+    refused = dlq.replay(broker, lite, dead)
+
+    if not risky:
+        assert refused.status is ReplayStatus.REPLAYED and refused.warning is None
+        return
+    assert refused.status is ReplayStatus.DUPLICATE_RISK and refused.status in dlq.FAILED_STATUSES
+    assert "30.0 h ago" in refused.detail and "24 h" in refused.detail and "--accept-duplicate-risk" in refused.detail
+    assert sent(broker) == [] and things.status[5] == "failed" and not stamped(lite, dead)
+    accepted = dlq.replay(broker, lite, dead, accept_duplicate_risk=True)
+    assert accepted.status is ReplayStatus.REPLAYED and "accepted" in str(accepted.warning)
+    assert [m.args for m in sent(broker)] == [(5,)]
+
+
+@pytest.mark.parametrize(("provider", "hours_ago", "risky"), [("smtp", 0.1, True), ("resend", 2, False)])
+def test_the_provider_an_attempt_may_have_reached_decides_the_window(
+    lite: sessionmaker[Session], broker: StubBroker, things: Things, provider: str, hours_ago: float, risky: bool
+) -> None:
+    """SMTP keeps no keys: an email whose attempt may have reached it is a risk however recent."""
+    things.idempotent_for = timedelta(hours=24)  # type: ignore[attr-defined]
+    things.last_reached = lambda _session, _message: (  # type: ignore[attr-defined]
+        provider,
+        utcnow() - timedelta(hours=hours_ago),
+    )
+    things.status[6] = "failed"
+    dead = add_dead_letter(lite, actor="send_thing", args=[6], queue="things.XQ", dead_at=utcnow())
+
     outcome = dlq.replay(broker, lite, dead, dry_run=True)
 
-    assert outcome.status is ReplayStatus.WOULD_REPLAY
-    assert (outcome.warning is not None) is warned
-    if warned:
-        assert "30 h ago" in str(outcome.warning) and "24 h" in str(outcome.warning)
+    assert (outcome.status is ReplayStatus.DUPLICATE_RISK) is risky
+    if risky:
+        assert "smtp" in outcome.detail and "keeps no idempotency keys" in outcome.detail

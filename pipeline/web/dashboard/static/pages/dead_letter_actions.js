@@ -37,18 +37,28 @@ function describe(selection) {
 export async function replay(selection, ctx, what = describe(selection)) {
   try {
     const dry = await post('/dead-letters/replay', {...selection, dry_run: true});
-    const skipped = dry.matched - dry.replayed;
+    // Those whose email may be delivered twice (their last attempt may have reached a provider that
+    // no longer remembers its idempotency key): replayed only if the operator accepts that risk.
+    const risky = dry.outcomes.filter((outcome) => outcome.status === 'duplicate_risk');
+    const skipped = dry.matched - dry.replayed - risky.length;
+    const possible = dry.replayed + risky.length;
     const confirmed = await confirmDialog({
-      title: dry.replayed ? `Replay ${plural(dry.replayed, 'dead letter')}?` : 'Nothing to replay',
-      confirm: dry.replayed ? `Replay ${num(dry.replayed)}` : 'OK',
+      title: possible ? `Replay ${plural(possible, 'dead letter')}?` : 'Nothing to replay',
+      confirm: possible ? 'Replay' : 'OK',
       body: [
         h('p', null, `${what}: ${num(dry.matched)} found.`),
-        dry.replayed ? h('p', null, 'Each is sent again as a new message with a fresh retry budget; its email or webhook event goes back in play. A dead letter is replayed at most once.') : null,
+        possible ? h('p', null, 'Each is sent again as a new message with a fresh retry budget; its email or webhook event goes back in play. A dead letter is replayed at most once.') : null,
+        risky.length ? h('div', {class: 'duplicate-risk'},
+          h('p', null, `Duplicate risk: ${plural(risky.length, 'dead letter')} may deliver ${risky.length === 1 ? 'its email' : 'their emails'} twice. ${risky[0].detail}`),
+          h('label', null,
+            h('input', {type: 'checkbox', name: 'accept_duplicate_risk', value: 'yes'}),
+            ` Also replay ${risky.length === 1 ? 'it' : 'these'}, accepting that the recipient may get the email twice`)) : null,
         skipped ? h('p', {class: 'muted'}, `${plural(skipped, 'dead letter')} would be skipped (already replayed, item not failed, or not replayable).`) : null,
       ],
     });
-    if (!confirmed || !dry.replayed) return false;
-    const done = await post('/dead-letters/replay', {...selection, dry_run: false});
+    const accept = Boolean(confirmed && confirmed.accept_duplicate_risk === 'yes');
+    if (!confirmed || !(dry.replayed || accept)) return false;
+    const done = await post('/dead-letters/replay', {...selection, dry_run: false, accept_duplicate_risk: accept});
     toast(`Replayed ${num(done.replayed)} of ${plural(done.matched, 'dead letter')}.`);
     return true;
   } catch (error) {

@@ -23,6 +23,7 @@ export default listPage({
     {label: 'Last error', cell: (e) => clip(e.last_error, 'clip error')},
     {label: 'Created', cell: (e) => when(e.created_at)},
     {label: 'Sent', cell: (e) => when(e.sent_at)},
+    {label: 'Provider', cell: (e) => h('span', {class: 'muted'}, e.provider ?? (e.maybe_sent_by ? `${e.maybe_sent_by}?` : ''))},
   ],
   empty: 'No email matches these filters.',
   href: (e) => `/ops/emails/${e.id}`,

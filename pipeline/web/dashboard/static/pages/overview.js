@@ -98,9 +98,17 @@ function operatorPause(scope, pause, ctx) {
 function sending(state, ctx) {
   const pauses = Object.entries(state.operator_pauses ?? {}).filter(([, pause]) => pause);
   const callouts = pauses.map(([scope, pause]) => operatorPause(scope, pause, ctx));
-  if (state.paused) {
-    callouts.push(h('div', {class: 'callout tone-warn'}, h('strong', null, 'Held by the provider'),
-      h('div', {class: 'small'}, state.pause_reason ?? 'a 429', state.paused_until ? [' · until ', when(state.paused_until)] : '')));
+  const providers = Object.entries(state.providers ?? {});
+  for (const [name, own] of providers) {
+    if (own.outage) {
+      callouts.push(h('div', {class: 'callout tone-bad outage'}, h('strong', null, `${name} is down`),
+        h('div', {class: 'small'}, 'Paused for an outage', own.paused_since ? [' since ', when(own.paused_since)] : '',
+          ' · probed every few seconds; emails wait without spending retries',
+          providers.length > 1 ? ' or go to the next provider' : '')));
+    } else if (own.paused) {
+      callouts.push(h('div', {class: 'callout tone-warn'}, h('strong', null, `Held by ${name}`),
+        h('div', {class: 'small'}, own.pause_reason ?? 'a 429', own.paused_until ? [' · until ', when(own.paused_until)] : '')));
+    }
   }
   if (!callouts.length) callouts.push(h('div', {class: 'callout tone-good'}, h('strong', null, 'Sending'), ' at the shared provider rate'));
   const tools = ctx.admin ? h('button', {type: 'button', class: 'button small', onclick: () => pause(ctx)}, 'Pause…') : null;
@@ -109,6 +117,7 @@ function sending(state, ctx) {
     ['Configured', rate(state.configured_per_second)],
     ['Provider says', rate(state.provider_limit)],
     ['Cap', rate(state.cap_per_second)],
+    ['Providers', providers.map(([name, own]) => `${name}: ${own.outage ? 'outage' : own.paused ? 'paused' : 'sending'}`).join(' · ') || '—'],
   ])], {tools, id: 'limiter'});
 }
 

@@ -1,20 +1,20 @@
-"""The email provider boundary: Resend in production, an outbox folder in ``dev``.
+"""Resend as a provider: its SDK on a pooled connection, its answers made neutral here and only here.
 
-Resend's errors are converted here, and only here, into the pipeline's own
-(``TransientError``, ``PermanentError``, ``RateLimited``), so retry decisions are
-made by class in the backoff middleware.
+Resend's error names and ``ratelimit-*`` headers stop at this module: a 429 becomes
+``ProviderRateLimited`` or ``QuotaExhausted``, a 409 for a key in flight
+``KeyInFlight``, any other 4xx ``EmailRefused``, a 5xx or a timeout ``OutcomeUnknown``
+(the request went out: only Resend, under the same idempotency key, may be asked
+again), a connection that could not be opened ``NotReached``; the headers of an
+answer become ``Pacing`` hints. Resend keeps an idempotency key 24 hours
+(``IDEMPOTENCY_WINDOW``) and takes up to 100 emails a request.
 """
 
 from __future__ import annotations
 
-import email.message
-import email.policy
-import hashlib
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Optional, Protocol, Union
+from datetime import timedelta
+from typing import Any, Optional, Union
 
 import requests
 import requests.adapters
@@ -22,7 +22,20 @@ import resend
 from resend.exceptions import ResendError
 from resend.http_client import HTTPClient
 
-from pipeline.core.errors import PermanentError, RateLimited, TransientError
+from pipeline.providers.base import (
+    Accepted,
+    BatchAccepted,
+    Capabilities,
+    EmailRefused,
+    KeyInFlight,
+    NotReached,
+    OutcomeUnknown,
+    OutgoingEmail,
+    Pacing,
+    ProviderRateLimited,
+    QuotaExhausted,
+    Refused,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,48 +45,12 @@ REQUEST_TIMEOUT_SECONDS = 15
 CONCURRENT_REQUEST_RETRY_SECONDS = 2.0
 #: Resend's names of a used-up quota: a pause until its reset, probed by one request.
 QUOTA_REASONS = ("daily_quota_exceeded", "monthly_quota_exceeded")
-
-
-@dataclass(frozen=True, kw_only=True)
-class OutgoingEmail:
-    sender: str
-    recipient: str
-    subject: str
-    html: Optional[str]
-    text: Optional[str]
-    #: Same key, same email: the provider sends it at most once (24 h at Resend).
-    idempotency_key: str
-
-
-@dataclass(frozen=True)
-class Sent:
-    """The provider took the email: its message id, and the answer's headers (``ratelimit-*``)."""
-
-    provider_id: str
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class BatchSent:
-    """The provider answered a batch: per email, in request order, its message id or why it refused it."""
-
-    results: list[Union[str, Refused]]
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Refused:
-    """The provider's reason for refusing one email of a batch (the rest were sent)."""
-
-    reason: str
-
-
-class Mailer(Protocol):
-    def send(self, email: OutgoingEmail) -> Sent:
-        """Hand ``email`` to the provider; return its message id and the answer's headers."""
-
-    def send_batch(self, emails: list[OutgoingEmail], *, idempotency_key: str) -> BatchSent:
-        """Hand ``emails`` over in one request under one key; a whole-batch failure raises."""
+#: Resend answers a repeated idempotency key with its first answer for this long.
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+#: Emails in one ``POST /emails/batch``.
+BATCH_SIZE = 100
+#: The provider's name: its rate-limit row, ``email_queue.provider``, ``EMAIL_PROVIDERS``.
+NAME = "resend"
 
 
 class PooledClient(HTTPClient):
@@ -111,13 +88,33 @@ class PooledClient(HTTPClient):
                 timeout=self._timeout,
             )
         except requests.RequestException as exc:
-            # The SDK turns this into a ResendError of type HttpClientError (a transient failure).
+            # The SDK turns this into a ResendError of type HttpClientError, with this as its context.
+            if _never_sent(exc):
+                raise NotSent(f"Request failed: {exc}") from exc
             raise RuntimeError(f"Request failed: {exc}") from exc
         return response.content, response.status_code, response.headers
 
 
-class ResendMailer:
+class NotSent(RuntimeError):
+    """The connection could not be opened: the request never left (``NotReached``)."""
+
+
+def _never_sent(exc: requests.RequestException) -> bool:
+    """A connect timeout, or a refused/unresolved connection: nothing reached Resend."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        reason = exc.args[0] if exc.args else None
+        inner = getattr(reason, "reason", reason)
+        return type(inner).__name__ in ("NewConnectionError", "NameResolutionError")
+    return False
+
+
+class ResendProvider:
     """Sends through the Resend SDK with an idempotency key per email, on a pooled connection."""
+
+    name = NAME
+    capabilities = Capabilities(batch_size=BATCH_SIZE, idempotency_window=IDEMPOTENCY_WINDOW)
 
     def __init__(self, *, api_key: str, api_url: str, timeout: float = REQUEST_TIMEOUT_SECONDS) -> None:
         # The SDK keeps its settings in module globals; this process talks to one account.
@@ -125,15 +122,15 @@ class ResendMailer:
         resend.api_url = api_url
         resend.default_http_client = PooledClient(timeout=timeout)
 
-    def send(self, email: OutgoingEmail) -> Sent:
+    def send(self, email: OutgoingEmail) -> Accepted:
         params = _params(email)
         try:
             response = resend.Emails.send(params, {"idempotency_key": email.idempotency_key})
         except ResendError as exc:
             raise classify(exc) from exc
-        return Sent(str(response["id"]), dict(response.get("http_headers") or {}))
+        return Accepted(str(response["id"]), pacing(response.get("http_headers") or {}))
 
-    def send_batch(self, emails: list[OutgoingEmail], *, idempotency_key: str) -> BatchSent:
+    def send_batch(self, emails: list[OutgoingEmail], *, idempotency_key: str) -> BatchAccepted:
         """``POST /emails/batch`` in permissive mode: the valid emails are sent, the others listed."""
         params = [_params(email) for email in emails]
         options: resend.Batch.SendOptions = {"idempotency_key": idempotency_key, "batch_validation": "permissive"}
@@ -144,7 +141,11 @@ class ResendMailer:
         refused = {int(error["index"]): Refused(str(error["message"])) for error in response.get("errors") or []}
         ids = iter(str(item["id"]) for item in response.get("data") or [])
         results: list[Union[str, Refused]] = [refused.get(index) or next(ids) for index in range(len(emails))]
-        return BatchSent(results, dict(response.get("http_headers") or {}))
+        return BatchAccepted(results, pacing(response.get("http_headers") or {}))
+
+
+#: The name the tree used before providers were neutral (tests and ``bench`` build it by this name).
+ResendMailer = ResendProvider
 
 
 def _params(email: OutgoingEmail) -> resend.Emails.SendParams:
@@ -157,16 +158,36 @@ def _params(email: OutgoingEmail) -> resend.Emails.SendParams:
 
 
 def classify(exc: ResendError) -> Exception:
-    """Map a Resend error to the pipeline's retry classes."""
+    """Map a Resend error to a neutral answer (``pipeline.providers.base``)."""
     status = _status(exc.code)
     detail = f"Resend {status} {exc.error_type}: {exc.message}"
     if status == 429:
-        return RateLimited(detail, retry_after=_retry_after(exc.headers), reason=str(exc.error_type))
+        kind = QuotaExhausted if exc.error_type in QUOTA_REASONS else ProviderRateLimited
+        return kind(detail, retry_after=_retry_after(exc.headers), reason=str(exc.error_type))
     if status == 409 and exc.error_type == "concurrent_idempotent_requests":
-        return RateLimited(detail, retry_after=CONCURRENT_REQUEST_RETRY_SECONDS, reason=str(exc.error_type))
+        return KeyInFlight(detail, retry_after=CONCURRENT_REQUEST_RETRY_SECONDS, reason=str(exc.error_type))
     if 400 <= status < 500:
-        return PermanentError(detail)
-    return TransientError(detail)
+        return EmailRefused(detail)
+    if exc.error_type == "HttpClientError" and isinstance(exc.__context__, NotSent):
+        return NotReached(detail)
+    return OutcomeUnknown(detail)
+
+
+def pacing(headers: Mapping[str, str]) -> Pacing:
+    """Resend's ``ratelimit-limit``, ``ratelimit-remaining`` and ``ratelimit-reset`` as neutral hints."""
+    lowered = {name.lower(): value for name, value in headers.items()}
+    return Pacing(
+        limit=_number(lowered.get("ratelimit-limit")),
+        remaining=_number(lowered.get("ratelimit-remaining")),
+        reset=_number(lowered.get("ratelimit-reset")),
+    )
+
+
+def _number(value: Optional[str]) -> Optional[float]:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _status(code: object) -> int:
@@ -185,38 +206,3 @@ def _retry_after(headers: dict[str, str]) -> float:
         except (KeyError, ValueError):
             continue
     return 0.0
-
-
-class OutboxMailer:
-    """Writes each email to ``<dir>/<key>.eml`` and logs it: the ``dev`` mode's provider.
-
-    Writing the same key twice keeps the first file, as Resend keeps the first send.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.directory.mkdir(parents=True, exist_ok=True)
-
-    def send(self, email: OutgoingEmail) -> Sent:
-        message_id = hashlib.sha256(email.idempotency_key.encode()).hexdigest()[:32]
-        path = self.directory / f"{email.idempotency_key}.eml"
-        if not path.exists():
-            path.write_bytes(_as_mime(email, message_id))
-            logger.info("Outbox: %s to %s — %s (%s)", message_id, email.recipient, email.subject, path)
-        return Sent(message_id)
-
-    def send_batch(self, emails: list[OutgoingEmail], *, idempotency_key: str) -> BatchSent:
-        """Each email to its own file, as ``send`` does: a batch resent writes nothing twice."""
-        return BatchSent([self.send(email).provider_id for email in emails])
-
-
-def _as_mime(email_: OutgoingEmail, message_id: str) -> bytes:
-    mime = email.message.EmailMessage(policy=email.policy.SMTP)
-    mime["From"] = email_.sender
-    mime["To"] = email_.recipient
-    mime["Subject"] = email_.subject
-    mime["Message-ID"] = f"<{message_id}@outbox.minalesh.local>"
-    mime.set_content(email_.text or "")
-    if email_.html is not None:
-        mime.add_alternative(email_.html, subtype="html")
-    return mime.as_bytes()

@@ -1,4 +1,9 @@
-"""The fleet's pace at the email provider: take a slot, follow what the provider says.
+"""The fleet's pace at one email provider: take a slot, follow what the provider says, pause for it.
+
+One ``SendLimiter`` per provider, on that provider's row of ``rate_limit_slots``
+(``storage.rate_limits``); the provider's own answers arrive here already neutral
+(``pipeline.providers.base``): ``Pacing`` hints, ``ProviderRateLimited``,
+``QuotaExhausted``, ``ProviderUnavailable``.
 
 Every worker thread about to call the provider first ``acquire``\\ s a slot of the
 shared rate (``storage.rate_limits``). A thread that cannot have one now takes
@@ -7,18 +12,27 @@ is normal (logged at DEBUG), spends no retry and holds no slot. Only a long wait
 (the provider paused us for longer than ``MAX_HOLD_SECONDS``) hands the email back
 to the broker, delayed until the pause ends, so no worker thread sits out a quota.
 
-What the provider says is followed (``observe``, ``refused``):
+What the provider says is followed (``observe``, ``refused``, ``failed``):
 
-* ``ratelimit-limit``: the team's requests per second, used from the next slot on
+* ``Pacing.limit``: the provider's requests per second, used from the next slot on
   (less ``Rate.headroom``) instead of EMAIL_RATE_LIMIT_PER_SECOND, raised or
   lowered, never above EMAIL_RATE_LIMIT_CAP;
-* ``ratelimit-remaining: 0``: another app of the team used the window; the fleet
-  waits for ``ratelimit-reset``;
-* a 429 ``rate_limit_exceeded``: the whole fleet pauses for ``retry-after``;
-* a 429 quota (``daily_quota_exceeded``, ``monthly_quota_exceeded``): the fleet
-  pauses until the provider's reset (or EMAIL_QUOTA_PAUSE_MINUTES), one alert goes
-  out, and after the pause one request probes: it resumes sending when it gets
-  through, or the pause starts over.
+* ``Pacing.remaining == 0``: another app of the team used the window; the fleet
+  waits for ``Pacing.reset``;
+* ``ProviderRateLimited`` (a 429): the whole fleet pauses for its ``retry_after``;
+* ``QuotaExhausted``: the fleet pauses until the provider's reset (or
+  EMAIL_QUOTA_PAUSE_MINUTES), one alert goes out, and after the pause one request
+  probes: it resumes sending when it gets through, or the pause starts over;
+* ``ProviderUnavailable`` (5xx, timeouts, refused connections): counted on the row;
+  ``OUTAGE_FAILURES`` of them within ``OUTAGE_WINDOW_SECONDS`` with no success
+  between (as this process saw it) start an **outage pause**: the same pause as a
+  quota's, reason ``outage``, whose probe comes every ``probe_interval`` seconds
+  (EMAIL_OUTAGE_PROBE_SECONDS) instead of at a reset. While it lasts, every send to
+  this provider raises ``ProviderPaused`` at once, which refunds the attempt (or
+  lets failover try the next provider); a failure that finds the pause on (the
+  probe's, or a request that was in flight) is refunded too. One alert when it
+  starts, one when a probe gets through and it ends (``on_outage``). A single
+  email's 4xx is not a failure of the provider and counts for nothing.
 
 A process's first request goes alone (``WARM_UP_HOLD_SECONDS``): a cold process's
 first request reaches the provider late (its first connection, its threads busy
@@ -41,7 +55,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -49,16 +63,33 @@ from typing import Any, Optional
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.core.errors import DEFAULT_RETRY_AFTER_SECONDS, RateLimited
-from pipeline.core.mailer import QUOTA_REASONS
 from pipeline.core.operator_pauses import OperatorPauses, held_wait
-from storage import rate_limits
+from pipeline.providers.base import (
+    NO_HINTS,
+    Pacing,
+    ProviderPaused,
+    ProviderRateLimited,
+    ProviderUnavailable,
+    QuotaExhausted,
+)
+from storage import notifications, rate_limits
 from storage.database import statement_by_statement
 from storage.rate_limits import Rate, Slot, SlotState
 
 logger = logging.getLogger(__name__)
 
-#: The rate-limit row of Resend.
+#: The rate-limit row of Resend (each provider's row is named after it).
 RESEND = "resend"
+#: ``pause_reason`` of an outage pause (the provider failed as a whole).
+OUTAGE = "outage"
+#: Failures of the provider as a whole (``ProviderUnavailable``) that start an outage pause...
+OUTAGE_FAILURES = 5
+#: ...when they come within this many seconds of the first, with no success between.
+OUTAGE_WINDOW_SECONDS = 60.0
+#: During an outage a send asks again after this long (seconds), its attempt given back.
+OUTAGE_REQUEUE_SECONDS = 5.0
+#: The probe every few seconds during an outage, when the limiter is given no ``probe_interval``.
+DEFAULT_PROBE_SECONDS = 3.0
 #: A slot may be taken at most this far ahead; the taker sleeps until it.
 HORIZON_SECONDS = 1.0
 #: A thread waits in the limiter at most this long before its email goes back to the broker.
@@ -74,8 +105,6 @@ MIN_POLL_SECONDS = 0.005
 MAX_POLL_SECONDS = 1.0
 #: A thread waiting for another process's first answer asks again this often (seconds): it is short.
 WARM_UP_POLL_SECONDS = 0.02
-#: Pause reasons that stop the whole fleet (a 409 for a key in flight concerns one email only).
-FLEET_REASONS = ("rate_limit_exceeded", *QUOTA_REASONS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,6 +113,17 @@ class QuotaPause:
 
     reason: str
     until: float
+    detail: str
+    provider: str = RESEND
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outage:
+    """An outage pause that began (``ended`` False) or ended, for the alert."""
+
+    provider: str
+    ended: bool
+    since: float
     detail: str
 
 
@@ -97,14 +137,14 @@ def _raise_if_held(until: Optional[float], now: float) -> None:
 def fleet_pause_seconds(error: RateLimited, *, quota_pause_seconds: float) -> Optional[float]:
     """How long a refusal by the provider pauses the whole fleet; None: it pauses nothing.
 
-    A quota waits for the provider's reset (``retry-after``) or ``quota_pause_seconds``;
-    a 429 for ``retry-after`` or ``DEFAULT_RETRY_AFTER_SECONDS``; a refusal of one
-    email (a 409 for a key in flight) pauses no one else.
+    A quota waits for the provider's reset (``retry_after``) or ``quota_pause_seconds``;
+    a rate limit for ``retry_after`` or ``DEFAULT_RETRY_AFTER_SECONDS``; a refusal of
+    one email (``KeyInFlight``) or our own limiter's pauses no one else.
     """
-    if error.reason not in FLEET_REASONS:
+    if not isinstance(error, (QuotaExhausted, ProviderRateLimited)):
         return None
     wait = error.retry_after if error.retry_after > 0 else None
-    if error.reason in QUOTA_REASONS:
+    if isinstance(error, QuotaExhausted):
         return wait or quota_pause_seconds
     return wait or DEFAULT_RETRY_AFTER_SECONDS
 
@@ -119,31 +159,46 @@ class SendLimiter:
         rate: Rate,
         quota_pause_seconds: float,
         on_quota_pause: Optional[Callable[[QuotaPause], None]] = None,
+        on_outage: Optional[Callable[[Outage], None]] = None,
         name: str = RESEND,
+        probe_interval: float = DEFAULT_PROBE_SECONDS,
+        paced: bool = True,
     ) -> None:
         self.sessions = sessions
         self.rate = rate
         self.quota_pause_seconds = quota_pause_seconds
         self.on_quota_pause = on_quota_pause
+        self.on_outage = on_outage
         self.name = name
+        self.probe_interval = probe_interval
+        #: False for a provider with no rate to share (the outbox): no slot, no row write per email.
+        self.paced = paced
         #: The operators' pauses, asked before every slot.
         self.pauses = OperatorPauses(sessions)
         #: The last ``ratelimit-limit`` this process recorded, so an unchanged one costs no write.
         self._known_limit: Optional[float] = None
         #: Whether this process's first request was answered (until then each slot taken is a warm-up).
         self._warm = False
+        #: When this process last counted a failure of the provider (a success after it clears the count).
+        self._failed_at: Optional[float] = None
+        #: Outage pauses are read at most once a second by unpaced senders: (until, read at).
+        self._outage_cache: tuple[Optional[float], float] = (None, 0.0)
 
     @property
     def unlimited(self) -> bool:
-        """EMAIL_RATE_LIMIT_PER_SECOND=0: no pacing, no database write per email."""
-        return self.rate.configured == 0
+        """EMAIL_RATE_LIMIT_PER_SECOND=0, or an unpaced provider: no pacing, no database write per email."""
+        return self.rate.configured == 0 or not self.paced
 
     def acquire(self, *, transactional: bool) -> Slot:
-        """Return when this request's slot has come; raise ``RateLimited`` to re-queue the email."""
+        """Return when this request's slot has come; raise ``RateLimited`` to re-queue the email.
+
+        ``ProviderPaused`` (a ``RateLimited``) when this provider is paused (an outage, a
+        quota, a 429 longer than ``MAX_PAUSE_HOLD_SECONDS``): failover may try the next.
+        """
         if self.unlimited:
             now = time.time()
             _raise_if_held(self.pauses.held_until_cached(transactional=transactional, now=now), now)
-            return Slot(at=time.time(), probe=False)
+            return self._unpaced_slot(now)
         give_up_at = time.monotonic() + MAX_HOLD_SECONDS
         while True:
             now = time.time()
@@ -159,13 +214,34 @@ class SendLimiter:
             logger.debug("Waiting %.3fs for a send slot.", wait)
             time.sleep(wait)
 
+    def _unpaced_slot(self, now: float) -> Slot:
+        """No pacing, but an outage pause still holds: read (once a second) and probe as paced senders do."""
+        until, read_at = self._outage_cache
+        if now - read_at >= 1.0:
+            with self.sessions.begin() as session:
+                state = rate_limits.current(session, self.name, now=now)
+            until = state.paused_until if state.pause_reason == OUTAGE and state.paused_since is not None else None
+            if state.paused_since is not None and state.pause_reason == OUTAGE and (until is None or until <= now):
+                # The pause's probe is due: this request is it; this process's others wait an interval
+                # (each process probes for itself: unpaced senders keep no slot in the row).
+                self._outage_cache = (now + self.probe_interval, now)
+                return Slot(at=now, probe=True)
+            self._outage_cache = (until, now)
+        if until is not None and until > now:
+            raise ProviderPaused(
+                f"{self.name} paused ({OUTAGE})", retry_after=OUTAGE_REQUEUE_SECONDS, reason=OUTAGE, provider=self.name
+            )
+        return Slot(at=now, probe=False)
+
     @contextmanager
     def request(self, *, transactional: bool) -> Iterator[Request]:
-        """One request to the provider: wait for its slot; follow its answer; a 429 pauses the fleet.
+        """One request to the provider: wait for its slot; follow its answer; pause the fleet for it.
 
-        The caller reports a successful answer's headers with ``answered``; a
+        The caller reports a successful answer's hints with ``answered``; a
         ``RateLimited`` raised inside the block is handed to ``refused`` and re-raised,
-        waiting as long as the fleet's pause it began, if any.
+        waiting as long as the fleet's pause it began, if any; a ``ProviderUnavailable``
+        is handed to ``failed``, and becomes ``ProviderPaused`` (its attempt refunded)
+        when the provider is in an outage pause.
         """
         request = Request(self, self.acquire(transactional=transactional))
         try:
@@ -174,6 +250,15 @@ class SendLimiter:
             pause = self.refused(error)
             if pause is not None:
                 error.retry_after = pause
+            raise
+        except ProviderUnavailable as error:
+            if self.failed(error, request.slot):
+                raise ProviderPaused(
+                    f"{self.name} paused ({OUTAGE}): {error}",
+                    retry_after=OUTAGE_REQUEUE_SECONDS,
+                    reason=OUTAGE,
+                    provider=self.name,
+                ) from error
             raise
         finally:
             self._end_warm_up(request.slot)
@@ -226,8 +311,20 @@ class SendLimiter:
     def _raise_if_paused_long(self, state: SlotState, now: float) -> None:
         if _paused(state, now) and state.paused_until is not None:
             remaining = state.paused_until - now
+            if state.pause_reason == OUTAGE:
+                raise ProviderPaused(
+                    f"{self.name} paused ({OUTAGE}) since {state.paused_since}",
+                    retry_after=OUTAGE_REQUEUE_SECONDS,
+                    reason=OUTAGE,
+                    provider=self.name,
+                )
             if remaining > MAX_PAUSE_HOLD_SECONDS:
-                raise RateLimited(f"sending paused ({state.pause_reason}) for {remaining:.0f}s", retry_after=remaining)
+                raise ProviderPaused(
+                    f"sending paused ({state.pause_reason}) for {remaining:.0f}s",
+                    retry_after=remaining,
+                    reason=state.pause_reason or "paused",
+                    provider=self.name,
+                )
 
     def _wait(self, state: SlotState, now: float, transactional: bool) -> float:
         """Until the next slot could be ours: its time less the horizon, a pause's end, a precedence's end."""
@@ -243,17 +340,21 @@ class SendLimiter:
 
     # --- what the provider says -------------------------------------------------------------
 
-    def observe(self, headers: Mapping[str, str], slot: Slot) -> None:
-        """A request got through: follow its ``ratelimit-*`` headers; a probe ends the quota pause."""
-        if self.unlimited:
-            return
-        lowered = {key.lower(): value for key, value in headers.items()}
-        limit = _number(lowered.get("ratelimit-limit"))
-        remaining = _number(lowered.get("ratelimit-remaining"))
-        reset = _number(lowered.get("ratelimit-reset"))
+    def observe(self, hints: Pacing, slot: Slot) -> None:
+        """A request got through: follow its pacing hints; a probe ends the quota or outage pause."""
         now = time.time()
+        recovered = self._failed_at is not None
+        if self.unlimited:
+            if slot.probe or recovered:
+                self._recovered(slot, now)
+            return
+        limit, remaining, reset = hints.limit, hints.remaining, hints.reset
         writes_needed = (limit and limit != self._known_limit) or remaining == 0
-        if not writes_needed and not slot.probe:
+        if not writes_needed and not slot.probe and not recovered:
+            return
+        if slot.probe or recovered:
+            self._recovered(slot, now)
+        if not writes_needed:
             return
         with self.sessions.begin() as session:
             if limit and limit != self._known_limit:
@@ -262,11 +363,57 @@ class SendLimiter:
                 self._known_limit = limit
             if remaining == 0:
                 rate_limits.hold_until(session, self.name, until=now + max(reset or 1.0, 0.0), now=now)
-            if slot.probe and rate_limits.resume(session, self.name):
-                logger.warning("The provider accepts requests again: sending resumed.")
+
+    def _recovered(self, slot: Slot, now: float) -> None:
+        """A success after failures clears the count; a probe's ends the pause (an outage: its second alert)."""
+        self._failed_at = None
+        with self.sessions.begin() as session:
+            rate_limits.clear_failures(session, self.name)
+            state = rate_limits.current(session, self.name, now=now) if slot.probe else None
+            resumed = slot.probe and rate_limits.resume(session, self.name)
+            if resumed:
+                notifications.wake_listeners(session)  # what the pause held back in the table goes now
+        self._outage_cache = (None, now)
+        if not resumed or state is None:
+            return
+        logger.warning("%s accepts requests again: sending resumed.", self.name)
+        if state.pause_reason == OUTAGE and self.on_outage is not None:
+            since = state.paused_since or now
+            self.on_outage(Outage(provider=self.name, ended=True, since=since, detail=f"down for {now - since:.0f}s"))
+
+    def failed(self, error: ProviderUnavailable, slot: Slot) -> bool:
+        """The provider failed as a whole: count it; True when an outage pause is on (the attempt is refunded).
+
+        ``OUTAGE_FAILURES`` within ``OUTAGE_WINDOW_SECONDS`` start the pause (one alert); a
+        failed probe starts its next wait of ``probe_interval``.
+        """
+        now = time.time()
+        self._failed_at = now
+        with self.sessions.begin() as session:
+            state = rate_limits.current(session, self.name, now=now)
+            in_outage = state.pause_reason == OUTAGE and state.paused_since is not None
+            failures = rate_limits.record_failure(session, self.name, now=now, window=OUTAGE_WINDOW_SECONDS)
+            if not in_outage and failures < OUTAGE_FAILURES:
+                return False
+            began = rate_limits.pause(
+                session, self.name, until=now + self.probe_interval, reason=OUTAGE, quota=True, now=now, replace=True
+            )
+        self._outage_cache = (now + self.probe_interval, now)
+        if began:
+            logger.error(
+                "%s fails as a whole (%s): sending to it paused, probed every %.0fs.",
+                self.name,
+                error,
+                self.probe_interval,
+            )
+            if self.on_outage is not None:
+                self.on_outage(Outage(provider=self.name, ended=False, since=now, detail=str(error)))
+        elif slot.probe:
+            logger.info("The probe of %s failed (%s): next probe in %.0fs.", self.name, error, self.probe_interval)
+        return True
 
     def refused(self, error: RateLimited) -> Optional[float]:
-        """A 429: pause the whole fleet for as long as the provider said (a quota: until its reset).
+        """A rate limit or quota: pause the whole fleet for as long as the provider said (a quota: until its reset).
 
         Returns the pause (seconds) the refused request should wait too; None when it paused nothing.
         """
@@ -274,16 +421,25 @@ class SendLimiter:
         if seconds is None:
             return None
         now = time.time()
-        until, quota = now + seconds, error.reason in QUOTA_REASONS
+        until, quota = now + seconds, isinstance(error, QuotaExhausted)
         with self.sessions.begin() as session:
             began = rate_limits.pause(session, self.name, until=until, reason=error.reason, quota=quota, now=now)
         if began:
             logger.error("Provider quota reached (%s): sending paused for %.0fs.", error.reason, seconds)
             if self.on_quota_pause is not None:
-                self.on_quota_pause(QuotaPause(reason=error.reason, until=until, detail=str(error)))
+                self.on_quota_pause(QuotaPause(reason=error.reason, until=until, detail=str(error), provider=self.name))
         else:
             logger.info("The provider refused a request (%s): the fleet waits %.1fs.", error.reason, seconds)
         return seconds
+
+    def outage_wait(self, now: Optional[float] = None) -> Optional[float]:
+        """In an outage pause: seconds until its next probe is due (0: now); None when not in one."""
+        now = time.time() if now is None else now
+        with self.sessions.begin() as session:
+            state = rate_limits.current(session, self.name, now=now)
+        if state.pause_reason != OUTAGE or state.paused_since is None:
+            return None
+        return max((state.paused_until or now) - now, 0.0)
 
     def per_second(self) -> float:
         """The requests per second the fleet uses now (what the provider said, within the cap)."""
@@ -299,6 +455,8 @@ class SendLimiter:
         paused = _paused(state, now) and state.pause_reason is not None
         return {
             **operator,
+            "provider": self.name,
+            "outage": state.pause_reason == OUTAGE and state.paused_since is not None,
             "per_second": 0 if self.unlimited else round(state.per_second(self.rate), 3),
             "configured_per_second": self.rate.configured,
             "cap_per_second": self.rate.cap,
@@ -317,17 +475,10 @@ class Request:
     limiter: SendLimiter
     slot: Slot
 
-    def answered(self, headers: Mapping[str, str]) -> None:
-        """The provider took it: follow the answer's ``ratelimit-*`` headers."""
-        self.limiter.observe(headers, self.slot)
+    def answered(self, hints: Pacing = NO_HINTS) -> None:
+        """The provider took it: follow the answer's pacing hints."""
+        self.limiter.observe(hints, self.slot)
 
 
 def _paused(state: SlotState, now: float) -> bool:
     return state.paused_until is not None and state.paused_until > now
-
-
-def _number(value: Optional[str]) -> Optional[float]:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
