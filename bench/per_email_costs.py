@@ -43,8 +43,8 @@ from bench import contenders, runs
 from bench.harness import services
 from bench.harness.fake_resend import FakeResend
 from pipeline.bootstrap import bootstrap
-from pipeline.core.mailer import ResendMailer
 from pipeline.core.settings import Settings
+from pipeline.providers.resend import ResendMailer
 from storage import migrate
 from storage.database import get_engine
 
