@@ -101,9 +101,10 @@ def test_show_gives_the_error_traceback_and_the_item_now(
 
     assert shown.returncode == 0, shown.stderr
     assert f"call:        send_email({email_id})" in shown.stdout
-    assert "error:       PermanentError: Resend 422 validation_error: Invalid `to` field." in shown.stdout
+    # EmailRefused: the providers' PermanentError for one email the provider refused (#18).
+    assert "error:       EmailRefused: Resend 422 validation_error: Invalid `to` field." in shown.stdout
     assert f"item:        email {email_id} is failed" in shown.stdout and f"recipient: {address}" in shown.stdout
-    assert "Traceback:" in shown.stdout and "PermanentError" in shown.stdout.split("Traceback:")[1]
+    assert "Traceback:" in shown.stdout and "EmailRefused" in shown.stdout.split("Traceback:")[1]
     assert by_message_id["id"] == dead.id and by_message_id["item"]["status"] == "failed"
     assert by_message_id["traceback"] and by_message_id["replayed_at"] is None
     assert missing.returncode == 1 and "No dead letter 987654321" in missing.stderr

@@ -243,9 +243,9 @@ def test_a_message_whose_nack_was_lost_is_dead_lettered_when_it_comes_back(
 def test_a_fan_out_claims_no_email_of_a_kind_an_operator_paused(
     runtime: Runtime, sessions: sessionmaker[Session]
 ) -> None:
-    """The fan-out reads the pauses and its room in one session (issue 21): a bulk pause still leaves
-    bulk emails in the table, transactional ones go; resumed, the bulk email goes too."""
-    runtime.limiter.pause("bulk", minutes=None, reason="test", by="test")
+    """A bulk pause leaves bulk emails in the table while transactional ones go; resumed, the bulk
+    email goes too."""
+    runtime.sending.pause("bulk", minutes=None, reason="test", by="test")
     try:
         bulk = add_email(sessions, unique_address("paused-bulk"), priority="bulk")
         urgent = add_email(sessions, unique_address("paused-urgent"))
@@ -253,6 +253,6 @@ def test_a_fan_out_claims_no_email_of_a_kind_an_operator_paused(
         wait_for_status(sessions, urgent, "sent")
         assert email_row(sessions, bulk).status == "pending"
     finally:
-        runtime.limiter.resume("bulk")
+        runtime.sending.resume("bulk")
     enqueue_due_emails()
     wait_for_status(sessions, bulk, "sent")
