@@ -269,8 +269,8 @@ def resume(session: Session, name: str) -> bool:
     return rows_affected(session, statement) == 1
 
 
-def record_failure(session: Session, name: str, *, now: float, window: float) -> int:
-    """The provider failed as a whole once more: the count of failures since the first within ``window``."""
+def record_failure(session: Session, name: str, *, now: float, window: float) -> tuple[int, float]:
+    """The provider failed as a whole once more: how many times since the first within ``window``, and when that was."""
     _ensure_row(session, name, now)
     fresh = RateLimitSlot.failing_since.is_not(None) & (RateLimitSlot.failing_since > now - window)
     statement = (
@@ -280,10 +280,11 @@ def record_failure(session: Session, name: str, *, now: float, window: float) ->
             failures=case((fresh, RateLimitSlot.failures + 1), else_=literal(1)),
             failing_since=case((fresh, RateLimitSlot.failing_since), else_=literal(now)),
         )
-        .returning(RateLimitSlot.failures)
+        .returning(RateLimitSlot.failures, RateLimitSlot.failing_since)
         .execution_options(synchronize_session=False)
     )
-    return int(session.execute(statement).scalar_one())
+    failures, failing_since = session.execute(statement).one()
+    return int(failures), float(failing_since if failing_since is not None else now)
 
 
 def clear_failures(session: Session, name: str) -> None:

@@ -24,15 +24,29 @@ What the provider says is followed (``observe``, ``refused``, ``failed``):
   EMAIL_QUOTA_PAUSE_MINUTES), one alert goes out, and after the pause one request
   probes: it resumes sending when it gets through, or the pause starts over;
 * ``ProviderUnavailable`` (5xx, timeouts, refused connections): counted on the row;
-  ``OUTAGE_FAILURES`` of them within ``OUTAGE_WINDOW_SECONDS`` with no success
-  between (as this process saw it) start an **outage pause**: the same pause as a
-  quota's, reason ``outage``, whose probe comes every ``probe_interval`` seconds
-  (EMAIL_OUTAGE_PROBE_SECONDS) instead of at a reset. While it lasts, every send to
-  this provider raises ``ProviderPaused`` at once, which refunds the attempt (or
-  lets failover try the next provider); a failure that finds the pause on (the
-  probe's, or a request that was in flight) is refunded too. One alert when it
-  starts, one when a probe gets through and it ends (``on_outage``). A single
-  email's 4xx is not a failure of the provider and counts for nothing.
+  ``OUTAGE_FAILURES`` of them over at least ``OUTAGE_MIN_SECONDS`` (and within
+  ``OUTAGE_WINDOW_SECONDS``), or ``OUTAGE_BURST_FAILURES`` however fast, with no
+  success between, start an **outage pause**: the
+  same pause as a quota's, reason ``outage``, whose probe comes every
+  ``probe_interval`` seconds (EMAIL_OUTAGE_PROBE_SECONDS) instead of at a reset.
+  While it lasts, every send to this provider raises ``ProviderPaused`` at once,
+  which refunds the attempt (or lets failover try the next provider); a failure
+  that finds the pause on (the probe's, or a request that was in flight) is
+  refunded too. One alert when it starts, one when a probe is answered and it ends
+  (``on_outage``). A single email's 4xx is not a failure of the provider and counts
+  for nothing.
+
+  "No success between" is the fleet's: every success clears the row's count, at
+  once in a process that failed since its last clear and otherwise at most every
+  ``SUCCESS_CLEAR_SECONDS`` (a write every half second per process, not per email).
+  The span is what tells an outage from a storm: a provider failing 30% of requests
+  answers 16 requests in flight with five 500s before any success is recorded, but
+  not with two seconds of them, while a provider that is down fails everything for
+  as long as it is down. The burst count keeps a fast fleet (SMTP unpaced, a raised
+  Resend limit) from sending two seconds' worth of requests to a dead provider: it
+  reaches twenty failures in well under a second. Any answer to a probe but a failure (a success, a 429, a
+  refused email) shows the provider up and ends the pause; a quota's answer keeps
+  its quota pause.
 
 A process's first request goes alone (``WARM_UP_HOLD_SECONDS``): a cold process's
 first request reaches the provider late (its first connection, its threads busy
@@ -66,6 +80,7 @@ from pipeline.core.errors import DEFAULT_RETRY_AFTER_SECONDS, RateLimited
 from pipeline.core.operator_pauses import OperatorPauses, held_wait
 from pipeline.providers.base import (
     NO_HINTS,
+    EmailRefused,
     Pacing,
     ProviderPaused,
     ProviderRateLimited,
@@ -84,8 +99,14 @@ RESEND = "resend"
 OUTAGE = "outage"
 #: Failures of the provider as a whole (``ProviderUnavailable``) that start an outage pause...
 OUTAGE_FAILURES = 5
-#: ...when they come within this many seconds of the first, with no success between.
+#: ...when they come within this many seconds of the first, with no success between...
 OUTAGE_WINDOW_SECONDS = 60.0
+#: ...and the first of them is at least this old (a burst of failures among successes is no outage)...
+OUTAGE_MIN_SECONDS = 2.0
+#: ...or this many come, however fast.
+OUTAGE_BURST_FAILURES = 20
+#: A process that has not failed clears the fleet's failure count on a success at most this often.
+SUCCESS_CLEAR_SECONDS = 0.5
 #: During an outage a send asks again after this long (seconds), its attempt given back.
 OUTAGE_REQUEUE_SECONDS = 5.0
 #: The probe every few seconds during an outage, when the limiter is given no ``probe_interval``.
@@ -181,6 +202,8 @@ class SendLimiter:
         self._warm = False
         #: When this process last counted a failure of the provider (a success after it clears the count).
         self._failed_at: Optional[float] = None
+        #: When this process last cleared the fleet's failure count on a success.
+        self._cleared_at = 0.0
         #: Outage pauses are read at most once a second by unpaced senders: (until, read at).
         self._outage_cache: tuple[Optional[float], float] = (None, 0.0)
 
@@ -247,9 +270,12 @@ class SendLimiter:
         try:
             yield request
         except RateLimited as error:
-            pause = self.refused(error)
+            pause = self.refused(error, request.slot)
             if pause is not None:
                 error.retry_after = pause
+            raise
+        except EmailRefused:
+            self._succeeded(request.slot)  # an answer about one email: the provider is up
             raise
         except ProviderUnavailable as error:
             if self.failed(error, request.slot):
@@ -342,19 +368,11 @@ class SendLimiter:
 
     def observe(self, hints: Pacing, slot: Slot) -> None:
         """A request got through: follow its pacing hints; a probe ends the quota or outage pause."""
-        now = time.time()
-        recovered = self._failed_at is not None
+        now = self._succeeded(slot)
         if self.unlimited:
-            if slot.probe or recovered:
-                self._recovered(slot, now)
             return
         limit, remaining, reset = hints.limit, hints.remaining, hints.reset
-        writes_needed = (limit and limit != self._known_limit) or remaining == 0
-        if not writes_needed and not slot.probe and not recovered:
-            return
-        if slot.probe or recovered:
-            self._recovered(slot, now)
-        if not writes_needed:
+        if not ((limit and limit != self._known_limit) or remaining == 0):
             return
         with self.sessions.begin() as session:
             if limit and limit != self._known_limit:
@@ -364,9 +382,17 @@ class SendLimiter:
             if remaining == 0:
                 rate_limits.hold_until(session, self.name, until=now + max(reset or 1.0, 0.0), now=now)
 
+    def _succeeded(self, slot: Slot) -> float:
+        """The provider answered: clear the fleet's failure count (see the module's docstring); return now."""
+        now = time.time()
+        if slot.probe or self._failed_at is not None or now - self._cleared_at >= SUCCESS_CLEAR_SECONDS:
+            self._recovered(slot, now)
+        return now
+
     def _recovered(self, slot: Slot, now: float) -> None:
-        """A success after failures clears the count; a probe's ends the pause (an outage: its second alert)."""
+        """A success clears the failure count; a probe's ends the pause (an outage: its second alert)."""
         self._failed_at = None
+        self._cleared_at = now
         with self.sessions.begin() as session:
             rate_limits.clear_failures(session, self.name)
             state = rate_limits.current(session, self.name, now=now) if slot.probe else None
@@ -384,16 +410,16 @@ class SendLimiter:
     def failed(self, error: ProviderUnavailable, slot: Slot) -> bool:
         """The provider failed as a whole: count it; True when an outage pause is on (the attempt is refunded).
 
-        ``OUTAGE_FAILURES`` within ``OUTAGE_WINDOW_SECONDS`` start the pause (one alert); a
-        failed probe starts its next wait of ``probe_interval``.
+        ``OUTAGE_FAILURES`` over ``OUTAGE_MIN_SECONDS``, or ``OUTAGE_BURST_FAILURES``, start the pause (one alert); a
+        failed probe (of an outage or of a quota pause) starts its next wait of ``probe_interval``.
         """
         now = time.time()
         self._failed_at = now
         with self.sessions.begin() as session:
             state = rate_limits.current(session, self.name, now=now)
-            in_outage = state.pause_reason == OUTAGE and state.paused_since is not None
-            failures = rate_limits.record_failure(session, self.name, now=now, window=OUTAGE_WINDOW_SECONDS)
-            if not in_outage and failures < OUTAGE_FAILURES:
+            in_outage = slot.probe or (state.pause_reason == OUTAGE and state.paused_since is not None)
+            failures, since = rate_limits.record_failure(session, self.name, now=now, window=OUTAGE_WINDOW_SECONDS)
+            if not in_outage and not _outage_begins(failures, now - since):
                 return False
             began = rate_limits.pause(
                 session, self.name, until=now + self.probe_interval, reason=OUTAGE, quota=True, now=now, replace=True
@@ -412,11 +438,14 @@ class SendLimiter:
             logger.info("The probe of %s failed (%s): next probe in %.0fs.", self.name, error, self.probe_interval)
         return True
 
-    def refused(self, error: RateLimited) -> Optional[float]:
+    def refused(self, error: RateLimited, slot: Slot) -> Optional[float]:
         """A rate limit or quota: pause the whole fleet for as long as the provider said (a quota: until its reset).
 
         Returns the pause (seconds) the refused request should wait too; None when it paused nothing.
+        A probe refused for anything but the quota was answered: the pause it probed ends first.
         """
+        if not isinstance(error, QuotaExhausted):
+            self._succeeded(slot)
         seconds = None if self.unlimited else fleet_pause_seconds(error, quota_pause_seconds=self.quota_pause_seconds)
         if seconds is None:
             return None
@@ -478,6 +507,11 @@ class Request:
     def answered(self, hints: Pacing = NO_HINTS) -> None:
         """The provider took it: follow the answer's pacing hints."""
         self.limiter.observe(hints, self.slot)
+
+
+def _outage_begins(failures: int, span: float) -> bool:
+    """Whether ``failures`` with no success between, the first ``span`` seconds ago, make an outage."""
+    return failures >= OUTAGE_BURST_FAILURES or (failures >= OUTAGE_FAILURES and span >= OUTAGE_MIN_SECONDS)
 
 
 def _paused(state: SlotState, now: float) -> bool:

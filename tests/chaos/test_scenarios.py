@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -26,26 +25,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-#: Scenarios that do not hold on this tree, with why: kept running, so a fix shows as XPASS.
-KNOWN_FAILING = {
-    "provider storm": (
-        "#18 open: under 30% 500s and 10% held answers the outage pause begins (5 failures with no success "
-        "between, 16 threads in flight) and does not end after the storm calms: 390-490 emails still "
-        "'retrying' 90 s later, 0 lost, 0 twice (before #18: settled 15.7 s after)"
-    ),
-}
-
-
-def _cases() -> list[Any]:
-    return [
-        pytest.param(fault, marks=pytest.mark.xfail(reason=KNOWN_FAILING[fault.id], strict=False))
-        if fault.id in KNOWN_FAILING
-        else fault
-        for fault in faults.ALL
-    ]
-
-
-@pytest.mark.parametrize("fault", _cases(), ids=[_slug(fault.id) for fault in faults.ALL])
+@pytest.mark.parametrize("fault", faults.ALL, ids=[_slug(fault.id) for fault in faults.ALL])
 def test_nothing_lost_twice_or_stuck_and_done_within_60s_of_the_fault(
     fault: runner.Fault,
     private: PrivateServices,

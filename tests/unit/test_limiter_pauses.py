@@ -19,7 +19,7 @@ from pipeline.providers.pacing import SendLimiter, fleet_pause_seconds
 from storage import rate_limits
 from storage.database import get_engine, get_sessionmaker
 from storage.migrate import upgrade
-from storage.rate_limits import Rate
+from storage.rate_limits import Rate, Slot
 
 
 @pytest.fixture
@@ -126,6 +126,7 @@ def test_fleet_pause_seconds(kind: type[RateLimited], retry_after: float, pause:
 def test_a_refusal_that_pauses_the_fleet_says_how_long_and_leaves_the_error_alone(lite: sessionmaker[Session]) -> None:
     sending = limiter(lite, 10.0)
     error = ProviderRateLimited("429", retry_after=0.0, reason="rate_limit_exceeded")
-    assert sending.refused(error) == DEFAULT_RETRY_AFTER_SECONDS
+    slot = Slot(at=0.0, probe=False)
+    assert sending.refused(error, slot) == DEFAULT_RETRY_AFTER_SECONDS
     assert error.retry_after == 0.0
-    assert limiter(lite, 0.0).refused(error) is None
+    assert limiter(lite, 0.0).refused(error, slot) is None
