@@ -11,12 +11,14 @@ gives the text that error messages and reprs print instead.
 from __future__ import annotations
 
 import re
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any
+from typing import Any, Optional
 
+import psycopg2
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
@@ -168,6 +170,10 @@ def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEn
 TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
 #: SQLSTATEs of other classes that pass with time: a lock timeout.
 TRANSIENT_SQLSTATES = frozenset({"55P03"})
+#: The drivers' own failures of the connection, which reach us unwrapped where SQLAlchemy does not wrap:
+#: resetting a pooled connection's isolation level as it is checked in (``statement_by_statement``)
+#: raises psycopg2's ``OperationalError`` itself when PostgreSQL has just gone down.
+DRIVER_FAILURES = (psycopg2.OperationalError, psycopg2.InterfaceError, sqlite3.OperationalError)
 
 
 def transient_failure(exc: BaseException) -> bool:
@@ -181,9 +187,13 @@ def transient_failure(exc: BaseException) -> bool:
     """
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
-    if not isinstance(exc, (OperationalError, InterfaceError)):
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        driver_error: Optional[BaseException] = exc.orig
+    elif isinstance(exc, DRIVER_FAILURES):
+        driver_error = exc
+    else:
         return False
-    code = getattr(exc.orig, "pgcode", None)
+    code = getattr(driver_error, "pgcode", None)
     return not code or code[:2] in TRANSIENT_SQLSTATE_CLASSES or code in TRANSIENT_SQLSTATES
 
 
