@@ -30,6 +30,7 @@ from bench.runs import (
     DRAIN_TIMEOUT,
     CpuMeter,
     Drain,
+    Run,
     children,
     command,
     finished,
@@ -59,13 +60,7 @@ def this_project(emails: int, folder: Path) -> Drain:
     """The shipped processes, no pacing, a fake with no limit."""
     with fresh_run() as run, FakeResend(api_key="re_bench") as provider:
         env = shipped.default_environment(run.services, provider, EMAIL_RATE_LIMIT_PER_SECOND="0")
-        with shipped.fleet(env, folder) as fleet:
-            wait_ticker_listening(folder)
-            run.queues.wait_consumers("emails", 2)
-            meter = CpuMeter([process.pid for process in fleet.processes.values()], run.database_url)
-            insert_emails(run.database_url, emails)
-            wait_deliveries(provider, emails)
-            return finished(provider, meter)
+        return shipped_drain(run, env, provider, emails, folder)
 
 
 def this_project_per_email(emails: int, folder: Path) -> Drain:
@@ -77,13 +72,18 @@ def this_project_per_email(emails: int, folder: Path) -> Drain:
     """
     with fresh_run() as run, FakeResend(api_key="re_bench", advertised_limit=FAR_ABOVE_THE_LOAD) as provider:
         env = shipped.default_environment(run.services, provider, EMAIL_PER_REQUEST="1")
-        with shipped.fleet(env, folder) as fleet:
-            wait_ticker_listening(folder)
-            run.queues.wait_consumers("emails", 2)
-            meter = CpuMeter([process.pid for process in fleet.processes.values()], run.database_url)
-            insert_emails(run.database_url, emails)
-            wait_deliveries(provider, emails)
-            return finished(provider, meter)
+        return shipped_drain(run, env, provider, emails, folder)
+
+
+def shipped_drain(run: Run, env: dict[str, str], provider: FakeResend, emails: int, folder: Path) -> Drain:
+    """The shipped processes under ``env``: wait until they listen, insert ``emails``, time their delivery."""
+    with shipped.fleet(env, folder) as fleet:
+        wait_ticker_listening(folder)
+        run.queues.wait_consumers("emails", 2)
+        meter = CpuMeter([process.pid for process in fleet.processes.values()], run.database_url)
+        insert_emails(run.database_url, emails)
+        wait_deliveries(provider, emails)
+        return finished(provider, meter)
 
 
 def plain_peer(module: str, worker: list[str], consumers: int, emails: int, folder: Path) -> Drain:

@@ -21,13 +21,12 @@ from dramatiq import Worker
 from sqlalchemy import text
 
 from actors.fan_out import enqueue_due_emails
-from bench.harness import services
+from bench import runs
 from bench.harness.fake_resend import FakeResend
 from pipeline.bootstrap import bootstrap
-from pipeline.core.settings import DEFAULT_EMAIL_RATE_LIMIT, Settings
+from pipeline.core.settings import DEFAULT_EMAIL_RATE_LIMIT
 from pipeline.providers.resend import ResendMailer
-from storage import emails, leases, migrate
-from storage.database import get_engine
+from storage import emails, leases
 
 RUNS = 5
 CLAIM_ROWS = 10_000
@@ -101,43 +100,32 @@ def bench_at_provider_limit(runtime, fake: FakeResend) -> tuple[float, int]:  # 
 
 
 def main() -> None:
-    created = services.create()
-    try:
-        migrate.upgrade(created.database_url)
-        with FakeResend() as fake:
-            settings = dataclasses.replace(
-                Settings.from_env({}),
-                database_url=created.database_url,
-                broker_url=created.broker_url,
-                resend_api_key=fake.api_key,
-                resend_api_url=fake.url,
-                email_rate_limit_per_second=0,  # no pacing: the fake advertises 2/s, which a limiter follows
-                log_level="WARNING",
-            )
-            runtime = bootstrap(settings, mailer=ResendMailer(api_key=fake.api_key, api_url=fake.url))
-            worker = Worker(runtime.broker, worker_threads=8)
-            worker.start()
-            try:
-                claim = bench_claim(runtime)
-                rates = bench_end_to_end(runtime, fake)
-                limited = dataclasses.replace(settings, email_rate_limit_per_second=DEFAULT_EMAIL_RATE_LIMIT)
-                runtime = bootstrap(limited, mailer=runtime.mailer)
-                limited_rate, refused = bench_at_provider_limit(runtime, fake)
-            finally:
-                worker.stop()
-                runtime.broker.close()
-        print(f"claim 500 of {CLAIM_ROWS:,} due (median of {RUNS}): {statistics.median(claim) * 1000:.1f} ms")
-        print(
-            f"end-to-end, {END_TO_END_EMAILS} emails, 8 threads (median of {RUNS}): "
-            f"{statistics.median(rates):.0f} emails/s (min {min(rates):.0f}, max {max(rates):.0f})"
-        )
-        print(
-            f"fake Resend refusing over 2 req/s, our limiter at {DEFAULT_EMAIL_RATE_LIMIT}/s: "
-            f"{limited_rate:.2f} emails/s over {LIMITED_EMAILS} emails, {refused} refused with 429"
-        )
-    finally:
-        get_engine(created.database_url).dispose()
-        services.destroy(created)
+    # No pacing: the fake advertises 2/s, which a limiter follows.
+    with FakeResend() as fake, runs.in_process(fake, email_rate_limit_per_second=0, log_level="WARNING") as (
+        _,
+        settings,
+    ):
+        runtime = bootstrap(settings, mailer=ResendMailer(api_key=fake.api_key, api_url=fake.url))
+        worker = Worker(runtime.broker, worker_threads=8)
+        worker.start()
+        try:
+            claim = bench_claim(runtime)
+            rates = bench_end_to_end(runtime, fake)
+            limited = dataclasses.replace(settings, email_rate_limit_per_second=DEFAULT_EMAIL_RATE_LIMIT)
+            runtime = bootstrap(limited, mailer=runtime.mailer)
+            limited_rate, refused = bench_at_provider_limit(runtime, fake)
+        finally:
+            worker.stop()
+            runtime.broker.close()
+    print(f"claim 500 of {CLAIM_ROWS:,} due (median of {RUNS}): {statistics.median(claim) * 1000:.1f} ms")
+    print(
+        f"end-to-end, {END_TO_END_EMAILS} emails, 8 threads (median of {RUNS}): "
+        f"{statistics.median(rates):.0f} emails/s (min {min(rates):.0f}, max {max(rates):.0f})"
+    )
+    print(
+        f"fake Resend refusing over 2 req/s, our limiter at {DEFAULT_EMAIL_RATE_LIMIT}/s: "
+        f"{limited_rate:.2f} emails/s over {LIMITED_EMAILS} emails, {refused} refused with 429"
+    )
 
 
 if __name__ == "__main__":

@@ -40,12 +40,9 @@ from sqlalchemy import event
 
 from actors.fan_out import enqueue_due_emails
 from bench import contenders, runs
-from bench.harness import services
 from bench.harness.fake_resend import FakeResend
 from pipeline.bootstrap import bootstrap
-from pipeline.core.settings import Settings
 from pipeline.providers.resend import ResendMailer
-from storage import migrate
 from storage.database import get_engine
 
 #: The tables whose row versions and index entries are counted.
@@ -164,72 +161,65 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--emails", type=int, default=1000)
     options = parser.parse_args()
-    created = services.create()
-    try:
-        migrate.upgrade(created.database_url)
-        with FakeResend(api_key="re_bench", advertised_limit=contenders.FAR_ABOVE_THE_LOAD) as fake:
-            settings = dataclasses.replace(
-                Settings.from_env({}),
-                database_url=created.database_url,
-                broker_url=created.broker_url,
-                resend_api_key=fake.api_key,
-                resend_api_url=fake.url,
-                email_per_request=1,
-            )
-            logging.basicConfig(level=logging.INFO, filename="/dev/null")
-            runtime = bootstrap(settings, mailer=ResendMailer(api_key=fake.api_key, api_url=fake.url))
-            for actor in runtime.broker.actors.values():
-                runtime.broker.declare_queue(actor.queue_name, ensure=True)
-            worker = Worker(runtime.broker, worker_threads=8)
-            worker.start()
-            try:
-                # Warm: the limiter's row, each connection, the provider's limit recorded.
-                runs.insert_emails(created.database_url, 20, tag="warm")
-                enqueue_due_emails()
-                runs.wait_deliveries(fake, 20)
-                time.sleep(0.5)
-                get_engine(created.database_url).dispose()
-                time.sleep(1.0)
-                before = table_counters(created.database_url)
-                counts = Counts()
-                with counting(created.database_url, runtime.broker, counts):
-                    started = time.monotonic()
-                    runs.insert_emails(created.database_url, options.emails, tag="count")
-                    while enqueue_due_emails():
-                        pass
-                    runs.wait_deliveries(fake, 20 + options.emails)
-                    elapsed = time.monotonic() - started
-                    time.sleep(0.5)  # the last mark_sent commits after the provider's answer
-            finally:
-                worker.stop()
-                runtime.broker.close()
+    fake_resend = FakeResend(api_key="re_bench", advertised_limit=contenders.FAR_ABOVE_THE_LOAD)
+    with fake_resend as fake, runs.in_process(fake, email_per_request=1) as (created, settings):
+        logging.basicConfig(level=logging.INFO, filename="/dev/null")
+        runtime = bootstrap(settings, mailer=ResendMailer(api_key=fake.api_key, api_url=fake.url))
+        for actor in runtime.broker.actors.values():
+            runtime.broker.declare_queue(actor.queue_name, ensure=True)
+        worker = Worker(runtime.broker, worker_threads=8)
+        worker.start()
+        try:
+            # Warm: the limiter's row, each connection, the provider's limit recorded.
+            runs.insert_emails(created.database_url, 20, tag="warm")
+            enqueue_due_emails()
+            runs.wait_deliveries(fake, 20)
+            time.sleep(0.5)
             get_engine(created.database_url).dispose()
             time.sleep(1.0)
-            after = table_counters(created.database_url)
-        emails = options.emails
-        print(f"{emails} emails, one per request, limiter on; {elapsed:.1f}s in process (8 threads)")
-        print("\nper email, round trips and events:")
-        for what, count in sorted(counts.events.items(), key=lambda item: -item[1]):
-            print(f"  {count / emails:6.2f}  {what}")
-        print("per email, statements (engine events):")
-        for what, count in sorted(counts.statements.items(), key=lambda item: -item[1]):
-            print(f"  {count / emails:6.2f}  {what}")
-        print("per email, rows and index entries written:")
-        for table in TABLES:
-            b, a = before.get(table), after.get(table)
-            if a is None or b is None:
-                continue
-            inserted, updated = a["inserted"] - b["inserted"], a["updated"] - b["updated"]
-            hot = a["hot"] - b["hot"]
-            versions = inserted + updated - hot
-            print(
-                f"  {table}: {inserted / emails:.2f} inserted, {updated / emails:.2f} updated "
-                f"({hot / emails:.2f} HOT): {versions / emails:.2f} row versions into {a['indexes']} indexes "
-                f"({a['partial']} partial, which take an entry only for the versions they cover)"
-            )
-    finally:
+            before = table_counters(created.database_url)
+            counts = Counts()
+            with counting(created.database_url, runtime.broker, counts):
+                started = time.monotonic()
+                runs.insert_emails(created.database_url, options.emails, tag="count")
+                while enqueue_due_emails():
+                    pass
+                runs.wait_deliveries(fake, 20 + options.emails)
+                elapsed = time.monotonic() - started
+                time.sleep(0.5)  # the last mark_sent commits after the provider's answer
+        finally:
+            worker.stop()
+            runtime.broker.close()
         get_engine(created.database_url).dispose()
-        services.destroy(created)
+        time.sleep(1.0)
+        after = table_counters(created.database_url)
+    report(options.emails, elapsed, counts, before, after)
+
+
+def report(
+    emails: int, elapsed: float, counts: Counts, before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]
+) -> None:
+    """Print the per-email costs counted over ``emails`` emails."""
+    print(f"{emails} emails, one per request, limiter on; {elapsed:.1f}s in process (8 threads)")
+    print("\nper email, round trips and events:")
+    for what, count in sorted(counts.events.items(), key=lambda item: -item[1]):
+        print(f"  {count / emails:6.2f}  {what}")
+    print("per email, statements (engine events):")
+    for what, count in sorted(counts.statements.items(), key=lambda item: -item[1]):
+        print(f"  {count / emails:6.2f}  {what}")
+    print("per email, rows and index entries written:")
+    for table in TABLES:
+        b, a = before.get(table), after.get(table)
+        if a is None or b is None:
+            continue
+        inserted, updated = a["inserted"] - b["inserted"], a["updated"] - b["updated"]
+        hot = a["hot"] - b["hot"]
+        versions = inserted + updated - hot
+        print(
+            f"  {table}: {inserted / emails:.2f} inserted, {updated / emails:.2f} updated "
+            f"({hot / emails:.2f} HOT): {versions / emails:.2f} row versions into {a['indexes']} indexes "
+            f"({a['partial']} partial, which take an entry only for the versions they cover)"
+        )
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pika
 import pika.exceptions
@@ -29,6 +30,8 @@ import pytest
 
 from bench.harness import services
 from bench.harness.fake_resend import FakeResend
+from pipeline.core.settings import Settings
+from storage import migrate
 from storage.database import get_engine
 
 #: The repository root: the peers are imported from here (``bench`` is not installed).
@@ -214,6 +217,29 @@ def create_services(tries: int = 3) -> services.RunServices:
                 raise RuntimeError(f"could not create a database and vhost: {exc}") from None
             time.sleep(1.0)
     raise AssertionError("unreachable")
+
+
+@contextmanager
+def in_process(fake: FakeResend, **overrides: Any) -> Iterator[tuple[services.RunServices, Settings]]:
+    """A migrated database and a vhost of their own, and settings that send to ``fake``; dropped after.
+
+    For the benchmarks that run the pipeline inside their own process (``bootstrap`` and a
+    Dramatiq ``Worker``) rather than as the shipped processes (``fresh_run``).
+    """
+    created = services.create()
+    try:
+        migrate.upgrade(created.database_url)
+        yield created, dataclasses.replace(
+            Settings.from_env({}),
+            database_url=created.database_url,
+            broker_url=created.broker_url,
+            resend_api_key=fake.api_key,
+            resend_api_url=fake.url,
+            **overrides,
+        )
+    finally:
+        get_engine(created.database_url).dispose()
+        services.destroy(created)
 
 
 @dataclass(frozen=True)

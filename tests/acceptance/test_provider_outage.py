@@ -49,6 +49,20 @@ def smtp() -> Iterator[tuple[RecordingHandler, str]]:
         yield running
 
 
+def arrive(
+    sessions: sessionmaker[Session], tag: str, seconds: float, per_second: float = ARRIVALS_PER_SECOND
+) -> tuple[list[int], list[str]]:
+    """Insert ``per_second`` emails a second, one transaction each, for ``seconds``: their ids and addresses."""
+    addresses: list[str] = []
+    ids: list[int] = []
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        addresses.append(unique_address(f"{tag}{len(addresses)}"))
+        ids += insert_emails(sessions, addresses[-1:])
+        time.sleep(1 / per_second)  # the arrival rate (load), not a synchronisation
+    return ids, addresses
+
+
 def arrive_during_outage(
     provider: FakeResend,
     sessions: sessionmaker[Session],
@@ -56,17 +70,27 @@ def arrive_during_outage(
     seconds: float,
     per_second: float = ARRIVALS_PER_SECOND,
 ) -> tuple[list[int], list[str], float]:
-    """Take the provider down; insert ``per_second`` emails a second for ``seconds`` (it stays down)."""
-    addresses: list[str] = []
-    ids: list[int] = []
+    """Take the provider down; ``arrive`` for ``seconds`` (it stays down); also when it went down."""
     provider.go_down()
     down_at = time.monotonic()
-    while time.monotonic() - down_at < seconds:
-        address = unique_address(f"{tag}{len(addresses)}")
-        addresses.append(address)
-        ids += insert_emails(sessions, [address])
-        time.sleep(1 / per_second)  # the arrival rate (load), not a synchronisation
-    return ids, addresses, down_at
+    return *arrive(sessions, tag, seconds, per_second), down_at
+
+
+def wake_up_listening(cwd: Path) -> None:
+    wait_until(lambda: "listening" in (cwd / "ticker.log").read_text(), timeout=30, what="the wake-up")
+
+
+def failover_environment(run: services.RunServices, provider: FakeResend, smtp_url: str) -> dict[str, str]:
+    return default_environment(run, provider, EMAIL_PROVIDERS="resend,smtp", SMTP_URL=smtp_url, **SCALED_RETRIES)
+
+
+def delivered_by_both(
+    provider: FakeResend, handler: RecordingHandler, addresses: list[str]
+) -> tuple[Counter[str], Counter[str], list[str]]:
+    """Deliveries per address on Resend and on SMTP (each provider's own count), and the addresses on both."""
+    on_resend = Counter(to for delivery in provider.deliveries for to in delivery.to)
+    on_smtp = Counter(message.recipient for message in handler.received)
+    return on_resend, on_smtp, [address for address in addresses if on_resend[address] and on_smtp[address]]
 
 
 def dead_letters(sessions: sessionmaker[Session]) -> int:
@@ -87,7 +111,7 @@ def test_a_provider_down_longer_than_the_retry_schedule_fails_nothing_and_is_pro
     env = default_environment(run, provider, **SCALED_RETRIES)
     sessions = sessions_of(run)
     with fleet(env, tmp_path) as running:
-        wait_until(lambda: "listening" in (tmp_path / "ticker.log").read_text(), timeout=30, what="the wake-up")
+        wake_up_listening(tmp_path)
         ids, addresses, down_at = arrive_during_outage(provider, sessions, "outage", OUTAGE_SECONDS)
         wait_until(lambda: "fails as a whole" in running.logs(tail=None), timeout=10, what="the outage pause")
         provider.come_back()
@@ -120,10 +144,10 @@ def test_failover_to_smtp_during_an_outage_and_failback_after_it(
     run: services.RunServices, provider: FakeResend, smtp: tuple[RecordingHandler, str], tmp_path: Path
 ) -> None:
     handler, smtp_url = smtp
-    env = default_environment(run, provider, EMAIL_PROVIDERS="resend,smtp", SMTP_URL=smtp_url, **SCALED_RETRIES)
+    env = failover_environment(run, provider, smtp_url)
     sessions = sessions_of(run)
     with fleet(env, tmp_path) as running:
-        wait_until(lambda: "listening" in (tmp_path / "ticker.log").read_text(), timeout=30, what="the wake-up")
+        wake_up_listening(tmp_path)
         ids, addresses, down_at = arrive_during_outage(
             provider, sessions, "failover", FAILOVER_OUTAGE_SECONDS, FAILOVER_ARRIVALS_PER_SECOND
         )
@@ -142,9 +166,7 @@ def test_failover_to_smtp_during_an_outage_and_failback_after_it(
         after_ids = insert_emails(sessions, [unique_address(f"after{n}") for n in range(10)])
         wait_until(lambda: statuses(sessions, after_ids).get("sent") == 10, timeout=30, what="the emails after")
     share = over_smtp_during / len(ids)
-    on_resend = Counter(to for delivery in provider.deliveries for to in delivery.to)
-    on_smtp = Counter(message.recipient for message in handler.received)
-    both = [address for address in addresses if on_resend[address] and on_smtp[address]]
+    on_resend, on_smtp, both = delivered_by_both(provider, handler, addresses)
     print(
         f"\n[figures] failover: {share:.0%} of {len(ids)} emails over SMTP during a {back_at - down_at:.0f}s outage "
         f"({statuses(sessions, ids)}, {dead_letters(sessions)} dead letters), {len(both)} delivered by both; "
@@ -165,18 +187,12 @@ def test_a_quota_pause_fails_over_to_smtp_and_new_emails_go_back_to_resend_after
 ) -> None:
     """A 429 quota is a sure refusal: nothing was taken, so the email may go to SMTP at once."""
     handler, smtp_url = smtp
-    env = default_environment(run, provider, EMAIL_PROVIDERS="resend,smtp", SMTP_URL=smtp_url, **SCALED_RETRIES)
+    env = failover_environment(run, provider, smtp_url)
     sessions = sessions_of(run)
     with fleet(env, tmp_path) as running:
-        wait_until(lambda: "listening" in (tmp_path / "ticker.log").read_text(), timeout=30, what="the wake-up")
+        wake_up_listening(tmp_path)
         provider.exhaust_quota(reset_after=QUOTA_RESET_SECONDS)  # the 429s' retry-after counts down to it
-        addresses: list[str] = []
-        ids: list[int] = []
-        started = time.monotonic()
-        while time.monotonic() - started < 10:
-            addresses.append(unique_address(f"quota{len(addresses)}"))
-            ids += insert_emails(sessions, addresses[-1:])
-            time.sleep(1 / ARRIVALS_PER_SECOND)  # the arrival rate (load), not a synchronisation
+        ids, addresses = arrive(sessions, "quota", 10)
         wait_until(lambda: statuses(sessions, ids).get("sent") == len(ids), timeout=30, what=f"{running.logs()}")
         during = by_provider(sessions, ids)
         logs = running.logs(tail=None)
@@ -189,9 +205,7 @@ def test_a_quota_pause_fails_over_to_smtp_and_new_emails_go_back_to_resend_after
         wait_until(back_on_resend, timeout=60, interval=0.5, what="an email on Resend after the quota")
         later = insert_emails(sessions, [unique_address(f"later{n}") for n in range(5)])
         wait_until(lambda: statuses(sessions, later).get("sent") == 5, timeout=30, what="the emails after")
-    on_resend = Counter(to for delivery in provider.deliveries for to in delivery.to)
-    on_smtp = Counter(message.recipient for message in handler.received)
-    both = [address for address in addresses if on_resend[address] and on_smtp[address]]
+    _, on_smtp, both = delivered_by_both(provider, handler, addresses)
     print(
         f"\n[figures] quota: {during['smtp']} of {len(ids)} over SMTP while Resend's quota was used up, "
         f"{len(both)} delivered by both; after it, {by_provider(sessions, later)}"
@@ -216,7 +230,7 @@ def test_smtp_alone_serves_a_shop_without_resend(
     handler.refused.add(refused)
     handler.drop_once.add(dropped)
     with fleet(env, tmp_path) as running:
-        wait_until(lambda: "listening" in (tmp_path / "ticker.log").read_text(), timeout=30, what="the wake-up")
+        wake_up_listening(tmp_path)
         started = time.monotonic()
         ids = insert_emails(sessions, good)
         wait_until(lambda: statuses(sessions, ids).get("sent") == 200, timeout=60, what=f"200 sent\n{running.logs()}")
