@@ -117,7 +117,7 @@ def bootstrap(
         bind(declared, broker, settings)
     sessions = get_sessionmaker(settings.database_url)
     chosen = list(providers) if providers else [mailer] if mailer is not None else default_providers(settings)
-    alerter = alerts.from_settings(settings, sessions, chosen[0])
+    alerter = alerts.from_settings(settings, sessions, chosen)
     installed = Runtime(
         settings=settings,
         broker=broker,

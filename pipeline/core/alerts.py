@@ -14,9 +14,11 @@ How, and why so:
 * The state is committed *before* delivery. A channel that fails (Slack down, a
   refused connection, a provider error) is logged and the digest counts as sent:
   the next one carries only newer counts, and a broken channel cannot loop.
-* The email goes straight through the process's mailer with its own idempotency
+* The email goes straight through the process's providers with its own idempotency
   key, never through ``email_queue``: an alert about failing email must not become
-  one more email that fails and alerts again.
+  one more email that fails and alerts again. It tries them in EMAIL_PROVIDERS'
+  order, the next after any failure: the alert that Resend is down must not depend
+  on Resend, and an alert delivered twice costs less than one lost.
 
 The same channels carry the few alerts that are not digests: a quota pause
 (``announce_quota_pause``) and, through ``AlertLogHandler``, what the actors log
@@ -31,6 +33,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Optional
@@ -147,16 +150,16 @@ class Alerter:
         webhook_url: Optional[str] = None,
         email: Optional[str] = None,
         sender: str = "",
-        mailer: Optional[Mailer] = None,
+        mailers: Sequence[Mailer] = (),
     ) -> None:
-        if email is not None and mailer is None:
-            raise ValueError("an email alert needs a mailer")
+        if email is not None and not mailers:
+            raise ValueError("an email alert needs a provider")
         self.sessions = sessions
         self.min_interval = min_interval
         self.webhook_url = webhook_url
         self.email = email
         self.sender = sender
-        self.mailer = mailer
+        self.mailers = list(mailers)
         self._poked = threading.Event()
 
     # --- the decision and the delivery ---------------------------------------------------------
@@ -225,16 +228,20 @@ class Alerter:
         return True
 
     def _mail(self, subject: str, text: str, key: str) -> bool:
-        assert self.email is not None and self.mailer is not None
+        """Through the first provider that takes it (see the module's docstring)."""
+        assert self.email is not None
         email = OutgoingEmail(
             sender=self.sender, recipient=self.email, subject=subject, html=None, text=text, idempotency_key=key
         )
-        try:
-            self.mailer.send(email)
-        except Exception as exc:
-            logger.error("The alert email could not be sent (%s); this alert is dropped.", describe(exc))
-            return False
-        return True
+        for mailer in self.mailers:
+            try:
+                mailer.send(email)
+            except Exception as exc:
+                logger.error("The alert email could not be sent through %s (%s).", mailer.name, describe(exc))
+                continue
+            return True
+        logger.error("No provider took the alert email; this alert is dropped.")
+        return False
 
     # --- the thread -----------------------------------------------------------------------------
 
@@ -374,7 +381,9 @@ def forward_alert_logs(alerter: Optional[Alerter]) -> None:
         target.addHandler(AlertLogHandler(alerter))
 
 
-def from_settings(settings: Settings, sessions: sessionmaker[Session], mailer: Mailer) -> Optional[Alerter]:
+def from_settings(
+    settings: Settings, sessions: sessionmaker[Session], mailers: Sequence[Mailer]
+) -> Optional[Alerter]:
     """The alerter ALERT_* configure, or None when no channel is set."""
     if not settings.alert_webhook_url and not settings.alert_email:
         return None
@@ -384,5 +393,5 @@ def from_settings(settings: Settings, sessions: sessionmaker[Session], mailer: M
         webhook_url=settings.alert_webhook_url,
         email=settings.alert_email,
         sender=settings.email_from,
-        mailer=mailer,
+        mailers=mailers,
     )

@@ -76,7 +76,7 @@ def test_a_channel_that_fails_is_logged_counted_as_sent_and_never_retried_in_a_l
     fake_resend.fail_recipient(ops, status=500, name="application_error", message="down")
     mailer = ResendMailer(api_key=fake_resend.api_key, api_url=fake_resend.url)
     alerter = Alerter(
-        own_sessions, min_interval=timedelta(seconds=1), webhook_url=refused_url(), email=ops, mailer=mailer
+        own_sessions, min_interval=timedelta(seconds=1), webhook_url=refused_url(), email=ops, mailers=[mailer]
     )
     add_dead_letter(own_sessions, actor="send_email", args=[1])
 

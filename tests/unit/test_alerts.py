@@ -11,6 +11,7 @@ from sqlalchemy.orm import sessionmaker
 from pipeline.core.alerts import Alerter, Outcome
 from pipeline.core.errors import ConfigError
 from pipeline.core.settings import Settings
+from pipeline.providers.base import Accepted, BatchAccepted, Capabilities, OutcomeUnknown, OutgoingEmail
 from storage.database import get_engine, get_sessionmaker
 from storage.migrate import upgrade
 from tests.support.alert_support import hook_server
@@ -70,3 +71,40 @@ def test_a_webhook_that_answers_an_error_is_logged_with_its_status_and_not_count
         delivered = alerter.notify(subject="s", text="t", payload={"total": 1}, key="k")
     assert delivered == {"webhook": False} and len(hook.posts) == 1
     assert "The alert webhook answered 500; this alert is dropped." in caplog.text
+
+
+class RecordingProvider:
+    """A provider that keeps what it was handed; ``down``: every send fails as Resend's in an outage."""
+
+    capabilities = Capabilities(batch_size=1, idempotency_window=None)
+
+    def __init__(self, name: str, *, down: bool = False) -> None:
+        self.name = name
+        self.down = down
+        self.sent: list[OutgoingEmail] = []
+
+    def send(self, email: OutgoingEmail) -> Accepted:
+        if self.down:
+            raise OutcomeUnknown(f"{self.name} 500 application_error")
+        self.sent.append(email)
+        return Accepted(f"{self.name}-{len(self.sent)}")
+
+    def send_batch(self, emails: list[OutgoingEmail], *, idempotency_key: str) -> BatchAccepted:
+        return BatchAccepted([self.send(email).provider_id for email in emails])
+
+
+def test_the_alert_email_goes_through_the_next_provider_when_the_first_is_down(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before: it went through the first provider only, so "Resend is down" was dropped with Resend down."""
+    resend, smtp = RecordingProvider("resend", down=True), RecordingProvider("smtp")
+    alerter = Alerter(
+        sessionmaker(), min_interval=timedelta(minutes=10), email="ops@minalesh.et", mailers=[resend, smtp]
+    )
+    delivered = alerter.notify(subject="resend is down", text="t", payload={}, key="k")
+    assert delivered == {"email": True}
+    assert [email.subject for email in smtp.sent] == ["resend is down"] and resend.sent == []
+    assert "could not be sent through resend" in caplog.text
+    smtp.down = True
+    assert alerter.notify(subject="s", text="t", payload={}, key="k2") == {"email": False}
+    assert "No provider took the alert email; this alert is dropped." in caplog.text
