@@ -23,7 +23,7 @@ from pipeline.core.declare import DeclaredActor
 from pipeline.core.errors import PermanentError, describe
 from pipeline.core.item_hooks import LeasedItemHooks
 from pipeline.core.outcomes import Outcome, report
-from pipeline.providers.base import OutgoingEmail, ProviderPaused, Refused
+from pipeline.providers.base import OutgoingEmail, PartlySent, ProviderPaused, Refused
 from pipeline.providers.sending import BatchSent
 from storage import batches, emails, leases, suppressions
 from storage.clock import utcnow
@@ -77,7 +77,7 @@ def deliver_batch(batch_id: int, *, transactional: bool) -> None:
         )
         # Its recipient suppressed: held back at the batch's first attempt (a retry repeats the first request).
         held = suppressions.hold_back(session, members, first_attempt_only=True)
-        payload = [emails.EmailMessage.from_row(row) for row in emails.rows(session, members) if not _suppressed(row)]
+        payload = [emails.EmailMessage.from_row(row) for row in emails.rows(session, members) if _to_send(row)]
         first = (
             started[0]
             if started
@@ -102,13 +102,12 @@ def deliver_batch(batch_id: int, *, transactional: bool) -> None:
                 if handed_back(paused, sorted(ours), pinned=maybe_sent_by is not None):
                     return
                 raise
-    single = sender_of(EmailPriority.TRANSACTIONAL if transactional else EmailPriority.BULK)
-    queue, actor_name = f"{single.queue_name}.XQ", single.actor_name
-    delivered, failures = _outcomes(outgoing, answer.results, unrenderable, ours=ours)
-    with current.sessions.begin() as session:
-        emails.mark_sent_many(session, delivered, provider=answer.provider)
-        for email_id, error in failures.items():
-            batches.fail_member(session, email_id, error=error, queue=queue, actor=actor_name)
+            except PartlySent as partial:  # the members answered are recorded; the retry sends the rest
+                answered = outgoing[: len(partial.results)]
+                partly = BatchSent(partial.results, partial.provider)
+                _record(answered, partly, unrenderable, ours=ours, transactional=transactional)
+                raise
+    _record(outgoing, answer, unrenderable, ours=ours, transactional=transactional)
     refused = sum(isinstance(result, Refused) for result in answer.results)
     report(
         Outcome.SENT,
@@ -119,8 +118,37 @@ def deliver_batch(batch_id: int, *, transactional: bool) -> None:
     )
 
 
-def _suppressed(row: EmailQueue) -> bool:
-    return row.status == EmailStatus.SUPPRESSED.value
+#: A member in one of these is not in the request: held back, or answered by an earlier attempt.
+_NOT_SENT_AGAIN = frozenset(status.value for status in (EmailStatus.SUPPRESSED, EmailStatus.SENT, EmailStatus.FAILED))
+
+
+def _to_send(row: EmailQueue) -> bool:
+    """Whether a member goes in this attempt's request.
+
+    A member answered by an earlier attempt is left out: only a batch sent one by one
+    (SMTP, ``PartlySent``) is ever retried with some members answered, and SMTP has
+    no key to answer them again. A Resend batch is answered as a whole, so its retry
+    still repeats its first request exactly, as its key requires.
+    """
+    return row.status not in _NOT_SENT_AGAIN
+
+
+def _record(
+    outgoing: list[tuple[int, OutgoingEmail]],
+    answer: BatchSent,
+    unrenderable: dict[int, str],
+    *,
+    ours: set[int],
+    transactional: bool,
+) -> None:
+    """This attempt's members' results, in one transaction: sent, or failed with a dead letter of their own."""
+    single = sender_of(EmailPriority.TRANSACTIONAL if transactional else EmailPriority.BULK)
+    queue, actor_name = f"{single.queue_name}.XQ", single.actor_name
+    delivered, failures = _outcomes(outgoing, answer.results, unrenderable, ours=ours)
+    with runtime.current().sessions.begin() as session:
+        emails.mark_sent_many(session, delivered, provider=answer.provider)
+        for email_id, error in failures.items():
+            batches.fail_member(session, email_id, error=error, queue=queue, actor=actor_name)
 
 
 def _outcomes(

@@ -124,7 +124,7 @@ def compose(email: EmailMessage) -> OutgoingEmail:
 
 def held_back(email_ids: list[int]) -> dict[int, str]:
     """End the emails to suppressed addresses ``suppressed`` before any provider request: {id: reason}."""
-    with runtime.current().sessions.begin() as session:
+    with statement_by_statement(runtime.current().sessions) as session:  # one UPDATE: no BEGIN, no COMMIT
         held = suppressions.hold_back(session, email_ids)
     if held:
         report(Outcome.SUPPRESSED, emails=sorted(held))

@@ -141,6 +141,22 @@ class OutcomeUnknown(ProviderUnavailable):
     maybe_accepted = True
 
 
+class PartlySent(OutcomeUnknown):
+    """A batch sent one by one (SMTP) stopped part-way: ``results`` of the members before the failure.
+
+    Those members were answered: their results must be recorded before the batch is
+    retried, and the retry sends only the members still to send, or a provider
+    without idempotency keys delivers them twice. The member that failed may have
+    been taken (the connection dropped after DATA): it is an ``OutcomeUnknown``, so
+    the batch never fails over to another provider within this call.
+    """
+
+    def __init__(self, message: str, *, results: list[Union[str, Refused]], provider: str) -> None:
+        super().__init__(message)
+        self.results = results
+        self.provider = provider
+
+
 class ProviderPaused(RateLimited):
     """The fleet paused this provider (an outage, a quota, a 429): the email waits, its attempt given back.
 

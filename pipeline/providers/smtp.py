@@ -42,6 +42,8 @@ from pipeline.providers.base import (
     NotReached,
     OutcomeUnknown,
     OutgoingEmail,
+    PartlySent,
+    ProviderUnavailable,
     Refused,
 )
 from pipeline.providers.mime import as_mime
@@ -128,8 +130,9 @@ class SmtpProvider:
     def send_batch(self, emails: list[OutgoingEmail], *, idempotency_key: str) -> BatchAccepted:
         """One by one on this thread's connection; an email refused for good is listed, any other failure raises.
 
-        A failure part-way raises for the whole batch, whose retry sends the earlier
-        members again with their same Message-IDs (SMTP has no key to answer them).
+        A failure part-way raises ``PartlySent`` with the results of the members before
+        it, which the batch actor records before the retry: SMTP has no key to answer a
+        member sent again, so the retry sends only the members still to send.
         """
         results: list[str | Refused] = []
         for email in emails:
@@ -137,6 +140,11 @@ class SmtpProvider:
                 results.append(self.send(email).provider_id)
             except EmailRefused as refused:
                 results.append(Refused(str(refused)))
+            except ProviderUnavailable as failure:
+                if not results:
+                    raise
+                done = f"after {len(results)} of {len(emails)} were answered"
+                raise PartlySent(f"{failure} ({done})", results=results, provider=self.name) from failure
         return BatchAccepted(results)
 
     def close(self) -> None:

@@ -221,12 +221,13 @@ def test_smtp_alone_serves_a_shop_without_resend(
     run: services.RunServices, provider: FakeResend, smtp: tuple[RecordingHandler, str], tmp_path: Path
 ) -> None:
     handler, smtp_url = smtp
-    # Scaled retries: the email whose connection dropped after DATA is resent by its retry.
+    # Scaled retries: the batch whose connection dropped after DATA is resent by its retry.
     env = default_environment(run, provider, EMAIL_PROVIDERS="smtp", SMTP_URL=smtp_url, **SCALED_RETRIES)
     env.pop("RESEND_API_KEY")
     sessions = sessions_of(run)
     good = [unique_address(f"smtp{n}") for n in range(200)]
     refused, dropped = unique_address("nosuchuser"), unique_address("dropped")
+    around = [unique_address(f"around{n}") for n in range(4)]
     handler.refused.add(refused)
     handler.drop_once.add(dropped)
     with fleet(env, tmp_path) as running:
@@ -235,22 +236,23 @@ def test_smtp_alone_serves_a_shop_without_resend(
         ids = insert_emails(sessions, good)
         wait_until(lambda: statuses(sessions, ids).get("sent") == 200, timeout=60, what=f"200 sent\n{running.logs()}")
         took = time.monotonic() - started
-        # One after the other: in one batch, the drop would retry the whole batch, the 550 member with it.
-        singles = insert_emails(sessions, [refused])
-        wait_until(lambda: statuses(sessions, singles) == {"failed": 1}, timeout=60, what=f"{running.logs()}")
-        singles += insert_emails(sessions, [dropped])
+        # One batch (one transaction, so one claim): the 550 and the drop in the middle of good members.
+        batch = insert_emails(sessions, [around[0], refused, around[1], dropped, around[2], around[3]])
         wait_until(
-            lambda: statuses(sessions, singles) == {"failed": 1, "sent": 1}, timeout=60, what=f"{running.logs()}"
+            lambda: statuses(sessions, batch) == {"failed": 1, "sent": 5}, timeout=60, what=f"{running.logs()}"
         )
     with sessions() as session:
-        query = text("SELECT recipient, attempts FROM email_queue WHERE id = ANY(:ids)")
-        rows = session.execute(query, {"ids": singles})
-        attempts = {str(recipient): int(count) for recipient, count in rows.all()}
+        query = text("SELECT recipient, attempts, batch_id FROM email_queue WHERE id = ANY(:ids)")
+        rows = session.execute(query, {"ids": batch}).all()
+    attempts = {str(recipient): int(count) for recipient, count, _ in rows}
     message_ids = [handler.to(address)[0].message_id for address in good if len(handler.to(address)) == 1]
     assert len(message_ids) == 200 and len(set(message_ids)) == 200
     assert by_provider(sessions, ids) == Counter({"smtp": 200})
+    assert len({batch_id for _, _, batch_id in rows}) == 1 and rows[0][2] is not None, "not one batch"
     assert attempts[refused] == 1 and handler.to(refused) == []
     resent = handler.to(dropped)
     assert len(resent) == 2 and resent[0].message_id == resent[1].message_id
+    # Before: the drop retried the whole batch, and SMTP delivered the members before it twice.
+    assert {address: len(handler.to(address)) for address in around} == dict.fromkeys(around, 1)
     assert provider.requests == []
     print(f"\n[figures] SMTP alone on loopback, worker -p 2 -t 8: 200 emails in {took:.1f}s ({200 / took:.0f}/s)")

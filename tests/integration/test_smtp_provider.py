@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from pipeline.core.errors import TransientError
-from pipeline.providers.base import EmailRefused, NotReached, OutcomeUnknown, OutgoingEmail, Refused
+from pipeline.providers.base import EmailRefused, NotReached, OutcomeUnknown, OutgoingEmail, PartlySent, Refused
 from pipeline.providers.smtp import SmtpProvider, message_id
 from tests.support.smtp_support import RecordingHandler, free_port, smtp_server
 
@@ -72,6 +72,26 @@ def test_a_connection_dropped_after_data_is_outcome_unknown_and_the_resend_is_th
     provider.close()
     received = handler.to("dropped@example.com")
     assert [message.message_id for message in received] == [message_id(email)] * 2
+
+
+def test_a_batch_that_fails_part_way_says_which_members_were_answered(server: tuple[RecordingHandler, str]) -> None:
+    """So the batch actor records them before the retry, which sends only the rest (SMTP has no key)."""
+    handler, url = server
+    handler.drop_once.add("dropped@example.com")
+    handler.refused.add("nobody@example.com")
+    provider = SmtpProvider(url)
+    batch = [outgoing(1, "a@example.com"), outgoing(2, "nobody@example.com"), outgoing(3, "dropped@example.com")]
+    with pytest.raises(PartlySent) as raised:
+        provider.send_batch([*batch, outgoing(4, "b@example.com")], idempotency_key="k")
+    handler.drop_once.add("first@example.com")
+    with pytest.raises(OutcomeUnknown) as first:  # nothing answered: the failure itself, not PartlySent
+        provider.send_batch([outgoing(5, "first@example.com")], idempotency_key="k2")
+    provider.close()
+    results = raised.value.results
+    assert len(results) == 2 and isinstance(results[0], str) and isinstance(results[1], Refused)
+    assert raised.value.maybe_accepted and raised.value.provider == "smtp"
+    assert not isinstance(first.value, PartlySent)
+    assert handler.to("b@example.com") == []
 
 
 def test_a_server_that_is_down_is_not_reached_and_starttls_required_refuses_a_plain_server(
