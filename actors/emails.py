@@ -158,7 +158,7 @@ def deliver(email_id: int, *, transactional: bool) -> None:
     ) as email:
         if email is None:
             return  # sent, failed, not due or in flight
-        if held_back([email_id]):
+        if email.suppressed_because is not None and held_back([email_id]):
             return  # its recipient is suppressed: no provider, no slot
         try:
             sent = current.sending.send(compose(email), transactional=transactional, maybe_sent_by=email.maybe_sent_by)

@@ -18,13 +18,15 @@ from typing import Any, Optional
 from sqlalchemy import ColumnElement, Text, and_, bindparam, column, func, or_, select, update, values
 from sqlalchemy.orm import Session
 
-from storage import leases
+from storage import leases, suppressions
 from storage.clock import utcnow
 from storage.errors import StorageError
 from storage.leases import LeasedTable, Now
 from storage.models import BigId, EmailPriority, EmailQueue, EmailStatus, UtcDateTime
 from storage.rowcount import rows_affected
 
+#: The label under which an attempt's UPDATE returns the recipient's suppression reason.
+SUPPRESSED_BECAUSE = "suppressed_because"
 _LIVE = (EmailStatus.PENDING, EmailStatus.QUEUED, EmailStatus.SENDING, EmailStatus.RETRYING)
 _LEASED = (EmailStatus.QUEUED, EmailStatus.SENDING, EmailStatus.RETRYING)
 #: The statuses of an email still to send.
@@ -56,6 +58,8 @@ class EmailMessage:
     priority: str
     #: A provider an earlier attempt may have reached without a clear answer (only it may be asked again).
     maybe_sent_by: Optional[str] = None
+    #: Why the recipient is suppressed, read by the attempt's own UPDATE (None: not suppressed, or not read).
+    suppressed_because: Optional[str] = None
 
     @classmethod
     def from_row(cls, row: EmailQueue) -> EmailMessage:
@@ -72,6 +76,7 @@ class EmailMessage:
             created_at=row.created_at,
             priority=row.priority,
             maybe_sent_by=row.maybe_sent_by,
+            suppressed_because=getattr(row, SUPPRESSED_BECAUSE, None),
         )
 
 
@@ -115,6 +120,9 @@ TABLE: LeasedTable[EmailMessage] = LeasedTable(
     given_up_values={"status": EmailStatus.FAILED.value},
     revived_values=lambda _now: {"status": EmailStatus.QUEUED.value, "next_attempt_at": None},
     snapshot=EmailMessage.from_row,
+    # The suppression list read in the attempt's round trip: a send asks for the hold-back's UPDATE only
+    # when its recipient is on it, not once per email (#21's per-email path).
+    also_returning=(suppressions.reason_for(EmailQueue.recipient).label(SUPPRESSED_BECAUSE),),
 )
 
 

@@ -109,6 +109,8 @@ class LeasedTable(Generic[T]):
     revived_values: Values
     #: The row as an attempt sees it.
     snapshot: Callable[[Any], T]
+    #: More the attempt's UPDATE returns with the row, each labelled (what the snapshot reads besides the columns).
+    also_returning: tuple[ColumnElement[Any], ...] = ()
 
 
 def claim_due(
@@ -250,7 +252,7 @@ def _start_statement(table: LeasedTable[Any], held: bool) -> Any:
         "locked_until": bindparam("locked_until", type_=model.locked_until.type),
         "updated_at": now,
     }
-    statement = update(model.__table__).where(startable).values(**values).returning(*columns)
+    statement = update(model.__table__).where(startable).values(**values).returning(*columns, *table.also_returning)
     _START_STATEMENTS[key] = statement
     return statement
 

@@ -132,6 +132,15 @@ def count(session: Session) -> int:
     return int(session.scalar(select(func.count()).select_from(EmailSuppression)) or 0)
 
 
+def reason_for(recipient: Any) -> Any:
+    """Why the address in ``recipient`` (a column or a value) is suppressed, as a scalar subquery; NULL: it is not."""
+    return (
+        select(EmailSuppression.reason)
+        .where(EmailSuppression.address == func.lower(func.trim(recipient)))
+        .scalar_subquery()
+    )
+
+
 def hold_back(session: Session, email_ids: Sequence[int], *, first_attempt_only: bool = False) -> dict[int, str]:
     """End the emails among ``email_ids`` whose recipient is suppressed ``suppressed``: {email id: reason}.
 
@@ -143,11 +152,7 @@ def hold_back(session: Session, email_ids: Sequence[int], *, first_attempt_only:
     if not email_ids:
         return {}
     now = utcnow()
-    reason = (
-        select(EmailSuppression.reason)
-        .where(EmailSuppression.address == func.lower(func.trim(EmailQueue.recipient)))
-        .scalar_subquery()
-    )
+    reason = reason_for(EmailQueue.recipient)
     conditions = [
         EmailQueue.id.in_(list(email_ids)),
         EmailQueue.status == EmailStatus.SENDING.value,

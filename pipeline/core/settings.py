@@ -398,7 +398,9 @@ class Settings:
     #: Where dead-letter digests are POSTed (a Slack incoming webhook works); its path is a
     #: secret at Slack, hence kept out of the repr.
     alert_webhook_url: Optional[str] = setting("ALERT_WEBHOOK_URL", _webhook_url, secret=True)
-    #: Who gets dead-letter digests by email, sent straight through the mailer.
+    #: Who gets dead-letter digests and the other alerts by email, sent straight through the providers
+    #: of EMAIL_PROVIDERS in order, the next after any failure (so "Resend is down" arrives over SMTP
+    #: when SMTP is configured).
     alert_email: Optional[str] = setting("ALERT_EMAIL", _address)
     alert_min_interval_minutes: float = setting("ALERT_MIN_INTERVAL_MINUTES", _positive_minutes, 10.0)
     dead_letter_retention_days: int = setting("DEAD_LETTER_RETENTION_DAYS", _positive_count, 180)
