@@ -20,6 +20,7 @@ from typing import Any
 
 from pipeline.core import runtime
 from pipeline.core.declare import JobReport, periodic
+from pipeline.providers.resend import WITH_DELIVERY_EVENTS
 from storage import delivery_events
 from storage.clock import minutes, utcnow
 
@@ -60,7 +61,7 @@ def check_delivery_rates() -> JobReport:
     now = utcnow()
     interval = minutes(current.settings.alert_min_interval_minutes)
     with current.sessions.begin() as session:
-        rates = delivery_events.rates(session, now=now)
+        rates = delivery_events.rates(session, providers=WITH_DELIVERY_EVENTS, now=now)
         due = [
             crossing
             for crossing in crossings(rates)

@@ -33,6 +33,7 @@ from svix.webhooks import Webhook
 
 from bench.harness import services
 from bench.harness.processes import running
+from pipeline.providers.resend import WITH_DELIVERY_EVENTS
 from storage import delivery_events, migrate
 from storage.clock import utcnow
 from storage.database import get_engine, get_sessionmaker
@@ -129,14 +130,14 @@ def rates_cost(run: services.RunServices, count: int) -> None:
     print(f"Filled {count:,} emails in {time.perf_counter() - started:.1f} s.")
     sessions = get_sessionmaker(run.database_url)
     with sessions() as session:
-        for statement in delivery_events.rates_queries(utcnow()):
+        for statement in delivery_events.rates_queries(utcnow(), providers=WITH_DELIVERY_EVENTS):
             sql = str(statement.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
             plan = session.execute(text("EXPLAIN (ANALYZE, BUFFERS) " + sql)).scalars().all()
             print("\n".join(plan))
         spans = []
         for _ in range(20):
             begun = time.perf_counter()
-            figures = delivery_events.rates(session)
+            figures = delivery_events.rates(session, providers=WITH_DELIVERY_EVENTS)
             spans.append((time.perf_counter() - begun) * 1000)
     print(f"rates(): median {statistics.median(spans):.1f} ms of 20; {json.dumps(figures)}")
 

@@ -21,6 +21,7 @@ account's reputation is the shop's whatever sent the email.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Optional
@@ -265,16 +266,17 @@ def unmatched(session: Session) -> int:
     return int(session.scalar(select(func.count()).where(EmailEvent.email_id.is_(None))) or 0)
 
 
-def rates_queries(now: datetime) -> tuple[Any, Any]:
+def rates_queries(now: datetime, *, providers: Sequence[str]) -> tuple[Any, Any]:
     """The two statements of ``rates``: sends per window, then bounces and complaints per window.
 
-    Sends are an index-only count on ``ix_email_queue_sent_at``; the bad outcomes, a few
-    percent at most, on the partial ``ix_email_queue_bad_deliveries``.
+    Sends are an index-only count on ``ix_email_queue_sent_at`` (sent_at, provider); the
+    bad outcomes, a few percent at most, on the partial ``ix_email_queue_bad_deliveries``.
     """
     since = {name: now - span for name, span in WINDOWS.items()}
     oldest = min(since.values())
+    counted = or_(EmailQueue.provider.in_(list(providers)), EmailQueue.provider.is_(None))
     sends: Any = select(*(func.count().filter(EmailQueue.sent_at >= since[name]) for name in WINDOWS)).where(
-        EmailQueue.sent_at >= oldest
+        EmailQueue.sent_at >= oldest, counted
     )
     bad = [DeliveryStatus.BOUNCED.value, DeliveryStatus.COMPLAINED.value]
     outcomes: Any = select(
@@ -287,15 +289,19 @@ def rates_queries(now: datetime) -> tuple[Any, Any]:
     return sends, outcomes
 
 
-def rates(session: Session, *, now: Optional[datetime] = None) -> dict[str, dict[str, Any]]:
-    """Bounce and complaint rates over the emails sent in the last 24 hours and 7 days.
+def rates(
+    session: Session, *, providers: Sequence[str], now: Optional[datetime] = None
+) -> dict[str, dict[str, Any]]:
+    """Bounce and complaint rates over the emails ``providers`` sent in the last 24 hours and 7 days.
 
-    Two index-only range scans (``rates_queries``): every window's sends, bounces
-    (``bounced``) and complaints (``complained``), and their ratios (0.0 without sends).
-    An email sent by a provider without events (SMTP) counts as a send that neither
-    bounced nor complained.
+    ``providers`` are those that report delivery events, whose thresholds the rates
+    watch: a send by another (SMTP) would count as one that neither bounced nor
+    complained and dilute them. An email sent before ``email_queue.provider`` was
+    recorded counts (Resend sent it). Two index-only range scans (``rates_queries``):
+    every window's sends, bounces (``bounced``) and complaints (``complained``), and
+    their ratios (0.0 without sends).
     """
-    sends_query, outcomes_query = rates_queries(now or utcnow())
+    sends_query, outcomes_query = rates_queries(now or utcnow(), providers=providers)
     sends = session.execute(sends_query).one()
     outcomes = session.execute(outcomes_query).one()
     figures: dict[str, dict[str, Any]] = {}

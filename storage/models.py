@@ -191,6 +191,7 @@ class EmailQueue(Base):
         Index(
             "ix_email_queue_sent_at",
             "sent_at",
+            "provider",  # the rates count the sends of providers with delivery events (migration 0016)
             postgresql_where=text("sent_at IS NOT NULL"),
             sqlite_where=text("sent_at IS NOT NULL"),
         ),

@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from pipeline.core.runtime import Runtime
+from pipeline.providers.resend import WITH_DELIVERY_EVENTS
 from storage import dead_letters, delivery_events, emails, inventory, orders, periodic_runs, suppressions, webhooks
 
 
@@ -39,7 +40,7 @@ def collect(current: Runtime) -> dict[str, Any]:
 def delivery(session: Session) -> dict[str, Any]:
     """The ``delivery`` section: rates per window, the thresholds, unmatched events, suppressions."""
     return {
-        "rates": delivery_events.rates(session),
+        "rates": delivery_events.rates(session, providers=WITH_DELIVERY_EVENTS),
         "thresholds": {
             "bounce_rate": delivery_events.BOUNCE_RATE_LIMIT,
             "complaint_rate": delivery_events.COMPLAINT_RATE_LIMIT,

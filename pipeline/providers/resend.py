@@ -51,6 +51,9 @@ IDEMPOTENCY_WINDOW = timedelta(hours=24)
 BATCH_SIZE = 100
 #: The provider's name: its rate-limit row, ``email_queue.provider``, ``EMAIL_PROVIDERS``.
 NAME = "resend"
+#: The providers whose delivery events we take (``pipeline.web.email_events``): Resend alone. The
+#: bounce and complaint rates count their sends only (``storage.delivery_events.rates``).
+WITH_DELIVERY_EVENTS = (NAME,)
 
 
 class PooledClient(HTTPClient):

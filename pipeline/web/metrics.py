@@ -42,6 +42,7 @@ from pipeline.bootstrap import periodic_jobs
 from pipeline.core.declare import PeriodicJob
 from pipeline.core.errors import describe
 from pipeline.core.runtime import Runtime
+from pipeline.providers.resend import WITH_DELIVERY_EVENTS
 from pipeline.web.depths import QueueDepths
 from storage import delivery_events, emails, gauges, periodic_runs, suppressions
 from storage.clock import utcnow
@@ -158,7 +159,7 @@ class DomainCollector(Collector):
     @staticmethod
     def _delivery(session: Session) -> Gauges:
         """The rates Resend's acceptable-use policy watches, per window, from one index range scan."""
-        rates = delivery_events.rates(session)
+        rates = delivery_events.rates(session, providers=WITH_DELIVERY_EVENTS)
         bounce = GaugeMetricFamily(
             "minalesh_email_bounce_rate",
             "Permanently bounced among the emails sent in the window (Resend's limit: 0.04).",

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from actors.fan_out import enqueue_due_emails
 from bench.harness.fake_resend import FakeResend
+from pipeline.providers.resend import WITH_DELIVERY_EVENTS
 from storage import delivery_events
 from storage.clock import utcnow
 from tests.support.delivery_support import (
@@ -287,26 +288,31 @@ def test_a_lifted_suppression_lets_the_next_email_through(
 # --- the rates on a seeded history ------------------------------------------------------
 
 
-def test_rates_over_24_hours_and_7_days(sessions: sessionmaker[Session]) -> None:
+def test_rates_over_24_hours_and_7_days_of_resends_sends(sessions: sessionmaker[Session]) -> None:
+    """Only the sends of providers with delivery events count: before, SMTP's diluted Resend's rates."""
     now = utcnow() + timedelta(days=3650)  # a window of its own, far from every other test's sends
-    rows = [(1, "bounced"), (2, "delivered"), (2, "complained"), (30, "bounced"), (30, "delivered"), (30, None)]
+    rows = [
+        (1, "bounced", "resend"),
+        (2, "delivered", None),  # sent before email_queue.provider was recorded: Resend's
+        (2, "complained", "resend"),
+        (3, None, "smtp"),
+        (3, None, "smtp"),
+        (30, "bounced", "resend"),
+        (30, "delivered", "resend"),
+        (30, None, "resend"),
+        (30, None, "smtp"),
+        (24 * 8, "bounced", "resend"),
+    ]
     with sessions.begin() as session:
-        for hours_ago, delivery in rows:
+        for hours_ago, delivery, provider in rows:
             session.execute(
                 text(
-                    "INSERT INTO email_queue (recipient, subject, html, status, sent_at, delivery_status) "
-                    "VALUES ('r@example.com', 's', 'h', 'sent', :at, :d)"
+                    "INSERT INTO email_queue (recipient, subject, html, status, sent_at, delivery_status, provider) "
+                    "VALUES ('r@example.com', 's', 'h', 'sent', :at, :d, :p)"
                 ),
-                {"at": now - timedelta(hours=hours_ago), "d": delivery},
+                {"at": now - timedelta(hours=hours_ago), "d": delivery, "p": provider},
             )
-        session.execute(
-            text(
-                "INSERT INTO email_queue (recipient, subject, html, status, sent_at, delivery_status) "
-                "VALUES ('r@example.com', 's', 'h', 'sent', :at, 'bounced')"
-            ),
-            {"at": now - timedelta(days=8)},
-        )
-        figures = delivery_events.rates(session, now=now)
+        figures = delivery_events.rates(session, providers=WITH_DELIVERY_EVENTS, now=now)
         session.rollback()
     assert figures["24h"] == {
         "sent": 3,
