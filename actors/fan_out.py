@@ -25,6 +25,7 @@ again, in batches, when a probe gets through.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from sqlalchemy.orm import Session
@@ -55,17 +56,23 @@ def fan_out_emails() -> JobReport:
 
 def enqueue_due_emails() -> int:
     """One fan-out: claim due emails, transactional first, within the room; return how many."""
-    sending = runtime.current().sending
-    wait = sending.outage_wait()
-    if wait is not None and wait > 0:
-        return 0  # every provider is down and its probe not due: the emails wait in the table
-    room, reserve = claim_room()
-    transactional = 0 if sending.holds(transactional=True) else _claim_and_send(EmailPriority.TRANSACTIONAL, room)
-    bulk = 0 if sending.holds(transactional=False) else _claim_and_send(BULK, room - transactional - reserve)
+    current = runtime.current()
+    sending = current.sending
+    # What the fan-out decides on, read in one transaction: at a shop's pace every inserted email gets
+    # a fan-out of its own, and each checkout and transaction before the claim is in its pickup time.
+    with current.sessions.begin() as session:  # begin: the rate rows are created on the first read
+        now = time.time()
+        wait = sending.outage_wait_in(session, now)
+        if wait is not None and wait > 0:
+            return 0  # every provider is down and its probe not due: the emails wait in the table
+        held = {kind: sending.pauses.held_until(session, transactional=kind, now=now) for kind in (True, False)}
+        room, reserve = claim_room(session, now)
+    transactional = 0 if held[True] is not None else _claim_and_send(EmailPriority.TRANSACTIONAL, room)
+    bulk = 0 if held[False] is not None else _claim_and_send(BULK, room - transactional - reserve)
     return transactional + bulk
 
 
-def claim_room() -> tuple[int, int]:
+def claim_room(session: Session, now: float) -> tuple[int, int]:
     """How many emails this fan-out may claim, and how many of those bulk must leave to transactional.
 
     The room is what the current rate sends (up to a batch per request) in part of a
@@ -78,10 +85,10 @@ def claim_room() -> tuple[int, int]:
     most = settings.email_batch_size * MAX_BATCHES_PER_TICK
     if current.sending.unlimited:
         return most, 0
-    requests = current.sending.per_second() * settings.email_lease_minutes * 60 * LEASE_SHARE_CLAIMED
+    per_second = current.sending.primary.limiter.per_second_in(session, now)
+    requests = per_second * settings.email_lease_minutes * 60 * LEASE_SHARE_CLAIMED
     sendable = int(requests * settings.email_per_request)
-    with current.sessions() as session:
-        waiting = emails.in_flight(session)
+    waiting = emails.in_flight(session)
     return max(min(most, sendable - waiting), 0), int(min(most, sendable) * TRANSACTIONAL_RESERVE)
 
 

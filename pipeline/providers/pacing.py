@@ -465,7 +465,11 @@ class SendLimiter:
         """In an outage pause: seconds until its next probe is due (0: now); None when not in one."""
         now = time.time() if now is None else now
         with self.sessions.begin() as session:
-            state = rate_limits.current(session, self.name, now=now)
+            return self.outage_wait_in(session, now)
+
+    def outage_wait_in(self, session: Session, now: float) -> Optional[float]:
+        """``outage_wait`` in the caller's transaction (the fan-out reads all it decides on in one)."""
+        state = rate_limits.current(session, self.name, now=now)
         if state.pause_reason != OUTAGE or state.paused_since is None:
             return None
         return max((state.paused_until or now) - now, 0.0)
@@ -473,7 +477,11 @@ class SendLimiter:
     def per_second(self) -> float:
         """The requests per second the fleet uses now (what the provider said, within the cap)."""
         with self.sessions.begin() as session:
-            return rate_limits.current(session, self.name, now=time.time()).per_second(self.rate)
+            return self.per_second_in(session, time.time())
+
+    def per_second_in(self, session: Session, now: float) -> float:
+        """``per_second`` in the caller's transaction."""
+        return rate_limits.current(session, self.name, now=now).per_second(self.rate)
 
     def state(self) -> dict[str, Any]:
         """For ``stats``: the rate in use, what the provider said, any pause."""

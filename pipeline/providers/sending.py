@@ -22,6 +22,7 @@ outage probe comes from ordinary sends, and when it succeeds new emails go back 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, Union
@@ -182,9 +183,14 @@ class Sending:
         claims nothing: the emails wait in the table, not in the broker, and are
         claimed together (in batches) when a probe is due or one got through.
         """
+        with self.sessions.begin() as session:
+            return self.outage_wait_in(session, time.time())
+
+    def outage_wait_in(self, session: Session, now: float) -> Optional[float]:
+        """``outage_wait`` in the caller's transaction."""
         waits = []
         for route in self.routes:
-            wait = route.limiter.outage_wait()
+            wait = route.limiter.outage_wait_in(session, now)
             if wait is None:
                 return None
             waits.append(wait)
