@@ -197,7 +197,13 @@ def _sent_at(sessions: sessionmaker[Session], ids: list[int]) -> list[datetime]:
 
 
 def _longest_pause(moments: list[datetime]) -> float:
-    return max((later - earlier).total_seconds() for earlier, later in zip(moments, moments[1:], strict=False))
+    """The longest gap between sends after the loss; 0 when every email was out before it.
+
+    A faster drain (the per-email path of #21) can finish before the node is lost: the
+    figure crashed on that (``max`` of nothing) instead of saying there was no pause.
+    """
+    gaps = ((later - earlier).total_seconds() for earlier, later in zip(moments, moments[1:], strict=False))
+    return max(gaps, default=0.0)
 
 
 def _last_done(sessions: sessionmaker[Session], ids: list[int]) -> datetime:
