@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import batches, emails, leases, webhooks
-from storage.database import get_engine, get_sessionmaker, statement_by_statement
+from storage.database import statement_by_statement
 from storage.leases import AttemptOutcome, LeasedTable
-from storage.migrate import upgrade
 from storage.models import EmailPriority
 
 LEASE = timedelta(minutes=5)
-
-
-@pytest.fixture
-def lite(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    url = f"sqlite:///{tmp_path / 'leases.sqlite3'}"
-    upgrade(url)
-    yield get_sessionmaker(url)
-    get_engine(url).dispose()
 
 
 def new_email(session: Session, **fields: object) -> int:

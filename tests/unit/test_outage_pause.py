@@ -8,8 +8,6 @@ held the fleet for the probe's 30-second window, once per 429 of the burst.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
@@ -17,8 +15,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from pipeline.providers import pacing
 from pipeline.providers.base import EmailRefused, OutcomeUnknown, ProviderPaused, ProviderRateLimited
 from pipeline.providers.pacing import OUTAGE_BURST_FAILURES, OUTAGE_FAILURES, OUTAGE_MIN_SECONDS, SendLimiter
-from storage.database import get_engine, get_sessionmaker
-from storage.migrate import upgrade
 from storage.rate_limits import Rate
 
 PROBE_SECONDS = 3.0
@@ -45,14 +41,6 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
     monkeypatch.setattr(pacing, "time", fake)
     return fake
-
-
-@pytest.fixture
-def lite(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    url = f"sqlite:///{tmp_path / 'outage.sqlite3'}"
-    upgrade(url)
-    yield get_sessionmaker(url)
-    get_engine(url).dispose()
 
 
 def process(lite: sessionmaker[Session]) -> SendLimiter:

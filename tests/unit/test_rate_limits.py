@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import rate_limits
-from storage.database import get_engine, get_sessionmaker
-from storage.migrate import upgrade
 from storage.rate_limits import Rate
 
 NAME = "resend"
 RATE = Rate(configured=2.0)
-
-
-@pytest.fixture
-def lite(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    url = f"sqlite:///{tmp_path / 'limits.sqlite3'}"
-    upgrade(url)
-    yield get_sessionmaker(url)
-    get_engine(url).dispose()
 
 
 def take(lite: sessionmaker[Session], now: float, *, transactional: bool = True, horizon: float = 1.0) -> object:
