@@ -5,7 +5,7 @@ Importing them builds nothing: each module declares its actors
 ``MODULES`` to the process's broker.
 """
 
-from actors import delivery_rates, email_batches, emails, fan_out, inventory, maintenance, webhooks
+from actors import delivery_rates, email_batches, email_groups, emails, fan_out, inventory, maintenance, webhooks
 
 #: Every module whose actors make up the system.
-MODULES = (emails, email_batches, fan_out, inventory, webhooks, maintenance, delivery_rates)
+MODULES = (emails, email_batches, email_groups, fan_out, inventory, webhooks, maintenance, delivery_rates)

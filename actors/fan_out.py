@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from sqlalchemy.orm import Session
 
 from actors.email_batches import batch_sender_of
+from actors.email_groups import group_sender_of, groups
 from actors.emails import lease, sender_of
 from pipeline.core import runtime
 from pipeline.core.declare import JobReport, periodic
@@ -118,17 +119,21 @@ def _claim_and_send(priority: EmailPriority, budget: int) -> int:
 
 
 def _send(plan: batches.Plan, priority: EmailPriority) -> None:
-    """One message per batch and per lone email; the claims of what could not be sent go back at once.
+    """One message per batch, and per group of emails that go one per request; unsent claims go back at once.
 
     A batch keeps its members whatever happens to its message: should the broker
     have taken it after all, it is the same batch, under the same key, that goes out.
+    Emails that go one per request travel in groups (``actors.email_groups``), each
+    under its own key; a group of one is a single email's message.
     """
     batch_sender = batch_sender_of(priority)
 
     def claims(session: Session, unsent: Sequence[Send]) -> list[int]:
         members = batches.member_ids_of(session, [item for actor, item in unsent if actor is batch_sender])
-        return members + [item for actor, item in unsent if actor is not batch_sender]
+        alone = [item for actor, item in unsent if actor is not batch_sender]
+        return members + [email_id for item in alone for email_id in (item if isinstance(item, list) else [item])]
 
     messages: list[Send] = [(batch_sender, batch_id) for batch_id in plan.batch_ids]
-    messages += [(sender_of(priority), email_id) for email_id in plan.alone]
+    for group in groups(plan.alone):
+        messages.append((group_sender_of(priority), group) if len(group) > 1 else (sender_of(priority), group[0]))
     send_each(messages, emails.TABLE, claims=claims)

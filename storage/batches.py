@@ -134,12 +134,11 @@ def describe(session: Session, batch_id: int) -> Optional[dict[str, Any]]:
     key = idempotency_key(session, batch_id)
     if key is None:
         return None
-    members = [emails.describe(session, email_id) for email_id in member_ids(session, batch_id)]
-    statuses = sorted({str(member["status"]) for member in members if member})
+    members, status = emails.describe_all(session, member_ids(session, batch_id))
     return {
         "kind": "email batch",
         "id": batch_id,
-        "status": ", ".join(statuses) or "empty",
+        "status": status,
         "idempotency_key": key,
         "members": members,
     }

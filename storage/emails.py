@@ -11,6 +11,7 @@ what is the email's own.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Optional
@@ -333,6 +334,13 @@ def describe(session: Session, email_id: int) -> Optional[dict[str, Any]]:
         "sent_at": row.sent_at,
         "updated_at": row.updated_at,
     }
+
+
+def describe_all(session: Session, email_ids: Sequence[int]) -> tuple[list[dict[str, Any]], str]:
+    """``describe`` of each email of a batch or a group, and their statuses in one word ("sent, failed")."""
+    members = [found for found in (describe(session, email_id) for email_id in email_ids) if found]
+    statuses = sorted({str(member["status"]) for member in members})
+    return members, ", ".join(statuses) or "empty"
 
 
 def count_by_status(session: Session) -> dict[str, int]:

@@ -27,8 +27,8 @@ from storage.leases import LeasedTable
 
 logger = logging.getLogger(__name__)
 
-#: One message to send: an actor and the id it takes (a row's, or a batch's).
-Send = tuple[DeclaredActor, int]
+#: One message to send: an actor and what it takes (a row's id, a batch's, or a group's list of row ids).
+Send = tuple[DeclaredActor, Any]
 #: The row ids the unsent messages stand for, read in the transaction that releases them.
 Claims = Callable[[Session, Sequence[Send]], list[int]]
 

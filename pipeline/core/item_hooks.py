@@ -25,9 +25,7 @@ from storage.leases import LeasedTable
 class ItemHooks(Protocol):
     """Per-actor bookkeeping, called inside a transaction the pipeline owns."""
 
-    def retrying(
-        self, session: Session, message: AnyMessage, *, error: str, delay: timedelta, refund: bool
-    ) -> None:
+    def retrying(self, session: Session, message: AnyMessage, *, error: str, delay: timedelta, refund: bool) -> None:
         """The attempt failed; the next is due after ``delay`` (``refund``: it did not count)."""
 
     def given_up(self, session: Session, message: AnyMessage, *, error: str) -> None:
@@ -49,7 +47,8 @@ class ItemHooks(Protocol):
 class LeasedItemHooks:
     """The item hooks of an actor whose item is a row of a ``LeasedTable`` (an email, an event).
 
-    The actor's first argument is the row id. ``lease`` is read when needed, so a
+    The actor's first argument stands for its rows (``rows``): the row id itself by
+    default, a batch's id, or a group's list of ids. ``lease`` is read when needed, so a
     process bootstrapped after the actor was declared uses its own settings.
     """
 
@@ -58,13 +57,13 @@ class LeasedItemHooks:
         table: LeasedTable[Any],
         *,
         lease: Callable[[], timedelta],
-        describe: Callable[[Session, int], Optional[dict[str, Any]]],
+        describe: Callable[[Session, Any], Optional[dict[str, Any]]],
         idempotent_for: Optional[timedelta] = None,
-        rows: Callable[[Session, int], leases.Rows] = lambda _session, row_id: row_id,
+        rows: Callable[[Session, Any], leases.Rows] = lambda _session, row_id: row_id,
         reached: Optional[Callable[[Session, leases.Rows], Optional[tuple[str, datetime]]]] = None,
     ) -> None:
         self.table = table
-        #: The rows a message's first argument stands for: itself, or a batch's members.
+        #: The rows a message's first argument stands for: itself, a batch's members, or a group's.
         self.rows = rows
         self.lease = lease
         self.describe_row = describe
@@ -75,23 +74,23 @@ class LeasedItemHooks:
         self.reached = reached
 
     def retrying(self, session: Session, message: AnyMessage, *, error: str, delay: timedelta, refund: bool) -> None:
-        rows = self.rows(session, _row_id(message))
+        rows = self.rows(session, _item(message))
         leases.schedule_retry(self.table, session, rows, error=error, delay=delay, lease=self.lease(), refund=refund)
 
     def given_up(self, session: Session, message: AnyMessage, *, error: str) -> None:
-        leases.give_up(self.table, session, self.rows(session, _row_id(message)), error=error)
+        leases.give_up(self.table, session, self.rows(session, _item(message)), error=error)
 
     def revive(self, session: Session, message: AnyMessage) -> bool:
-        return leases.revive(self.table, session, self.rows(session, _row_id(message)), lease=self.lease())
+        return leases.revive(self.table, session, self.rows(session, _item(message)), lease=self.lease())
 
     def describe(self, session: Session, message: AnyMessage) -> Optional[dict[str, Any]]:
-        return self.describe_row(session, _row_id(message))
+        return self.describe_row(session, _item(message))
 
     def last_reached(self, session: Session, message: AnyMessage) -> Optional[tuple[str, datetime]]:
         """The provider an attempt at the item last may have reached, and when; None if none is known."""
         if self.reached is None:
             return None
-        return self.reached(session, self.rows(session, _row_id(message)))
+        return self.reached(session, self.rows(session, _item(message)))
 
 
 def hooks_of(broker: Broker, actor_name: str) -> Optional[ItemHooks]:
@@ -102,5 +101,7 @@ def hooks_of(broker: Broker, actor_name: str) -> Optional[ItemHooks]:
         return None
 
 
-def _row_id(message: AnyMessage) -> int:
-    return int(message.args[0])
+def _item(message: AnyMessage) -> Any:
+    """What a message's actor's ``rows`` and ``describe`` are given: its id argument, or a group's list of ids."""
+    item = message.args[0]
+    return item if isinstance(item, list) else int(item)

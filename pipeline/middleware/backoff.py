@@ -22,25 +22,33 @@ Options resolve message → actor → middleware default, as Dramatiq's do.
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Optional
 
-from dramatiq import Broker, MessageProxy, Middleware
+from dramatiq import Broker, Message, MessageProxy, Middleware
+from dramatiq.common import xq_name
 from dramatiq.logging import get_logger
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.core import outcomes
 from pipeline.core.errors import describe
 from pipeline.core.item_hooks import ItemHooks
+from pipeline.core.messages import AnyMessage
 from pipeline.core.outcomes import Outcome
 from pipeline.core.retry_policy import Defer, GiveUp, Policy, Refund, decide
 from pipeline.middleware import item_log
 from pipeline.middleware.long_delays import send_later
 from storage import dead_letters
+from storage.clock import utcnow
+from storage.dead_letters import DeadMessage
 
 #: An actor that declares no retry policy is never retried; policies live in ``Settings``
 #: and reach the actors' options through ``pipeline.core.declare.bind``.
 NO_RETRIES = {"max_retries": 0, "retry_delay": 0, "max_retry_delay": 0}
+
+#: How a message that is given up dies: ``(message, hooks, *, error, retries)``.
+GiveUpHow = Callable[..., None]
 
 
 class Backoff(Middleware):
@@ -74,10 +82,32 @@ class Backoff(Middleware):
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         item_log.log_outcome(message, Outcome.SKIPPED, attempt=self._retries_made(message, None) + 1)
 
+    def settle_apart(self, broker: Broker, message: Message[Any], exception: BaseException) -> None:
+        """Settle ``message`` as if it had run and raised ``exception``, though it never ran on its own.
+
+        A group of single emails (``actors.email_groups``) hands each member whose send
+        failed to its own message this way, with the member's retry count in its options:
+        the member is then retried on its own row and schedule, or given up with a dead
+        letter of its own, exactly as had it been sent alone. Its neighbours, answered,
+        are not sent again. Must be called in the worker thread running the group.
+        """
+        retries = int(message.options.get("retries", 0))
+        outcome, details = self._settle(broker, message, exception, retries, give_up=self._archive)
+        item_log.log_outcome(message, outcome, attempt=retries + 1, **details)
+
     def _settle(
-        self, broker: Broker, message: MessageProxy, exception: BaseException, retries: int
+        self,
+        broker: Broker,
+        message: AnyMessage,
+        exception: BaseException,
+        retries: int,
+        *,
+        give_up: Optional[GiveUpHow] = None,
     ) -> tuple[Outcome, dict[str, Any]]:
-        """Decide (``decide``) and apply: retry, defer or give up ``message``; what was done, for its log line."""
+        """Decide (``decide``) and apply: retry, defer or give up ``message``; what was done, for its log line.
+
+        ``give_up``: how a message that is given up dies (default: nacked into its dead-letter queue).
+        """
         actor_options = broker.get_actor(message.actor_name).options
         hooks: Optional[ItemHooks] = actor_options.get("item_hooks")
         error = describe(exception)
@@ -92,14 +122,14 @@ class Backoff(Middleware):
             self._retry(broker, message, hooks, error=error, delay_ms=decision.delay_ms, refund=True)
             return Outcome.DEFERRED, {"delay_ms": decision.delay_ms, "error": error}
         if isinstance(decision, GiveUp):
-            self._give_up(message, hooks, error=error, retries=retries)
+            (give_up or self._give_up)(message, hooks, error=error, retries=retries)
             return Outcome.GIVEN_UP, {"error": error}
         message.options["retries"] = decision.retries
         message.options["traceback"] = traceback.format_exc(limit=30)
         self._retry(broker, message, hooks, error=error, delay_ms=decision.delay_ms, refund=False)
         return Outcome.RETRYING, {"delay_ms": decision.delay_ms, "error": error}
 
-    def _policy(self, message: MessageProxy, actor_options: dict[str, Any]) -> Policy:
+    def _policy(self, message: AnyMessage, actor_options: dict[str, Any]) -> Policy:
         """The retry options of ``message``: its own, else its actor's, else ``NO_RETRIES``."""
         throws = message.options.get("throws") or actor_options.get("throws") or ()
         return Policy(
@@ -109,7 +139,7 @@ class Backoff(Middleware):
             throws=_as_tuple(throws),
         )
 
-    def _option(self, message: MessageProxy, actor_options: dict[str, Any], name: str) -> int:
+    def _option(self, message: AnyMessage, actor_options: dict[str, Any], name: str) -> int:
         value = message.options.get(name, actor_options.get(name, NO_RETRIES[name]))
         return int(value)
 
@@ -121,7 +151,7 @@ class Backoff(Middleware):
     def _retry(
         self,
         broker: Broker,
-        message: MessageProxy,
+        message: AnyMessage,
         hooks: Optional[ItemHooks],
         *,
         error: str,
@@ -133,7 +163,7 @@ class Backoff(Middleware):
             self._in_transaction(lambda s: hooks.retrying(s, message, error=error, delay=delay, refund=refund))
         send_later(broker, message, delay_ms, self.max_hold_ms)
 
-    def _give_up(self, message: MessageProxy, hooks: Optional[ItemHooks], *, error: str, retries: int) -> None:
+    def _give_up(self, message: AnyMessage, hooks: Optional[ItemHooks], *, error: str, retries: int) -> None:
         """Record the final error and mark the item failed, then let the worker nack."""
         final_traceback = traceback.format_exc(limit=30)
 
@@ -149,7 +179,20 @@ class Backoff(Middleware):
                 hooks.given_up(session, message, error=error)
 
         self._in_transaction(record)
+        assert isinstance(message, MessageProxy)
         message.fail()
+
+    def _archive(self, message: AnyMessage, hooks: Optional[ItemHooks], *, error: str, retries: int) -> None:
+        """Give up a message that was never in a queue: its dead letter written here, with its item's failure."""
+        final_traceback = traceback.format_exc(limit=30)
+
+        def record(session: Session) -> None:
+            if hooks is not None:
+                hooks.given_up(session, message, error=error)
+            dead = dead_message(message, error=error, traceback=final_traceback, retries=retries)
+            dead_letters.archive(session, dead)
+
+        self._in_transaction(record)
 
     def _in_transaction(self, work: Any) -> None:
         """Run ``work(session)`` in its own transaction; a failure is logged, never raised.
@@ -166,3 +209,27 @@ class Backoff(Middleware):
 
 def _as_tuple(throws: Any) -> tuple[type[BaseException], ...]:
     return throws if isinstance(throws, tuple) else (throws,)
+
+
+def backoff_of(broker: Broker) -> Backoff:
+    """The broker's ``Backoff`` middleware (every broker ``pipeline.bootstrap`` builds has one)."""
+    for middleware in broker.middleware:
+        if isinstance(middleware, Backoff):
+            return middleware
+    raise LookupError("the broker has no Backoff middleware")
+
+
+def dead_message(message: AnyMessage, *, error: str, traceback: Optional[str], retries: int) -> DeadMessage:
+    """``message`` as its dead letter, as had it died on its queue's dead-letter queue now."""
+    return DeadMessage(
+        message_id=message.message_id,
+        queue=xq_name(message.queue_name),
+        actor=message.actor_name,
+        args=list(message.args),
+        kwargs=dict(message.kwargs),
+        options=dict(message.options),
+        fallback_error=error,
+        fallback_traceback=traceback,
+        retries=retries,
+        dead_at=utcnow(),
+    )

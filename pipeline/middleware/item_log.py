@@ -22,8 +22,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
-from dramatiq import MessageProxy
-
+from pipeline.core.messages import AnyMessage
 from pipeline.core.outcomes import Outcome
 
 logger = logging.getLogger(__name__)
@@ -32,7 +31,7 @@ logger = logging.getLogger(__name__)
 FAILURES = frozenset({Outcome.RETRYING, Outcome.DEFERRED, Outcome.GIVEN_UP})
 
 
-def log_outcome(message: MessageProxy, outcome: Outcome, *, attempt: int, **details: Any) -> None:
+def log_outcome(message: AnyMessage, outcome: Outcome, *, attempt: int, **details: Any) -> None:
     """The one line of ``message``: ``item=… actor=… attempt=… outcome=…`` and the details."""
     item = item_of(message)
     fields = {"item": item, "actor": message.actor_name, "attempt": attempt, "outcome": outcome.value, **details}
@@ -41,6 +40,9 @@ def log_outcome(message: MessageProxy, outcome: Outcome, *, attempt: int, **deta
     logger.log(level, "%s", text, extra={**fields, "message_id": message.message_id})
 
 
-def item_of(message: MessageProxy) -> Optional[Any]:
-    """The id a message is about (its first argument), None for a tick."""
-    return message.args[0] if message.args else None
+def item_of(message: AnyMessage) -> Optional[Any]:
+    """The id a message is about (its first argument; a group's ids joined by commas), None for a tick."""
+    if not message.args:
+        return None
+    item = message.args[0]
+    return ",".join(map(str, item)) if isinstance(item, list) else item
