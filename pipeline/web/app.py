@@ -36,7 +36,7 @@ from pipeline.web.auth import ApiError, OpsAuth
 from pipeline.web.dashboard import dashboard_routes
 from pipeline.web.depths import QueueDepths
 from pipeline.web.intake import WEBHOOK_PATH, intake_for
-from pipeline.web.limits import BodyLimit, validation_errors
+from pipeline.web.limits import BodyLimit, OneValueEach, validation_errors
 from pipeline.web.metrics import metrics_route
 
 logger = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ def build_app(current: Runtime) -> FastAPI:
     app.include_router(health.router(sessions=current.sessions, broker_url=settings.broker_url))
     # Bodies are read bounded before any route sees them; the intake bounds its own.
     app.add_middleware(BodyLimit, exempt=[WEBHOOK_PATH.split("{", 1)[0], email_events.EVENTS_PATH])
+    app.add_middleware(OneValueEach)
     if settings.ops_allowed_hosts:  # another Host is a browser sent here by DNS rebinding: 400
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(settings.ops_allowed_hosts))
     if settings.forwarded_allow_ips:  # outermost: everything inside sees the real client

@@ -11,6 +11,9 @@ flood the log:
   (413 beyond) within ``BODY_TIMEOUT_SECONDS`` (408 after). FastAPI would read any
   size into memory. The webhook intake keeps its own reader (1 MiB, its own
   deadline) and is left alone;
+* ``OneValueEach`` refuses a query that names a parameter twice (400). Every query
+  parameter of this API takes one value, and FastAPI would quietly keep the last
+  of several, answering a request its document says is invalid;
 * ``validation_errors`` is the answer of a request that does not validate (422):
   where and what, never the input. FastAPI's own echoes the input, which cannot be
   encoded when it holds a lone surrogate (``"\\ud800"`` is valid JSON), and which
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from urllib.parse import parse_qsl
 
 from fastapi.exceptions import RequestValidationError
 from starlette.convertors import Convertor, register_url_convertor
@@ -118,6 +122,32 @@ class BodyLimit:
                     raise BodyTooLarge()
                 if not message.get("more_body", False):
                     return bytes(body)
+
+
+class OneValueEach:
+    """Refuses (400) a request whose query string gives a parameter more than once."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("query_string"):
+            repeated = _repeated(scope["query_string"].decode("latin-1"))
+            if repeated is not None:
+                message = f"the query parameter {_printable(repeated)!r} is given more than once"
+                await _refuse(400, message, scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _repeated(query: str) -> str | None:
+    """The first parameter ``query`` names twice, or None."""
+    seen: set[str] = set()
+    for name, _ in parse_qsl(query, keep_blank_values=True):
+        if name in seen:
+            return name[:MAX_ERROR_TEXT]
+        seen.add(name)
+    return None
 
 
 async def _refuse(

@@ -147,3 +147,13 @@ def test_a_body_over_the_limit_is_a_413_before_it_is_parsed(app: InProcess) -> N
     raw = json.dumps({"token": "x" * (1024 * 1024)}).encode()
     answer = app.request("POST", "/api/ops/session", content=raw, headers={"Content-Type": "application/json"})
     assert answer.status_code == 413, answer.text[:300]
+
+
+def test_a_query_parameter_given_twice_is_a_400_naming_it(app: InProcess) -> None:
+    """FastAPI kept the last of several values: a request the API's document calls invalid got a 200."""
+    headers = {"Authorization": f"Bearer {READ_TOKEN}"}
+    once = app.request("GET", "/api/ops/webhooks?provider=generic", headers=headers)
+    twice = app.request("GET", "/api/ops/webhooks?provider=generic&limit=5&provider=%7B%7D", headers=headers)
+    assert once.status_code == 200, once.text
+    assert twice.status_code == 400, twice.text
+    assert twice.json() == {"error": "the query parameter 'provider' is given more than once"}
