@@ -9,8 +9,10 @@ is portable to the SQLite of ``dev`` (no interval arithmetic).
 A slot is taken only by a request that will be made: ``take_slot`` hands out a
 slot at most ``horizon`` seconds ahead, atomically, or nothing; the caller then
 sleeps until its slot and sends. A request that cannot have one now takes nothing,
-so no slot is ever reserved and abandoned (which once let the line of reserved
-slots run ahead of the clock for ever).
+so no slot is reserved and abandoned (which once let the line of reserved slots
+run ahead of the clock for ever). The one exception is bounded: at a rate far
+above two a second, a caller may take the slots of the next few milliseconds
+together (``slots``), of which it may leave a few unused.
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ class Slot:
     at: float
     probe: bool
     warming_until: Optional[float] = None
+    #: How many slots were taken with this one (``take_slot``'s ``slots``), one ``interval`` apart from ``at``.
+    taken: int = 1
+    interval: float = 0.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,8 +104,14 @@ def take_slot(
     transactional: bool,
     probe_window: float,
     warm_up: Optional[float] = None,
+    slots: int = 1,
 ) -> Optional[Slot]:
     """Take the next slot if it is at most ``horizon`` seconds ahead, or None.
+
+    ``slots``: take that many consecutive slots at once (the returned one is the
+    first; ``Slot.taken`` and ``Slot.interval`` give the rest), for a caller that
+    makes many requests at a rate so fast that one write per request to this one
+    row would cost more than the request.
 
     None when the provider or an operator paused us (``storage.sending_pauses``;
     an operator's bulk pause holds bulk sends only), while another process's first
@@ -113,14 +124,27 @@ def take_slot(
     until ``end_warm_up``, or for ``warm_up`` seconds after the slot if it never comes.
     """
     statement = _take_slot_statement(rate, transactional=transactional, warm_up=warm_up is not None)
-    parameters = {"slot_name": name, "now": now, "latest": now + horizon, "probe_until": now + probe_window}
+    parameters = {
+        "slot_name": name,
+        "now": now,
+        "latest": now + horizon,
+        "probe_until": now + probe_window,
+        "slots": float(slots),
+    }
     if warm_up is not None:
         parameters["warm_up"] = warm_up
     taken = session.execute(statement, parameters).one_or_none()
     if taken is None:
         return None
-    at = max(float(taken.next_slot) - 1.0 / rate.per_second(taken.provider_limit), now)
-    return Slot(at=at, probe=taken.paused_until is not None, warming_until=taken.warming_until)
+    interval = 1.0 / rate.per_second(taken.provider_limit)
+    at = max(float(taken.next_slot) - slots * interval, now)
+    return Slot(
+        at=at,
+        probe=taken.paused_until is not None,
+        warming_until=taken.warming_until,
+        taken=slots,
+        interval=interval,
+    )
 
 
 @functools.lru_cache(maxsize=64)
@@ -144,7 +168,7 @@ def _take_slot_statement(rate: Rate, *, transactional: bool, warm_up: bool) -> A
         .where(start <= bindparam("latest", type_=Float))
         .where(~sending_pauses.holds(transactional=transactional, now=now))
         .values(
-            next_slot=start + 1.0 / _per_second(rate),
+            next_slot=start + bindparam("slots", type_=Float) / _per_second(rate),
             paused_until=case((probing, bindparam("probe_until", type_=Float)), else_=None),
             warming_until=start + bindparam("warm_up", type_=Float) if warm_up else None,
         )
