@@ -12,12 +12,14 @@ answer become ``Pacing`` hints. Resend keeps an idempotency key 24 hours
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, Optional, Union
 
 import requests
 import requests.adapters
+import requests.utils
 import resend
 from resend.exceptions import ResendError
 from resend.http_client import HTTPClient
@@ -62,11 +64,22 @@ class PooledClient(HTTPClient):
     The SDK's own client calls ``requests.request`` and so opens a new TCP (and TLS)
     connection for every email. A ``Session`` is safe to share between the worker's
     threads for plain requests, and its pool holds a connection per thread.
+
+    The environment is read once, here: the proxy for ``api_url`` (``HTTPS_PROXY``,
+    ``NO_PROXY``) and a CA bundle (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``). With
+    ``trust_env`` on, ``requests`` reads it again for every request, and looks for a
+    ``.netrc`` too: a quarter of its CPU per email (issue 21). A ``.netrc`` entry for
+    Resend's host would replace the SDK's bearer key with basic auth, so it is not read.
     """
 
-    def __init__(self, *, timeout: float, pool_size: int = 16) -> None:
+    def __init__(self, *, timeout: float, api_url: str, pool_size: int = 16) -> None:
         self._timeout = timeout
         self._session = requests.Session()
+        self._session.trust_env = False
+        self._session.proxies = requests.utils.get_environ_proxies(api_url)
+        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if bundle:
+            self._session.verify = bundle
         adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=pool_size)
         self._session.mount("https://", adapter)
         self._session.mount("http://", adapter)
@@ -123,7 +136,7 @@ class ResendProvider:
         # The SDK keeps its settings in module globals; this process talks to one account.
         resend.api_key = api_key
         resend.api_url = api_url
-        resend.default_http_client = PooledClient(timeout=timeout)
+        resend.default_http_client = PooledClient(timeout=timeout, api_url=api_url)
 
     def send(self, email: OutgoingEmail) -> Accepted:
         params = _params(email)
