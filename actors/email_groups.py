@@ -50,7 +50,7 @@ from storage.leases import AttemptOutcome
 from storage.models import EmailPriority
 
 #: At most this many emails in a group's message...
-GROUP_SIZE = 10
+GROUP_SIZE = 20
 #: ...and the emails of one claim are spread over at least this many messages (while they last):
 #: the shipped worker's threads (``worker -p 2 -t 8``), so a burst of a few emails still goes out
 #: side by side rather than one after another in one thread.

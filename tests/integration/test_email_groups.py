@@ -58,10 +58,10 @@ def letters_of(sessions: sessionmaker[Session], actor: str, email_id: int) -> li
         return [letter for letter in found if letter.args == [email_id]]
 
 
-def test_a_claim_is_spread_over_the_workers_threads_in_groups_of_at_most_ten() -> None:
+def test_a_claim_is_spread_over_the_workers_threads_in_groups_of_at_most_twenty() -> None:
     assert [len(group) for group in groups(list(range(5)))] == [1] * 5
     assert [len(group) for group in groups(list(range(40)))] == [3] * 13 + [1]
-    assert [len(group) for group in groups(list(range(500)))] == [10] * 50
+    assert [len(group) for group in groups(list(range(500)))] == [20] * 25
     assert sum(groups(list(range(37))), []) == list(range(37))
 
 
