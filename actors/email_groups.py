@@ -26,10 +26,14 @@ and sends them again under their own keys, which the provider answers once.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
+
+from dramatiq.common import xq_name
 
 from actors.emails import PROVIDER_KEY_LIFETIME, compose, email_actor, held_back, lease, sender_of
 from pipeline.core import runtime
@@ -49,6 +53,11 @@ from storage.emails import EmailMessage
 from storage.leases import AttemptOutcome
 from storage.models import EmailPriority
 
+logger = logging.getLogger(__name__)
+
+#: A group writes its answers at least this often (seconds), so a worker that dies mid-group
+#: leaves few sent emails unrecorded.
+RECORD_EVERY_SECONDS = 1.0
 #: At most this many emails in a group's message...
 GROUP_SIZE = 20
 #: ...and the emails of one claim are spread over at least this many messages (while they last):
@@ -117,6 +126,10 @@ class Answers:
     apart: dict[int, BaseException] = field(default_factory=dict)
     #: Given back to the table during an outage of every provider.
     handed_back: list[int] = field(default_factory=list)
+    #: The members whose answer is written in ``email_queue`` already.
+    recorded: set[int] = field(default_factory=set)
+    #: When the answers were last written (``time.monotonic``).
+    recorded_at: float = field(default_factory=time.monotonic)
 
 
 def deliver_group(email_ids: list[int], *, transactional: bool) -> None:
@@ -126,9 +139,14 @@ def deliver_group(email_ids: list[int], *, transactional: bool) -> None:
         raise PermanentError(f"a group of emails is a list of email ids, not {email_ids!r:.60}")
     current = runtime.current()
     max_attempts = current.settings.email_max_attempts
-    with statement_by_statement(current.sessions) as session:  # one UPDATE: no BEGIN, no COMMIT
+    holder = current_message_id()
+    with statement_by_statement(current.sessions) as session:  # one UPDATE (or, on a return, one read)
+        unfinished = leases.running_under(emails.TABLE, session, ids, holder=holder) if holder else {}
+        if unfinished:
+            _split(session, unfinished, transactional=transactional)
+            return
         started = leases.start_attempts(
-            emails.TABLE, session, ids, lease=lease(), max_attempts=max_attempts, holder=current_message_id()
+            emails.TABLE, session, ids, lease=lease(), max_attempts=max_attempts, holder=holder
         )
         if not started:
             _nothing_started(session, ids)
@@ -161,8 +179,14 @@ def deliver_group(email_ids: list[int], *, transactional: bool) -> None:
 def _send_each(to_send: list[EmailMessage], answers: Answers, *, transactional: bool) -> None:
     """One request per member, in order; a failed request is its member's alone, and the rest go on.
 
-    A rate limit or a pause (every provider paused, a 429, no slot in time) stops the
-    group, as it would stop each of the rest: ``_stopped`` decides where they wait.
+    A rate limit or a pause of every provider a member may take (all of them, unless an
+    earlier attempt pins it to one) stops the group, as it would stop each of the rest:
+    ``_stopped`` decides where they wait. A pinned member's stop is its own.
+
+    The answers are written at least every ``RECORD_EVERY_SECONDS``, and at once for
+    an email another provider than the first took: should the worker die mid-group, the
+    members it already sent are not sent again (the first provider answers a repeated
+    key once; the next one, without a key or under another, would deliver again).
     """
     sending = runtime.current().sending
     for position, email in enumerate(to_send):
@@ -172,56 +196,72 @@ def _send_each(to_send: list[EmailMessage], answers: Answers, *, transactional: 
             answers.failed[email.id] = describe(exc)
             continue
         try:
-            answers.sent[email.id] = sending.send(
-                outgoing, transactional=transactional, maybe_sent_by=email.maybe_sent_by
-            )
+            sent = sending.send(outgoing, transactional=transactional, maybe_sent_by=email.maybe_sent_by)
         except PermanentError as exc:  # the provider refused this email
             answers.failed[email.id] = f"The provider refused it: {describe(exc)}"
+            continue
         except RateLimited as limited:
+            if email.maybe_sent_by is not None:
+                answers.apart[email.id] = limited
+                continue
             _stopped(limited, to_send[position:], answers)
             return
         except ProviderUnavailable as error:
             answers.apart[email.id] = error
+            continue
+        answers.sent[email.id] = sent
+        if sent.provider != sending.primary.name or time.monotonic() - answers.recorded_at >= RECORD_EVERY_SECONDS:
+            _record(answers, transactional=transactional)
 
 
 def _stopped(limited: RateLimited, rest: list[EmailMessage], answers: Answers) -> None:
     """The rest of the group after a rate limit or a pause: back to the table, or each to its own message.
 
     Every provider paused for an outage: the members no request may have reached go
-    back to the table, claimed again (in batches) when a probe gets through, as
-    ``actors.emails.handed_back`` does for a lone email. Any other stop, and a member an
-    attempt may have reached (it keeps its key and its provider), goes apart: its own
-    message waits out the pause or the limit, the attempt refunded.
+    back to the table (with the answers, in ``_record``), claimed again (in batches)
+    when a probe gets through, as ``actors.emails.handed_back`` does for a lone email.
+    Any other stop, and a member an attempt may have reached (it keeps its key and
+    its provider), goes apart: its own message waits out the pause or the limit, the
+    attempt refunded.
     """
     reached = {email.id for email in rest if email.maybe_sent_by is not None}
     if maybe_accepted(limited):  # the request that found the pause may itself have reached the provider
         reached.add(rest[0].id)
     free = [email.id for email in rest if email.id not in reached]
     if isinstance(limited, ProviderPaused) and limited.reason == OUTAGE and free:
-        with runtime.current().sessions.begin() as session:
-            emails.hand_back(session, free, holder=current_message_id())
         answers.handed_back = free
     answers.apart.update({email.id: limited for email in rest if email.id not in answers.handed_back})
 
 
 def _record(answers: Answers, *, transactional: bool) -> None:
-    """The sent and the failed members, in one transaction (each failed one with its dead letter)."""
-    if not answers.sent and not answers.failed:
+    """The answers not written yet, in one transaction: sent, failed (each with its dead letter), handed back."""
+    sent = {email_id: done for email_id, done in answers.sent.items() if email_id not in answers.recorded}
+    failed = {email_id: error for email_id, error in answers.failed.items() if email_id not in answers.recorded}
+    back = [email_id for email_id in answers.handed_back if email_id not in answers.recorded]
+    answers.recorded_at = time.monotonic()
+    if not sent and not failed and not back:
         return
     single = sender_of(EmailPriority.TRANSACTIONAL if transactional else EmailPriority.BULK)
-    queue = f"{single.queue_name}.XQ"
+    queue = xq_name(single.queue_name)
     by_provider: dict[str, dict[int, str]] = {}
-    for email_id, sent in answers.sent.items():
-        by_provider.setdefault(sent.provider, {})[email_id] = sent.provider_id
+    for email_id, done in sent.items():
+        by_provider.setdefault(done.provider, {})[email_id] = done.provider_id
     with runtime.current().sessions.begin() as session:
         for provider, provider_ids in by_provider.items():
             emails.mark_sent_many(session, provider_ids, provider=provider)
-        for email_id, error in answers.failed.items():
+        for email_id, error in failed.items():
             batches.fail_member(session, email_id, error=error, queue=queue, actor=single.actor_name)
+        if back:
+            emails.hand_back(session, back, holder=current_message_id())
+    answers.recorded.update(sent, failed, back)
 
 
 def _settle_apart(members: list[EmailMessage], answers: Answers, *, transactional: bool) -> None:
-    """Each member whose request failed, to its own single-email message, settled as if it had failed."""
+    """Each member whose request failed, to its own single-email message, settled as if it had failed.
+
+    A member whose message cannot be enqueued (RabbitMQ restarting) is left to its
+    lease: the next claim after it takes the email again. The group goes on.
+    """
     if not answers.apart:
         return
     single = sender_of(EmailPriority.TRANSACTIONAL if transactional else EmailPriority.BULK)
@@ -230,7 +270,29 @@ def _settle_apart(members: list[EmailMessage], answers: Answers, *, transactiona
     retries = {email.id: email.retry_count for email in members}
     for email_id, error in answers.apart.items():
         message = single.message(email_id).copy(options={"retries": retries[email_id]})
-        backoff.settle_apart(broker, message, error)
+        try:
+            backoff.settle_apart(broker, message, error)
+        except Exception as exc:
+            logger.warning("Email %s is left to its lease: its own message was not enqueued (%s).", email_id, exc)
+
+
+def _split(session: Any, unfinished: dict[int, int], *, transactional: bool) -> None:
+    """This group's message came back (its worker died, or the database failed it mid-way): no request of its own.
+
+    Each member still in the attempt it started goes to its own single-email message,
+    which takes over the lease at once: a member that made the worker die dies alone
+    from then on, instead of spending its neighbours' attempts at every return. The
+    members it already answered, and those handed to their own messages, are not its
+    own any more. A member sent but not yet recorded is sent again under its own key,
+    which the provider answers once.
+    """
+    single = sender_of(EmailPriority.TRANSACTIONAL if transactional else EmailPriority.BULK)
+    broker = runtime.current().broker
+    for email_id, retry_count in sorted(unfinished.items()):
+        message = single.message(email_id).copy(options={"retries": retry_count})
+        if leases.pass_lease(emails.TABLE, session, email_id, holder=current_message_id(), to=message.message_id):
+            broker.enqueue(message)
+    report(Outcome.DONE, split=len(unfinished))
 
 
 def _nothing_started(session: Any, ids: list[int]) -> None:

@@ -111,12 +111,17 @@ def member_ids_of(session: Session, batch_ids: Sequence[int]) -> list[int]:
 
 
 def fail_member(session: Session, email_id: int, *, error: str, queue: str, actor: str) -> None:
-    """A member the provider refused: failed, with its own dead letter (replayable alone)."""
-    leases.give_up(emails.TABLE, session, email_id, error=error)
+    """A member the provider refused: failed, with its own dead letter (replayable alone).
+
+    The row's lease passes to the dead letter's message, so the batch's or group's own
+    message, should it come back, does not take the failure for one it gave up itself.
+    """
+    message_id = str(uuid.uuid4())
+    leases.give_up(emails.TABLE, session, email_id, error=error, holder=message_id)
     dead_letters.archive(
         session,
         DeadMessage(
-            message_id=str(uuid.uuid4()),
+            message_id=message_id,
             queue=queue,
             actor=actor,
             args=[email_id],

@@ -285,6 +285,31 @@ def not_started(
     return Attempt(AttemptOutcome.SKIP)
 
 
+def running_under(table: LeasedTable[Any], session: Session, row_ids: Sequence[int], *, holder: str) -> dict[int, int]:
+    """The rows among ``row_ids`` in an attempt that ``holder`` started and never ended: {id: retry count}.
+
+    Found when a message that carries several rows comes back (its worker died, or a
+    failure of the database cut it short): what it left unfinished.
+    """
+    model = table.model
+    statement = select(model.id, model.retry_count).where(
+        model.id.in_(list(row_ids)), table.running, model.lease_holder == holder
+    )
+    return {int(row_id): int(retry_count) for row_id, retry_count in session.execute(statement)}
+
+
+def pass_lease(table: LeasedTable[Any], session: Session, row_id: int, *, holder: Optional[str], to: str) -> bool:
+    """The running attempt of ``row_id``, ``holder``'s, is ``to``'s from now on (its message takes it over at once)."""
+    model = table.model
+    statement = (
+        update(model)
+        .where(model.id == row_id, table.running, model.lease_holder == holder)
+        .values(lease_holder=to, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return rows_affected(session, statement) == 1
+
+
 def schedule_retry(
     table: LeasedTable[Any],
     session: Session,
@@ -294,12 +319,17 @@ def schedule_retry(
     delay: timedelta,
     lease: timedelta,
     refund: bool,
+    holder: Optional[str] = None,
 ) -> bool:
     """Record a failed attempt and when the next one is due.
 
     ``refund`` gives the attempt back (it failed for a reason that was not the
     row's, such as the provider's rate limit). The lease runs until the retry is
     due plus ``lease``, so no claim takes a row whose retry message merely waits.
+    ``holder``: the message that carries the retry, when it is not the one that
+    held the attempt (a group's member retried by its own message): it holds the
+    lease from now on, so it may come back early (deferred, not skipped) and the
+    group's message, should it come back, finds the row no longer its own.
     """
     now = utcnow()
     model = table.model
@@ -313,6 +343,8 @@ def schedule_retry(
     if refund:
         values["attempts"] = case((model.attempts > 0, model.attempts - 1), else_=0)
         values["retry_count"] = case((model.attempts > 1, model.attempts - 2), else_=0)
+    if holder is not None:
+        values["lease_holder"] = holder
     statement = (
         update(model)
         .where(_which(model, row_id), table.open)
@@ -348,16 +380,25 @@ def hand_back(table: LeasedTable[Any], session: Session, row_id: Rows, *, holder
     return rows_affected(session, statement)
 
 
-def give_up(table: LeasedTable[Any], session: Session, row_id: Rows, *, error: str) -> bool:
-    """No more attempts (idempotent: a done row stays done, a given-up one is left as it is)."""
+def give_up(
+    table: LeasedTable[Any], session: Session, row_id: Rows, *, error: str, holder: Optional[str] = None
+) -> bool:
+    """No more attempts (idempotent: a done row stays done, a given-up one is left as it is).
+
+    ``holder``: the message whose dead letter records this failure, when it is not the
+    one that held the attempt (a group's member): the group's message, should it come
+    back, must not take the row for one it gave up itself (``not_started``).
+    """
     now = utcnow()
     model = table.model
+    held = {"lease_holder": holder} if holder is not None else {}
     statement = (
         update(model)
         .where(_which(model, row_id), table.open)
         .values(
             **table.given_up_values,
             **{table.next_attempt_at.key: None},
+            **held,
             last_error=error,
             locked_until=None,
             updated_at=now,

@@ -75,10 +75,20 @@ class LeasedItemHooks:
 
     def retrying(self, session: Session, message: AnyMessage, *, error: str, delay: timedelta, refund: bool) -> None:
         rows = self.rows(session, _item(message))
-        leases.schedule_retry(self.table, session, rows, error=error, delay=delay, lease=self.lease(), refund=refund)
+        leases.schedule_retry(
+            self.table,
+            session,
+            rows,
+            error=error,
+            delay=delay,
+            lease=self.lease(),
+            refund=refund,
+            holder=message.message_id,
+        )
 
     def given_up(self, session: Session, message: AnyMessage, *, error: str) -> None:
-        leases.give_up(self.table, session, self.rows(session, _item(message)), error=error)
+        rows = self.rows(session, _item(message))
+        leases.give_up(self.table, session, rows, error=error, holder=message.message_id)
 
     def revive(self, session: Session, message: AnyMessage) -> bool:
         return leases.revive(self.table, session, self.rows(session, _item(message)), lease=self.lease())

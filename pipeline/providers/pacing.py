@@ -144,7 +144,7 @@ BANK_SECONDS = 0.01
 #: ...at most this many in all...
 MAX_BANKED_SLOTS = 10
 #: ...and a banked slot not used within this long after its time is dropped.
-BANKED_SLOT_LIFE_SECONDS = 0.1
+BANKED_SLOT_LIFE_SECONDS = BANK_SECONDS
 #: A request whose slot is less than this ahead goes at once: so short a sleep gives the GIL
 #: away for up to Python's switch interval (5 ms) on a busy worker, and the headroom of the
 #: rate (``Rate.headroom``, 10%) covers requests a few milliseconds early.

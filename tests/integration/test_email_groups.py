@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from actors.email_groups import groups
+from actors.email_groups import groups, send_email_group
 from actors.emails import idempotency_key
 from actors.fan_out import enqueue_due_emails
 from bench.harness.fake_resend import FakeResend
@@ -18,7 +19,7 @@ from pipeline.core import runtime as runtimes
 from pipeline.core.runtime import Runtime
 from pipeline.ops import dlq
 from pipeline.ops.dlq import ReplayStatus
-from storage import emails
+from storage import emails, leases
 from storage.emails import EmailMessage
 from storage.models import DeadLetter
 from tests.support.helpers import insert_email, unique_address, wait_until
@@ -149,3 +150,92 @@ def test_a_rate_limit_sends_the_rest_of_the_group_each_on_its_own_after_the_wait
     wait_until(lambda: statuses(sessions, ids) == {"sent": 20}, timeout=30, what="all 20 sent after the 429s")
     assert set(attempts(sessions, ids).values()) == {1}  # every 429 refunded its attempt
     assert all(len(fake_resend.deliveries_to(address)) == 1 for address in addresses)
+
+
+LEASE = timedelta(minutes=5)
+
+
+def claim(session: Session, ids: list[int]) -> None:
+    """What the fan-out does before it sends a group's message."""
+    leases.claim_due(emails.TABLE, session, lease=LEASE, limit=len(ids), only=emails.TABLE.model.id.in_(ids))
+
+
+def held_by(sessions: sessionmaker[Session], ids: list[int]) -> dict[int, str | None]:
+    with sessions() as session:
+        query = text("SELECT id, lease_holder FROM email_queue WHERE id = ANY(:ids)")
+        return {int(email_id): holder for email_id, holder in session.execute(query, {"ids": ids})}
+
+
+def group_letters(sessions: sessionmaker[Session]) -> list[DeadLetter]:
+    with sessions() as session:
+        return session.query(DeadLetter).filter(DeadLetter.actor == "send_email_group").all()
+
+
+def test_a_group_that_comes_back_mid_way_hands_each_unfinished_member_to_its_own_message(
+    runtime: Runtime, sessions: sessionmaker[Session], fake_resend: FakeResend
+) -> None:
+    """Its worker died with one member sent and two not: re-running the group would count an attempt
+    of every member again at each return, so a member that kills the worker would exhaust the rest."""
+    ids, addresses = insert(sessions, "comeback", 3)
+    group = send_email_group.message(ids)
+    with runtimes.current().sessions.begin() as session:
+        claim(session, ids)
+        leases.start_attempts(emails.TABLE, session, ids, lease=LEASE, max_attempts=4, holder=group.message_id)
+        emails.mark_sent(session, ids[0], "sent-before-the-crash", provider="resend")
+
+    runtime.broker.enqueue(group)  # the redelivery of the message whose worker died
+
+    wait_until(lambda: statuses(sessions, ids) == {"sent": 3}, what="the two unfinished members sent")
+    assert fake_resend.deliveries_to(addresses[0]) == []  # answered before the crash: not sent again
+    assert all(len(fake_resend.deliveries_to(address)) == 1 for address in addresses[1:])
+    holders = held_by(sessions, ids)
+    assert holders[ids[0]] == group.message_id
+    assert group.message_id not in (holders[ids[1]], holders[ids[2]]) and holders[ids[1]] != holders[ids[2]]
+    assert attempts(sessions, ids[1:]) == {ids[1]: 2, ids[2]: 2}  # the crashed attempt counts, as alone
+
+
+def test_a_group_redelivered_after_a_member_failed_leaves_its_neighbour_s_retries_alone(
+    runtime: Runtime, sessions: sessionmaker[Session], fake_resend: FakeResend
+) -> None:
+    """The failed member's row still named the group's message as its holder: the group, coming back,
+    took the failure for its own (GivenUpEarlier), failed the retrying neighbour after one attempt of
+    four, and dead-lettered itself."""
+    ids, addresses = insert(sessions, "redelivered", 2)
+    refused, flaky = ids
+    fake_resend.fail_recipient(addresses[0], status=422, message="The recipient address is not allowed.")
+    fake_resend.fail_recipient(addresses[1], status=500, name="application_error", message="down for {attempt}")
+    group = send_email_group.message(ids)
+    with runtimes.current().sessions.begin() as session:
+        claim(session, ids)
+
+    runtime.broker.enqueue(group)
+    wait_until(lambda: statuses(sessions, ids) == {"failed": 1, "retrying": 1}, what="one refused, one retrying")
+    runtime.broker.enqueue(group)  # RabbitMQ redelivers it (its ack was lost)
+
+    (letter,) = wait_until(lambda: letters_of(sessions, "send_email", flaky), timeout=30, what="the flaky one's letter")
+    assert letter.retries == 3 and "down for 4" in (letter.error or "")
+    assert attempts(sessions, [flaky]) == {flaky: 4}
+    assert len(letters_of(sessions, "send_email", refused)) == 1
+    assert [letter.args for letter in group_letters(sessions) if letter.args == [ids]] == []
+
+
+@pytest.mark.usefixtures("one_per_request")
+def test_a_member_pinned_to_a_provider_that_refuses_it_waits_alone_while_the_group_goes_on(
+    sessions: sessionmaker[Session], fake_resend: FakeResend
+) -> None:
+    """An email an earlier attempt may have sent is asked of that provider only; its 429 said nothing
+    of the rest, which took the next provider or waited with it, each in a message of its own."""
+    ids, addresses = insert(sessions, "pinned", 48)  # 16 groups of 3: the first is ids[0:3]
+    with sessions.begin() as session:
+        session.execute(
+            text("UPDATE email_queue SET maybe_sent_by = 'resend', maybe_sent_at = now() WHERE id = :id"),
+            {"id": ids[0]},
+        )
+    fake_resend.fail_next(1, status=429, name="rate_limit_exceeded", message="Too many requests", to=addresses[0])
+
+    enqueue_due_emails()
+
+    wait_until(lambda: statuses(sessions, ids) == {"sent": 48}, timeout=30, what="all 48 sent")
+    holders = held_by(sessions, ids)
+    assert holders[ids[1]] == holders[ids[2]] != holders[ids[0]]  # the two went on in the group's message
+    assert set(attempts(sessions, ids).values()) == {1}  # the 429 refunded its attempt
