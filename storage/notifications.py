@@ -50,6 +50,10 @@ class Listener:
         if not ready:
             with self._connection.cursor() as cursor:
                 cursor.execute("SELECT 1")
+        return self.pending()
+
+    def pending(self) -> int:
+        """How many notifications arrived already (0: none), without waiting."""
         self._connection.poll()
         count = len(self._connection.notifies)
         self._connection.notifies.clear()

@@ -2,18 +2,19 @@
 
 The ticker runs ``WakeUp`` in a thread: it LISTENs for the ``email_queue``
 insert trigger's notifications and fans out as soon as one arrives, when the
-earliest scheduled email comes due, when a paused provider's probe is due, every
-second while a drain goes on (a fan-out
-claims only what the provider's rate sends within part of a lease) and every
+earliest scheduled email comes due, when a paused provider's probe (or other work
+the fan-out put off) is due, every second while a drain goes on (a fan-out claims
+only what the provider's rate sends within part of a lease) and every
 ``IDLE_SECONDS`` otherwise. Notifications are hints, never the only
 path: every (re)connect is followed by one fan-out (anything inserted while the
 listener was away), and the cron tick (EMAIL_SCHEDULE) stays the safety net. A
 PostgreSQL restart costs the listener its connection; it reconnects by itself,
 backing off to ``MAX_RECONNECT_SECONDS``.
 
-Each fan-out also re-enqueues payment webhook events whose message is missing (one
+The fan-out also re-enqueues payment webhook events whose message is missing (one
 the intake or a retry could not send while RabbitMQ was away hands its claim back
-at once), so those wait seconds too, not their lease and ``WEBHOOK_SCHEDULE``.
+at once), at most once a second (``pipeline.ticker.DueWork``), so those wait a
+second too, not their lease and ``WEBHOOK_SCHEDULE``.
 
 Turn it off with EMAIL_LISTEN=false (for a transaction-pooling PgBouncer, which
 cannot carry LISTEN); emails then wait for the cron tick.
@@ -47,7 +48,7 @@ class _Outcome(enum.Enum):
 IDLE_SECONDS = 10.0
 #: After a fan-out that failed (the broker was away) or claimed emails, the next one comes this soon.
 AGAIN_SECONDS = 1.0
-#: The wake-up comes this long after a paused provider's probe is due (so it finds it due).
+#: The wake-up comes this long after known work (a paused provider's probe) is due (so it finds it due).
 PROBE_MARGIN_SECONDS = 0.05
 #: Backoff of a failed (re)connect, doubling up to the maximum.
 FIRST_RECONNECT_SECONDS = 0.5
@@ -64,15 +65,15 @@ class WakeUp:
         fan_out: Callable[[], int],
         *,
         connect: Callable[[str], Listener] = Listener,
-        next_probe: Callable[[], Optional[float]] = lambda: None,
+        next_due: Callable[[], Optional[float]] = lambda: None,
     ) -> None:
         self.database_url = database_url
         self.sessions = sessions
         self.fan_out = fan_out
         self.connect = connect
-        #: Seconds until a paused provider's probe is due (None: no provider is down), so the
-        #: fan-out that sends it comes then, not at the next poll.
-        self.next_probe = next_probe
+        #: Seconds until work the fan-out knows of is due (a paused provider's probe, a check it
+        #: put off; None: none), so the fan-out that does it comes then, not at the next poll.
+        self.next_due = next_due
 
     def start(self, stop: threading.Event) -> threading.Thread:
         thread = threading.Thread(target=self.run, args=(stop,), name="email-wakeup", daemon=True)
@@ -104,10 +105,14 @@ class WakeUp:
         """Fan out on connect, then on every notification and at the end of every wait."""
         outcome = self._fan_out("connected")  # whatever was inserted while nobody listened
         while not stop.is_set():
-            timeout = self._timeout()
-            if outcome is not _Outcome.IDLE:
-                timeout = min(timeout, AGAIN_SECONDS)
-            notified = listener.wait(timeout)
+            # Inserts notified during the last fan-out are fanned out at once: at a shop's peak one
+            # comes every few milliseconds, and the wait's timeout costs two reads of the database.
+            notified = listener.pending()
+            if not notified:
+                timeout = self._timeout()
+                if outcome is not _Outcome.IDLE:
+                    timeout = min(timeout, AGAIN_SECONDS)
+                notified = listener.wait(timeout)
             outcome = self._fan_out(f"{notified} notification(s)" if notified else "poll")
 
     def _timeout(self) -> float:
@@ -118,9 +123,9 @@ class WakeUp:
         timeout = IDLE_SECONDS
         if scheduled is not None:
             timeout = min(max((scheduled - now).total_seconds(), 0.0), IDLE_SECONDS)
-        probe = self.next_probe()
-        if probe is not None and probe > 0:
-            timeout = min(timeout, probe + PROBE_MARGIN_SECONDS)
+        due = self.next_due()
+        if due is not None and due > 0:
+            timeout = min(timeout, due + PROBE_MARGIN_SECONDS)
         return timeout
 
     def _fan_out(self, why: str) -> _Outcome:
