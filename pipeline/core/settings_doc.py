@@ -110,7 +110,8 @@ NOTES: dict[str, str] = {
     "header says its own limit, that less 10% is used instead.",
     "EMAIL_RATE_LIMIT_CAP": "The fleet's share of a team limit shared with another app.",
     "EMAIL_PER_REQUEST": "A batch holds emails of one priority and is sent as Resend's `POST /emails/batch`; "
-    "a lone email always goes alone.",
+    "a lone email always goes alone. Emails that go one per request still travel up to 20 a message "
+    "(docs/sending.md).",
     "EMAIL_QUOTA_PAUSE_MINUTES": "A quota 429 is `daily_quota_exceeded` or `monthly_quota_exceeded`.",
     "EMAIL_LISTEN": "On, the ticker sends a new email within a second; off, emails wait for `EMAIL_SCHEDULE`.",
     "EMAIL_OUTBOX_DIR": "Where emails go (`.eml` files) without `RESEND_API_KEY`.",
