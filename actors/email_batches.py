@@ -16,7 +16,7 @@ replaying it revives the members and sends the same batch under the same key.
 
 from __future__ import annotations
 
-from actors.emails import PROVIDER_KEY_LIFETIME, compose, email_actor, handed_back, lease, sender_of
+from actors.emails import PROVIDER_KEY_LIFETIME, compose, email_actor, fail_alone, handed_back, lease
 from pipeline.core import runtime
 from pipeline.core.attempts import counted_attempt, current_message_id
 from pipeline.core.declare import DeclaredActor
@@ -142,13 +142,10 @@ def _record(
     transactional: bool,
 ) -> None:
     """This attempt's members' results, in one transaction: sent, or failed with a dead letter of their own."""
-    single = sender_of(EmailPriority.TRANSACTIONAL if transactional else EmailPriority.BULK)
-    queue, actor_name = f"{single.queue_name}.XQ", single.actor_name
     delivered, failures = _outcomes(outgoing, answer.results, unrenderable, ours=ours)
     with runtime.current().sessions.begin() as session:
         emails.mark_sent_many(session, delivered, provider=answer.provider)
-        for email_id, error in failures.items():
-            batches.fail_member(session, email_id, error=error, queue=queue, actor=actor_name)
+        fail_alone(session, failures, transactional=transactional)
 
 
 def _outcomes(

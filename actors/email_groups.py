@@ -33,9 +33,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from dramatiq.common import xq_name
+from dramatiq import Message
 
-from actors.emails import PROVIDER_KEY_LIFETIME, compose, email_actor, held_back, lease, sender_of
+from actors.emails import PROVIDER_KEY_LIFETIME, compose, email_actor, fail_alone, held_back, lease, single_sender
 from pipeline.core import runtime
 from pipeline.core.attempts import ComeBack, DeadLetterAgain, GivenUpEarlier, current_message_id, step
 from pipeline.core.declare import DeclaredActor
@@ -46,7 +46,7 @@ from pipeline.middleware.backoff import backoff_of
 from pipeline.providers.base import ProviderPaused, ProviderUnavailable
 from pipeline.providers.pacing import OUTAGE
 from pipeline.providers.sending import Sent, maybe_accepted
-from storage import batches, emails, leases
+from storage import emails, leases
 from storage.clock import utcnow
 from storage.database import statement_by_statement
 from storage.emails import EmailMessage
@@ -241,16 +241,13 @@ def _record(answers: Answers, *, transactional: bool) -> None:
     answers.recorded_at = time.monotonic()
     if not sent and not failed and not back:
         return
-    single = sender_of(EmailPriority.TRANSACTIONAL if transactional else EmailPriority.BULK)
-    queue = xq_name(single.queue_name)
     by_provider: dict[str, dict[int, str]] = {}
     for email_id, done in sent.items():
         by_provider.setdefault(done.provider, {})[email_id] = done.provider_id
     with runtime.current().sessions.begin() as session:
         for provider, provider_ids in by_provider.items():
             emails.mark_sent_many(session, provider_ids, provider=provider)
-        for email_id, error in failed.items():
-            batches.fail_member(session, email_id, error=error, queue=queue, actor=single.actor_name)
+        fail_alone(session, failed, transactional=transactional)
         if back:
             emails.hand_back(session, back, holder=current_message_id())
     answers.recorded.update(sent, failed, back)
@@ -264,12 +261,11 @@ def _settle_apart(members: list[EmailMessage], answers: Answers, *, transactiona
     """
     if not answers.apart:
         return
-    single = sender_of(EmailPriority.TRANSACTIONAL if transactional else EmailPriority.BULK)
     broker = runtime.current().broker
     backoff = backoff_of(broker)
     retries = {email.id: email.retry_count for email in members}
     for email_id, error in answers.apart.items():
-        message = single.message(email_id).copy(options={"retries": retries[email_id]})
+        message = _own_message(email_id, retries[email_id], transactional=transactional)
         try:
             backoff.settle_apart(broker, message, error)
         except Exception as exc:
@@ -286,13 +282,17 @@ def _split(session: Any, unfinished: dict[int, int], *, transactional: bool) -> 
     own any more. A member sent but not yet recorded is sent again under its own key,
     which the provider answers once.
     """
-    single = sender_of(EmailPriority.TRANSACTIONAL if transactional else EmailPriority.BULK)
     broker = runtime.current().broker
     for email_id, retry_count in sorted(unfinished.items()):
-        message = single.message(email_id).copy(options={"retries": retry_count})
+        message = _own_message(email_id, retry_count, transactional=transactional)
         if leases.pass_lease(emails.TABLE, session, email_id, holder=current_message_id(), to=message.message_id):
             broker.enqueue(message)
     report(Outcome.DONE, split=len(unfinished))
+
+
+def _own_message(email_id: int, retries: int, *, transactional: bool) -> Message[Any]:
+    """A member's own single-email message, carrying the retries its row counted."""
+    return single_sender(transactional=transactional).message(email_id).copy(options={"retries": retries})
 
 
 def _nothing_started(session: Any, ids: list[int]) -> None:

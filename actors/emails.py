@@ -18,6 +18,9 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from dramatiq.common import xq_name
+from sqlalchemy.orm import Session
+
 from pipeline.core import runtime
 from pipeline.core.attempts import current_message_id, leased_attempt
 from pipeline.core.declare import DeclaredActor, actor
@@ -28,7 +31,7 @@ from pipeline.core.rendering import render
 from pipeline.providers.base import OutgoingEmail, ProviderPaused
 from pipeline.providers.pacing import OUTAGE
 from pipeline.providers.sending import maybe_accepted
-from storage import emails, suppressions
+from storage import batches, emails, suppressions
 from storage.clock import minutes
 from storage.database import statement_by_statement
 from storage.emails import EmailMessage
@@ -97,6 +100,18 @@ def send_bulk_email(email_id: int) -> None:
 def sender_of(priority: EmailPriority | str) -> DeclaredActor:
     """The actor whose queue carries single emails of ``priority``."""
     return send_bulk_email if EmailPriority(priority) is EmailPriority.BULK else send_email
+
+
+def single_sender(*, transactional: bool) -> DeclaredActor:
+    """The single-email actor of a batch's or a group's member: its own retries and dead letters are its."""
+    return send_email if transactional else send_bulk_email
+
+
+def fail_alone(session: Session, failures: dict[int, str], *, transactional: bool) -> None:
+    """Members of a batch or a group that failed for good: each failed with a single-email dead letter of its own."""
+    single = single_sender(transactional=transactional)
+    for email_id, error in failures.items():
+        batches.fail_member(session, email_id, error=error, queue=xq_name(single.queue_name), actor=single.actor_name)
 
 
 def compose(email: EmailMessage) -> OutgoingEmail:

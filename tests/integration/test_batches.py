@@ -12,7 +12,7 @@ from pipeline.core.runtime import Runtime
 from pipeline.ops import dlq
 from pipeline.ops.dlq import ReplayStatus
 from storage.models import DeadLetter
-from tests.support.helpers import insert_email, unique_address, wait_until
+from tests.support.helpers import email_statuses, insert_email, unique_address, wait_until
 
 pytestmark = pytest.mark.usefixtures("runtime")
 
@@ -24,11 +24,6 @@ def insert_bulk(sessions: sessionmaker[Session], tag: str, count: int) -> tuple[
     return ids, addresses
 
 
-def statuses(sessions: sessionmaker[Session], ids: list[int]) -> dict[str, int]:
-    with sessions() as session:
-        query = text("SELECT status, COUNT(*) FROM email_queue WHERE id = ANY(:ids) GROUP BY status")
-        return {status: int(count) for status, count in session.execute(query, {"ids": ids})}
-
 
 def test_bulk_emails_claimed_together_go_in_one_request_each_delivered_once(
     sessions: sessionmaker[Session], fake_resend: FakeResend
@@ -38,7 +33,7 @@ def test_bulk_emails_claimed_together_go_in_one_request_each_delivered_once(
 
     enqueue_due_emails()
 
-    wait_until(lambda: statuses(sessions, ids) == {"sent": 150}, what="150 bulk emails sent")
+    wait_until(lambda: email_statuses(sessions, ids) == {"sent": 150}, what="150 bulk emails sent")
     assert fake_resend.requests_to("/emails/batch") - batch_requests == 2  # 100 + 50
     assert all(len(fake_resend.deliveries_to(address)) == 1 for address in addresses)
     with sessions() as session:
@@ -62,7 +57,7 @@ def test_a_batch_whose_first_request_timed_out_is_resent_with_its_key_and_delive
 
     enqueue_due_emails()
 
-    wait_until(lambda: statuses(sessions, ids) == {"sent": 20}, timeout=30, what="the batch sent after its retry")
+    wait_until(lambda: email_statuses(sessions, ids) == {"sent": 20}, timeout=30, what="the batch sent after its retry")
     keys = [
         r.headers.get("idempotency-key")
         for r in fake_resend.requests
@@ -81,7 +76,7 @@ def test_a_member_the_provider_refuses_fails_alone_with_its_reason_and_dead_lett
 
     enqueue_due_emails()
 
-    wait_until(lambda: statuses(sessions, ids) == {"sent": 4, "failed": 1}, what="4 sent and 1 refused")
+    wait_until(lambda: email_statuses(sessions, ids) == {"sent": 4, "failed": 1}, what="4 sent and 1 refused")
     with sessions() as session:
         status, error, retries = session.execute(
             text("SELECT status, last_error, retry_count FROM email_queue WHERE id = :id"), {"id": refused_id}
@@ -101,7 +96,7 @@ def test_a_batch_given_up_as_a_whole_is_one_dead_letter_and_its_replay_sends_eac
 
     enqueue_due_emails()
 
-    wait_until(lambda: statuses(sessions, ids) == {"failed": 4}, timeout=30, what="the batch given up")
+    wait_until(lambda: email_statuses(sessions, ids) == {"failed": 4}, timeout=30, what="the batch given up")
     with sessions() as session:
         (batch_id,) = {
             row[0]
@@ -115,7 +110,7 @@ def test_a_batch_given_up_as_a_whole_is_one_dead_letter_and_its_replay_sends_eac
     outcome = dlq.replay(runtime.broker, sessions, letter.id)
 
     assert outcome.status is ReplayStatus.REPLAYED
-    wait_until(lambda: statuses(sessions, ids) == {"sent": 4}, what="the replayed batch sent")
+    wait_until(lambda: email_statuses(sessions, ids) == {"sent": 4}, what="the replayed batch sent")
     assert all(len(fake_resend.deliveries_to(address)) == 1 for address in addresses)
 
 

@@ -22,7 +22,7 @@ from pipeline.ops.dlq import ReplayStatus
 from storage import emails, leases
 from storage.emails import EmailMessage
 from storage.models import DeadLetter
-from tests.support.helpers import insert_email, unique_address, wait_until
+from tests.support.helpers import email_statuses, insert_email, unique_address, wait_until
 
 
 @pytest.fixture
@@ -40,11 +40,6 @@ def insert(sessions: sessionmaker[Session], tag: str, count: int) -> tuple[list[
         ids = [insert_email(session, address) for address in addresses]
     return ids, addresses
 
-
-def statuses(sessions: sessionmaker[Session], ids: list[int]) -> dict[str, int]:
-    with sessions() as session:
-        query = text("SELECT status, COUNT(*) FROM email_queue WHERE id = ANY(:ids) GROUP BY status")
-        return {status: int(count) for status, count in session.execute(query, {"ids": ids})}
 
 
 def attempts(sessions: sessionmaker[Session], ids: list[int]) -> dict[int, int]:
@@ -75,7 +70,7 @@ def test_emails_claimed_together_go_one_per_request_under_their_own_keys_several
 
     enqueue_due_emails()
 
-    wait_until(lambda: statuses(sessions, ids) == {"sent": 60}, what="60 emails sent")
+    wait_until(lambda: email_statuses(sessions, ids) == {"sent": 60}, what="60 emails sent")
     assert fake_resend.requests_to("/emails/batch") == batch_requests  # one per request: no batch
     with sessions() as session:
         rows = emails.rows(session, ids)
@@ -103,7 +98,7 @@ def test_a_member_whose_request_fails_is_retried_alone_and_its_neighbours_are_se
 
     enqueue_due_emails()
 
-    wait_until(lambda: statuses(sessions, ids) == {"sent": 39, "failed": 1}, timeout=30, what="39 sent, 1 failed")
+    wait_until(lambda: email_statuses(sessions, ids) == {"sent": 39, "failed": 1}, timeout=30, what="39 sent, 1 failed")
     (letter,) = wait_until(lambda: letters_of(sessions, "send_email", failing_id), what="its own dead letter")
     assert letter.queue == "emails.XQ" and letter.retries == 3 and "down for 4" in (letter.error or "")
     assert len([r for r in fake_resend.requests if failing in r.to]) == 4  # the first attempt and 3 retries
@@ -116,7 +111,7 @@ def test_a_member_whose_request_fails_is_retried_alone_and_its_neighbours_are_se
     fake_resend.clear_failures(failing)
 
     assert outcome.status is ReplayStatus.REPLAYED
-    wait_until(lambda: statuses(sessions, [failing_id]) == {"sent": 1}, what="the replayed email sent")
+    wait_until(lambda: email_statuses(sessions, [failing_id]) == {"sent": 1}, what="the replayed email sent")
     assert len(fake_resend.deliveries_to(failing)) == 1
 
 
@@ -130,7 +125,7 @@ def test_a_member_the_provider_refuses_fails_at_once_with_its_own_dead_letter(
 
     enqueue_due_emails()
 
-    wait_until(lambda: statuses(sessions, ids) == {"sent": 19, "failed": 1}, what="19 sent and 1 refused")
+    wait_until(lambda: email_statuses(sessions, ids) == {"sent": 19, "failed": 1}, what="19 sent and 1 refused")
     (letter,) = wait_until(lambda: letters_of(sessions, "send_email", refused_id), what="its dead letter")
     assert "The recipient address is not allowed." in (letter.error or "")
     assert attempts(sessions, [refused_id]) == {refused_id: 1}
@@ -147,7 +142,7 @@ def test_a_rate_limit_sends_the_rest_of_the_group_each_on_its_own_after_the_wait
 
     enqueue_due_emails()
 
-    wait_until(lambda: statuses(sessions, ids) == {"sent": 20}, timeout=30, what="all 20 sent after the 429s")
+    wait_until(lambda: email_statuses(sessions, ids) == {"sent": 20}, timeout=30, what="all 20 sent after the 429s")
     assert set(attempts(sessions, ids).values()) == {1}  # every 429 refunded its attempt
     assert all(len(fake_resend.deliveries_to(address)) == 1 for address in addresses)
 
@@ -185,7 +180,7 @@ def test_a_group_that_comes_back_mid_way_hands_each_unfinished_member_to_its_own
 
     runtime.broker.enqueue(group)  # the redelivery of the message whose worker died
 
-    wait_until(lambda: statuses(sessions, ids) == {"sent": 3}, what="the two unfinished members sent")
+    wait_until(lambda: email_statuses(sessions, ids) == {"sent": 3}, what="the two unfinished members sent")
     assert fake_resend.deliveries_to(addresses[0]) == []  # answered before the crash: not sent again
     assert all(len(fake_resend.deliveries_to(address)) == 1 for address in addresses[1:])
     holders = held_by(sessions, ids)
@@ -209,7 +204,7 @@ def test_a_group_redelivered_after_a_member_failed_leaves_its_neighbour_s_retrie
         claim(session, ids)
 
     runtime.broker.enqueue(group)
-    wait_until(lambda: statuses(sessions, ids) == {"failed": 1, "retrying": 1}, what="one refused, one retrying")
+    wait_until(lambda: email_statuses(sessions, ids) == {"failed": 1, "retrying": 1}, what="one refused, one retrying")
     runtime.broker.enqueue(group)  # RabbitMQ redelivers it (its ack was lost)
 
     (letter,) = wait_until(lambda: letters_of(sessions, "send_email", flaky), timeout=30, what="the flaky one's letter")
@@ -235,7 +230,7 @@ def test_a_member_pinned_to_a_provider_that_refuses_it_waits_alone_while_the_gro
 
     enqueue_due_emails()
 
-    wait_until(lambda: statuses(sessions, ids) == {"sent": 48}, timeout=30, what="all 48 sent")
+    wait_until(lambda: email_statuses(sessions, ids) == {"sent": 48}, timeout=30, what="all 48 sent")
     holders = held_by(sessions, ids)
     assert holders[ids[1]] == holders[ids[2]] != holders[ids[0]]  # the two went on in the group's message
     assert set(attempts(sessions, ids).values()) == {1}  # the 429 refunded its attempt

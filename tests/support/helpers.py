@@ -6,13 +6,13 @@ import os
 from typing import Any, TypeVar
 
 from sqlalchemy import text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from bench.harness.waiting import wait_until
 from pipeline.core.declare import minutes_ms
 from pipeline.core.settings import Settings
 
-__all__ = ["insert_email", "unique_address", "wait_until"]
+__all__ = ["email_statuses", "insert_email", "unique_address", "wait_until"]
 
 T = TypeVar("T")
 
@@ -27,6 +27,13 @@ def insert_email(session: Session, recipient: str, **columns: Any) -> int:
     placeholders = ", ".join(f":{name}" for name in values)
     statement = text(f"INSERT INTO email_queue ({names}) VALUES ({placeholders}) RETURNING id")
     return int(session.execute(statement, values).scalar_one())
+
+
+def email_statuses(sessions: sessionmaker[Session], ids: list[int]) -> dict[str, int]:
+    """How many of the emails ``ids`` are in each status: ``{"sent": 3, "failed": 1}``."""
+    with sessions() as session:
+        query = text("SELECT status, COUNT(*) FROM email_queue WHERE id = ANY(:ids) GROUP BY status")
+        return {status: int(count) for status, count in session.execute(query, {"ids": ids})}
 
 
 def unique_address(tag: str) -> str:
